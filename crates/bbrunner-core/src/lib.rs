@@ -1,0 +1,8 @@
+#![forbid(unsafe_code)]
+//! The pure domain of bbrunner: no IO, no async, no clock. Everything here is a function of
+//! its inputs, which is what lets the CLI, the operator and the simulator share it.
+
+pub mod ids;
+pub mod import;
+pub mod labels;
+pub mod registration;
