@@ -5,4 +5,5 @@
 pub mod ids;
 pub mod import;
 pub mod labels;
+pub mod manifests;
 pub mod registration;

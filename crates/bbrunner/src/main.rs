@@ -1,2 +1,22 @@
 #![forbid(unsafe_code)]
-fn main() {}
+//! The `bbrunner` binary: argument parsing and IO only; decisions live in `bbrunner-core`.
+
+mod cli;
+mod commands;
+mod input;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,754 @@
+//! The runner workload, built once here and used by `render` and the operator alike.
+//!
+//! What is fixed by construction (reference §2):
+//! - dind runs as a native sidecar (an init container with `restartPolicy: Always`) with a
+//!   startup probe that asks the daemon, so the runner container starts only once Docker answers;
+//! - dind has a pinned image and memory requests = limits sized for the step, so the pod is
+//!   never BestEffort (the `failed to adjust OOM score for shim` failure needs BestEffort);
+//! - dind's bridge and every user-defined network get the pod's `eth0` MTU (or a given one);
+//! - dind listens only on its unix socket, shared with the runner through an `emptyDir`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    LocalObjectReference, Namespace, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretKeySelector, SecurityContext, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use secrecy::ExposeSecret;
+use thiserror::Error;
+
+use crate::import::{ExtraEnv, ImportedCommand};
+use crate::registration::RunnerRegistration;
+
+/// Pinned default. Not 29.x: dind 29 refuses Docker clients older than API 1.44, which
+/// older runner images ship.
+pub const DEFAULT_DIND_IMAGE: &str = "docker:28.5-dind";
+pub const DEFAULT_RUNNER_IMAGE: &str =
+    "docker-public.packages.atlassian.com/sox/atlassian/bitbucket-pipelines-runner:1";
+pub const RUNNER_CONTAINER: &str = "runner";
+pub const DIND_CONTAINER: &str = "docker";
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_RUNNER_UUID: &str = "bbrunner.dev/runner-uuid";
+pub const APP_NAME: &str = "bitbucket-pipelines-runner";
+pub const MANAGER: &str = "bbrunner";
+
+/// Keys of a registration Secret: the same names `bbrunner import` prints, so that an imported
+/// registration can be pasted into `stringData` as is.
+pub mod secret_keys {
+    pub const ACCOUNT_UUID: &str = "account_uuid";
+    pub const REPOSITORY_UUID: &str = "repository_uuid";
+    pub const RUNNER_UUID: &str = "runner_uuid";
+    pub const OAUTH_CLIENT_ID: &str = "oauth_client_id";
+    pub const OAUTH_CLIENT_SECRET: &str = "oauth_client_secret";
+    /// Extra variables of the UI command live under `env.NAME`.
+    pub const ENV_PREFIX: &str = "env.";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ManifestError {
+    #[error("{field} {value:?} is not a valid Kubernetes name: {reason}")]
+    InvalidName {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("size {0:?} is not one of 1x, 2x, 4x, 8x (8x is the self-hosted maximum)")]
+    InvalidSize(String),
+    #[error(
+        "mtu {0:?} is neither `auto` nor a number from 576 to 9216; use `auto` to follow the pod network"
+    )]
+    InvalidMtu(String),
+    #[error("{field} is empty; give an image reference such as {example}")]
+    EmptyImage {
+        field: &'static str,
+        example: &'static str,
+    },
+    #[error(
+        "environment variable name {0:?} is not valid in Kubernetes; use letters, digits, '_', '-' and '.', not starting with a digit"
+    )]
+    InvalidEnvName(String),
+    #[error("registry mirror {0:?} must be an http:// or https:// URL")]
+    InvalidMirror(String),
+}
+
+/// Step size: memory the runner gives a step (reference §4); 8x is the self-hosted maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RunnerSize {
+    #[default]
+    X1,
+    X2,
+    X4,
+    X8,
+}
+
+impl RunnerSize {
+    pub const ALL: [RunnerSize; 4] = [Self::X1, Self::X2, Self::X4, Self::X8];
+
+    pub fn multiplier(self) -> u64 {
+        match self {
+            Self::X1 => 1,
+            Self::X2 => 2,
+            Self::X4 => 4,
+            Self::X8 => 8,
+        }
+    }
+
+    /// Memory a step of this size may use, in MiB (build container plus services).
+    pub fn step_memory_mib(self) -> u64 {
+        4096 * self.multiplier()
+    }
+
+    /// What dind gets: the step, plus 1 GiB for a step's own docker service and headroom.
+    pub fn dind_memory_gib(self) -> u64 {
+        4 * self.multiplier() + 1
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ManifestError> {
+        match raw.trim() {
+            "1x" => Ok(Self::X1),
+            "2x" => Ok(Self::X2),
+            "4x" => Ok(Self::X4),
+            "8x" => Ok(Self::X8),
+            _ => Err(ManifestError::InvalidSize(raw.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for RunnerSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x", self.multiplier())
+    }
+}
+
+/// The MTU dind gives its networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mtu {
+    /// Read the pod's own `eth0` MTU when dind starts: right on any CNI without configuration.
+    #[default]
+    Auto,
+    Fixed(u16),
+}
+
+impl Mtu {
+    pub fn parse(raw: &str) -> Result<Self, ManifestError> {
+        let raw = raw.trim();
+        if raw == "auto" {
+            return Ok(Self::Auto);
+        }
+        match raw.parse::<u16>() {
+            Ok(n) if (576..=9216).contains(&n) => Ok(Self::Fixed(n)),
+            _ => Err(ManifestError::InvalidMtu(raw.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Mtu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The Docker daemon sidecar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DindSpec {
+    pub image: String,
+    pub mtu: Mtu,
+    pub registry_mirrors: Vec<String>,
+    pub extra_args: Vec<String>,
+    /// Overrides the size-derived resources when set.
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for DindSpec {
+    fn default() -> Self {
+        Self {
+            image: DEFAULT_DIND_IMAGE.to_owned(),
+            mtu: Mtu::Auto,
+            registry_mirrors: Vec::new(),
+            extra_args: Vec::new(),
+            resources: None,
+        }
+    }
+}
+
+/// Scheduling and identity settings copied onto the pod as given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodPlacement {
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub tolerations: Option<Vec<Toleration>>,
+    pub affinity: Option<Affinity>,
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    pub priority_class_name: Option<String>,
+    pub runtime_class_name: Option<String>,
+    pub service_account_name: Option<String>,
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+}
+
+/// Everything the runner pod is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerPodConfig {
+    /// The Secret holding the registration, under the keys of [`secret_keys`].
+    pub secret_name: String,
+    /// Repository runners also get REPOSITORY_UUID.
+    pub repository_scoped: bool,
+    pub runner_image: String,
+    pub runner_resources: Option<ResourceRequirements>,
+    pub working_directory: String,
+    /// Plain variables for the runner container.
+    pub runner_env: Vec<EnvVar>,
+    /// Names of variables stored in the Secret under `env.NAME`.
+    pub secret_env: Vec<String>,
+    pub size: RunnerSize,
+    pub dind: DindSpec,
+    pub placement: PodPlacement,
+}
+
+impl RunnerPodConfig {
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        validate_dns_subdomain("secret name", &self.secret_name)?;
+        for (field, image, example) in [
+            ("runner image", &self.runner_image, DEFAULT_RUNNER_IMAGE),
+            ("dind image", &self.dind.image, DEFAULT_DIND_IMAGE),
+        ] {
+            if image.trim().is_empty() {
+                return Err(ManifestError::EmptyImage { field, example });
+            }
+        }
+        for name in self
+            .runner_env
+            .iter()
+            .map(|e| &e.name)
+            .chain(&self.secret_env)
+        {
+            validate_env_name(name)?;
+        }
+        for mirror in &self.dind.registry_mirrors {
+            if !(mirror.starts_with("https://") || mirror.starts_with("http://")) {
+                return Err(ManifestError::InvalidMirror(mirror.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an image tag floats to new Docker majors (and so breaks runners without notice).
+pub fn is_floating_dind_tag(image: &str) -> bool {
+    if image.contains('@') {
+        return false;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        None => true,
+        Some((_, tag)) => matches!(
+            tag,
+            "latest" | "dind" | "dind-rootless" | "rc" | "rc-dind" | "test" | "stable"
+        ),
+    }
+}
+
+fn quantity(s: impl Into<String>) -> Quantity {
+    Quantity(s.into())
+}
+
+fn resources(
+    requests: &[(&str, String)],
+    limits: &[(&str, String)],
+) -> Option<ResourceRequirements> {
+    let map = |items: &[(&str, String)]| {
+        Some(
+            items
+                .iter()
+                .map(|(k, v)| (k.to_string(), quantity(v.clone())))
+                .collect(),
+        )
+    };
+    Some(ResourceRequirements {
+        requests: map(requests),
+        limits: map(limits),
+        ..Default::default()
+    })
+}
+
+/// Memory requests equal limits so a step cannot be starved by its neighbours; no CPU limit
+/// because throttled builds crawl rather than fail.
+pub fn default_dind_resources(size: RunnerSize) -> Option<ResourceRequirements> {
+    let memory = format!("{}Gi", size.dind_memory_gib());
+    resources(
+        &[("cpu", "1".into()), ("memory", memory.clone())],
+        &[("memory", memory)],
+    )
+}
+
+/// The runner needs at least 512 MB (reference §1).
+pub fn default_runner_resources() -> Option<ResourceRequirements> {
+    resources(
+        &[("cpu", "100m".into()), ("memory", "512Mi".into())],
+        &[("memory", "1Gi".into())],
+    )
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..Default::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+const VOLUME_WORK: &str = "work";
+const VOLUME_DOCKER_RUN: &str = "docker-run";
+const VOLUME_DOCKER_CONTAINERS: &str = "docker-containers";
+const VOLUME_DOCKER_DATA: &str = "docker-data";
+
+/// Reads the pod's own MTU at start so nested networks never exceed it, whatever the CNI.
+const DIND_AUTO_MTU_SCRIPT: &str = r#"mtu="$(cat /sys/class/net/eth0/mtu)" || exit 1
+echo "bbrunner: pod eth0 MTU is $mtu; Docker networks in this pod get the same"
+exec dockerd-entrypoint.sh dockerd --host=unix:///var/run/docker.sock --mtu="$mtu" --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@""#;
+
+fn dind_container(config: &RunnerPodConfig) -> Container {
+    let dind = &config.dind;
+    let mut extra: Vec<String> = dind
+        .registry_mirrors
+        .iter()
+        .map(|m| format!("--registry-mirror={m}"))
+        .collect();
+    extra.extend(dind.extra_args.iter().cloned());
+    // Naming `dockerd` explicitly keeps the entrypoint from also listening on TCP 2375,
+    // unauthenticated, on the pod IP.
+    let (command, args) = match dind.mtu {
+        Mtu::Auto => (
+            Some(vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                DIND_AUTO_MTU_SCRIPT.to_owned(),
+                "dind".to_owned(),
+            ]),
+            extra,
+        ),
+        Mtu::Fixed(n) => {
+            let mut args = vec![
+                "dockerd".to_owned(),
+                format!("--host=unix://{DOCKER_SOCKET}"),
+                format!("--mtu={n}"),
+                format!("--default-network-opt=bridge=com.docker.network.driver.mtu={n}"),
+            ];
+            args.extend(extra);
+            (None, args)
+        }
+    };
+    let docker_answers = |period, failures| Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["docker".to_owned(), "version".to_owned()]),
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(5),
+        ..Default::default()
+    };
+    Container {
+        name: DIND_CONTAINER.to_owned(),
+        image: Some(dind.image.clone()),
+        command,
+        args: (!args.is_empty()).then_some(args),
+        // Native sidecar: started before, and kept running alongside, the runner.
+        restart_policy: Some("Always".to_owned()),
+        // TLS certificates only matter for TCP, which we do not open.
+        env: Some(vec![env("DOCKER_TLS_CERTDIR", "")]),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        resources: dind
+            .resources
+            .clone()
+            .or_else(|| default_dind_resources(config.size)),
+        startup_probe: Some(docker_answers(2, 90)),
+        readiness_probe: Some(docker_answers(10, 3)),
+        volume_mounts: Some(vec![
+            mount(VOLUME_WORK, &config.working_directory, false),
+            mount(VOLUME_DOCKER_RUN, "/var/run", false),
+            mount(VOLUME_DOCKER_DATA, "/var/lib/docker", false),
+            mount(
+                VOLUME_DOCKER_CONTAINERS,
+                "/var/lib/docker/containers",
+                false,
+            ),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn runner_container(config: &RunnerPodConfig) -> Container {
+    use secret_keys as k;
+    let secret = config.secret_name.as_str();
+    let mut vars = vec![secret_env("ACCOUNT_UUID", secret, k::ACCOUNT_UUID)];
+    if config.repository_scoped {
+        vars.push(secret_env("REPOSITORY_UUID", secret, k::REPOSITORY_UUID));
+    }
+    vars.extend([
+        secret_env("RUNNER_UUID", secret, k::RUNNER_UUID),
+        secret_env("OAUTH_CLIENT_ID", secret, k::OAUTH_CLIENT_ID),
+        secret_env("OAUTH_CLIENT_SECRET", secret, k::OAUTH_CLIENT_SECRET),
+        env("RUNTIME_PREREQUISITES_ENABLED", "true"),
+        env("WORKING_DIRECTORY", &config.working_directory),
+    ]);
+    vars.extend(
+        config
+            .secret_env
+            .iter()
+            .map(|name| secret_env(name, secret, &format!("{}{name}", k::ENV_PREFIX))),
+    );
+    vars.extend(config.runner_env.iter().cloned());
+    Container {
+        name: RUNNER_CONTAINER.to_owned(),
+        image: Some(config.runner_image.clone()),
+        env: Some(vars),
+        resources: config
+            .runner_resources
+            .clone()
+            .or_else(default_runner_resources),
+        volume_mounts: Some(vec![
+            mount(VOLUME_WORK, &config.working_directory, false),
+            mount(VOLUME_DOCKER_RUN, "/var/run", false),
+            // The runner reads step logs here; it must never write them.
+            mount(VOLUME_DOCKER_CONTAINERS, "/var/lib/docker/containers", true),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The one runner pod spec: runner container plus dind sidecar, volumes and placement.
+pub fn runner_pod_spec(config: &RunnerPodConfig) -> PodSpec {
+    let p = config.placement.clone();
+    PodSpec {
+        init_containers: Some(vec![dind_container(config)]),
+        containers: vec![runner_container(config)],
+        volumes: Some(vec![
+            empty_dir(VOLUME_WORK),
+            empty_dir(VOLUME_DOCKER_RUN),
+            empty_dir(VOLUME_DOCKER_DATA),
+            empty_dir(VOLUME_DOCKER_CONTAINERS),
+        ]),
+        // The runner never talks to Kubernetes; a token beside a privileged daemon is a gift.
+        automount_service_account_token: Some(false),
+        node_selector: p.node_selector,
+        tolerations: p.tolerations,
+        affinity: p.affinity,
+        topology_spread_constraints: p.topology_spread_constraints,
+        priority_class_name: p.priority_class_name,
+        runtime_class_name: p.runtime_class_name,
+        service_account_name: p.service_account_name,
+        image_pull_secrets: p.image_pull_secrets,
+        ..Default::default()
+    }
+}
+
+/// Annotations every runner pod carries.
+pub fn runner_pod_annotations() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        // Evicting a runner mid-step kills the build.
+        (
+            "cluster-autoscaler.kubernetes.io/safe-to-evict".to_owned(),
+            "false".to_owned(),
+        ),
+        (
+            "kubectl.kubernetes.io/default-container".to_owned(),
+            RUNNER_CONTAINER.to_owned(),
+        ),
+    ])
+}
+
+/// The registration Secret's contents (plain strings: written as `stringData`, which avoids
+/// the base64 and trailing-newline pitfalls of the manual recipe).
+pub fn registration_secret_data(
+    registration: &RunnerRegistration,
+    extra_env: &[ExtraEnv],
+) -> BTreeMap<String, String> {
+    use secret_keys as k;
+    let mut data = BTreeMap::from([
+        (
+            k::ACCOUNT_UUID.to_owned(),
+            registration.account_uuid.braced().to_owned(),
+        ),
+        (
+            k::RUNNER_UUID.to_owned(),
+            registration.runner_uuid.braced().to_owned(),
+        ),
+        (
+            k::OAUTH_CLIENT_ID.to_owned(),
+            registration.oauth_client_id.clone(),
+        ),
+        (
+            k::OAUTH_CLIENT_SECRET.to_owned(),
+            registration.oauth_client_secret.expose_secret().to_owned(),
+        ),
+    ]);
+    if let Some(repo) = &registration.repository_uuid {
+        data.insert(k::REPOSITORY_UUID.to_owned(), repo.braced().to_owned());
+    }
+    for e in extra_env {
+        data.insert(
+            format!("{}{}", k::ENV_PREFIX, e.name),
+            e.value.expose_secret().to_owned(),
+        );
+    }
+    data
+}
+
+/// A DNS-1123 label: what Kubernetes requires of namespaces, and what a name must be to serve
+/// as a label value too.
+pub fn validate_dns_label(field: &'static str, value: &str) -> Result<(), ManifestError> {
+    validate_dns(field, value, 63, false)
+}
+
+/// A DNS-1123 subdomain: what Kubernetes requires of most object names.
+pub fn validate_dns_subdomain(field: &'static str, value: &str) -> Result<(), ManifestError> {
+    validate_dns(field, value, 253, true)
+}
+
+fn validate_dns(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    dots: bool,
+) -> Result<(), ManifestError> {
+    let fail = |reason| ManifestError::InvalidName {
+        field,
+        value: value.to_owned(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(fail("it is empty"));
+    }
+    if value.len() > max {
+        return Err(fail(if dots {
+            "it is longer than 253 characters"
+        } else {
+            "it is longer than 63 characters"
+        }));
+    }
+    let allowed =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    if !value.chars().all(allowed) {
+        return Err(fail(
+            "use lowercase letters, digits and '-' (e.g. bitbucket-runners)",
+        ));
+    }
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !value.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        return Err(fail("it must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+fn validate_env_name(name: &str) -> Result<(), ManifestError> {
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ManifestError::InvalidEnvName(name.to_owned()))
+    }
+}
+
+/// Options of `bbrunner render`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderOptions {
+    pub namespace: String,
+    /// Defaults to `runner-<runner uuid>`, like the UI's `--name`.
+    pub name: Option<String>,
+    pub create_namespace: bool,
+    pub size: RunnerSize,
+    pub dind: DindSpec,
+    /// Overrides the image of the pasted command.
+    pub runner_image: Option<String>,
+}
+
+pub const DEFAULT_NAMESPACE: &str = "bitbucket-runners";
+
+/// What `render` emits, in apply order.
+#[derive(Debug, Clone)]
+pub struct RenderedRunner {
+    pub namespace: Option<Namespace>,
+    pub secret: Secret,
+    pub deployment: Deployment,
+    /// Advice for the user that does not stop rendering (printed on stderr).
+    pub warnings: Vec<String>,
+}
+
+/// Labels Pod Security Admission reads: dind must run privileged.
+pub fn privileged_namespace_labels() -> BTreeMap<String, String> {
+    ["enforce", "audit", "warn"]
+        .into_iter()
+        .map(|mode| {
+            (
+                format!("pod-security.kubernetes.io/{mode}"),
+                "privileged".to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Build the Secret and Deployment (and optionally the Namespace) for one imported runner.
+pub fn render_runner(
+    command: &ImportedCommand,
+    options: &RenderOptions,
+) -> Result<RenderedRunner, ManifestError> {
+    let reg = &command.registration;
+    validate_dns_label("namespace", &options.namespace)?;
+    let name = options
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("runner-{}", reg.runner_uuid.bare()));
+    validate_dns_label("name", &name)?;
+    let secret_name = format!("{name}-registration");
+
+    let pod_config = RunnerPodConfig {
+        secret_name: secret_name.clone(),
+        repository_scoped: reg.repository_uuid.is_some(),
+        runner_image: options
+            .runner_image
+            .clone()
+            .unwrap_or_else(|| command.runner_image.clone()),
+        runner_resources: None,
+        working_directory: command.working_directory.clone(),
+        runner_env: Vec::new(),
+        secret_env: command.extra_env.iter().map(|e| e.name.clone()).collect(),
+        size: options.size,
+        dind: options.dind.clone(),
+        placement: PodPlacement::default(),
+    };
+    pod_config.validate()?;
+
+    let mut warnings = Vec::new();
+    if is_floating_dind_tag(&pod_config.dind.image) {
+        warnings.push(format!(
+            "dind image {:?} floats to new Docker majors (dind 29 rejects clients older than API 1.44); pin a tag such as {DEFAULT_DIND_IMAGE}",
+            pod_config.dind.image
+        ));
+    }
+    if !options.create_namespace {
+        warnings.push(format!(
+            "namespace {:?} must allow privileged pods (Pod Security level `privileged`); pass --create-namespace or label it pod-security.kubernetes.io/enforce=privileged",
+            options.namespace
+        ));
+    }
+
+    let selector = BTreeMap::from([
+        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), name.clone()),
+    ]);
+    let mut labels = selector.clone();
+    labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned());
+    labels.insert(
+        LABEL_RUNNER_UUID.to_owned(),
+        reg.runner_uuid.bare().to_owned(),
+    );
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(options.namespace.clone()),
+        labels: Some(labels.clone()),
+        ..Default::default()
+    };
+
+    let namespace = options.create_namespace.then(|| Namespace {
+        metadata: ObjectMeta {
+            name: Some(options.namespace.clone()),
+            labels: Some(privileged_namespace_labels()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+
+    let secret = Secret {
+        metadata: meta(&secret_name),
+        type_: Some("Opaque".to_owned()),
+        string_data: Some(registration_secret_data(reg, &command.extra_env)),
+        ..Default::default()
+    };
+
+    let deployment = Deployment {
+        metadata: meta(&name),
+        spec: Some(DeploymentSpec {
+            // One runner UUID, one pod: a second would fight the first for the registration.
+            replicas: Some(1),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".to_owned()),
+                rolling_update: None,
+            }),
+            revision_history_limit: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(runner_pod_annotations()),
+                    ..Default::default()
+                }),
+                spec: Some(runner_pod_spec(&pod_config)),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Ok(RenderedRunner {
+        namespace,
+        secret,
+        deployment,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,353 @@
+use super::*;
+use crate::import::parse_docker_command;
+
+const COMMAND: &str = "docker container run -it \
+  -e ACCOUNT_UUID={0b4a1c2e-8f3d-4e5a-9b6c-7d8e9f0a1b2c} \
+  -e REPOSITORY_UUID={11111111-2222-4333-8444-555555555555} \
+  -e RUNNER_UUID={5c1d2e3f-4a5b-5c6d-8e7f-9a0b1c2d3e4f} \
+  -e RUNTIME_PREREQUISITES_ENABLED=true \
+  -e OAUTH_CLIENT_ID=client \
+  -e OAUTH_CLIENT_SECRET=ATOA-s3cret \
+  -e WORKING_DIRECTORY=/tmp \
+  -e HTTPS_PROXY=http://user:pw@proxy:3128 \
+  docker-public.packages.atlassian.com/sox/atlassian/bitbucket-pipelines-runner:1";
+
+fn options() -> RenderOptions {
+    RenderOptions {
+        namespace: DEFAULT_NAMESPACE.into(),
+        name: None,
+        create_namespace: true,
+        size: RunnerSize::X1,
+        dind: DindSpec::default(),
+        runner_image: None,
+    }
+}
+
+fn rendered(options: &RenderOptions) -> RenderedRunner {
+    render_runner(&parse_docker_command(COMMAND).unwrap(), options).unwrap()
+}
+
+fn pod(r: &RenderedRunner) -> &PodSpec {
+    r.deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+}
+
+fn dind(pod: &PodSpec) -> &Container {
+    &pod.init_containers.as_ref().unwrap()[0]
+}
+
+fn all_args(c: &Container) -> String {
+    let mut v = c.command.clone().unwrap_or_default();
+    v.extend(c.args.clone().unwrap_or_default());
+    v.join(" ")
+}
+
+#[test]
+fn every_size_gives_dind_equal_memory_requests_and_limits() {
+    for (size, memory) in [
+        (RunnerSize::X1, "5Gi"),
+        (RunnerSize::X2, "9Gi"),
+        (RunnerSize::X4, "17Gi"),
+        (RunnerSize::X8, "33Gi"),
+    ] {
+        let r = rendered(&RenderOptions { size, ..options() });
+        let res = dind(pod(&r)).resources.as_ref().unwrap();
+        assert_eq!(res.requests.as_ref().unwrap()["memory"].0, memory);
+        assert_eq!(res.limits.as_ref().unwrap()["memory"].0, memory);
+        // Not BestEffort: every container requests memory.
+        let runner = &pod(&r).containers[0];
+        assert_eq!(
+            runner
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["memory"]
+                .0,
+            "512Mi"
+        );
+    }
+}
+
+#[test]
+fn dind_is_a_privileged_native_sidecar_that_must_answer_before_the_runner_starts() {
+    let r = rendered(&options());
+    let d = dind(pod(&r));
+    assert_eq!(d.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(d.security_context.as_ref().unwrap().privileged, Some(true));
+    assert_eq!(d.image.as_deref(), Some(DEFAULT_DIND_IMAGE));
+    assert!(!is_floating_dind_tag(DEFAULT_DIND_IMAGE));
+    let probe = d.startup_probe.as_ref().unwrap();
+    assert_eq!(
+        probe.exec.as_ref().unwrap().command.as_ref().unwrap(),
+        &["docker", "version"]
+    );
+    // Never a TCP listener.
+    assert!(all_args(d).contains("--host=unix:///var/run/docker.sock"));
+    assert!(!all_args(d).contains("tcp://"));
+}
+
+#[test]
+fn auto_mtu_reads_eth0_and_applies_to_default_and_user_networks() {
+    let r = rendered(&options());
+    let args = all_args(dind(pod(&r)));
+    assert!(args.contains("cat /sys/class/net/eth0/mtu"));
+    assert!(args.contains("--mtu=\"$mtu\""));
+    assert!(args.contains("--default-network-opt=\"bridge=com.docker.network.driver.mtu=$mtu\""));
+}
+
+#[test]
+fn fixed_mtu_and_mirrors_are_passed_as_arguments() {
+    let r = rendered(&RenderOptions {
+        dind: DindSpec {
+            mtu: Mtu::Fixed(1400),
+            registry_mirrors: vec!["https://mirror.example".into()],
+            extra_args: vec!["--debug".into()],
+            ..DindSpec::default()
+        },
+        ..options()
+    });
+    let d = dind(pod(&r));
+    assert_eq!(d.command, None);
+    assert_eq!(
+        d.args.as_ref().unwrap(),
+        &[
+            "dockerd",
+            "--host=unix:///var/run/docker.sock",
+            "--mtu=1400",
+            "--default-network-opt=bridge=com.docker.network.driver.mtu=1400",
+            "--registry-mirror=https://mirror.example",
+            "--debug"
+        ]
+    );
+}
+
+#[test]
+fn runner_and_dind_share_the_three_volumes_at_the_same_paths() {
+    let r = rendered(&options());
+    let p = pod(&r);
+    let mounts = |c: &Container| -> Vec<(String, String, bool)> {
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.mount_path.clone(),
+                    m.read_only == Some(true),
+                )
+            })
+            .collect()
+    };
+    let runner = mounts(&p.containers[0]);
+    let docker = mounts(dind(p));
+    for (name, path, read_only) in [
+        ("work", "/tmp", false),
+        ("docker-run", "/var/run", false),
+        ("docker-containers", "/var/lib/docker/containers", true),
+    ] {
+        assert!(
+            runner.contains(&(name.into(), path.into(), read_only)),
+            "{name}"
+        );
+        assert!(
+            docker.contains(&(name.into(), path.into(), false)),
+            "{name}"
+        );
+    }
+    assert_eq!(p.automount_service_account_token, Some(false));
+}
+
+#[test]
+fn runner_env_comes_from_the_secret_and_extra_env_is_kept() {
+    let r = rendered(&options());
+    let env = r
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let from_secret = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|s| (s.name.clone(), s.key.clone()))
+    };
+    let secret = "runner-5c1d2e3f-4a5b-5c6d-8e7f-9a0b1c2d3e4f-registration".to_owned();
+    assert_eq!(
+        from_secret("OAUTH_CLIENT_SECRET"),
+        Some((secret.clone(), "oauth_client_secret".into()))
+    );
+    assert_eq!(
+        from_secret("REPOSITORY_UUID"),
+        Some((secret.clone(), "repository_uuid".into()))
+    );
+    assert_eq!(
+        from_secret("HTTPS_PROXY"),
+        Some((secret, "env.HTTPS_PROXY".into()))
+    );
+    let data = r.secret.string_data.as_ref().unwrap();
+    assert_eq!(
+        data["runner_uuid"],
+        "{5c1d2e3f-4a5b-5c6d-8e7f-9a0b1c2d3e4f}"
+    );
+    assert_eq!(data["oauth_client_secret"], "ATOA-s3cret");
+    assert_eq!(data["env.HTTPS_PROXY"], "http://user:pw@proxy:3128");
+    // No secret value in the pod spec itself.
+    let spec = serde_json::to_string(&r.deployment).unwrap();
+    assert!(!spec.contains("ATOA-s3cret") && !spec.contains("user:pw"));
+}
+
+#[test]
+fn deployment_never_runs_two_pods_for_one_runner() {
+    let r = rendered(&options());
+    let spec = r.deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.strategy.as_ref().unwrap().type_.as_deref(),
+        Some("Recreate")
+    );
+    let labels = r.deployment.metadata.labels.as_ref().unwrap();
+    assert_eq!(
+        labels[LABEL_RUNNER_UUID],
+        "5c1d2e3f-4a5b-5c6d-8e7f-9a0b1c2d3e4f"
+    );
+    assert_eq!(labels[LABEL_MANAGED_BY], "bbrunner");
+    let annotations = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"],
+        "false"
+    );
+}
+
+#[test]
+fn namespace_only_when_asked_and_labelled_privileged() {
+    let r = rendered(&options());
+    let ns = r.namespace.unwrap();
+    assert_eq!(
+        ns.metadata.labels.unwrap()["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let r = rendered(&RenderOptions {
+        create_namespace: false,
+        ..options()
+    });
+    assert!(r.namespace.is_none());
+    assert!(r.warnings.iter().any(|w| w.contains("privileged")));
+}
+
+#[test]
+fn bad_options_are_named() {
+    let cmd = parse_docker_command(COMMAND).unwrap();
+    let err = |o: RenderOptions| render_runner(&cmd, &o).unwrap_err().to_string();
+    assert!(
+        err(RenderOptions {
+            namespace: "Bad_NS".into(),
+            ..options()
+        })
+        .starts_with("namespace \"Bad_NS\" is not a valid Kubernetes name")
+    );
+    assert!(
+        err(RenderOptions {
+            name: Some("x".repeat(64)),
+            ..options()
+        })
+        .contains("longer than 63")
+    );
+    assert!(
+        err(RenderOptions {
+            name: Some("-x".into()),
+            ..options()
+        })
+        .contains("start and end with a letter or digit")
+    );
+    assert!(
+        err(RenderOptions {
+            runner_image: Some(" ".into()),
+            ..options()
+        })
+        .starts_with("runner image is empty")
+    );
+    let mirror = RenderOptions {
+        dind: DindSpec {
+            registry_mirrors: vec!["mirror:5000".into()],
+            ..DindSpec::default()
+        },
+        ..options()
+    };
+    assert!(err(mirror).contains("registry mirror \"mirror:5000\""));
+}
+
+#[test]
+fn floating_dind_tags_are_warned_about() {
+    for image in [
+        "docker:dind",
+        "docker",
+        "docker:latest",
+        "registry.local:5000/docker:dind",
+    ] {
+        assert!(is_floating_dind_tag(image), "{image}");
+    }
+    for image in [
+        "docker:28.5-dind",
+        "docker:27.5.1-dind",
+        "docker@sha256:abcd",
+        "registry.local:5000/docker:28-dind",
+    ] {
+        assert!(!is_floating_dind_tag(image), "{image}");
+    }
+    let r = rendered(&RenderOptions {
+        dind: DindSpec {
+            image: "docker:dind".into(),
+            ..DindSpec::default()
+        },
+        ..options()
+    });
+    assert!(r.warnings.iter().any(|w| w.contains("floats")));
+}
+
+#[test]
+fn size_and_mtu_parse_with_clear_errors() {
+    assert_eq!(RunnerSize::parse("4x").unwrap(), RunnerSize::X4);
+    assert_eq!(RunnerSize::X8.to_string(), "8x");
+    assert!(
+        RunnerSize::parse("16x")
+            .unwrap_err()
+            .to_string()
+            .contains("8x is the self-hosted maximum")
+    );
+    assert_eq!(Mtu::parse("auto").unwrap(), Mtu::Auto);
+    assert_eq!(Mtu::parse("1450").unwrap(), Mtu::Fixed(1450));
+    for bad in ["0", "100", "70000", "big"] {
+        assert!(
+            Mtu::parse(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("use `auto`"),
+            "{bad}"
+        );
+    }
+}

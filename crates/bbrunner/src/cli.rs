@@ -1,0 +1,65 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bbrunner",
+    version,
+    about = "Run Bitbucket Pipelines self-hosted runners on Kubernetes",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataFormat {
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read the `docker container run` command the Bitbucket UI shows and print the runner
+    /// registration in it.
+    Import {
+        /// File holding the pasted command; `-` or nothing reads standard input.
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "json")]
+        format: DataFormat,
+        /// Print the OAuth client secret instead of `<redacted>`.
+        #[arg(long)]
+        reveal_secret: bool,
+    },
+    /// Turn the UI command into Kubernetes manifests (Secret, Deployment, optionally the
+    /// Namespace) for `kubectl apply -f -`.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// File holding the pasted command; `-` or nothing reads standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub docker_command: Option<PathBuf>,
+    #[arg(long, default_value = bbrunner_core::manifests::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Name of the Deployment (and prefix of the Secret); default `runner-<runner uuid>`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also emit the Namespace, labelled so Pod Security Admission allows privileged dind.
+    #[arg(long)]
+    pub create_namespace: bool,
+    /// MTU for dind's networks: `auto` reads the pod's eth0 MTU at start, or a number.
+    #[arg(long, default_value = "auto", value_name = "auto|N")]
+    pub mtu: String,
+    #[arg(long, default_value = bbrunner_core::manifests::DEFAULT_DIND_IMAGE)]
+    pub dind_image: String,
+    /// Overrides the runner image of the pasted command.
+    #[arg(long)]
+    pub runner_image: Option<String>,
+    /// Largest step size this runner serves: sizes dind's memory.
+    #[arg(long, default_value = "1x", value_name = "1x|2x|4x|8x")]
+    pub size: String,
+}

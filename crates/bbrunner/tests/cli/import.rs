@@ -1,0 +1,63 @@
+use crate::util::{bbrunner, example};
+
+const SECRET: &str = "ATOA-example_secret.not-real_0123456789";
+
+fn ui_command() -> String {
+    std::fs::read_to_string(example("docker-command.txt")).unwrap()
+}
+
+#[test]
+fn import_prints_the_registration_with_the_secret_redacted() {
+    let run = bbrunner(&["import"], &ui_command()).success();
+    insta::assert_snapshot!(run.stdout);
+    assert!(!run.stdout.contains(SECRET));
+}
+
+#[test]
+fn import_reads_a_file_and_reveals_on_request() {
+    let path = example("docker-command.txt");
+    let run = bbrunner(&["import", path.to_str().unwrap(), "--reveal-secret"], "").success();
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(value["oauth_client_secret"], SECRET);
+}
+
+#[test]
+fn import_yaml_has_the_same_keys() {
+    let run = bbrunner(&["import", "-", "--format", "yaml"], &ui_command()).success();
+    insta::assert_snapshot!(run.stdout);
+}
+
+#[test]
+fn bad_input_fails_with_nothing_on_stdout_and_no_secret_anywhere() {
+    let cases = [
+        (
+            ui_command().replace("-e RUNNER_UUID", "-e NOT_RUNNER"),
+            "RUNNER_UUID is missing",
+        ),
+        (
+            ui_command().replace("{5c1d2e3f-4a5b-5c6d-8e7f-9a0b1c2d3e4f}", SECRET),
+            "RUNNER_UUID is not a UUID",
+        ),
+        (
+            ui_command().replace("-e OAUTH_CLIENT_SECRET=", "-e 'OAUTH_CLIENT_SECRET="),
+            "unterminated ' quote opened at line 7, column 6",
+        ),
+        ("echo hello".to_owned(), "no `docker run`"),
+    ];
+    for (input, expected) in cases {
+        let run = bbrunner(&["import", "--reveal-secret"], &input).failure();
+        assert_eq!(run.stdout, "", "{expected}");
+        assert!(run.stderr.contains(expected), "{expected}: {}", run.stderr);
+        assert!(!run.stderr.contains(SECRET), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn missing_file_is_named() {
+    let run = bbrunner(&["import", "/nonexistent/cmd.txt"], "").failure();
+    assert!(
+        run.stderr.contains("cannot read /nonexistent/cmd.txt"),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests of the `bbrunner` binary.
+
+mod import;
+mod render;
+mod util;

@@ -1,0 +1,115 @@
+use crate::util::{bbrunner, example, kubernetes_validate_strict};
+
+fn render(extra: &[&str]) -> String {
+    let path = example("docker-command.txt");
+    let mut args = vec!["render", "--docker-command", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    bbrunner(&args, "").success().stdout
+}
+
+#[test]
+fn render_default_snapshot() {
+    insta::assert_snapshot!(render(&["--create-namespace"]));
+}
+
+#[test]
+fn render_fixed_mtu_large_size_snapshot() {
+    insta::assert_snapshot!(render(&[
+        "--namespace",
+        "ci",
+        "--name",
+        "build-runner",
+        "--mtu",
+        "1400",
+        "--size",
+        "4x",
+        "--dind-image",
+        "docker:27.5-dind",
+    ]));
+}
+
+#[test]
+fn every_option_combination_validates_strictly_against_kubernetes_1_33() {
+    let repository_runner = std::fs::read_to_string(example("docker-command.txt"))
+        .unwrap()
+        .replace(
+            "-e RUNTIME_PREREQUISITES_ENABLED=true",
+            "-e REPOSITORY_UUID={11111111-2222-4333-8444-555555555555} -e RUNTIME_PREREQUISITES_ENABLED=true -e HTTPS_PROXY=http://proxy:3128",
+        );
+    let mut all = String::new();
+    for (i, size) in ["1x", "2x", "4x", "8x"].iter().enumerate() {
+        for mtu in ["auto", "1450", "9000"] {
+            for create_namespace in [false, true] {
+                let name = format!("r{i}-{mtu}-{create_namespace}");
+                let namespace = format!("ns{i}");
+                let mut args = vec![
+                    "render",
+                    "--size",
+                    size,
+                    "--mtu",
+                    mtu,
+                    "--name",
+                    &name,
+                    "--namespace",
+                    &namespace,
+                ];
+                if create_namespace {
+                    args.push("--create-namespace");
+                }
+                all.push_str(&bbrunner(&args, &repository_runner).success().stdout);
+            }
+        }
+    }
+    kubernetes_validate_strict(&all);
+}
+
+#[test]
+fn render_reads_the_command_from_stdin() {
+    let command = std::fs::read_to_string(example("docker-command.txt")).unwrap();
+    let run = bbrunner(&["render", "--docker-command", "-"], &command).success();
+    assert_eq!(run.stdout, render(&[]));
+    assert!(run.stderr.contains("must allow privileged pods"));
+}
+
+#[test]
+fn bad_options_name_the_flag() {
+    let path = example("docker-command.txt");
+    let path = path.to_str().unwrap();
+    for (flag, value, expected) in [
+        (
+            "--mtu",
+            "huge",
+            "--mtu: mtu \"huge\" is neither `auto` nor a number",
+        ),
+        (
+            "--size",
+            "16x",
+            "--size: size \"16x\" is not one of 1x, 2x, 4x, 8x",
+        ),
+        (
+            "--namespace",
+            "Bad",
+            "namespace \"Bad\" is not a valid Kubernetes name",
+        ),
+    ] {
+        let run = bbrunner(&["render", "--docker-command", path, flag, value], "").failure();
+        assert_eq!(run.stdout, "");
+        assert!(run.stderr.contains(expected), "{}", run.stderr);
+    }
+    let run = bbrunner(
+        &[
+            "render",
+            "--docker-command",
+            path,
+            "--dind-image",
+            "docker:dind",
+        ],
+        "",
+    )
+    .success();
+    assert!(
+        run.stderr.contains("floats to new Docker majors"),
+        "{}",
+        run.stderr
+    );
+}

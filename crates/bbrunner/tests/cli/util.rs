@@ -1,0 +1,105 @@
+//! A small harness in the spirit of ripgrep's `tests/util.rs`: run the real binary with
+//! arguments and standard input, and look at what it did.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crate lives at crates/bbrunner")
+        .to_path_buf()
+}
+
+pub fn example(name: &str) -> PathBuf {
+    workspace_root().join("examples").join(name)
+}
+
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn success(self) -> Self {
+        assert!(
+            self.status.success(),
+            "expected success, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn failure(self) -> Self {
+        assert!(
+            !self.status.success(),
+            "expected failure\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Run `bbrunner ARGS` with `stdin` as standard input.
+pub fn bbrunner(args: &[&str], stdin: &str) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bbrunner");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("wait for bbrunner");
+    Run {
+        status,
+        stdout: String::from_utf8(stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// Validate a multi-document manifest stream with the official Kubernetes 1.33 schemas.
+/// The README's test command installs the validator; its absence is a failure, not a skip.
+pub fn kubernetes_validate_strict(manifests: &str) {
+    let mut child = Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.33.0", "--quiet", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubernetes-validate is not installed ({e}); run the README's test command, which installs it from PyPI"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(manifests.as_bytes())
+        .expect("write manifests");
+    let out = child
+        .wait_with_output()
+        .expect("wait for kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict rejected the manifests:\n{}{}\n--- manifests ---\n{manifests}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
