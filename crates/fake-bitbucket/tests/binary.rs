@@ -1,0 +1,183 @@
+//! The fake as a separate process, driven over HTTP from outside as curl would: start it,
+//! create a runner through the API, run `fake-bitbucket agent` with the runner's environment,
+//! submit a step through the control API, and watch it run to completion.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_fake() -> (Killed, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-bitbucket"))
+        .args([
+            "--time-scale",
+            "60",
+            "--workspace",
+            "acme",
+            "--api-token",
+            "dev@acme.test:tok",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fake-bitbucket");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: Value = serde_json::from_str(&line).expect("one JSON line when ready");
+    let url = ready["listen"].as_str().unwrap().to_owned();
+    (Killed(child), url)
+}
+
+async fn wait_for(mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 20 s");
+}
+
+#[tokio::test]
+async fn a_runner_agent_process_registers_and_runs_a_step() {
+    let (_fake, url) = start_fake();
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!(
+            "{url}/internal/workspaces/acme/pipelines-config/runners"
+        ))
+        .basic_auth("dev@acme.test", Some("tok"))
+        .json(&json!({"name": "bbrunner-test", "labels": ["self.hosted", "linux", "build"]}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["state"]["status"], "UNREGISTERED");
+    let ws: Value = http
+        .get(format!("{url}/2.0/workspaces/acme"))
+        .basic_auth("dev@acme.test", Some("tok"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let _agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_fake-bitbucket"))
+            .args(["agent", "--url", &url])
+            .env("ACCOUNT_UUID", ws["uuid"].as_str().unwrap())
+            .env("RUNNER_UUID", created["uuid"].as_str().unwrap())
+            .env(
+                "OAUTH_CLIENT_ID",
+                created["oauth_client"]["id"].as_str().unwrap(),
+            )
+            .env(
+                "OAUTH_CLIENT_SECRET",
+                created["oauth_client"]["secret"].as_str().unwrap(),
+            )
+            .env("WORKING_DIRECTORY", "/tmp")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let runners = format!("{url}/_fake/runners");
+    wait_for(async || {
+        let all: Value = http
+            .get(&runners)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all[0]["state"] == "ONLINE"
+    })
+    .await;
+
+    let step: Value = http
+        .post(format!("{url}/_fake/steps"))
+        .json(&json!({"workspace": "acme", "labels": ["self.hosted", "build"], "duration_s": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = step["id"].as_str().unwrap().to_owned();
+    wait_for(async || {
+        let steps: Value = http
+            .get(format!("{url}/_fake/steps"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        steps[0]["state"] == "completed"
+    })
+    .await;
+    let steps: Value = http
+        .get(format!("{url}/_fake/steps"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(steps[0]["id"], id);
+    assert_eq!(steps[0]["runner_uuid"], created["uuid"]);
+    let ran = steps[0]["finished_at"].as_f64().unwrap() - steps[0]["started_at"].as_f64().unwrap();
+    assert!(
+        ran >= 59.0,
+        "the step ran its duration on the fake's clock: {ran}"
+    );
+
+    let requests: Value = http
+        .get(format!("{url}/_fake/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        requests
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["identity"] == "user:dev@acme.test" && r["status"] == 201)
+    );
+
+    // Faults can be changed at run time.
+    http.put(format!("{url}/_fake/faults"))
+        .json(&json!({"error_rate": 1.0, "status": 503}))
+        .send()
+        .await
+        .unwrap();
+    let status = http
+        .get(format!("{url}/2.0/workspaces/acme"))
+        .basic_auth("dev@acme.test", Some("tok"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 503);
+}
