@@ -7,3 +7,5 @@ pub mod import;
 pub mod labels;
 pub mod manifests;
 pub mod registration;
+pub mod scaling;
+pub mod simulate;

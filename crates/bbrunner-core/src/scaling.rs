@@ -1,0 +1,275 @@
+//! Scaling policies: pure functions from what a pool looks like now to how many runners it
+//! should have. The operator and the simulator run these same functions.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Seconds, the unit of every time in the core (time is always an input).
+pub type Seconds = f64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DurationError {
+    #[error("{field} {value:?} is not a duration; write it like 15s, 5m or 1h30m")]
+    Invalid { field: &'static str, value: String },
+    #[error("{field} {value:?} is negative; durations are zero or more")]
+    Negative { field: &'static str, value: String },
+}
+
+/// Parse a duration such as `15s`, `5m` or `1h30m` (Kubernetes' and jiff's friendly format).
+pub fn parse_duration(field: &'static str, value: &str) -> Result<Seconds, DurationError> {
+    let parsed: jiff::SignedDuration =
+        value.trim().parse().map_err(|_| DurationError::Invalid {
+            field,
+            value: value.to_owned(),
+        })?;
+    if parsed.is_negative() {
+        return Err(DurationError::Negative {
+            field,
+            value: value.to_owned(),
+        });
+    }
+    Ok(parsed.as_secs_f64())
+}
+
+/// Which policy decides the desired runner count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// desired = busy + minIdle: always a warm runner waiting.
+    #[default]
+    IdleBuffer,
+    /// desired = busy + queued steps + minIdle, when the queue is known.
+    Queue,
+    /// A model of Atlassian's runners-autoscaler `percentageRunnersIdle`.
+    AtlassianRatio,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 3] = [Self::IdleBuffer, Self::Queue, Self::AtlassianRatio];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IdleBuffer => "idle-buffer",
+            Self::Queue => "queue",
+            Self::AtlassianRatio => "atlassian-ratio",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == raw)
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Atlassian's runners-autoscaler settings, with its defaults (reference §5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AtlassianParams {
+    pub poll_interval: Seconds,
+    pub scale_up_threshold: f64,
+    pub scale_down_threshold: f64,
+    pub scale_up_multiplier: f64,
+    pub scale_down_multiplier: f64,
+    pub cool_down: Seconds,
+    /// Pause after each runner it creates.
+    pub create_pause: Seconds,
+}
+
+impl Default for AtlassianParams {
+    fn default() -> Self {
+        Self {
+            poll_interval: 600.0,
+            scale_up_threshold: 0.5,
+            scale_down_threshold: 0.2,
+            scale_up_multiplier: 1.5,
+            scale_down_multiplier: 0.5,
+            cool_down: 300.0,
+            create_pause: 10.0,
+        }
+    }
+}
+
+/// A pool's scaling settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    pub min: u32,
+    pub max: u32,
+    pub min_idle: u32,
+    pub policy: PolicyKind,
+    pub scale_down_delay: Seconds,
+    pub poll_interval: Seconds,
+    pub atlassian: AtlassianParams,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            min: 1,
+            max: 10,
+            min_idle: 1,
+            policy: PolicyKind::IdleBuffer,
+            scale_down_delay: 300.0,
+            poll_interval: 15.0,
+            atlassian: AtlassianParams::default(),
+        }
+    }
+}
+
+/// What a policy sees of a pool at one poll. Runners being drained (disabled) are not counted:
+/// they are leaving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// Created but not yet online: pod pending or runner UNREGISTERED. Counted as capacity so
+    /// that a slow start never makes us overshoot.
+    pub starting: u32,
+    pub idle: u32,
+    pub busy: u32,
+    /// Steps waiting for this pool's labels, when the pipelines API says.
+    pub queued: Option<u32>,
+}
+
+impl Observed {
+    pub fn capacity(&self) -> u32 {
+        self.starting + self.idle + self.busy
+    }
+}
+
+/// Memory a policy keeps between polls (stored in the pool's status by the operator).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct PolicyMemory {
+    /// Since when capacity has exceeded what the policy wants.
+    pub surplus_since: Option<Seconds>,
+}
+
+/// A policy's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub desired: u32,
+    pub reason: &'static str,
+}
+
+/// Overrides of `min` and `minIdle` in force now (from schedules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Overrides {
+    pub min: Option<u32>,
+    pub min_idle: Option<u32>,
+}
+
+/// The desired count for our policies (`idle-buffer`, `queue`), with scale-down hysteresis:
+/// up at once, down only after `scale_down_delay` of continuous surplus, never below busy.
+/// Atlassian's model is not a count policy; see [`atlassian_ratio`].
+pub fn desired(
+    scaling: &Scaling,
+    overrides: Overrides,
+    observed: &Observed,
+    memory: PolicyMemory,
+    now: Seconds,
+) -> (Decision, PolicyMemory) {
+    let min = overrides.min.unwrap_or(scaling.min).min(scaling.max);
+    let min_idle = overrides.min_idle.unwrap_or(scaling.min_idle);
+    let (want, reason) = match (scaling.policy, observed.queued) {
+        (PolicyKind::Queue, Some(queued)) => (
+            observed.busy + queued + min_idle,
+            "busy + queued steps + minIdle",
+        ),
+        _ => (observed.busy + min_idle, "busy + minIdle"),
+    };
+    let want = want.clamp(min, scaling.max);
+    let capacity = observed.capacity();
+    if want >= capacity {
+        let reason = if want == scaling.max && want > capacity {
+            "at max"
+        } else {
+            reason
+        };
+        return (
+            Decision {
+                desired: want,
+                reason,
+            },
+            PolicyMemory::default(),
+        );
+    }
+    if want == scaling.max && observed.busy >= scaling.max {
+        // Over max only because of busy runners (max was lowered): they finish first.
+        return (
+            Decision {
+                desired: scaling.max,
+                reason: "at max",
+            },
+            PolicyMemory::default(),
+        );
+    }
+    let since = memory.surplus_since.unwrap_or(now);
+    let memory = PolicyMemory {
+        surplus_since: Some(since),
+    };
+    if now - since >= scaling.scale_down_delay {
+        // Never ask for fewer than are busy: busy runners are not ours to take.
+        let desired = want.max(observed.busy.min(scaling.max));
+        (
+            Decision {
+                desired,
+                reason: "surplus past scaleDownDelay",
+            },
+            memory,
+        )
+    } else {
+        (
+            Decision {
+                desired: capacity.min(scaling.max).max(want),
+                reason: "holding surplus until scaleDownDelay",
+            },
+            memory,
+        )
+    }
+}
+
+/// What Atlassian's autoscaler would do at one of its polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtlassianAction {
+    /// Create this many runners, one every `create_pause`.
+    Create(u32),
+    /// Disable this many idle runners older than the cool-down.
+    Disable(u32),
+    Nothing,
+}
+
+/// Atlassian's `percentageRunnersIdle` (runners-autoscaler 3.x), faithfully including its
+/// blind spots: it counts only ONLINE runners (starting ones are ignored, so it can overshoot
+/// max), it cannot scale from zero online runners except up to `min`, and it looks at
+/// Bitbucket only, never at Kubernetes.
+pub fn atlassian_ratio(scaling: &Scaling, online: u32, busy: u32, total: u32) -> AtlassianAction {
+    let p = &scaling.atlassian;
+    if total < scaling.min {
+        return AtlassianAction::Create(scaling.min - total);
+    }
+    if online == 0 {
+        return AtlassianAction::Nothing;
+    }
+    let ratio = f64::from(busy) / f64::from(online);
+    if ratio > p.scale_up_threshold {
+        let target = ((f64::from(online) * p.scale_up_multiplier).ceil() as u32).min(scaling.max);
+        if target > online {
+            return AtlassianAction::Create(target - online);
+        }
+    } else if ratio < p.scale_down_threshold {
+        let target =
+            ((f64::from(online) * p.scale_down_multiplier).floor() as u32).max(scaling.min);
+        let idle = online - busy;
+        let surplus = online.saturating_sub(target).min(idle);
+        if surplus > 0 {
+            return AtlassianAction::Disable(surplus);
+        }
+    }
+    AtlassianAction::Nothing
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+use super::*;
+use proptest::prelude::*;
+
+fn scaling(policy: PolicyKind) -> Scaling {
+    Scaling {
+        policy,
+        ..Scaling::default()
+    }
+}
+
+fn obs(starting: u32, idle: u32, busy: u32, queued: Option<u32>) -> Observed {
+    Observed {
+        starting,
+        idle,
+        busy,
+        queued,
+    }
+}
+
+#[test]
+fn idle_buffer_keeps_one_warm_runner_and_counts_starting_ones() {
+    let s = scaling(PolicyKind::IdleBuffer);
+    let m = PolicyMemory::default();
+    let (d, _) = desired(&s, Overrides::default(), &obs(0, 0, 3, None), m, 0.0);
+    assert_eq!(d.desired, 4);
+    // One is already starting: desired stays 4, so the planner creates nothing more.
+    let (d, _) = desired(&s, Overrides::default(), &obs(1, 0, 3, None), m, 0.0);
+    assert_eq!(d.desired, 4);
+    let (d, _) = desired(&s, Overrides::default(), &obs(0, 0, 12, None), m, 0.0);
+    assert_eq!((d.desired, d.reason), (10, "at max"));
+}
+
+#[test]
+fn scale_down_waits_for_the_delay_of_continuous_surplus() {
+    let s = scaling(PolicyKind::IdleBuffer);
+    let surplus = obs(0, 4, 1, None);
+    let (d, m) = desired(
+        &s,
+        Overrides::default(),
+        &surplus,
+        PolicyMemory::default(),
+        100.0,
+    );
+    assert_eq!(d.desired, 5);
+    assert_eq!(m.surplus_since, Some(100.0));
+    let (d, m) = desired(&s, Overrides::default(), &surplus, m, 399.0);
+    assert_eq!(d.desired, 5);
+    let (d, m2) = desired(&s, Overrides::default(), &surplus, m, 400.0);
+    assert_eq!((d.desired, d.reason), (2, "surplus past scaleDownDelay"));
+    assert_eq!(m2.surplus_since, Some(100.0));
+    // Demand back: the clock resets.
+    let (_, m3) = desired(&s, Overrides::default(), &obs(0, 0, 5, None), m2, 401.0);
+    assert_eq!(m3.surplus_since, None);
+}
+
+#[test]
+fn queue_policy_uses_the_queue_when_known_and_falls_back_otherwise() {
+    let s = scaling(PolicyKind::Queue);
+    let m = PolicyMemory::default();
+    assert_eq!(
+        desired(&s, Overrides::default(), &obs(0, 1, 2, Some(4)), m, 0.0)
+            .0
+            .desired,
+        7
+    );
+    assert_eq!(
+        desired(&s, Overrides::default(), &obs(0, 1, 2, None), m, 0.0)
+            .0
+            .desired,
+        3
+    );
+}
+
+#[test]
+fn schedule_overrides_raise_the_floor() {
+    let s = scaling(PolicyKind::IdleBuffer);
+    let o = Overrides {
+        min: Some(5),
+        min_idle: Some(2),
+    };
+    assert_eq!(
+        desired(&s, o, &obs(0, 0, 0, None), PolicyMemory::default(), 0.0)
+            .0
+            .desired,
+        5
+    );
+    assert_eq!(
+        desired(&s, o, &obs(0, 0, 6, None), PolicyMemory::default(), 0.0)
+            .0
+            .desired,
+        8
+    );
+}
+
+#[test]
+fn atlassian_ratio_follows_its_thresholds() {
+    let s = scaling(PolicyKind::AtlassianRatio);
+    assert_eq!(atlassian_ratio(&s, 0, 0, 0), AtlassianAction::Create(1));
+    // Cannot scale from zero online runners once min exist.
+    assert_eq!(atlassian_ratio(&s, 0, 0, 1), AtlassianAction::Nothing);
+    // 2/3 busy > 0.5: ceil(3 * 1.5) = 5 → create 2.
+    assert_eq!(atlassian_ratio(&s, 3, 2, 3), AtlassianAction::Create(2));
+    // Capped at max, counting online runners only.
+    assert_eq!(atlassian_ratio(&s, 8, 8, 12), AtlassianAction::Create(2));
+    // 0/4 busy < 0.2: down to floor(4 * 0.5) = 2.
+    assert_eq!(atlassian_ratio(&s, 4, 0, 4), AtlassianAction::Disable(2));
+    // Between thresholds: nothing.
+    assert_eq!(atlassian_ratio(&s, 4, 1, 4), AtlassianAction::Nothing);
+}
+
+#[test]
+fn durations_parse_or_name_the_field() {
+    assert_eq!(parse_duration("scaleDownDelay", "5m").unwrap(), 300.0);
+    assert_eq!(parse_duration("pollInterval", "15s").unwrap(), 15.0);
+    assert_eq!(parse_duration("x", "1h30m").unwrap(), 5400.0);
+    let err = parse_duration("scaleDownDelay", "soon").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("scaleDownDelay \"soon\" is not a duration")
+    );
+    assert!(parse_duration("x", "-5m").is_err());
+}
+
+fn scaling_strategy() -> impl Strategy<Value = Scaling> {
+    (
+        0u32..5,
+        1u32..30,
+        0u32..4,
+        0.0f64..600.0,
+        prop_oneof![Just(PolicyKind::IdleBuffer), Just(PolicyKind::Queue)],
+    )
+        .prop_map(|(min, span, min_idle, delay, policy)| Scaling {
+            min,
+            max: min + span,
+            min_idle,
+            scale_down_delay: delay,
+            policy,
+            ..Scaling::default()
+        })
+}
+
+fn observed_strategy() -> impl Strategy<Value = Observed> {
+    (0u32..10, 0u32..10, 0u32..40, proptest::option::of(0u32..40))
+        .prop_map(|(s, i, b, q)| obs(s, i, b, q))
+}
+
+proptest! {
+    #[test]
+    fn desired_is_within_bounds_and_never_below_busy(
+        s in scaling_strategy(),
+        o in observed_strategy(),
+        since in proptest::option::of(0.0f64..1000.0),
+        now in 1000.0f64..2000.0,
+    ) {
+        let (d, _) = desired(&s, Overrides::default(), &o, PolicyMemory { surplus_since: since }, now);
+        prop_assert!(d.desired >= s.min && d.desired <= s.max, "{d:?} {s:?}");
+        prop_assert!(d.desired >= o.busy.min(s.max));
+    }
+
+    #[test]
+    fn desired_is_monotone_in_demand(
+        s in scaling_strategy(),
+        o in observed_strategy(),
+        more_busy in 0u32..10,
+        more_queued in 0u32..10,
+        since in proptest::option::of(0.0f64..1000.0),
+        now in 1000.0f64..2000.0,
+    ) {
+        let memory = PolicyMemory { surplus_since: since };
+        let (low, _) = desired(&s, Overrides::default(), &o, memory, now);
+        let busier = Observed { busy: o.busy + more_busy, queued: o.queued.map(|q| q + more_queued), ..o };
+        let (high, _) = desired(&s, Overrides::default(), &busier, memory, now);
+        prop_assert!(high.desired >= low.desired, "{low:?} > {high:?}");
+    }
+
+    #[test]
+    fn atlassian_never_asks_below_min_nor_creates_past_max_online(
+        min in 0u32..3, span in 1u32..15, online in 0u32..20, busy_share in 0.0f64..=1.0, extra in 0u32..5,
+    ) {
+        let s = Scaling { min, max: min + span, policy: PolicyKind::AtlassianRatio, ..Scaling::default() };
+        let busy = (f64::from(online) * busy_share).round() as u32;
+        match atlassian_ratio(&s, online, busy, online + extra) {
+            AtlassianAction::Create(n) => prop_assert!(online + n <= s.max.max(s.min) || online + extra < s.min),
+            AtlassianAction::Disable(n) => {
+                prop_assert!(n <= online - busy);
+                prop_assert!(online - n >= s.min);
+            }
+            AtlassianAction::Nothing => {}
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Replaying a workload against scaling policies. The engine is deterministic: the same trace,
+//! settings and seed give the same figures.
+
+pub mod engine;
+mod rng;
+pub mod scenarios;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::labels::validate_label;
+use crate::manifests::RunnerSize;
+use crate::scaling::Seconds;
+
+pub use engine::{PolicyResult, Sample, SimConfig, StartLatency, simulate};
+pub use scenarios::Scenario;
+
+/// One step of a workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceStep {
+    /// Seconds from the start of the trace.
+    pub at: Seconds,
+    pub duration: Seconds,
+    pub labels: Vec<String>,
+    pub size: RunnerSize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("trace line {line}: {message}")]
+pub struct TraceError {
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceLine {
+    at: f64,
+    duration: f64,
+    #[serde(default)]
+    labels: Option<Vec<String>>,
+    #[serde(default)]
+    size: Option<String>,
+}
+
+/// Read a JSON Lines trace: one `{"at", "duration", "labels", "size"}` per line; blank lines
+/// and lines starting with `#` are skipped. Every bad line is reported with its number.
+pub fn parse_trace(text: &str) -> Result<Vec<TraceStep>, Vec<TraceError>> {
+    let mut steps = Vec::new();
+    let mut errors = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let raw = raw.trim();
+        if raw.is_empty() || raw.starts_with('#') {
+            continue;
+        }
+        let mut fail = |message: String| errors.push(TraceError { line, message });
+        let parsed: TraceLine = match serde_json::from_str(raw) {
+            Ok(p) => p,
+            Err(e) => {
+                fail(format!("not a step object: {e}"));
+                continue;
+            }
+        };
+        if !(parsed.at.is_finite() && parsed.at >= 0.0) {
+            fail("\"at\" must be a number of seconds, zero or more".into());
+            continue;
+        }
+        if !(parsed.duration.is_finite() && parsed.duration >= 0.0) {
+            fail("\"duration\" must be a number of seconds, zero or more".into());
+            continue;
+        }
+        let labels = parsed
+            .labels
+            .unwrap_or_else(|| vec!["self.hosted".into(), "linux".into()]);
+        if let Some(e) = labels.iter().find_map(|l| validate_label(l).err()) {
+            fail(e.to_string());
+            continue;
+        }
+        let size = match parsed.size.as_deref().map(RunnerSize::parse).transpose() {
+            Ok(size) => size.unwrap_or_default(),
+            Err(e) => {
+                fail(e.to_string());
+                continue;
+            }
+        };
+        steps.push(TraceStep {
+            at: parsed.at,
+            duration: parsed.duration,
+            labels,
+            size,
+        });
+    }
+    if errors.is_empty() {
+        steps.sort_by(|a, b| a.at.total_cmp(&b.at));
+        Ok(steps)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,586 @@
+//! A deterministic discrete-event simulation of one runner pool under one policy.
+//!
+//! Modelled: step arrivals with labels and durations; the pool's runners from creation
+//! (pod start and registration take a sampled latency) to deletion; each runner's own poll for
+//! work every 30 s (it polls at once when it comes online and when it finishes a step); the
+//! policy's poll interval; the disable → delete scale-down protocol; Bitbucket's failing of a
+//! step no online runner could take, and its 2.5 h queue timeout; the API calls each policy
+//! makes. Not modelled: step sizes against memory (the lint's job), API faults and rate
+//! limits, Kubernetes scheduling beyond the start latency.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
+
+use serde::Serialize;
+
+use super::TraceStep;
+use super::rng::Rng;
+use crate::labels::Labels;
+use crate::scaling::{
+    AtlassianAction, Observed, Overrides, PolicyKind, PolicyMemory, Scaling, Seconds,
+    atlassian_ratio, desired,
+};
+
+/// The runner's own interval between polls for work.
+pub const RUNNER_POLL: Seconds = 30.0;
+/// Bitbucket fails a step that waited this long.
+pub const QUEUE_TIMEOUT: Seconds = 2.5 * 3600.0;
+/// Samples kept for plots.
+const TIMELINE_SAMPLES: usize = 600;
+
+/// Pod start plus registration time: normal, clamped to at least 5 s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StartLatency {
+    pub mean: Seconds,
+    pub spread: Seconds,
+}
+
+impl Default for StartLatency {
+    fn default() -> Self {
+        Self {
+            mean: 45.0,
+            spread: 15.0,
+        }
+    }
+}
+
+/// One simulation's inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// Labels the pool's runners carry (system labels included).
+    pub labels: Labels,
+    pub scaling: Scaling,
+    pub start_latency: StartLatency,
+    pub seed: u64,
+}
+
+/// One point of the timeline, for plots.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    pub t: Seconds,
+    pub queued: u32,
+    pub starting: u32,
+    pub online: u32,
+    pub busy: u32,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyResult {
+    pub name: String,
+    pub steps: usize,
+    pub failed_steps: usize,
+    pub p50_wait_s: f64,
+    pub p95_wait_s: f64,
+    pub p99_wait_s: f64,
+    pub max_wait_s: f64,
+    pub idle_runner_hours: f64,
+    pub busy_runner_hours: f64,
+    pub peak_runners: u32,
+    pub api_calls_per_hour: f64,
+    #[serde(skip)]
+    pub timeline: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunnerState {
+    Starting,
+    Online,
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+struct Runner {
+    state: RunnerState,
+    created_at: Seconds,
+    enabled: bool,
+    disabled_at: Option<Seconds>,
+    step: Option<usize>,
+    /// When it last polled: its polls fall on this phase, every RUNNER_POLL.
+    poll_phase: Seconds,
+    poll_scheduled: bool,
+}
+
+impl Runner {
+    fn idle_online(&self) -> bool {
+        self.state == RunnerState::Online && self.step.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Arrival(usize),
+    Timeout(usize),
+    Ready(usize),
+    Poll(usize),
+    Done(usize),
+    PolicyPoll,
+    Create,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Scheduled {
+    at: Seconds,
+    seq: u64,
+    event: Event,
+}
+
+impl Eq for Scheduled {}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.at.total_cmp(&other.at).then(self.seq.cmp(&other.seq))
+    }
+}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepOutcome {
+    Pending,
+    Queued,
+    Started,
+    Failed,
+}
+
+struct Sim<'a> {
+    steps: &'a [TraceStep],
+    config: &'a SimConfig,
+    rng: Rng,
+    events: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    now: Seconds,
+    runners: Vec<Runner>,
+    /// Indices of runners not deleted: policies and arrivals look only at these.
+    live: Vec<usize>,
+    starting: u32,
+    online: u32,
+    busy: u32,
+    /// Steps not yet finished or failed.
+    open: usize,
+    queue: VecDeque<usize>,
+    outcome: Vec<StepOutcome>,
+    waits: Vec<f64>,
+    memory: PolicyMemory,
+    /// Creations Atlassian's autoscaler still has to make, one per create pause.
+    pending_creates: u32,
+    api_calls: u64,
+    // Integrals and peaks.
+    last_t: Seconds,
+    idle_seconds: f64,
+    busy_seconds: f64,
+    peak: u32,
+    timeline: Vec<Sample>,
+    sample_every: Seconds,
+    next_sample: Seconds,
+}
+
+/// Run one policy over a trace. `progress` receives the share of simulated time done.
+pub fn simulate(
+    steps: &[TraceStep],
+    config: &SimConfig,
+    progress: &mut dyn FnMut(f64),
+) -> PolicyResult {
+    let horizon = steps.iter().map(|s| s.at + s.duration).fold(0.0, f64::max) + 3600.0;
+    let mut sim = Sim {
+        steps,
+        config,
+        rng: Rng::new(config.seed ^ 0x5eed_0f_51_u64),
+        events: BinaryHeap::new(),
+        seq: 0,
+        now: 0.0,
+        runners: Vec::new(),
+        live: Vec::new(),
+        starting: 0,
+        online: 0,
+        busy: 0,
+        open: steps.len(),
+        queue: VecDeque::new(),
+        outcome: vec![StepOutcome::Pending; steps.len()],
+        waits: Vec::with_capacity(steps.len()),
+        memory: PolicyMemory::default(),
+        pending_creates: 0,
+        api_calls: 0,
+        last_t: 0.0,
+        idle_seconds: 0.0,
+        busy_seconds: 0.0,
+        peak: 0,
+        timeline: Vec::with_capacity(TIMELINE_SAMPLES + 1),
+        sample_every: horizon / TIMELINE_SAMPLES as f64,
+        next_sample: 0.0,
+    };
+    // A pool in steady state starts with `min` runners online.
+    for _ in 0..config.scaling.min {
+        let r = sim.add_runner(0.0);
+        sim.runners[r].state = RunnerState::Online;
+        sim.starting -= 1;
+        sim.online += 1;
+    }
+    for (i, step) in steps.iter().enumerate() {
+        sim.schedule(step.at, Event::Arrival(i));
+    }
+    sim.schedule(0.0, Event::PolicyPoll);
+
+    let mut reported = 0.0;
+    while let Some(Reverse(next)) = sim.events.pop() {
+        if next.at > horizon && sim.open == 0 {
+            break;
+        }
+        sim.advance(next.at);
+        sim.handle(next.event);
+        let share = (next.at / horizon).min(1.0);
+        if share - reported >= 0.01 {
+            reported = share;
+            progress(share);
+        }
+    }
+    sim.advance(sim.now.max(horizon));
+    progress(1.0);
+    sim.result()
+}
+
+impl Sim<'_> {
+    fn schedule(&mut self, at: Seconds, event: Event) {
+        self.seq += 1;
+        self.events.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    /// Move the clock, integrating runner-seconds and taking timeline samples.
+    fn advance(&mut self, to: Seconds) {
+        if to <= self.now {
+            return;
+        }
+        let (starting, online, busy) = (self.starting, self.online, self.busy);
+        while self.next_sample <= to && self.timeline.len() <= TIMELINE_SAMPLES {
+            self.timeline.push(Sample {
+                t: self.next_sample,
+                queued: self.queue.len() as u32,
+                starting,
+                online,
+                busy,
+            });
+            self.next_sample += self.sample_every;
+        }
+        let dt = to - self.last_t;
+        self.idle_seconds += dt * f64::from(starting + online - busy);
+        self.busy_seconds += dt * f64::from(busy);
+        self.last_t = to;
+        self.now = to;
+    }
+
+    fn add_runner(&mut self, now: Seconds) -> usize {
+        self.runners.push(Runner {
+            state: RunnerState::Starting,
+            created_at: now,
+            enabled: true,
+            disabled_at: None,
+            step: None,
+            poll_phase: now,
+            poll_scheduled: false,
+        });
+        let r = self.runners.len() - 1;
+        self.live.push(r);
+        self.starting += 1;
+        self.peak = self.peak.max(self.live.len() as u32);
+        r
+    }
+
+    fn delete(&mut self, r: usize) {
+        debug_assert!(self.runners[r].idle_online());
+        self.runners[r].state = RunnerState::Deleted;
+        self.online -= 1;
+        self.live.retain(|&l| l != r);
+        self.api_calls += 1;
+    }
+
+    fn fail(&mut self, i: usize) {
+        self.outcome[i] = StepOutcome::Failed;
+        self.open -= 1;
+    }
+
+    fn create_runner(&mut self) {
+        self.api_calls += 1;
+        let r = self.add_runner(self.now);
+        let latency = self.config.start_latency;
+        let delay = (latency.mean + latency.spread * self.rng.normal()).max(5.0);
+        self.schedule(self.now + delay, Event::Ready(r));
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Arrival(i) => self.arrive(i),
+            Event::Timeout(i) => {
+                if self.outcome[i] == StepOutcome::Queued {
+                    self.fail(i);
+                    self.queue.retain(|&q| q != i);
+                }
+            }
+            Event::Ready(r) => {
+                if self.runners[r].state == RunnerState::Starting {
+                    self.runners[r].state = RunnerState::Online;
+                    self.starting -= 1;
+                    self.online += 1;
+                    self.poll(r);
+                }
+            }
+            Event::Poll(r) => {
+                self.runners[r].poll_scheduled = false;
+                self.poll(r);
+            }
+            Event::Done(r) => {
+                self.runners[r].step = None;
+                self.busy -= 1;
+                self.open -= 1;
+                self.poll(r);
+            }
+            Event::PolicyPoll => self.policy_poll(),
+            Event::Create => {
+                if self.pending_creates > 0 {
+                    self.pending_creates -= 1;
+                    self.create_runner();
+                    if self.pending_creates > 0 {
+                        let pause = self.config.scaling.atlassian.create_pause;
+                        self.schedule(self.now + pause, Event::Create);
+                    }
+                }
+            }
+        }
+    }
+
+    fn arrive(&mut self, i: usize) {
+        let step = &self.steps[i];
+        let servable = self.config.labels.serves(&step.labels);
+        // Bitbucket fails a step at once when no online runner has its labels.
+        if !servable || self.online == 0 {
+            self.fail(i);
+            return;
+        }
+        self.outcome[i] = StepOutcome::Queued;
+        self.queue.push_back(i);
+        self.schedule(self.now + QUEUE_TIMEOUT, Event::Timeout(i));
+        // Idle runners will see it at their next poll.
+        let now = self.now;
+        let mut polls = Vec::new();
+        for &r in &self.live {
+            let runner = &mut self.runners[r];
+            if runner.idle_online() && runner.enabled && !runner.poll_scheduled {
+                let since = now - runner.poll_phase;
+                let next = runner.poll_phase + (since / RUNNER_POLL).ceil() * RUNNER_POLL;
+                runner.poll_scheduled = true;
+                polls.push((next, r));
+            }
+        }
+        for (at, r) in polls {
+            self.schedule(at, Event::Poll(r));
+        }
+    }
+
+    /// A runner asks for work: an enabled idle runner takes the oldest queued step.
+    fn poll(&mut self, r: usize) {
+        let runner = &mut self.runners[r];
+        runner.poll_phase = self.now;
+        if !runner.idle_online() || !runner.enabled {
+            return;
+        }
+        let Some(i) = self.queue.pop_front() else {
+            return;
+        };
+        self.outcome[i] = StepOutcome::Started;
+        self.waits.push(self.now - self.steps[i].at);
+        self.runners[r].step = Some(i);
+        self.busy += 1;
+        let done = self.now + self.steps[i].duration;
+        self.schedule(done, Event::Done(r));
+    }
+
+    fn policy_poll(&mut self) {
+        let scaling = &self.config.scaling;
+        let interval = match scaling.policy {
+            PolicyKind::AtlassianRatio => scaling.atlassian.poll_interval,
+            _ => scaling.poll_interval,
+        };
+        match scaling.policy {
+            PolicyKind::AtlassianRatio => self.atlassian_poll(),
+            _ => self.our_poll(),
+        }
+        self.schedule(self.now + interval, Event::PolicyPoll);
+    }
+
+    /// bbrunner's loop: one list call, the policy, then the planner's moves.
+    fn our_poll(&mut self) {
+        self.api_calls += 1;
+        let scaling = self.config.scaling.clone();
+        let queued = (scaling.policy == PolicyKind::Queue).then(|| {
+            // Pipelines list plus one steps call per active pipeline (one step each here).
+            let active = self.queue.len() + self.busy as usize;
+            self.api_calls += 1 + active as u64;
+            self.queue.len() as u32
+        });
+        let mut observed = Observed {
+            queued,
+            ..Observed::default()
+        };
+        for r in self
+            .live
+            .iter()
+            .map(|&r| &self.runners[r])
+            .filter(|r| r.enabled)
+        {
+            match (r.state, r.step) {
+                (RunnerState::Starting, _) => observed.starting += 1,
+                (RunnerState::Online, None) => observed.idle += 1,
+                (RunnerState::Online, Some(_)) => observed.busy += 1,
+                (RunnerState::Deleted, _) => {}
+            }
+        }
+        let (decision, memory) = desired(
+            &scaling,
+            Overrides::default(),
+            &observed,
+            self.memory,
+            self.now,
+        );
+        self.memory = memory;
+        let capacity = observed.capacity();
+        let mut need = decision.desired.saturating_sub(capacity);
+        // Re-enable drained runners before creating new ones.
+        for r in self.live.clone() {
+            if need == 0 {
+                break;
+            }
+            let runner = &mut self.runners[r];
+            if runner.state == RunnerState::Online && !runner.enabled {
+                runner.enabled = true;
+                runner.disabled_at = None;
+                self.api_calls += 1;
+                need -= 1;
+                self.poll(r);
+            }
+        }
+        // Delete runners disabled at an earlier poll that stayed idle.
+        for r in self.live.clone() {
+            let runner = &self.runners[r];
+            if runner.idle_online()
+                && !runner.enabled
+                && runner.disabled_at.is_some_and(|t| t < self.now)
+            {
+                self.delete(r);
+            }
+        }
+        for _ in 0..need {
+            self.create_runner();
+        }
+        // Disable the newest idle runners beyond the desired count.
+        let mut surplus = capacity.saturating_sub(decision.desired);
+        for r in self.live.clone().into_iter().rev() {
+            if surplus == 0 {
+                break;
+            }
+            let now = self.now;
+            let runner = &mut self.runners[r];
+            if runner.idle_online() && runner.enabled {
+                runner.enabled = false;
+                runner.disabled_at = Some(now);
+                self.api_calls += 1;
+                surplus -= 1;
+            }
+        }
+    }
+
+    /// Atlassian's loop: its list call and its cleaner's, the ratio rule, creations spaced
+    /// by its pause, and the cleaner deleting runners disabled for a cool-down.
+    fn atlassian_poll(&mut self) {
+        self.api_calls += 2;
+        let scaling = self.config.scaling.clone();
+        let params = scaling.atlassian;
+        for r in self.live.clone() {
+            let runner = &self.runners[r];
+            if runner.idle_online()
+                && !runner.enabled
+                && runner
+                    .disabled_at
+                    .is_some_and(|t| self.now - t >= params.cool_down)
+            {
+                self.delete(r);
+            }
+        }
+        let enabled_online = || {
+            self.live
+                .iter()
+                .map(|&r| &self.runners[r])
+                .filter(|r| r.state == RunnerState::Online && r.enabled)
+        };
+        let online = enabled_online().count() as u32;
+        let busy = enabled_online().filter(|r| r.step.is_some()).count() as u32;
+        let total = self.live.len() as u32 + self.pending_creates;
+        match atlassian_ratio(&scaling, online, busy, total) {
+            AtlassianAction::Create(n) => {
+                if self.pending_creates == 0 {
+                    self.schedule(self.now, Event::Create);
+                }
+                self.pending_creates += n;
+            }
+            AtlassianAction::Disable(mut n) => {
+                let now = self.now;
+                for &r in self.live.iter().rev() {
+                    if n == 0 {
+                        break;
+                    }
+                    let runner = &mut self.runners[r];
+                    if runner.idle_online()
+                        && runner.enabled
+                        && now - runner.created_at >= params.cool_down
+                    {
+                        runner.enabled = false;
+                        runner.disabled_at = Some(now);
+                        self.api_calls += 1;
+                        n -= 1;
+                    }
+                }
+            }
+            AtlassianAction::Nothing => {}
+        }
+    }
+
+    fn result(mut self) -> PolicyResult {
+        let failed = self
+            .outcome
+            .iter()
+            .filter(|o| !matches!(o, StepOutcome::Started))
+            .count();
+        self.waits.sort_by(f64::total_cmp);
+        let pct = |p: f64| percentile(&self.waits, p);
+        let hours = (self.now / 3600.0).max(1e-9);
+        PolicyResult {
+            name: self.config.scaling.policy.name().to_owned(),
+            steps: self.steps.len(),
+            failed_steps: failed,
+            p50_wait_s: pct(0.50),
+            p95_wait_s: pct(0.95),
+            p99_wait_s: pct(0.99),
+            max_wait_s: self.waits.last().copied().unwrap_or(0.0),
+            idle_runner_hours: self.idle_seconds / 3600.0,
+            busy_runner_hours: self.busy_seconds / 3600.0,
+            peak_runners: self.peak,
+            api_calls_per_hour: self.api_calls as f64 / hours,
+            timeline: self.timeline,
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted values (0 when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}

@@ -1,0 +1,159 @@
+use super::*;
+use crate::labels::Labels;
+use crate::scaling::{PolicyKind, Scaling};
+
+fn step(at: f64, duration: f64) -> TraceStep {
+    TraceStep {
+        at,
+        duration,
+        labels: vec!["self.hosted".into(), "linux".into()],
+        size: RunnerSize::X1,
+    }
+}
+
+fn config(scaling: Scaling) -> SimConfig {
+    SimConfig {
+        labels: Labels::new::<_, &str>([]).unwrap(),
+        scaling,
+        start_latency: StartLatency {
+            mean: 45.0,
+            spread: 0.0,
+        },
+        seed: 7,
+    }
+}
+
+#[test]
+fn a_small_trace_gives_the_waits_computed_by_hand() {
+    // One runner (min = max = 1), online at 0, polling at 0, 30, 60, ...
+    // A arrives at 10 and starts at the next poll, 30 (wait 20), running to 130.
+    // B arrives at 20; the runner polls again as soon as A finishes: B starts at 130 (wait 110).
+    let scaling = Scaling {
+        min: 1,
+        max: 1,
+        min_idle: 0,
+        ..Scaling::default()
+    };
+    let r = simulate(
+        &[step(10.0, 100.0), step(20.0, 50.0)],
+        &config(scaling),
+        &mut |_| {},
+    );
+    assert_eq!(r.steps, 2);
+    assert_eq!(r.failed_steps, 0);
+    assert_eq!(r.p50_wait_s, 20.0);
+    assert_eq!(r.p95_wait_s, 110.0);
+    assert_eq!(r.max_wait_s, 110.0);
+    assert_eq!(r.peak_runners, 1);
+    // Horizon: last end (110) + 1 h = 3710 s; busy 150 s of it.
+    assert!((r.busy_runner_hours - 150.0 / 3600.0).abs() < 1e-9);
+    assert!((r.idle_runner_hours - 3560.0 / 3600.0).abs() < 1e-9);
+    // One list call per 15 s poll, at 0, 15, ..., 3705: 248 calls in 3710 s.
+    assert!((r.api_calls_per_hour - 248.0 / (3710.0 / 3600.0)).abs() < 1e-9);
+}
+
+#[test]
+fn scaling_up_counts_start_latency_and_the_first_poll() {
+    // min 1, minIdle 1. At 0 the policy sees one idle runner and wants 1; that runner takes A
+    // at its poll at 0 (wait 0). B arrives at 5. The policy poll at 15 sees 1 busy, wants 2 and
+    // creates one, ready at 60, which polls at once and takes B (wait 55). At 60 the policy sees
+    // 2 busy and creates a third.
+    let scaling = Scaling {
+        min: 1,
+        max: 3,
+        min_idle: 1,
+        ..Scaling::default()
+    };
+    let r = simulate(
+        &[step(0.0, 600.0), step(5.0, 600.0)],
+        &config(scaling),
+        &mut |_| {},
+    );
+    assert_eq!(r.failed_steps, 0);
+    assert_eq!(r.p50_wait_s, 0.0);
+    assert_eq!(r.max_wait_s, 55.0);
+    assert_eq!(r.peak_runners, 3);
+}
+
+#[test]
+fn steps_no_runner_can_serve_fail_at_once() {
+    let mut gpu = step(10.0, 10.0);
+    gpu.labels.push("gpu".into());
+    let r = simulate(
+        &[gpu, step(20.0, 10.0)],
+        &config(Scaling::default()),
+        &mut |_| {},
+    );
+    assert_eq!(r.failed_steps, 1);
+    // With no runner at all (min 0, Atlassian cannot scale from zero), every step fails.
+    let zero = Scaling {
+        min: 0,
+        policy: PolicyKind::AtlassianRatio,
+        ..Scaling::default()
+    };
+    let r = simulate(&[step(10.0, 10.0)], &config(zero), &mut |_| {});
+    assert_eq!(r.failed_steps, 1);
+}
+
+#[test]
+fn same_seed_same_figures_and_another_seed_differs() {
+    let trace = Scenario::Workday.generate(1);
+    assert_eq!(trace, Scenario::Workday.generate(1));
+    assert_ne!(trace, Scenario::Workday.generate(2));
+    for policy in PolicyKind::ALL {
+        let mut c = config(Scaling {
+            policy,
+            ..Scaling::default()
+        });
+        c.start_latency.spread = 15.0;
+        let a = simulate(&trace, &c, &mut |_| {});
+        let b = simulate(&trace, &c, &mut |_| {});
+        assert_eq!(a, b, "{policy}");
+    }
+}
+
+#[test]
+fn progress_is_reported_up_to_done() {
+    let mut seen = Vec::new();
+    simulate(
+        &Scenario::Steady.generate(3),
+        &config(Scaling::default()),
+        &mut |p| seen.push(p),
+    );
+    assert!(seen.len() > 10);
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(seen.last(), Some(&1.0));
+}
+
+#[test]
+fn our_policies_never_exceed_max_while_atlassian_can() {
+    let trace = Scenario::Burst.generate(5);
+    for policy in [PolicyKind::IdleBuffer, PolicyKind::Queue] {
+        let r = simulate(
+            &trace,
+            &config(Scaling {
+                policy,
+                ..Scaling::default()
+            }),
+            &mut |_| {},
+        );
+        assert!(r.peak_runners <= 10, "{policy}: {}", r.peak_runners);
+        assert_eq!(r.failed_steps, 0, "{policy}");
+    }
+}
+
+#[test]
+fn trace_lines_parse_and_bad_lines_are_numbered() {
+    let good = "{\"at\": 5, \"duration\": 60, \"labels\": [\"self.hosted\", \"linux\"], \"size\": \"2x\"}\n\n# comment\n{\"at\": 1, \"duration\": 2}\n";
+    let steps = parse_trace(good).unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0].at, 1.0);
+    assert_eq!(steps[1].size, RunnerSize::X2);
+
+    let bad = "{\"at\": 1, \"duration\": 2}\nnot json\n{\"at\": -1, \"duration\": 2}\n{\"at\": 1, \"duration\": 2, \"size\": \"64x\"}\n{\"at\": 1, \"duration\": 2, \"labels\": [\"Bad\"]}\n{\"at\": 1, \"duration\": 2, \"extra\": 1}";
+    let errors = parse_trace(bad).unwrap_err();
+    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [2, 3, 4, 5, 6]);
+    assert!(errors[1].to_string().starts_with("trace line 3: \"at\""));
+    assert!(errors[2].to_string().contains("64x"));
+}
