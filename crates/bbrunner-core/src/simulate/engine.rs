@@ -189,7 +189,7 @@ pub fn simulate(
     let mut sim = Sim {
         steps,
         config,
-        rng: Rng::new(config.seed ^ 0x5eed_0f_51_u64),
+        rng: Rng::new(config.seed ^ 0x5eed_0f51_u64),
         events: BinaryHeap::new(),
         seq: 0,
         now: 0.0,
