@@ -36,6 +36,42 @@ pub enum Command {
     /// Turn the UI command into Kubernetes manifests (Secret, Deployment, optionally the
     /// Namespace) for `kubectl apply -f -`.
     Render(RenderArgs),
+    /// Replay a workload against scaling policies, ours and Atlassian's, side by side.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("workload").required(true).args(["trace", "scenario"])))]
+pub struct SimulateArgs {
+    /// JSON Lines trace: one {"at", "duration", "labels", "size"} per line.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// A built-in workload.
+    #[arg(long, value_name = "workday|burst|nightly|steady")]
+    pub scenario: Option<String>,
+    /// A policy to run, optionally with its poll interval (`atlassian-ratio:120s`);
+    /// repeat to compare. Default: idle-buffer, queue and atlassian-ratio.
+    #[arg(long = "policy", value_name = "NAME[:POLL]")]
+    pub policies: Vec<String>,
+    /// A RunnerPool manifest whose spec.labels and spec.scaling to use.
+    #[arg(long, value_name = "FILE")]
+    pub pool: Option<PathBuf>,
+    /// Mean runner start latency (pod start and registration); spread is a third of it.
+    #[arg(long, default_value = "45s", value_name = "DUR")]
+    pub start_latency: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: TableFormat,
+    /// Write an SVG of queued steps and runners over time, one panel per policy.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

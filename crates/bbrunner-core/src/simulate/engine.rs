@@ -52,6 +52,8 @@ pub struct SimConfig {
     pub scaling: Scaling,
     pub start_latency: StartLatency,
     pub seed: u64,
+    /// API requests per rolling hour the identity may spend (the client's budget).
+    pub api_budget: u32,
 }
 
 /// One point of the timeline, for plots.
@@ -169,6 +171,8 @@ struct Sim<'a> {
     /// Creations Atlassian's autoscaler still has to make, one per create pause.
     pending_creates: u32,
     api_calls: u64,
+    /// When recent calls were made, for the rolling-hour budget.
+    recent_calls: VecDeque<Seconds>,
     // Integrals and peaks.
     last_t: Seconds,
     idle_seconds: f64,
@@ -205,6 +209,7 @@ pub fn simulate(
         memory: PolicyMemory::default(),
         pending_creates: 0,
         api_calls: 0,
+        recent_calls: VecDeque::new(),
         last_t: 0.0,
         idle_seconds: 0.0,
         busy_seconds: 0.0,
@@ -293,12 +298,30 @@ impl Sim<'_> {
         r
     }
 
+    /// Record one API request.
+    fn call(&mut self) {
+        self.api_calls += 1;
+        self.recent_calls.push_back(self.now);
+    }
+
+    /// Whether `n` more requests fit in the rolling hour's budget.
+    fn affordable(&mut self, n: u32) -> bool {
+        while self
+            .recent_calls
+            .front()
+            .is_some_and(|t| self.now - t >= 3600.0)
+        {
+            self.recent_calls.pop_front();
+        }
+        self.recent_calls.len() + n as usize <= self.config.api_budget as usize
+    }
+
     fn delete(&mut self, r: usize) {
         debug_assert!(self.runners[r].idle_online());
         self.runners[r].state = RunnerState::Deleted;
         self.online -= 1;
         self.live.retain(|&l| l != r);
-        self.api_calls += 1;
+        self.call();
     }
 
     fn fail(&mut self, i: usize) {
@@ -307,7 +330,7 @@ impl Sim<'_> {
     }
 
     fn create_runner(&mut self) {
-        self.api_calls += 1;
+        self.call();
         let r = self.add_runner(self.now);
         let latency = self.config.start_latency;
         let delay = (latency.mean + latency.spread * self.rng.normal()).max(5.0);
@@ -416,14 +439,18 @@ impl Sim<'_> {
 
     /// bbrunner's loop: one list call, the policy, then the planner's moves.
     fn our_poll(&mut self) {
-        self.api_calls += 1;
+        self.call();
         let scaling = self.config.scaling.clone();
-        let queued = (scaling.policy == PolicyKind::Queue).then(|| {
-            // Pipelines list plus one steps call per active pipeline (one step each here).
-            let active = self.queue.len() + self.busy as usize;
-            self.api_calls += 1 + active as u64;
-            self.queue.len() as u32
-        });
+        // Pipelines list plus one steps call per active pipeline (one step each here), only
+        // while the budget allows; otherwise the policy falls back to idle-buffer.
+        let pipeline_calls = 1 + self.queue.len() as u32 + self.busy;
+        let queued =
+            (scaling.policy == PolicyKind::Queue && self.affordable(pipeline_calls)).then(|| {
+                for _ in 0..pipeline_calls {
+                    self.call();
+                }
+                self.queue.len() as u32
+            });
         let mut observed = Observed {
             queued,
             ..Observed::default()
@@ -460,7 +487,7 @@ impl Sim<'_> {
             if runner.state == RunnerState::Online && !runner.enabled {
                 runner.enabled = true;
                 runner.disabled_at = None;
-                self.api_calls += 1;
+                self.call();
                 need -= 1;
                 self.poll(r);
             }
@@ -489,7 +516,7 @@ impl Sim<'_> {
             if runner.idle_online() && runner.enabled {
                 runner.enabled = false;
                 runner.disabled_at = Some(now);
-                self.api_calls += 1;
+                self.call();
                 surplus -= 1;
             }
         }
@@ -498,7 +525,8 @@ impl Sim<'_> {
     /// Atlassian's loop: its list call and its cleaner's, the ratio rule, creations spaced
     /// by its pause, and the cleaner deleting runners disabled for a cool-down.
     fn atlassian_poll(&mut self) {
-        self.api_calls += 2;
+        self.call();
+        self.call();
         let scaling = self.config.scaling.clone();
         let params = scaling.atlassian;
         for r in self.live.clone() {
@@ -530,7 +558,7 @@ impl Sim<'_> {
             }
             AtlassianAction::Disable(mut n) => {
                 let now = self.now;
-                for &r in self.live.iter().rev() {
+                for r in self.live.clone().into_iter().rev() {
                     if n == 0 {
                         break;
                     }
@@ -541,7 +569,7 @@ impl Sim<'_> {
                     {
                         runner.enabled = false;
                         runner.disabled_at = Some(now);
-                        self.api_calls += 1;
+                        self.call();
                         n -= 1;
                     }
                 }

@@ -1,5 +1,7 @@
-//! Built-in workloads, generated from a seed. Steps come in pipelines: a push fans out into
-//! 1 to 4 parallel steps arriving together, as real pipelines do.
+//! Built-in workloads, generated from a seed, sized for the default pool (max 10 runners):
+//! their peaks need up to about ten runners, so the figures compare policies rather than a
+//! pool too small for its work. Steps come in pipelines: a push fans out into 1 to 3 parallel
+//! steps arriving together, as parallel steps do.
 
 use super::TraceStep;
 use super::rng::Rng;
@@ -10,9 +12,9 @@ use crate::scaling::Seconds;
 pub enum Scenario {
     /// A 10-hour working day: morning ramp, lunch dip, busy afternoon.
     Workday,
-    /// Quiet hours broken by three large fan-outs (a release train, a monorepo push).
+    /// Quiet hours broken by three fan-outs of eight parallel steps (a monorepo push).
     Burst,
-    /// A day with a nightly batch of long jobs at 02:00.
+    /// A day with a nightly batch of eight 20-minute jobs at 02:00.
     Nightly,
     /// Eight hours at a constant rate.
     Steady,
@@ -40,7 +42,7 @@ impl Scenario {
         match self {
             Self::Workday => {
                 // Pipelines per hour over the day, hour by hour from 08:00.
-                let rates = [8.0, 20.0, 28.0, 28.0, 10.0, 26.0, 30.0, 30.0, 24.0, 12.0];
+                let rates = [4.0, 10.0, 14.0, 14.0, 5.0, 13.0, 15.0, 15.0, 12.0, 6.0];
                 for (hour, rate) in rates.iter().enumerate() {
                     pipelines(
                         &mut rng,
@@ -55,7 +57,7 @@ impl Scenario {
             Self::Burst => {
                 pipelines(&mut rng, &mut steps, 0.0, 6.0 * 3600.0, 3.0, 240.0);
                 for at in [3600.0, 3.0 * 3600.0, 5.0 * 3600.0] {
-                    for _ in 0..30 {
+                    for _ in 0..8 {
                         let offset = rng.uniform() * 60.0;
                         steps.push(step(&mut rng, at + offset, 300.0));
                     }
@@ -63,13 +65,13 @@ impl Scenario {
             }
             Self::Nightly => {
                 pipelines(&mut rng, &mut steps, 0.0, 24.0 * 3600.0, 2.0, 240.0);
-                for _ in 0..40 {
+                for _ in 0..8 {
                     let offset = rng.uniform() * 300.0;
                     steps.push(step(&mut rng, 2.0 * 3600.0 + offset, 1200.0));
                 }
             }
             Self::Steady => {
-                pipelines(&mut rng, &mut steps, 0.0, 8.0 * 3600.0, 12.0, 300.0);
+                pipelines(&mut rng, &mut steps, 0.0, 8.0 * 3600.0, 8.0, 300.0);
             }
         }
         steps.sort_by(|a, b| a.at.total_cmp(&b.at));
@@ -87,7 +89,7 @@ fn step(rng: &mut Rng, at: Seconds, median: Seconds) -> TraceStep {
 }
 
 /// Poisson arrivals of pipelines at `rate` per hour in `[start, start + span)`, each fanning
-/// out into 1 to 4 steps.
+/// out into 1 to 3 steps.
 fn pipelines(
     rng: &mut Rng,
     steps: &mut Vec<TraceStep>,
@@ -98,7 +100,7 @@ fn pipelines(
 ) {
     let mut t = start + rng.exponential(3600.0 / rate);
     while t < start + span {
-        let fan_out = rng.between(1, 4);
+        let fan_out = rng.between(1, 3);
         for _ in 0..fan_out {
             steps.push(step(rng, t, median));
         }

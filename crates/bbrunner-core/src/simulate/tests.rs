@@ -20,6 +20,7 @@ fn config(scaling: Scaling) -> SimConfig {
             spread: 0.0,
         },
         seed: 7,
+        api_budget: 900,
     }
 }
 
@@ -110,6 +111,18 @@ fn same_seed_same_figures_and_another_seed_differs() {
         let b = simulate(&trace, &c, &mut |_| {});
         assert_eq!(a, b, "{policy}");
     }
+}
+
+#[test]
+fn the_queue_policy_stays_within_the_api_budget() {
+    let trace = Scenario::Workday.generate(1);
+    let mut c = config(Scaling {
+        policy: PolicyKind::Queue,
+        ..Scaling::default()
+    });
+    c.api_budget = 500;
+    let r = simulate(&trace, &c, &mut |_| {});
+    assert!(r.api_calls_per_hour <= 500.0, "{}", r.api_calls_per_hour);
 }
 
 #[test]

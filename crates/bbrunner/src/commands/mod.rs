@@ -6,6 +6,7 @@ use crate::cli::{Cli, Command};
 
 mod import;
 mod render;
+mod simulate;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -15,5 +16,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             reveal_secret,
         } => import::run(file.as_deref(), format, reveal_secret),
         Command::Render(args) => render::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
     }
 }

@@ -2,4 +2,5 @@
 
 mod import;
 mod render;
+mod simulate;
 mod util;

@@ -1,0 +1,165 @@
+//! The scaling part of a RunnerPool spec as users write it, and its validation into the
+//! settings the policies run on.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::labels::{LabelError, Labels};
+use crate::scaling::{DurationError, PolicyKind, Scaling, parse_duration};
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PoolError {
+    #[error("spec.scaling: min ({min}) is greater than max ({max}); lower min or raise max")]
+    MinAboveMax { min: u32, max: u32 },
+    #[error("spec.scaling.max is 0; a pool needs at least one runner (set max to 1 or more)")]
+    ZeroMax,
+    #[error(
+        "spec.scaling.max is {0}; Bitbucket allows at most 100 runners per workspace or repository"
+    )]
+    MaxAboveQuota(u32),
+    #[error("spec.scaling.{0}")]
+    Duration(#[from] DurationError),
+    #[error("spec.labels: {0}")]
+    Labels(#[from] LabelError),
+}
+
+/// `spec.scaling`, every field optional with the documented default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_idle: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+}
+
+impl ScalingSpec {
+    /// Apply defaults and check the settings.
+    pub fn resolve(&self) -> Result<Scaling, PoolError> {
+        let defaults = Scaling::default();
+        let min = self.min.unwrap_or(defaults.min);
+        let max = self.max.unwrap_or(defaults.max);
+        if max == 0 {
+            return Err(PoolError::ZeroMax);
+        }
+        if min > max {
+            return Err(PoolError::MinAboveMax { min, max });
+        }
+        if max > 100 {
+            return Err(PoolError::MaxAboveQuota(max));
+        }
+        let duration = |field, value: &Option<String>, default| match value {
+            Some(v) => parse_duration(field, v),
+            None => Ok(default),
+        };
+        Ok(Scaling {
+            min,
+            max,
+            min_idle: self.min_idle.unwrap_or(defaults.min_idle),
+            policy: self.policy.unwrap_or_default(),
+            scale_down_delay: duration(
+                "scaleDownDelay",
+                &self.scale_down_delay,
+                defaults.scale_down_delay,
+            )?,
+            poll_interval: duration("pollInterval", &self.poll_interval, defaults.poll_interval)?,
+            atlassian: defaults.atlassian,
+        })
+    }
+}
+
+/// The parts of a RunnerPool manifest the simulator reads: `spec.labels` and `spec.scaling`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PoolManifest {
+    #[serde(default)]
+    pub spec: PoolManifestSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolManifestSpec {
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub scaling: ScalingSpec,
+}
+
+impl PoolManifestSpec {
+    pub fn resolve(&self) -> Result<(Labels, Scaling), PoolError> {
+        Ok((Labels::new(&self.labels)?, self.scaling.resolve()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = ScalingSpec::default().resolve().unwrap();
+        assert_eq!((s.min, s.max, s.min_idle), (1, 10, 1));
+        assert_eq!(s.policy, PolicyKind::IdleBuffer);
+        assert_eq!((s.scale_down_delay, s.poll_interval), (300.0, 15.0));
+    }
+
+    #[test]
+    fn bad_settings_name_the_field_and_the_fix() {
+        let err = |spec: ScalingSpec| spec.resolve().unwrap_err().to_string();
+        assert_eq!(
+            err(ScalingSpec {
+                min: Some(5),
+                max: Some(2),
+                ..Default::default()
+            }),
+            "spec.scaling: min (5) is greater than max (2); lower min or raise max"
+        );
+        assert!(
+            err(ScalingSpec {
+                max: Some(0),
+                ..Default::default()
+            })
+            .contains("max is 0")
+        );
+        assert!(
+            err(ScalingSpec {
+                max: Some(101),
+                ..Default::default()
+            })
+            .contains("at most 100")
+        );
+        assert!(
+            err(ScalingSpec {
+                poll_interval: Some("often".into()),
+                ..Default::default()
+            })
+            .starts_with("spec.scaling.pollInterval \"often\" is not a duration")
+        );
+        let labels = PoolManifestSpec {
+            labels: vec!["Bad".into()],
+            ..Default::default()
+        };
+        assert!(
+            labels
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .starts_with("spec.labels: label \"Bad\"")
+        );
+    }
+
+    #[test]
+    fn policy_names_are_kebab_case() {
+        let spec: ScalingSpec =
+            serde_json::from_str(r#"{"policy": "atlassian-ratio", "minIdle": 2}"#).unwrap();
+        assert_eq!(spec.policy, Some(PolicyKind::AtlassianRatio));
+        assert_eq!(spec.min_idle, Some(2));
+    }
+}

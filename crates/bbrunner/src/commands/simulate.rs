@@ -1,0 +1,177 @@
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bbrunner_core::labels::Labels;
+use bbrunner_core::pool::PoolManifest;
+use bbrunner_core::scaling::{PolicyKind, Scaling, parse_duration};
+use bbrunner_core::simulate::{
+    PolicyResult, Scenario, SimConfig, StartLatency, TraceStep, parse_trace, simulate,
+};
+
+use crate::cli::{SimulateArgs, TableFormat};
+use crate::{input, output, plot};
+
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    policies: &'a [PolicyResult],
+}
+
+/// A policy to run, with an optional poll interval override.
+struct PolicyRun {
+    kind: PolicyKind,
+    poll: Option<f64>,
+    label: String,
+}
+
+fn parse_policy(raw: &str) -> Result<PolicyRun> {
+    let (name, poll) = match raw.split_once(':') {
+        Some((n, p)) => (n, Some(parse_duration("--policy poll interval", p)?)),
+        None => (raw, None),
+    };
+    let kind = PolicyKind::parse(name).ok_or_else(|| {
+        anyhow!("--policy {name:?} is not a policy; use idle-buffer, queue or atlassian-ratio")
+    })?;
+    Ok(PolicyRun {
+        kind,
+        poll,
+        label: raw.to_owned(),
+    })
+}
+
+fn workload(args: &SimulateArgs) -> Result<Vec<TraceStep>> {
+    if let Some(path) = &args.trace {
+        let text = input::read_text(Some(path))?;
+        return parse_trace(&text).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+            anyhow!("{} has bad lines:\n{}", path.display(), lines.join("\n"))
+        });
+    }
+    let name = args.scenario.as_deref().unwrap_or_default();
+    let scenario = Scenario::parse(name).ok_or_else(|| {
+        anyhow!("--scenario {name:?} is not built in; use workday, burst, nightly or steady")
+    })?;
+    Ok(scenario.generate(args.seed))
+}
+
+fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling)> {
+    let Some(path) = &args.pool else {
+        return Ok((Labels::new::<_, &str>([])?, Scaling::default()));
+    };
+    let text = input::read_text(Some(path))?;
+    let manifest: PoolManifest = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not a RunnerPool manifest", path.display()))?;
+    Ok(manifest
+        .spec
+        .resolve()
+        .with_context(|| format!("in {}", path.display()))?)
+}
+
+pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
+    let steps = workload(args)?;
+    let (labels, scaling) = pool(args)?;
+    let mean = parse_duration("--start-latency", &args.start_latency)?;
+    let runs: Vec<PolicyRun> = if args.policies.is_empty() {
+        PolicyKind::ALL
+            .iter()
+            .map(|k| PolicyRun {
+                kind: *k,
+                poll: None,
+                label: k.name().to_owned(),
+            })
+            .collect()
+    } else {
+        args.policies
+            .iter()
+            .map(|p| parse_policy(p))
+            .collect::<Result<_>>()?
+    };
+    if steps.is_empty() {
+        bail!("the workload has no steps");
+    }
+
+    let show_progress = std::io::stderr().is_terminal();
+    let mut results: Vec<PolicyResult> = Vec::new();
+    for run in &runs {
+        let mut scaling = Scaling {
+            policy: run.kind,
+            ..scaling.clone()
+        };
+        if let Some(poll) = run.poll {
+            match run.kind {
+                PolicyKind::AtlassianRatio => scaling.atlassian.poll_interval = poll,
+                _ => scaling.poll_interval = poll,
+            }
+        }
+        let config = SimConfig {
+            labels: labels.clone(),
+            scaling,
+            start_latency: StartLatency {
+                mean,
+                spread: mean / 3.0,
+            },
+            seed: args.seed,
+            api_budget: bitbucket_budget(),
+        };
+        let mut progress = |share: f64| {
+            if show_progress {
+                eprint!("\rsimulating {}: {:>3.0}%", run.label, share * 100.0);
+            }
+        };
+        let mut result = simulate(&steps, &config, &mut progress);
+        if show_progress {
+            eprintln!();
+        }
+        result.name = run.label.clone();
+        results.push(result);
+    }
+
+    if let Some(path) = &args.plot {
+        plot::write_svg(path, &results)?;
+    }
+    let text = match args.format {
+        TableFormat::Json => output::json(&Report { policies: &results })?,
+        TableFormat::Table => table(&results),
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The request budget the operator's Bitbucket client keeps per identity and hour.
+fn bitbucket_budget() -> u32 {
+    900
+}
+
+fn table(results: &[PolicyResult]) -> String {
+    let mut out = format!(
+        "{:<24} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7}\n",
+        "policy",
+        "steps",
+        "failed",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "max s",
+        "idle h",
+        "busy h",
+        "peak",
+        "API/h"
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:<24} {:>6} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>5} {:>7.1}\n",
+            r.name,
+            r.steps,
+            r.failed_steps,
+            r.p50_wait_s,
+            r.p95_wait_s,
+            r.p99_wait_s,
+            r.max_wait_s,
+            r.idle_runner_hours,
+            r.busy_runner_hours,
+            r.peak_runners,
+            r.api_calls_per_hour
+        ));
+    }
+    out
+}

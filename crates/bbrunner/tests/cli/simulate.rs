@@ -1,0 +1,149 @@
+use crate::util::{bbrunner, example};
+
+#[test]
+fn json_report_has_every_policy_and_field() {
+    let run = bbrunner(&["simulate", "--scenario", "burst", "--format", "json"], "").success();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let policies = report["policies"].as_array().unwrap();
+    let names: Vec<&str> = policies
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["idle-buffer", "queue", "atlassian-ratio"]);
+    for p in policies {
+        for key in [
+            "steps",
+            "failed_steps",
+            "p50_wait_s",
+            "p95_wait_s",
+            "p99_wait_s",
+            "max_wait_s",
+            "idle_runner_hours",
+            "busy_runner_hours",
+            "peak_runners",
+            "api_calls_per_hour",
+        ] {
+            assert!(p[key].is_number(), "{key} in {p}");
+        }
+    }
+    // Progress goes to a terminal only; here stderr is a pipe.
+    assert_eq!(run.stderr, "");
+}
+
+#[test]
+fn same_seed_same_output() {
+    let args = [
+        "simulate",
+        "--scenario",
+        "workday",
+        "--seed",
+        "9",
+        "--policy",
+        "idle-buffer",
+    ];
+    assert_eq!(
+        bbrunner(&args, "").success().stdout,
+        bbrunner(&args, "").success().stdout
+    );
+}
+
+#[test]
+fn a_trace_file_and_a_pool_manifest_drive_the_run() {
+    let dir = std::env::temp_dir().join(format!("bbrunner-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = dir.join("pool.yaml");
+    std::fs::write(
+        &pool,
+        "apiVersion: bbrunner.dev/v1alpha1\nkind: RunnerPool\nmetadata:\n  name: p\nspec:\n  labels: [build]\n  scaling:\n    min: 2\n    max: 4\n",
+    )
+    .unwrap();
+    let trace = example("trace.jsonl");
+    let run = bbrunner(
+        &[
+            "simulate",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--pool",
+            pool.to_str().unwrap(),
+            "--policy",
+            "atlassian-ratio:120s",
+        ],
+        "",
+    )
+    .success();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("policy"));
+    assert!(lines[1].starts_with("atlassian-ratio:120s"));
+    // The trace's steps carry no `build` label, so a pool labelled build serves them all.
+    let fields: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(fields[1], "6");
+    assert_eq!(fields[2], "0");
+
+    let plot = dir.join("plot.svg");
+    bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        "",
+    )
+    .success();
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"));
+    for text in [
+        "queued steps",
+        "runners online",
+        "runners busy",
+        "idle-buffer",
+        "atlassian-ratio",
+    ] {
+        assert!(svg.contains(text), "{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = std::env::temp_dir().join(format!("bbrunner-sim-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("bad.jsonl");
+    std::fs::write(&trace, "{\"at\": 0, \"duration\": 1}\n{\"at\": \"x\"}\n{\"at\": 1, \"duration\": 1, \"size\": \"3x\"}\n").unwrap();
+    let run = bbrunner(&["simulate", "--trace", trace.to_str().unwrap()], "").failure();
+    assert_eq!(run.stdout, "");
+    assert!(run.stderr.contains("trace line 2:"), "{}", run.stderr);
+    assert!(run.stderr.contains("trace line 3:"), "{}", run.stderr);
+
+    let pool = dir.join("pool.yaml");
+    std::fs::write(&pool, "spec:\n  scaling:\n    min: 5\n    max: 2\n").unwrap();
+    let run = bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--pool",
+            pool.to_str().unwrap(),
+        ],
+        "",
+    )
+    .failure();
+    assert!(
+        run.stderr.contains("min (5) is greater than max (2)"),
+        "{}",
+        run.stderr
+    );
+
+    let run = bbrunner(&["simulate", "--scenario", "monday"], "").failure();
+    assert!(run.stderr.contains("--scenario \"monday\" is not built in"));
+    let run = bbrunner(
+        &["simulate", "--scenario", "steady", "--policy", "magic"],
+        "",
+    )
+    .failure();
+    assert!(run.stderr.contains("--policy \"magic\" is not a policy"));
+    let run = bbrunner(&["simulate"], "").failure();
+    assert!(run.stderr.contains("--trace") && run.stderr.contains("--scenario"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
