@@ -8,6 +8,9 @@ use plotters::prelude::*;
 
 const PANEL_HEIGHT: u32 = 260;
 
+/// A line of the plot: its legend, its colour, and the value it follows.
+type Series = (&'static str, RGBColor, fn(&Sample) -> u32);
+
 pub fn write_svg(path: &Path, results: &[PolicyResult]) -> Result<()> {
     let height = PANEL_HEIGHT * results.len().max(1) as u32;
     let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
@@ -55,7 +58,7 @@ fn draw_panel<DB: DrawingBackend>(
         .x_desc("hours")
         .y_desc("count")
         .draw()?;
-    let series: [(&str, RGBColor, fn(&Sample) -> u32); 4] = [
+    let series: [Series; 4] = [
         ("queued steps", RED, |s| s.queued),
         ("runners online", BLUE, |s| s.online),
         ("runners busy", GREEN, |s| s.busy),

@@ -61,10 +61,10 @@ fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling)> {
     let text = input::read_text(Some(path))?;
     let manifest: PoolManifest = serde_saphyr::from_str(&text)
         .with_context(|| format!("{} is not a RunnerPool manifest", path.display()))?;
-    Ok(manifest
+    manifest
         .spec
         .resolve()
-        .with_context(|| format!("in {}", path.display()))?)
+        .with_context(|| format!("in {}", path.display()))
 }
 
 pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
