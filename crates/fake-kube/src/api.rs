@@ -1,0 +1,669 @@
+//! The REST face: Kubernetes paths and verbs over the store, discovery, watch streams, and
+//! fault injection; plus the `/_fake/` control API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::cluster::Cluster;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{ApiError, PatchKind, ResourceType, WatchEvent};
+
+/// Fault injection on the Kubernetes API (not on `/_fake/`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Share of requests failing with 500, by verb: get, list, watch, create, update, patch,
+    /// delete.
+    pub error_rates: HashMap<String, f64>,
+    /// Added latency, in milliseconds.
+    pub latency_ms: u64,
+    /// Close every watch stream after this many milliseconds (0: never).
+    pub drop_watches_after_ms: u64,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.status_body())).into_response()
+    }
+}
+
+/// A parsed resource path.
+struct Target {
+    rt: ResourceType,
+    version: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_target(cluster: &Cluster, path: &str) -> Result<Target, ApiError> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match parts.as_slice() {
+        ["api", version, rest @ ..] => ("", version, rest),
+        ["apis", group, version, rest @ ..] => (group, version, rest),
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+    };
+    let store = cluster.store();
+    let lookup = |plural: &str| {
+        store
+            .find_type(group, plural)
+            .filter(|t| t.versions.iter().any(|v| v == version))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            })
+    };
+    let (rt, namespace, name, sub) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") => {
+            let rt = lookup(plural)?;
+            (rt, Some(ns.to_string()), tail.first(), tail.get(1))
+        }
+        [plural, tail @ ..] => (lookup(plural)?, None, tail.first(), tail.get(1)),
+        [] => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+    };
+    Ok(Target {
+        version: version.to_owned(),
+        namespace,
+        name: name.map(|s| s.to_string()),
+        subresource: sub.map(|s| s.to_string()),
+        rt,
+    })
+}
+
+fn query_map(uri: &axum::http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| {
+            url_pairs(q)
+                .into_iter()
+                .collect::<HashMap<String, String>>()
+        })
+        .unwrap_or_default()
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> &'static str {
+    match *method {
+        Method::GET if target.name.is_none() => {
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+                "watch"
+            } else {
+                "list"
+            }
+        }
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+/// Every Kubernetes API request comes through here.
+pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    match path.as_str() {
+        "/version" => return axum::Json(version()).into_response(),
+        "/healthz" | "/readyz" | "/livez" => return "ok".into_response(),
+        "/api" => return axum::Json(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": cluster.address()}]})).into_response(),
+        "/apis" => return axum::Json(cluster.api_groups()).into_response(),
+        _ => {}
+    }
+    if let Some(list) = cluster.resource_list(&path) {
+        return axum::Json(list).into_response();
+    }
+    if path == "/openapi/v3" {
+        return axum::Json(cluster.openapi_root()).into_response();
+    }
+    if path.starts_with("/openapi") {
+        return match cluster.openapi_document(&path) {
+            Some(doc) => axum::Json(doc).into_response(),
+            None => ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+            .into_response(),
+        };
+    }
+    let faults = cluster.faults();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    if let Some(until) = cluster.unavailable_until()
+        && Instant::now() < until
+    {
+        return ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the API server is unavailable (injected outage)",
+        )
+        .into_response();
+    }
+    let target = match parse_target(&cluster, &path) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let query = query_map(&parts.uri);
+    let verb = verb(&parts.method, &target, &query);
+    if let Some(rate) = faults.error_rates.get(verb)
+        && fastrand::f64() < *rate
+    {
+        return ApiError::new(500, "InternalError", format!("injected fault on {verb}"))
+            .into_response();
+    }
+    let body = match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::new(400, "BadRequest", "unreadable body").into_response(),
+    };
+    let result = match verb {
+        "watch" => return watch(cluster, target, query),
+        "list" => list(&cluster, &target, &query, &parts.headers),
+        "get" => get(&cluster, &target, &parts.headers),
+        "create" => create(&cluster, &target, &body, &parts.headers),
+        "update" => update(&cluster, &target, &body, &parts.headers),
+        "patch" => patch(&cluster, &target, &body, &parts.headers, &query),
+        "delete" => delete(&cluster, &target, &body, &query),
+        _ => Err(ApiError::new(405, "MethodNotAllowed", "method not allowed")),
+    };
+    match result {
+        Ok((status, value)) => (status, axum::Json(value)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "gitCommit": "fake",
+        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
+        "compiler": "gc", "platform": "linux/amd64",
+    })
+}
+
+type Reply = Result<(StatusCode, Value), ApiError>;
+
+fn parse_body(body: &Bytes, headers: &HeaderMap) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if content_type.contains("yaml") {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::new(400, "BadRequest", "body is not UTF-8"))?;
+        serde_saphyr::from_str(text)
+            .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid YAML: {e}")))
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid JSON: {e}")))
+    }
+}
+
+fn namespace_of(target: &Target) -> String {
+    if target.rt.namespaced {
+        target.namespace.clone().unwrap_or_else(|| "default".into())
+    } else {
+        String::new()
+    }
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+fn list(
+    cluster: &Cluster,
+    target: &Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Reply {
+    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(|e| {
+            ApiError::new(
+                400,
+                "BadRequest",
+                format!("unable to parse labelSelector: {e}"),
+            )
+        })?;
+    let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        .map_err(|e| {
+            ApiError::new(
+                400,
+                "BadRequest",
+                format!("unable to parse fieldSelector: {e}"),
+            )
+        })?;
+    let store = cluster.store();
+    let namespace = if target.rt.namespaced {
+        target.namespace.as_deref()
+    } else {
+        None
+    };
+    let mut items = store.list(&target.rt, namespace, &labels, &fields);
+    let rv = store.resource_version();
+    drop(store);
+    // `continue` carries the offset into the sorted list.
+    let offset: usize = query
+        .get("continue")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let total = items.len();
+    items = items.into_iter().skip(offset).take(limit).collect();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if offset.saturating_add(limit) < total {
+        metadata["continue"] = json!((offset + limit).to_string());
+        metadata["remainingItemCount"] = json!(total - offset - limit);
+    }
+    if wants_table(headers) {
+        return Ok((StatusCode::OK, table(&target.rt, &items, metadata)));
+    }
+    Ok((
+        StatusCode::OK,
+        json!({
+            "kind": format!("{}List", target.rt.kind),
+            "apiVersion": target.rt.api_version(&target.version),
+            "metadata": metadata,
+            "items": items,
+        }),
+    ))
+}
+
+/// `kubectl get`'s server-side printing: name, age and a CRD's printer columns.
+fn table(rt: &ResourceType, items: &[Value], metadata: Value) -> Value {
+    let mut columns =
+        vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name"})];
+    for (name, kind, _) in &rt.printer_columns {
+        columns.push(json!({"name": name, "type": kind, "format": "", "description": name}));
+    }
+    let pod = rt.kind == "Pod";
+    if pod {
+        columns.push(
+            json!({"name": "Status", "type": "string", "format": "", "description": "phase"}),
+        );
+        columns
+            .push(json!({"name": "Node", "type": "string", "format": "", "description": "node"}));
+    }
+    if !rt.printer_columns.iter().any(|(n, _, _)| n == "Age") {
+        columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "age"}));
+    }
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|item| {
+            let mut cells = vec![item["metadata"]["name"].clone()];
+            for (name, _, path) in &rt.printer_columns {
+                if name == "Age" {
+                    cells.push(json!(age(item)));
+                    continue;
+                }
+                let mut node = item;
+                for segment in path.trim_start_matches('.').split('.') {
+                    node = &node[segment];
+                }
+                cells.push(if node.is_null() { json!("") } else { node.clone() });
+            }
+            if pod {
+                let phase = if item["metadata"]["deletionTimestamp"].is_null() {
+                    item["status"]["phase"].clone()
+                } else {
+                    json!("Terminating")
+                };
+                cells.push(phase);
+                cells.push(item["spec"]["nodeName"].clone());
+            }
+            if !rt.printer_columns.iter().any(|(n, _, _)| n == "Age") {
+                cells.push(json!(age(item)));
+            }
+            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": item["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": columns, "rows": rows})
+}
+
+fn age(item: &Value) -> String {
+    let created = item["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match created {
+        Some(t) => {
+            let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
+            if secs < 120 {
+                format!("{secs}s")
+            } else if secs < 7200 {
+                format!("{}m", secs / 60)
+            } else {
+                format!("{}h", secs / 3600)
+            }
+        }
+        None => String::new(),
+    }
+}
+
+fn get(cluster: &Cluster, target: &Target, headers: &HeaderMap) -> Reply {
+    let name = target.name.as_deref().unwrap_or("");
+    let object = cluster
+        .store()
+        .get(&target.rt, &namespace_of(target), name)?;
+    if wants_table(headers) {
+        return Ok((StatusCode::OK, table(&target.rt, &[object], json!({}))));
+    }
+    Ok((StatusCode::OK, object))
+}
+
+fn create(cluster: &Cluster, target: &Target, body: &Bytes, headers: &HeaderMap) -> Reply {
+    let value = parse_body(body, headers)?;
+    let created = cluster.create(&target.rt, &target.version, &namespace_of(target), value)?;
+    Ok((StatusCode::CREATED, created))
+}
+
+fn update(cluster: &Cluster, target: &Target, body: &Bytes, headers: &HeaderMap) -> Reply {
+    let value = parse_body(body, headers)?;
+    let name = target.name.as_deref().unwrap_or("");
+    let status_only = target.subresource.as_deref() == Some("status");
+    let updated = cluster.with_store(|s| {
+        s.replace(
+            &target.rt,
+            &target.version,
+            &namespace_of(target),
+            name,
+            value,
+            status_only,
+        )
+    })?;
+    Ok((StatusCode::OK, updated))
+}
+
+fn patch(
+    cluster: &Cluster,
+    target: &Target,
+    body: &Bytes,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Reply {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let kind = match content_type.split(';').next().unwrap_or("").trim() {
+        "application/merge-patch+json" => PatchKind::Merge,
+        "application/json-patch+json" => PatchKind::Json,
+        "application/strategic-merge-patch+json" => PatchKind::Strategic,
+        "application/apply-patch+yaml" | "application/apply-patch+cbor" => PatchKind::Apply,
+        other => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?})"
+                ),
+            ));
+        }
+    };
+    let value = if kind == PatchKind::Apply {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::new(400, "BadRequest", "body is not UTF-8"))?;
+        serde_saphyr::from_str(text)
+            .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid apply body: {e}")))?
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid patch: {e}")))?
+    };
+    if kind == PatchKind::Apply && query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return Err(ApiError::new(
+            400,
+            "BadRequest",
+            "PATCH requests with apply content types must set fieldManager",
+        ));
+    }
+    let name = target.name.as_deref().unwrap_or("");
+    let status_only = target.subresource.as_deref() == Some("status");
+    let patched = cluster.patch(
+        &target.rt,
+        &target.version,
+        &namespace_of(target),
+        name,
+        kind,
+        value,
+        status_only,
+        query.get("fieldManager").map(String::as_str),
+    )?;
+    Ok((StatusCode::OK, patched))
+}
+
+fn delete(
+    cluster: &Cluster,
+    target: &Target,
+    body: &Bytes,
+    query: &HashMap<String, String>,
+) -> Reply {
+    let options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body).unwrap_or(json!({}))
+    };
+    let propagation = options["propagationPolicy"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| query.get("propagationPolicy").cloned())
+        .unwrap_or_else(|| "Background".into());
+    let grace = options["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let Some(name) = target.name.as_deref() else {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "deletecollection is not supported by the fake",
+        ));
+    };
+    let deleted = cluster.delete(&target.rt, &namespace_of(target), name, &propagation, grace)?;
+    Ok((StatusCode::OK, deleted))
+}
+
+/// A watch: events after `resourceVersion` (or the current state as ADDED events), then live
+/// ones, filtered like a list, ended by `timeoutSeconds` or an injected drop.
+fn watch(cluster: Arc<Cluster>, target: Target, query: HashMap<String, String>) -> Response {
+    let labels =
+        match LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+            Ok(l) => l,
+            Err(e) => return ApiError::new(400, "BadRequest", e).into_response(),
+        };
+    let fields =
+        match FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or("")) {
+            Ok(f) => f,
+            Err(e) => return ApiError::new(400, "BadRequest", e).into_response(),
+        };
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let namespace = if target.rt.namespaced {
+        target.namespace.clone()
+    } else {
+        None
+    };
+    let type_key = target.rt.key();
+    let api_version = target.rt.api_version(&target.version);
+    let kind = target.rt.kind.clone();
+    let requested: Option<u64> = query
+        .get("resourceVersion")
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0);
+
+    let store = cluster.store();
+    let receiver = store.events.subscribe();
+    let mut first: Vec<Value> = Vec::new();
+    let mut last_rv = store.resource_version();
+    match requested {
+        Some(rv) if rv < store.oldest_resumable() => {
+            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {rv} ({})", store.oldest_resumable()), "reason": "Expired", "code": 410}});
+            drop(store);
+            return stream_response(futures::stream::iter(vec![gone]).boxed());
+        }
+        Some(rv) => {
+            for e in store.backlog(rv) {
+                if matches(&e, &type_key, namespace.as_deref(), &labels, &fields) {
+                    first.push(json!({"type": e.kind, "object": e.object}));
+                }
+            }
+        }
+        None => {
+            for object in store.list(&target.rt, namespace.as_deref(), &labels, &fields) {
+                first.push(json!({"type": "ADDED", "object": object}));
+            }
+        }
+    }
+    if let Some(rv) = requested {
+        last_rv = last_rv.max(rv);
+    }
+    drop(store);
+
+    let drop_after = cluster.faults().drop_watches_after_ms;
+    let deadline = tokio::time::Instant::now()
+        + if drop_after > 0 {
+            timeout.min(Duration::from_millis(drop_after))
+        } else {
+            timeout
+        };
+    let mut dropped = cluster.watch_drops();
+    let live = BroadcastStream::new(receiver)
+        .take_while(|r| futures::future::ready(r.is_ok()))
+        .filter_map(move |event| {
+            let out = event.ok().and_then(|e| {
+                (e.rv > last_rv && matches(&e, &type_key, namespace.as_deref(), &labels, &fields))
+                    .then(|| json!({"type": e.kind, "object": e.object}))
+            });
+            futures::future::ready(out)
+        });
+    let bookmark_cluster = cluster.clone();
+    let bookmark_stream = futures::stream::unfold((), move |()| {
+        let cluster = bookmark_cluster.clone();
+        let api_version = api_version.clone();
+        let kind = kind.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let rv = cluster.store().resource_version();
+            Some((
+                json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}}),
+                (),
+            ))
+        }
+    });
+    let events = if bookmarks {
+        futures::stream::select(live, bookmark_stream).boxed()
+    } else {
+        live.boxed()
+    };
+    let ended = async move {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {},
+            _ = dropped.changed() => {},
+        }
+    };
+    let stream = futures::stream::iter(first)
+        .chain(events)
+        .take_until(Box::pin(ended))
+        .boxed();
+    stream_response(stream)
+}
+
+fn matches(
+    e: &WatchEvent,
+    type_key: &str,
+    namespace: Option<&str>,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> bool {
+    e.type_key == type_key
+        && namespace.is_none_or(|n| n == e.namespace)
+        && labels.matches(&e.object)
+        && fields.matches(&e.object)
+}
+
+fn stream_response(events: futures::stream::BoxStream<'static, Value>) -> Response {
+    let body = events.map(|event| {
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,165 @@
+#![forbid(unsafe_code)]
+//! fake-kube: an in-memory Kubernetes API server and a handful of controllers, speaking the
+//! real REST protocol so that the `kube` client, `kubectl` and the bbrunner operator run
+//! against it unchanged. What it models and what it does not is in the README.
+
+mod api;
+mod cluster;
+mod controllers;
+mod selector;
+mod store;
+mod strategic;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use api::Faults;
+pub use cluster::{Cluster, ClusterConfig};
+
+/// The token the written kubeconfig carries.
+pub const ADMIN_TOKEN: &str = "fake-kube-admin-token";
+
+/// A running fake cluster. Dropping it stops the server and the controllers.
+pub struct FakeKube {
+    cluster: Arc<Cluster>,
+    url: String,
+    stop: watch::Sender<bool>,
+}
+
+impl FakeKube {
+    pub async fn start(listen: SocketAddr, config: ClusterConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let cluster = Arc::new(Cluster::new(config));
+        cluster.set_address(&listener.local_addr()?.to_string());
+        let (stop, stopped) = watch::channel(false);
+        let router = router(cluster.clone());
+        let mut server_stop = stopped.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "fake-kube server stopped");
+            }
+        });
+        let controllers = cluster.clone();
+        let mut controller_stop = stopped;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = controllers::run(controllers) => {},
+                _ = controller_stop.wait_for(|s| *s) => {},
+            }
+        });
+        Ok(Self { cluster, url, stop })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Write a kubeconfig pointing at this cluster and return its path.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<PathBuf> {
+        std::fs::write(path, kubeconfig(&self.url))?;
+        Ok(path.to_path_buf())
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        // Runner agents stop with their pods.
+        self.cluster
+            .kubelet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .agents
+            .clear();
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A kubeconfig for `url` with the admin token.
+pub fn kubeconfig(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake-kube\n  cluster:\n    server: {url}\ncontexts:\n- name: fake-kube\n  context:\n    cluster: fake-kube\n    user: admin\n    namespace: default\ncurrent-context: fake-kube\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\n"
+    )
+}
+
+fn router(cluster: Arc<Cluster>) -> Router {
+    Router::new()
+        .route("/_fake/faults", get(get_faults).put(put_faults))
+        .route("/_fake/outage", post(outage))
+        .route("/_fake/watches/drop", post(drop_watches))
+        .route("/_fake/pods/{namespace}/{name}/kill", post(kill_pod))
+        .route("/_fake/nodes/{name}/remove", post(remove_node))
+        .route("/_fake/agents", get(agents))
+        .fallback(api::handle)
+        .with_state(cluster)
+}
+
+async fn get_faults(State(cluster): State<Arc<Cluster>>) -> Json<Faults> {
+    Json(cluster.faults())
+}
+
+async fn put_faults(
+    State(cluster): State<Arc<Cluster>>,
+    Json(faults): Json<Faults>,
+) -> Json<Faults> {
+    cluster.set_faults(faults.clone());
+    Json(faults)
+}
+
+async fn outage(State(cluster): State<Arc<Cluster>>, Json(body): Json<Value>) -> Json<Value> {
+    let ms = body["ms"].as_u64().unwrap_or(5000);
+    cluster.outage(Duration::from_millis(ms));
+    Json(json!({"unavailable_ms": ms}))
+}
+
+async fn drop_watches(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+    cluster.drop_watches();
+    Json(json!({"dropped": true}))
+}
+
+async fn kill_pod(
+    State(cluster): State<Arc<Cluster>>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Json<Value> {
+    Json(json!({"killed": controllers::kill_pod(&cluster, &namespace, &name)}))
+}
+
+async fn remove_node(
+    State(cluster): State<Arc<Cluster>>,
+    UrlPath(name): UrlPath<String>,
+) -> Json<Value> {
+    Json(json!({"removed": controllers::remove_node(&cluster, &name)}))
+}
+
+async fn agents(State(cluster): State<Arc<Cluster>>) -> Json<Value> {
+    let agents: Vec<Value> = cluster
+        .agents()
+        .into_iter()
+        .map(|((namespace, pod), runner_uuid)| json!({"namespace": namespace, "pod": pod, "runner_uuid": runner_uuid}))
+        .collect();
+    Json(json!(agents))
+}
