@@ -43,7 +43,7 @@ fn duration(raw: &str) -> Result<Duration> {
     let parsed: jiff::SignedDuration = raw
         .parse()
         .with_context(|| format!("--pod-start-latency {raw:?} is not a duration such as 2s"))?;
-    Ok(Duration::try_from(parsed).context("--pod-start-latency must not be negative")?)
+    Duration::try_from(parsed).context("--pod-start-latency must not be negative")
 }
 
 #[tokio::main]
