@@ -27,6 +27,8 @@ pub struct ClusterConfig {
     /// The container runtime nodes report (doctor compares it with dind images).
     pub container_runtime: String,
     pub faults: Faults,
+    /// Watch events kept for resuming; a watch from an older resourceVersion gets 410 Gone.
+    pub event_log_len: usize,
 }
 
 impl Default for ClusterConfig {
@@ -39,6 +41,7 @@ impl Default for ClusterConfig {
             bitbucket_url: None,
             container_runtime: "containerd://1.7.27".into(),
             faults: Faults::default(),
+            event_log_len: 4096,
         }
     }
 }
@@ -135,7 +138,7 @@ fn builtin_types() -> Vec<ResourceType> {
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Self {
-        let mut store = Store::new(builtin_types());
+        let mut store = Store::new(builtin_types(), config.event_log_len);
         let ns_type = store
             .find_type("", "namespaces")
             .cloned()

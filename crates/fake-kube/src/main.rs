@@ -65,6 +65,7 @@ async fn main() -> Result<()> {
         bitbucket_url: cli.bitbucket_url,
         container_runtime: cli.container_runtime,
         faults,
+        ..ClusterConfig::default()
     };
     let fake = FakeKube::start(cli.listen, config)
         .await

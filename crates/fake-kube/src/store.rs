@@ -11,9 +11,6 @@ use tokio::sync::broadcast;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate;
 
-/// Watch events kept for resuming; older resourceVersions get 410 Gone.
-pub const EVENT_LOG_LEN: usize = 4096;
-
 /// A kind of object the server serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceType {
@@ -164,6 +161,8 @@ pub struct Store {
     objects: BTreeMap<ObjectKey, Value>,
     rv: u64,
     log: VecDeque<Arc<WatchEvent>>,
+    /// Watch events kept for resuming; older resourceVersions get 410 Gone.
+    log_len: usize,
     pub events: broadcast::Sender<Arc<WatchEvent>>,
 }
 
@@ -185,13 +184,14 @@ fn generation_part(object: &Value) -> Value {
 }
 
 impl Store {
-    pub fn new(types: Vec<ResourceType>) -> Self {
+    pub fn new(types: Vec<ResourceType>, log_len: usize) -> Self {
         let (events, _) = broadcast::channel(8192);
         Self {
             types,
             objects: BTreeMap::new(),
             rv: 1,
             log: VecDeque::new(),
+            log_len: log_len.max(1),
             events,
         }
     }
@@ -227,7 +227,7 @@ impl Store {
             object,
         });
         self.log.push_back(event.clone());
-        while self.log.len() > EVENT_LOG_LEN {
+        while self.log.len() > self.log_len {
             self.log.pop_front();
         }
         let _ = self.events.send(event);

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `bbrunner` binary.
 
 mod import;
+mod live;
 mod render;
 mod simulate;
 mod util;
