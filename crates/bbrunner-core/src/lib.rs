@@ -6,6 +6,7 @@ pub mod ids;
 pub mod import;
 pub mod labels;
 pub mod manifests;
+pub mod plan;
 pub mod pool;
 pub mod registration;
 pub mod scaling;

@@ -1,0 +1,406 @@
+//! The reconcile planner: from what Bitbucket and Kubernetes show of one pool, the actions
+//! that bring it to what its spec asks, without ever touching a busy runner.
+//!
+//! A runner is identified by its UUID across three places: the runner in Bitbucket, its Secret
+//! (the only copy of its OAuth secret, written right after creation) and its pod. The pod's
+//! name is derived from the pool and the UUID, so there can never be two pods for one runner.
+//! Everything here is derived from observation: a crash between any two actions leaves a state
+//! the next plan repairs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::RunnerUuid;
+use crate::scaling::{Decision, Observed, Overrides, PolicyMemory, Scaling, Seconds, desired};
+
+/// A runner's status in Bitbucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunnerStatus {
+    Unregistered,
+    Online,
+    Offline,
+    Disabled,
+    Other,
+}
+
+/// One of this pool's runners as Bitbucket lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedRunner {
+    pub uuid: RunnerUuid,
+    pub status: RunnerStatus,
+    pub busy: bool,
+    /// When its status last changed (from `state.updated_on`), if known.
+    pub status_since: Option<Seconds>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+/// One of this pool's runner pods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedPod {
+    pub runner: RunnerUuid,
+    pub phase: PodPhase,
+    pub terminating: bool,
+    /// The scheduler's message when the pod cannot be placed.
+    pub unschedulable: Option<String>,
+    pub created_at: Seconds,
+    /// The runner ran a step (recorded on the pod, for ephemeral pools).
+    pub ran_step: bool,
+}
+
+/// One of this pool's registration Secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedSecret {
+    pub runner: RunnerUuid,
+    pub created_at: Seconds,
+}
+
+/// Everything observed at one reconcile.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observation {
+    pub now: Seconds,
+    /// This pool's runners (named for it) in Bitbucket.
+    pub runners: Vec<ObservedRunner>,
+    /// When that list was fetched: pods and Secrets newer than it may belong to runners it
+    /// does not show yet.
+    pub runners_fetched_at: Seconds,
+    pub pods: Vec<ObservedPod>,
+    pub secrets: Vec<ObservedSecret>,
+    pub memory: PolicyMemory,
+    /// Steps queued for this pool's labels, when known.
+    pub queued: Option<u32>,
+    /// Runners the scope may still take before Bitbucket's limit of 100.
+    pub scope_room: u32,
+}
+
+/// The pool as the planner needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub scaling: Scaling,
+    pub overrides: Overrides,
+    pub ephemeral: bool,
+    /// A runner that stays UNREGISTERED or OFFLINE this long is replaced.
+    pub registration_ttl: Seconds,
+    /// Set while the pool is being deleted: since when, and how long busy runners may finish.
+    pub deleting_since: Option<Seconds>,
+    pub deletion_grace: Seconds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Create a runner in Bitbucket, then its Secret, then its pod.
+    CreateRunner,
+    /// Create the pod of a runner whose Secret exists.
+    CreatePod(RunnerUuid),
+    DeletePod(RunnerUuid),
+    DeleteSecret(RunnerUuid),
+    DisableRunner(RunnerUuid),
+    EnableRunner(RunnerUuid),
+    DeleteRunner(RunnerUuid),
+    /// Record on the pod that its runner ran a step.
+    MarkRanStep(RunnerUuid),
+    /// The pool is gone from Bitbucket: let Kubernetes delete it.
+    RemoveFinalizer,
+}
+
+/// Counts for the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub starting: u32,
+    pub online: u32,
+    pub busy: u32,
+    pub idle: u32,
+    pub disabled: u32,
+    pub offline: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub decision: Decision,
+    pub counts: Counts,
+    pub memory: PolicyMemory,
+    /// Why runner pods cannot be placed, if they cannot.
+    pub unschedulable: Option<String>,
+    /// Runners wanted but not created because the scope is at Bitbucket's limit.
+    pub blocked_by_quota: u32,
+}
+
+/// What we know of one runner UUID across the three places.
+struct Joined<'a> {
+    uuid: RunnerUuid,
+    runner: Option<&'a ObservedRunner>,
+    pod: Option<&'a ObservedPod>,
+    secret: Option<&'a ObservedSecret>,
+}
+
+fn join(observed: &Observation) -> Vec<Joined<'_>> {
+    let mut uuids: Vec<RunnerUuid> = observed
+        .runners
+        .iter()
+        .map(|r| r.uuid.clone())
+        .chain(observed.pods.iter().map(|p| p.runner.clone()))
+        .chain(observed.secrets.iter().map(|s| s.runner.clone()))
+        .collect();
+    uuids.sort();
+    uuids.dedup();
+    uuids
+        .into_iter()
+        .map(|uuid| Joined {
+            runner: observed.runners.iter().find(|r| r.uuid == uuid),
+            pod: observed.pods.iter().find(|p| p.runner == uuid),
+            secret: observed.secrets.iter().find(|s| s.runner == uuid),
+            uuid,
+        })
+        .collect()
+}
+
+/// Plan one reconcile of a managed pool.
+pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
+    let now = observed.now;
+    let mut actions = Vec::new();
+    let mut counts = Counts::default();
+    let mut policy_view = Observed {
+        queued: observed.queued,
+        ..Observed::default()
+    };
+    // Idle, enabled, healthy runners the policy may drain; disabled idle ones it may revive.
+    let mut drainable: Vec<RunnerUuid> = Vec::new();
+    let mut revivable: Vec<RunnerUuid> = Vec::new();
+    let mut unschedulable = None;
+
+    let retire = |actions: &mut Vec<Action>, j: &Joined<'_>| {
+        if j.pod.is_some_and(|p| !p.terminating) {
+            actions.push(Action::DeletePod(j.uuid.clone()));
+        }
+        if j.runner.is_some() {
+            actions.push(Action::DeleteRunner(j.uuid.clone()));
+        }
+        if j.secret.is_some() {
+            actions.push(Action::DeleteSecret(j.uuid.clone()));
+        }
+    };
+
+    for j in join(observed) {
+        let known_before_list = |created_at: Seconds| created_at < observed.runners_fetched_at;
+        let live_pod = j.pod.filter(|p| {
+            !p.terminating && p.phase != PodPhase::Failed && p.phase != PodPhase::Succeeded
+        });
+
+        // Pool deletion: disable everything, let busy runners finish within the grace.
+        if let Some(since) = pool.deleting_since {
+            match j.runner {
+                Some(r) if r.busy && now - since < pool.deletion_grace => {
+                    counts.busy += 1;
+                    if r.status != RunnerStatus::Disabled {
+                        actions.push(Action::DisableRunner(j.uuid.clone()));
+                    }
+                }
+                _ => retire(&mut actions, &j),
+            }
+            continue;
+        }
+
+        let Some(runner) = j.runner else {
+            // Not (or not yet) in Bitbucket.
+            match (j.pod, j.secret) {
+                (Some(p), _) if !known_before_list(p.created_at) => {
+                    if !p.terminating {
+                        counts.starting += 1;
+                        policy_view.starting += 1;
+                    }
+                }
+                (None, Some(s)) if !known_before_list(s.created_at) => {}
+                // The runner vanished from Bitbucket: its pod and Secret go too.
+                _ => retire(&mut actions, &j),
+            }
+            continue;
+        };
+
+        if runner.busy {
+            // A busy runner is never disabled, deleted, or deprived of its pod.
+            counts.busy += 1;
+            counts.online += 1;
+            policy_view.busy += 1;
+            if runner.status == RunnerStatus::Disabled {
+                // It took a step while we were draining it: keep it.
+                actions.push(Action::EnableRunner(j.uuid.clone()));
+            }
+            if pool.ephemeral && j.pod.is_some_and(|p| !p.ran_step) {
+                actions.push(Action::MarkRanStep(j.uuid.clone()));
+            }
+            continue;
+        }
+
+        if runner.status == RunnerStatus::Disabled {
+            // Disabled at an earlier reconcile and still idle: finish draining, unless the
+            // policy below wants it back.
+            counts.disabled += 1;
+            let used_up = pool.ephemeral && j.pod.is_some_and(|p| p.ran_step);
+            if live_pod.is_some() && !used_up {
+                revivable.push(j.uuid.clone());
+            } else {
+                retire(&mut actions, &j);
+            }
+            continue;
+        }
+
+        let Some(pod) = live_pod else {
+            if j.pod.is_some_and(|p| !p.terminating) {
+                // Failed or completed: remove it; the next reconcile recreates it.
+                actions.push(Action::DeletePod(j.uuid.clone()));
+                counts.starting += 1;
+                policy_view.starting += 1;
+            } else if j.pod.is_some() {
+                // Still terminating: its name is taken until it is gone.
+                counts.starting += 1;
+                policy_view.starting += 1;
+            } else if j.secret.is_some() {
+                // The pod vanished: bring it back.
+                actions.push(Action::CreatePod(j.uuid.clone()));
+                counts.starting += 1;
+                policy_view.starting += 1;
+            } else {
+                // No Secret, so no way to run it (a crash right after creating it): delete.
+                actions.push(Action::DeleteRunner(j.uuid.clone()));
+            }
+            continue;
+        };
+
+        let age_in_state = now
+            - runner
+                .status_since
+                .unwrap_or(pod.created_at)
+                .max(pod.created_at);
+        match runner.status {
+            RunnerStatus::Online => {
+                counts.online += 1;
+                if pool.ephemeral && pod.ran_step {
+                    // Used once: drain and replace.
+                    actions.push(Action::DisableRunner(j.uuid.clone()));
+                    counts.disabled += 1;
+                } else {
+                    counts.idle += 1;
+                    policy_view.idle += 1;
+                    drainable.push(j.uuid.clone());
+                }
+            }
+            RunnerStatus::Unregistered | RunnerStatus::Offline | RunnerStatus::Other => {
+                if runner.status == RunnerStatus::Offline {
+                    counts.offline += 1;
+                }
+                let waiting_for_room =
+                    pod.phase == PodPhase::Pending && pod.unschedulable.is_some();
+                if waiting_for_room {
+                    unschedulable = pod.unschedulable.clone();
+                }
+                if !waiting_for_room && age_in_state > pool.registration_ttl {
+                    retire(&mut actions, &j);
+                } else {
+                    counts.starting += 1;
+                    policy_view.starting += 1;
+                }
+            }
+            RunnerStatus::Disabled => unreachable!("handled above"),
+        }
+    }
+
+    if pool.deleting_since.is_some() {
+        if actions.is_empty() && counts.busy == 0 {
+            actions.push(Action::RemoveFinalizer);
+        }
+        return Plan {
+            actions,
+            decision: Decision {
+                desired: 0,
+                reason: "pool is being deleted",
+            },
+            counts,
+            memory: observed.memory,
+            unschedulable,
+            blocked_by_quota: 0,
+        };
+    }
+
+    let (decision, memory) = desired(
+        &pool.scaling,
+        pool.overrides,
+        &policy_view,
+        observed.memory,
+        now,
+    );
+    let capacity = policy_view.capacity();
+    let mut blocked_by_quota = 0;
+    if decision.desired > capacity {
+        let mut need = decision.desired - capacity;
+        for uuid in revivable.drain(..) {
+            if need == 0 {
+                break;
+            }
+            actions.push(Action::EnableRunner(uuid));
+            need -= 1;
+        }
+        let creatable = need.min(observed.scope_room);
+        blocked_by_quota = need - creatable;
+        actions.extend(std::iter::repeat_n(
+            Action::CreateRunner,
+            creatable as usize,
+        ));
+    } else if decision.desired < capacity {
+        let surplus = (capacity - decision.desired) as usize;
+        // Drain the newest idle runners first (list order is by UUID: any order is fair).
+        for uuid in drainable.iter().rev().take(surplus) {
+            actions.push(Action::DisableRunner(uuid.clone()));
+        }
+    }
+    // Disabled runners not revived finish draining now.
+    for uuid in revivable {
+        actions.push(Action::DeletePod(uuid.clone()));
+        actions.push(Action::DeleteRunner(uuid.clone()));
+        if observed.secrets.iter().any(|s| s.runner == uuid) {
+            actions.push(Action::DeleteSecret(uuid));
+        }
+    }
+
+    Plan {
+        actions,
+        decision,
+        counts,
+        memory,
+        unschedulable,
+        blocked_by_quota,
+    }
+}
+
+/// Plan a static pool: one pod per imported registration, nothing created or deleted in
+/// Bitbucket. `wanted` are the registrations' runner UUIDs.
+pub fn plan_static(wanted: &[RunnerUuid], pods: &[ObservedPod]) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for uuid in wanted {
+        match pods.iter().find(|p| &p.runner == uuid) {
+            None => actions.push(Action::CreatePod(uuid.clone())),
+            Some(p)
+                if !p.terminating && matches!(p.phase, PodPhase::Failed | PodPhase::Succeeded) =>
+            {
+                actions.push(Action::DeletePod(uuid.clone()))
+            }
+            Some(_) => {}
+        }
+    }
+    for pod in pods
+        .iter()
+        .filter(|p| !wanted.contains(&p.runner) && !p.terminating)
+    {
+        actions.push(Action::DeletePod(pod.runner.clone()));
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests;

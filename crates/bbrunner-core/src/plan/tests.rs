@@ -1,0 +1,502 @@
+use super::*;
+use proptest::prelude::*;
+
+fn uuid(i: u32) -> RunnerUuid {
+    RunnerUuid::parse(&format!("00000000-0000-4000-8000-{i:012}")).unwrap()
+}
+
+fn pool() -> PoolSettings {
+    PoolSettings {
+        scaling: Scaling::default(),
+        overrides: Overrides::default(),
+        ephemeral: false,
+        registration_ttl: 600.0,
+        deleting_since: None,
+        deletion_grace: 3600.0,
+    }
+}
+
+fn runner(i: u32, status: RunnerStatus, busy: bool) -> ObservedRunner {
+    ObservedRunner {
+        uuid: uuid(i),
+        status,
+        busy,
+        status_since: Some(900.0),
+    }
+}
+
+fn pod(i: u32, phase: PodPhase) -> ObservedPod {
+    ObservedPod {
+        runner: uuid(i),
+        phase,
+        terminating: false,
+        unschedulable: None,
+        created_at: 500.0,
+        ran_step: false,
+    }
+}
+
+fn secret(i: u32) -> ObservedSecret {
+    ObservedSecret {
+        runner: uuid(i),
+        created_at: 500.0,
+    }
+}
+
+fn observed(
+    runners: Vec<ObservedRunner>,
+    pods: Vec<ObservedPod>,
+    secrets: Vec<ObservedSecret>,
+) -> Observation {
+    Observation {
+        now: 1000.0,
+        runners,
+        runners_fetched_at: 999.0,
+        pods,
+        secrets,
+        memory: PolicyMemory::default(),
+        queued: None,
+        scope_room: 100,
+    }
+}
+
+fn healthy(
+    i: u32,
+    status: RunnerStatus,
+    busy: bool,
+) -> (ObservedRunner, ObservedPod, ObservedSecret) {
+    (
+        runner(i, status, busy),
+        pod(i, PodPhase::Running),
+        secret(i),
+    )
+}
+
+fn world(items: Vec<(ObservedRunner, ObservedPod, ObservedSecret)>) -> Observation {
+    let mut o = observed(vec![], vec![], vec![]);
+    for (r, p, s) in items {
+        o.runners.push(r);
+        o.pods.push(p);
+        o.secrets.push(s);
+    }
+    o
+}
+
+#[test]
+fn an_empty_pool_creates_its_minimum() {
+    let p = plan(&pool(), &observed(vec![], vec![], vec![]));
+    assert_eq!(p.actions, [Action::CreateRunner]);
+    assert_eq!(p.decision.desired, 1);
+}
+
+#[test]
+fn one_busy_runner_gets_a_warm_spare_and_starting_ones_count() {
+    let p = plan(
+        &pool(),
+        &world(vec![healthy(1, RunnerStatus::Online, true)]),
+    );
+    assert_eq!(p.actions, [Action::CreateRunner]);
+    let p = plan(
+        &pool(),
+        &world(vec![
+            healthy(1, RunnerStatus::Online, true),
+            healthy(2, RunnerStatus::Unregistered, false),
+        ]),
+    );
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.counts.starting, 1);
+}
+
+#[test]
+fn scale_down_disables_then_deletes_and_keeps_a_runner_that_took_a_step() {
+    let mut memory = PolicyMemory {
+        surplus_since: Some(0.0),
+    };
+    let mut o = world(vec![
+        healthy(1, RunnerStatus::Online, false),
+        healthy(2, RunnerStatus::Online, false),
+        healthy(3, RunnerStatus::Online, false),
+    ]);
+    o.memory = memory;
+    let p = plan(&pool(), &o);
+    let disabled: Vec<&Action> = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::DisableRunner(_)))
+        .collect();
+    assert_eq!(disabled.len(), 2, "{:?}", p.actions);
+    memory = p.memory;
+
+    // Next observation: one drained runner still idle, the other took a step meanwhile.
+    let mut o = world(vec![
+        healthy(1, RunnerStatus::Online, false),
+        healthy(2, RunnerStatus::Disabled, true),
+        healthy(3, RunnerStatus::Disabled, false),
+    ]);
+    o.memory = memory;
+    let p = plan(&pool(), &o);
+    assert!(p.actions.contains(&Action::EnableRunner(uuid(2))));
+    assert!(p.actions.contains(&Action::DeletePod(uuid(3))));
+    assert!(p.actions.contains(&Action::DeleteRunner(uuid(3))));
+    assert!(p.actions.contains(&Action::DeleteSecret(uuid(3))));
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::DeletePod(u) | Action::DeleteRunner(u) if *u == uuid(2)))
+    );
+}
+
+#[test]
+fn a_drained_runner_is_revived_instead_of_creating_a_new_one() {
+    let o = world(vec![
+        healthy(1, RunnerStatus::Online, true),
+        healthy(2, RunnerStatus::Disabled, false),
+    ]);
+    let p = plan(&pool(), &o);
+    assert_eq!(p.actions, [Action::EnableRunner(uuid(2))]);
+}
+
+#[test]
+fn repairs_in_both_directions() {
+    // Runner 1's pod vanished: it comes back from the Secret.
+    // Runner 2 vanished from Bitbucket: its pod and Secret go.
+    // Runner 3 was created but its Secret never written (a crash): it cannot run; delete it.
+    // Runner 4's pod failed: it is removed, to be recreated.
+    let o = observed(
+        vec![
+            runner(1, RunnerStatus::Online, false),
+            runner(3, RunnerStatus::Unregistered, false),
+            runner(4, RunnerStatus::Offline, false),
+        ],
+        vec![pod(2, PodPhase::Running), pod(4, PodPhase::Failed)],
+        vec![secret(1), secret(2), secret(4)],
+    );
+    let p = plan(&pool(), &o);
+    for expected in [
+        Action::CreatePod(uuid(1)),
+        Action::DeletePod(uuid(2)),
+        Action::DeleteSecret(uuid(2)),
+        Action::DeleteRunner(uuid(3)),
+        Action::DeletePod(uuid(4)),
+    ] {
+        assert!(
+            p.actions.contains(&expected),
+            "{expected:?} missing from {:?}",
+            p.actions
+        );
+    }
+}
+
+#[test]
+fn a_pod_newer_than_the_runner_list_is_not_an_orphan() {
+    let mut o = observed(vec![], vec![pod(1, PodPhase::Pending)], vec![secret(1)]);
+    o.runners_fetched_at = 400.0;
+    let p = plan(&pool(), &o);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.counts.starting, 1);
+}
+
+#[test]
+fn runners_that_never_register_are_replaced_after_the_ttl_but_unschedulable_ones_wait() {
+    let mut stuck = pod(1, PodPhase::Running);
+    stuck.created_at = 100.0;
+    let mut o = observed(
+        vec![runner(1, RunnerStatus::Unregistered, false)],
+        vec![stuck],
+        vec![secret(1)],
+    );
+    o.runners[0].status_since = Some(100.0);
+    let p = plan(&pool(), &o);
+    assert!(p.actions.contains(&Action::DeleteRunner(uuid(1))));
+    assert!(p.actions.contains(&Action::CreateRunner));
+
+    let mut pending = pod(1, PodPhase::Pending);
+    pending.created_at = 100.0;
+    pending.unschedulable = Some("0/3 nodes are available: 3 Insufficient memory.".into());
+    o.pods = vec![pending];
+    let p = plan(&pool(), &o);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!(p.unschedulable.unwrap().contains("Insufficient memory"));
+}
+
+#[test]
+fn the_scope_limit_caps_creation() {
+    let mut o = observed(vec![], vec![], vec![]);
+    o.queued = Some(5);
+    o.scope_room = 2;
+    let mut settings = pool();
+    settings.scaling.policy = crate::scaling::PolicyKind::Queue;
+    let p = plan(&settings, &o);
+    assert_eq!(
+        p.actions
+            .iter()
+            .filter(|a| **a == Action::CreateRunner)
+            .count(),
+        2
+    );
+    assert_eq!(p.blocked_by_quota, 4);
+}
+
+#[test]
+fn ephemeral_runners_are_marked_then_drained_after_one_step() {
+    let mut settings = pool();
+    settings.ephemeral = true;
+    let p = plan(
+        &settings,
+        &world(vec![healthy(1, RunnerStatus::Online, true)]),
+    );
+    assert!(p.actions.contains(&Action::MarkRanStep(uuid(1))));
+    let (r, mut used, s) = healthy(1, RunnerStatus::Online, false);
+    used.ran_step = true;
+    let p = plan(&settings, &world(vec![(r, used.clone(), s.clone())]));
+    assert!(p.actions.contains(&Action::DisableRunner(uuid(1))));
+    assert!(p.actions.contains(&Action::CreateRunner));
+    // Drained and used: never revived.
+    let p = plan(
+        &settings,
+        &world(vec![(runner(1, RunnerStatus::Disabled, false), used, s)]),
+    );
+    assert!(p.actions.contains(&Action::DeleteRunner(uuid(1))));
+    assert!(!p.actions.contains(&Action::EnableRunner(uuid(1))));
+}
+
+#[test]
+fn deletion_waits_for_busy_runners_within_the_grace() {
+    let mut settings = pool();
+    settings.deleting_since = Some(900.0);
+    let o = world(vec![
+        healthy(1, RunnerStatus::Online, true),
+        healthy(2, RunnerStatus::Online, false),
+    ]);
+    let p = plan(&settings, &o);
+    assert!(p.actions.contains(&Action::DisableRunner(uuid(1))));
+    assert!(p.actions.contains(&Action::DeleteRunner(uuid(2))));
+    assert!(!p.actions.contains(&Action::DeleteRunner(uuid(1))));
+    assert!(!p.actions.contains(&Action::RemoveFinalizer));
+    // Past the grace, even a busy runner goes.
+    settings.deleting_since = Some(1000.0 - 3601.0);
+    let p = plan(&settings, &o);
+    assert!(p.actions.contains(&Action::DeleteRunner(uuid(1))));
+    // Nothing left: the finalizer goes.
+    let p = plan(&settings, &observed(vec![], vec![], vec![]));
+    assert_eq!(p.actions, [Action::RemoveFinalizer]);
+}
+
+#[test]
+fn static_pools_keep_one_pod_per_registration() {
+    let pods = vec![
+        pod(1, PodPhase::Running),
+        pod(2, PodPhase::Failed),
+        pod(9, PodPhase::Running),
+    ];
+    let actions = plan_static(&[uuid(1), uuid(2), uuid(3)], &pods);
+    assert_eq!(
+        actions,
+        [
+            Action::DeletePod(uuid(2)),
+            Action::CreatePod(uuid(3)),
+            Action::DeletePod(uuid(9))
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn status() -> impl Strategy<Value = RunnerStatus> {
+    prop_oneof![
+        Just(RunnerStatus::Unregistered),
+        Just(RunnerStatus::Online),
+        Just(RunnerStatus::Offline),
+        Just(RunnerStatus::Disabled),
+    ]
+}
+
+fn phase() -> impl Strategy<Value = PodPhase> {
+    prop_oneof![
+        Just(PodPhase::Pending),
+        Just(PodPhase::Running),
+        Just(PodPhase::Failed)
+    ]
+}
+
+/// A random state of up to 12 runner UUIDs, each present or not in each place.
+fn arbitrary_observation() -> impl Strategy<Value = Observation> {
+    proptest::collection::vec(
+        (
+            proptest::option::of((status(), any::<bool>(), 0.0f64..1000.0)),
+            proptest::option::of((
+                phase(),
+                any::<bool>(),
+                0.0f64..1000.0,
+                any::<bool>(),
+                any::<bool>(),
+            )),
+            proptest::option::of(0.0f64..1000.0),
+        ),
+        0..12,
+    )
+    .prop_flat_map(|items| {
+        (
+            Just(items),
+            0.0f64..1000.0,
+            proptest::option::of(0u32..20),
+            0u32..100,
+            proptest::option::of(0.0f64..1000.0),
+        )
+    })
+    .prop_map(|(items, fetched, queued, room, surplus_since)| {
+        let mut o = observed(vec![], vec![], vec![]);
+        o.runners_fetched_at = fetched;
+        o.queued = queued;
+        o.scope_room = room;
+        o.memory = PolicyMemory { surplus_since };
+        for (i, (r, p, s)) in items.into_iter().enumerate() {
+            let i = i as u32;
+            if let Some((status, busy, since)) = r {
+                o.runners.push(ObservedRunner {
+                    uuid: uuid(i),
+                    status,
+                    busy,
+                    status_since: Some(since),
+                });
+            }
+            if let Some((phase, terminating, created, unschedulable, ran_step)) = p {
+                o.pods.push(ObservedPod {
+                    runner: uuid(i),
+                    phase,
+                    terminating,
+                    unschedulable: unschedulable.then(|| "no room".to_owned()),
+                    created_at: created,
+                    ran_step,
+                });
+            }
+            if let Some(created) = s {
+                o.secrets.push(ObservedSecret {
+                    runner: uuid(i),
+                    created_at: created,
+                });
+            }
+        }
+        o
+    })
+}
+
+fn arbitrary_pool() -> impl Strategy<Value = PoolSettings> {
+    (
+        0u32..4,
+        1u32..12,
+        0u32..3,
+        any::<bool>(),
+        prop_oneof![
+            Just(crate::scaling::PolicyKind::IdleBuffer),
+            Just(crate::scaling::PolicyKind::Queue)
+        ],
+    )
+        .prop_map(|(min, span, min_idle, ephemeral, policy)| PoolSettings {
+            scaling: Scaling {
+                min,
+                max: min + span,
+                min_idle,
+                policy,
+                ..Scaling::default()
+            },
+            ephemeral,
+            ..pool()
+        })
+}
+
+fn targets(action: &Action) -> Option<&RunnerUuid> {
+    match action {
+        Action::CreatePod(u)
+        | Action::DeletePod(u)
+        | Action::DeleteSecret(u)
+        | Action::DisableRunner(u)
+        | Action::EnableRunner(u)
+        | Action::DeleteRunner(u)
+        | Action::MarkRanStep(u) => Some(u),
+        Action::CreateRunner | Action::RemoveFinalizer => None,
+    }
+}
+
+proptest! {
+    #[test]
+    fn busy_runners_are_never_disabled_deleted_or_left_without_their_pod(pool in arbitrary_pool(), o in arbitrary_observation()) {
+        let p = plan(&pool, &o);
+        for r in o.runners.iter().filter(|r| r.busy) {
+            for a in p.actions.iter().filter(|a| targets(a) == Some(&r.uuid)) {
+                prop_assert!(
+                    matches!(a, Action::EnableRunner(_) | Action::MarkRanStep(_)),
+                    "{a:?} on busy runner"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn max_is_never_overshot(pool in arbitrary_pool(), o in arbitrary_observation()) {
+        let p = plan(&pool, &o);
+        let capacity = p.counts.starting + p.counts.idle + p.counts.busy;
+        // Re-enabling a busy runner keeps capacity already counted; reviving an idle one adds.
+        let busy = |u: &RunnerUuid| o.runners.iter().any(|r| &r.uuid == u && r.busy);
+        let added = p
+            .actions
+            .iter()
+            .filter(|a| match a {
+                Action::CreateRunner => true,
+                Action::EnableRunner(u) => !busy(u),
+                _ => false,
+            })
+            .count() as u32;
+        if added > 0 {
+            prop_assert!(capacity + added <= pool.scaling.max, "{capacity} + {added} > {}", pool.scaling.max);
+        }
+        let creates = p.actions.iter().filter(|a| **a == Action::CreateRunner).count() as u32;
+        prop_assert!(creates <= o.scope_room);
+    }
+
+    #[test]
+    fn at_most_one_pod_per_runner(pool in arbitrary_pool(), o in arbitrary_observation()) {
+        let p = plan(&pool, &o);
+        for a in &p.actions {
+            if let Action::CreatePod(u) = a {
+                prop_assert!(!o.pods.iter().any(|pod| &pod.runner == u), "CreatePod while a pod exists");
+                prop_assert!(o.secrets.iter().any(|s| &s.runner == u), "CreatePod without a Secret");
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for a in &p.actions {
+            if *a != Action::CreateRunner {
+                prop_assert!(seen.insert(a.clone()), "duplicate {a:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_runner_is_backed_by_a_pod_or_on_its_way_out(pool in arbitrary_pool(), o in arbitrary_observation()) {
+        let p = plan(&pool, &o);
+        for r in o.runners.iter().filter(|r| !r.busy && r.status != RunnerStatus::Disabled) {
+            let has_pod = o.pods.iter().any(|pod| pod.runner == r.uuid);
+            let has_secret = o.secrets.iter().any(|s| s.runner == r.uuid);
+            if !has_pod {
+                let handled = p.actions.contains(&Action::CreatePod(r.uuid.clone()))
+                    || p.actions.contains(&Action::DeleteRunner(r.uuid.clone()));
+                prop_assert!(handled, "runner {} left without a pod (secret: {has_secret})", r.uuid);
+                if !has_secret {
+                    prop_assert!(p.actions.contains(&Action::DeleteRunner(r.uuid.clone())));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deletion_finishes_only_when_nothing_is_left(mut pool in arbitrary_pool(), o in arbitrary_observation(), since in 0.0f64..1000.0) {
+        pool.deleting_since = Some(since);
+        let p = plan(&pool, &o);
+        if p.actions.contains(&Action::RemoveFinalizer) {
+            prop_assert_eq!(p.actions.len(), 1);
+            prop_assert!(o.runners.is_empty() && o.secrets.is_empty());
+            prop_assert!(o.pods.iter().all(|pod| pod.terminating));
+        }
+        prop_assert!(!p.actions.iter().any(|a| matches!(a, Action::CreateRunner | Action::CreatePod(_) | Action::EnableRunner(_))));
+    }
+}
