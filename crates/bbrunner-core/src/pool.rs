@@ -24,19 +24,29 @@ pub enum PoolError {
 }
 
 /// `spec.scaling`, every field optional with the documented default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingSpec {
+    /// Fewest runners (default 1). Keep at least one: Bitbucket fails a step at once when no
+    /// online runner has its labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
     pub min: Option<u32>,
+    /// Most runners (default 10; Bitbucket allows 100 per workspace or repository).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub max: Option<u32>,
+    /// Idle runners kept ready beyond the busy ones (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
     pub min_idle: Option<u32>,
+    /// idle-buffer (default), queue or atlassian-ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyKind>,
+    /// How long surplus must last before runners are drained (default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<String>,
+    /// How often Bitbucket is polled (default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
 }

@@ -34,7 +34,9 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Seconds, Durat
 }
 
 /// Which policy decides the desired runner count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
     /// desired = busy + minIdle: always a warm runner waiting.

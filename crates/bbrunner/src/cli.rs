@@ -38,6 +38,56 @@ pub enum Command {
     Render(RenderArgs),
     /// Replay a workload against scaling policies, ours and Atlassian's, side by side.
     Simulate(SimulateArgs),
+    /// Print the RunnerPool CustomResourceDefinition.
+    Crd,
+    /// Run the operator: reconcile RunnerPools in the cluster of the current kubeconfig (or
+    /// in-cluster configuration).
+    Operator(OperatorArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OperatorArgs {
+    #[arg(
+        long,
+        env = "BBRUNNER_BITBUCKET_URL",
+        default_value = "https://api.bitbucket.org"
+    )]
+    pub bitbucket_url: String,
+    #[arg(
+        long,
+        env = "BBRUNNER_BITBUCKET_AUTH_URL",
+        default_value = "https://bitbucket.org"
+    )]
+    pub bitbucket_auth_url: String,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Hold a Lease so that only one replica acts.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (default: the watched namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Watch RunnerPools in this namespace only (default: all namespaces).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Replace a runner that stays UNREGISTERED or OFFLINE this long.
+    #[arg(long, default_value = "10m", value_name = "DUR")]
+    pub registration_ttl: String,
+    /// How long a deleted pool waits for busy runners before deleting them anyway.
+    #[arg(long, default_value = "2h", value_name = "DUR")]
+    pub deletion_grace: String,
+    /// Bitbucket requests per hour per identity (Bitbucket allows 1,000).
+    #[arg(long, default_value_t = 900)]
+    pub budget: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -33,6 +33,16 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Told of every request sent: its endpoint name and HTTP status (0 when no answer came).
+#[derive(Clone)]
+pub struct RequestObserver(pub Arc<dyn Fn(&'static str, u16) + Send + Sync>);
+
+impl std::fmt::Debug for RequestObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestObserver")
+    }
+}
+
 /// Where Bitbucket is and how to talk to it. Tests point the URLs at fake-bitbucket.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +52,7 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub observer: Option<RequestObserver>,
 }
 
 impl Default for Config {
@@ -53,6 +64,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
+            observer: None,
         }
     }
 }
@@ -138,6 +150,7 @@ struct Response {
 }
 
 struct Request {
+    endpoint: &'static str,
     method: Method,
     url: Url,
     body: Option<Value>,
@@ -184,8 +197,12 @@ impl Client {
     pub async fn list_runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, Error> {
         let mut url = self.api_url(&scope.segments());
         url.query_pairs_mut().append_pair("pagelen", "100");
-        self.list_all(url, &format!("listing the runners of {scope}"))
-            .await
+        self.list_all(
+            "list_runners",
+            url,
+            &format!("listing the runners of {scope}"),
+        )
+        .await
     }
 
     pub async fn get_runner(
@@ -212,6 +229,7 @@ impl Client {
     ) -> Result<CreatedRunner, Error> {
         let what = format!("creating runner {name:?} in {scope}");
         let request = Request {
+            endpoint: "create_runner",
             method: Method::POST,
             url: self.api_url(&scope.segments()),
             body: Some(json!({ "name": name, "labels": labels })),
@@ -321,6 +339,7 @@ impl Client {
             return Ok(uuid.clone());
         }
         let request = Request {
+            endpoint: "lookup",
             method: Method::GET,
             url: self.api_url(segments),
             body: None,
@@ -369,7 +388,7 @@ impl Client {
             runs_on: Option<Vec<String>>,
         }
         let what = format!("listing the active pipelines of {workspace}/{repository}");
-        let pipelines: Vec<Pipeline> = self.list_all(url, &what).await?;
+        let pipelines: Vec<Pipeline> = self.list_all("list_pipelines", url, &what).await?;
         let mut steps = Vec::new();
         for pipeline in pipelines {
             let mut url = self.api_url(&[
@@ -383,7 +402,7 @@ impl Client {
             ]);
             url.query_pairs_mut().append_pair("pagelen", "100");
             let what = format!("listing the steps of pipeline {}", pipeline.uuid);
-            let page: Vec<Step> = self.list_all(url, &what).await?;
+            let page: Vec<Step> = self.list_all("list_steps", url, &what).await?;
             steps.extend(
                 page.into_iter()
                     .filter(|s| s.state.name != "COMPLETED")
@@ -420,6 +439,11 @@ impl Client {
         let mut segments = scope.segments();
         segments.push(runner.braced());
         Request {
+            endpoint: match method {
+                Method::GET => "get_runner",
+                Method::PUT => "set_runner_state",
+                _ => "delete_runner",
+            },
             method,
             url: self.api_url(&segments),
             body,
@@ -427,7 +451,12 @@ impl Client {
         }
     }
 
-    async fn list_all<T: DeserializeOwned>(&self, first: Url, what: &str) -> Result<Vec<T>, Error> {
+    async fn list_all<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        first: Url,
+        what: &str,
+    ) -> Result<Vec<T>, Error> {
         #[derive(Deserialize)]
         struct Page<T> {
             values: Vec<T>,
@@ -438,6 +467,7 @@ impl Client {
         let mut next = Some(first);
         while let Some(url) = next.take() {
             let request = Request {
+                endpoint,
                 method: Method::GET,
                 url,
                 body: None,
@@ -501,11 +531,12 @@ impl Client {
             if let Some(body) = &request.body {
                 builder = builder.json(body);
             }
-            let response = builder
-                .send()
-                .await
-                .map_err(|e| transport(&request.what, &e))?;
+            let response = builder.send().await.map_err(|e| {
+                self.observe(request.endpoint, 0);
+                transport(&request.what, &e)
+            })?;
             let status = response.status();
+            self.observe(request.endpoint, status.as_u16());
             let retry_after = retry_after(response.headers());
             let body = response
                 .bytes()
@@ -523,6 +554,12 @@ impl Client {
                 continue;
             }
             return Err(self.error_for(status, retry_after, &body, &request.what));
+        }
+    }
+
+    fn observe(&self, endpoint: &'static str, status: u16) {
+        if let Some(observer) = &self.inner.config.observer {
+            (observer.0)(endpoint, status);
         }
     }
 

@@ -16,7 +16,7 @@ mod error;
 mod model;
 
 pub use budget::RequestBudget;
-pub use client::{Client, Config, RetryPolicy, RunnerScope};
+pub use client::{Client, Config, RequestObserver, RetryPolicy, RunnerScope};
 pub use credentials::Credentials;
 pub use error::Error;
 pub use model::{

@@ -5,8 +5,16 @@ use anyhow::Result;
 use crate::cli::{Cli, Command};
 
 mod import;
+mod operator;
 mod render;
 mod simulate;
+
+fn crd() -> Result<ExitCode> {
+    use kube::CustomResourceExt;
+    let yaml = crate::output::yaml(&crate::operator::crd::RunnerPool::crd())?;
+    std::io::Write::write_all(&mut std::io::stdout(), yaml.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -17,5 +25,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => import::run(file.as_deref(), format, reveal_secret),
         Command::Render(args) => render::run(&args),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Crd => crd(),
+        Command::Operator(args) => operator::run(&args),
     }
 }

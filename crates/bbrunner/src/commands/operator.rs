@@ -1,0 +1,79 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bbrunner_core::scaling::parse_duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{LogFormat, OperatorArgs};
+use crate::operator::{self, Options, Settings};
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn seconds(field: &'static str, raw: &str) -> Result<Duration> {
+    Ok(Duration::from_secs_f64(parse_duration(field, raw)?))
+}
+
+pub fn options(args: &OperatorArgs) -> Result<Options> {
+    Ok(Options {
+        bitbucket_url: args.bitbucket_url.clone(),
+        bitbucket_auth_url: args.bitbucket_auth_url.clone(),
+        metrics_addr: args.metrics_addr,
+        leader_election: args.leader_election,
+        namespace: args.namespace.clone(),
+        lease_namespace: args
+            .lease_namespace
+            .clone()
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "default".to_owned()),
+        settings: Settings {
+            registration_ttl: seconds("--registration-ttl", &args.registration_ttl)?,
+            deletion_grace: seconds("--deletion-grace", &args.deletion_grace)?,
+        },
+        budget: bitbucket::RequestBudget {
+            requests: args.budget,
+            period: Duration::from_secs(3600),
+        },
+    })
+}
+
+/// Cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signals() -> Result<CancellationToken> {
+    let token = CancellationToken::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
+pub fn run(args: &OperatorArgs) -> Result<ExitCode> {
+    init_logging(args.log_format);
+    let options = options(args)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
+        let shutdown = shutdown_on_signals()?;
+        operator::run(client, options, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

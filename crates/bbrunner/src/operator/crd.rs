@@ -1,0 +1,198 @@
+//! The `RunnerPool` custom resource (`bbrunner.dev/v1alpha1`).
+
+use std::collections::BTreeMap;
+
+use bbrunner_core::pool::ScalingSpec;
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Runners with these labels, between min and max, kept ready by bbrunner.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "bbrunner.dev",
+    version = "v1alpha1",
+    kind = "RunnerPool",
+    namespaced,
+    shortname = "rp",
+    status = "RunnerPoolStatus",
+    printcolumn = r#"{"name":"Min","type":"integer","jsonPath":".spec.scaling.min"}"#,
+    printcolumn = r#"{"name":"Max","type":"integer","jsonPath":".spec.scaling.max"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desired"}"#,
+    printcolumn = r#"{"name":"Online","type":"integer","jsonPath":".status.online"}"#,
+    printcolumn = r#"{"name":"Busy","type":"integer","jsonPath":".status.busy"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("size(self.metadata.name) <= 40 && !self.metadata.name.contains('.')").message("a RunnerPool name is at most 40 characters, without dots (runner and pod names are derived from it)"),
+)]
+#[x_kube(validation = Rule::new("!has(self.scaling) || !has(self.scaling.min) || !has(self.scaling.max) || self.scaling.min <= self.scaling.max").message("spec.scaling.min must not exceed spec.scaling.max"))]
+#[x_kube(validation = Rule::new("self.mode != 'static' || (has(self.staticRunners) && size(self.staticRunners) > 0)").message("a static pool needs spec.staticRunners"))]
+#[x_kube(validation = Rule::new("self.mode != 'managed' || has(self.credentials)").message("a managed pool needs spec.credentials.secretRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerPoolSpec {
+    /// Workspace slug or `{uuid}`.
+    pub workspace: String,
+    /// Repository slug or `{uuid}`, for repository runners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Custom labels; `self.hosted` and `linux` are implied.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(l, l.matches('^[a-z0-9.]{1,50}$'))").message("labels use lowercase letters, digits and dots, at most 50 characters"))]
+    #[x_kube(validation = Rule::new("size(self) <= 8").message("at most 8 custom labels: Bitbucket allows 10 with self.hosted and linux"))]
+    pub labels: Vec<String>,
+    /// Bitbucket API credentials (managed mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsRef>,
+    #[serde(default)]
+    pub mode: PoolMode,
+    /// Imported registrations to run (static mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub static_runners: Vec<StaticRunner>,
+    #[serde(default)]
+    pub scaling: ScalingSpec,
+    /// Replace a runner after each step it runs.
+    #[serde(default)]
+    pub ephemeral: bool,
+    #[serde(default)]
+    pub runner: RunnerContainerSpec,
+    #[serde(default)]
+    pub dind: DindContainerSpec,
+    #[serde(default)]
+    pub pod_template: PodTemplateSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Runners are created and deleted through Bitbucket's API.
+    #[default]
+    Managed,
+    /// Runners created in the UI and imported with `bbrunner import`.
+    Static,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    pub name: String,
+}
+
+/// A Secret holding one of: `oauthClientId` + `oauthClientSecret`, `email` + `apiToken`,
+/// `username` + `appPassword`, or `accessToken`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsRef {
+    pub secret_ref: SecretRef,
+}
+
+/// A Secret holding a registration as `bbrunner import --format yaml --reveal-secret` prints it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticRunner {
+    pub secret_ref: SecretRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StepSize {
+    #[default]
+    #[serde(rename = "1x")]
+    X1,
+    #[serde(rename = "2x")]
+    X2,
+    #[serde(rename = "4x")]
+    X4,
+    #[serde(rename = "8x")]
+    X8,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerContainerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment for the runner container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Largest step size served (default 1x); sizes dind's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<StepSize>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DindContainerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `auto` (default: the pod's eth0 MTU) or a number from 576 to 9216.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? (self >= 576 && self <= 9216) : self == 'auto'").message("mtu is auto or a number from 576 to 9216"))]
+    pub mtu: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_mirrors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerPoolStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub desired: u32,
+    #[serde(default)]
+    pub starting: u32,
+    #[serde(default)]
+    pub online: u32,
+    #[serde(default)]
+    pub busy: u32,
+    #[serde(default)]
+    pub idle: u32,
+    #[serde(default)]
+    pub disabled: u32,
+    #[serde(default)]
+    pub offline: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+    /// Since when the pool has had more runners than its policy wants (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surplus_since: Option<String>,
+}

@@ -1,0 +1,151 @@
+//! Prometheus metrics, served on `/metrics` with `/healthz` and `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunnerStateLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    pub identity: String,
+}
+
+pub struct Metrics {
+    pub runners: Family<RunnerStateLabels, Gauge>,
+    pub desired: Family<PoolLabels, Gauge>,
+    pub reconcile_duration: Histogram,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub bitbucket_requests: Family<RequestLabels, Counter>,
+    pub budget_remaining: Family<IdentityLabels, Gauge>,
+    pub leader: Gauge,
+    registry: Registry,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("bbrunner");
+        let runners = Family::<RunnerStateLabels, Gauge>::default();
+        let desired = Family::<PoolLabels, Gauge>::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let bitbucket_requests = Family::<RequestLabels, Counter>::default();
+        let budget_remaining = Family::<IdentityLabels, Gauge>::default();
+        let leader = Gauge::default();
+        registry.register("runners", "Runners of a pool by state", runners.clone());
+        registry.register(
+            "desired_runners",
+            "Runners a pool's policy wants",
+            desired.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one pool",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "bitbucket_requests",
+            "Bitbucket API requests by endpoint and HTTP status (0: no answer)",
+            bitbucket_requests.clone(),
+        );
+        registry.register(
+            "bitbucket_budget_remaining",
+            "Requests left in the hourly budget of a Bitbucket identity",
+            budget_remaining.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this instance holds the leader lease",
+            leader.clone(),
+        );
+        Arc::new(Self {
+            runners,
+            desired,
+            reconcile_duration,
+            reconcile_errors,
+            bitbucket_requests,
+            budget_remaining,
+            leader,
+            registry,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(metrics)
+}
+
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}

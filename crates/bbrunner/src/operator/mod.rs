@@ -1,0 +1,170 @@
+//! The operator: a kube-runtime controller over RunnerPools, their pods and Secrets, with
+//! leader election on a Lease, Prometheus metrics and graceful shutdown.
+
+pub mod crd;
+mod hub;
+mod metrics;
+mod pool;
+mod reconcile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use crd::RunnerPool;
+pub use reconcile::Settings;
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bitbucket_url: String,
+    pub bitbucket_auth_url: String,
+    pub metrics_addr: Option<SocketAddr>,
+    pub leader_election: bool,
+    /// Watch one namespace, or all.
+    pub namespace: Option<String>,
+    /// Where the leader Lease lives.
+    pub lease_namespace: String,
+    pub settings: Settings,
+    /// Bitbucket request budget per identity and hour.
+    pub budget: bitbucket::RequestBudget,
+}
+
+/// Run until `shutdown` is cancelled.
+pub async fn run(client: Client, options: Options, shutdown: CancellationToken) -> Result<()> {
+    let metrics = metrics::Metrics::new();
+    if let Some(addr) = options.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        let router = metrics::router(metrics.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+    }
+    let bitbucket = bitbucket::Config {
+        api_url: options
+            .bitbucket_url
+            .parse()
+            .context("--bitbucket-url is not a URL")?,
+        auth_url: options
+            .bitbucket_auth_url
+            .parse()
+            .context("--bitbucket-auth-url is not a URL")?,
+        budget: options.budget,
+        ..bitbucket::Config::default()
+    };
+    let ctx = Arc::new(reconcile::Context {
+        client: client.clone(),
+        hub: hub::Hub::new(bitbucket, metrics.clone()),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "bbrunner".into(),
+                instance: std::env::var("HOSTNAME").ok(),
+            },
+        ),
+        settings: options.settings.clone(),
+    });
+
+    if !options.leader_election {
+        metrics.leader.set(1);
+        metrics.set_ready(true);
+        controller(client, options.namespace.clone(), ctx, shutdown).await;
+        return Ok(());
+    }
+
+    let identity =
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("bbrunner-{}", std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "bbrunner-operator")
+        .with_namespace(options.lease_namespace.clone())
+        .with_identity(identity.clone())
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .context("cannot set up leader election")?;
+    let (mut leading, lease_task) = manager.watch().await;
+    metrics.set_ready(true);
+    loop {
+        // Follower: wait for the lease.
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { return Ok(()) },
+                _ = shutdown.cancelled() => {
+                    drop(leading);
+                    let _ = lease_task.await;
+                    return Ok(());
+                }
+            }
+        }
+        tracing::info!(%identity, "leading");
+        metrics.leader.set(1);
+        let lost = CancellationToken::new();
+        let running = tokio::spawn(controller(
+            client.clone(),
+            options.namespace.clone(),
+            ctx.clone(),
+            lost.clone(),
+        ));
+        tokio::select! {
+            _ = async { while *leading.borrow_and_update() { if leading.changed().await.is_err() { break } } } => {
+                tracing::warn!("lost the leader lease; stopping");
+            }
+            _ = shutdown.cancelled() => {}
+        }
+        lost.cancel();
+        let _ = running.await;
+        metrics.leader.set(0);
+        if shutdown.is_cancelled() {
+            drop(leading);
+            let _ = lease_task.await;
+            return Ok(());
+        }
+    }
+}
+
+async fn controller(
+    client: Client,
+    namespace: Option<String>,
+    ctx: Arc<reconcile::Context>,
+    stop: CancellationToken,
+) {
+    let (pools, pods, secrets): (Api<RunnerPool>, Api<Pod>, Api<Secret>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
+    let managed = watcher::Config::default()
+        .labels("app.kubernetes.io/managed-by=bbrunner,bbrunner.dev/pool");
+    Controller::new(pools, watcher::Config::default())
+        .owns(pods, managed.clone())
+        .owns(secrets, managed)
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((pool, _)) => tracing::debug!(pool = %pool.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,218 @@
+//! From a RunnerPool to what the planner and the executor need: validated settings (every
+//! error names its field), runner names, and the Secret and Pod of one runner, built by the
+//! same pod builder as `bbrunner render`.
+
+use std::collections::BTreeMap;
+
+use bbrunner_core::ids::RunnerUuid;
+use bbrunner_core::labels::Labels;
+use bbrunner_core::manifests::{
+    self, DindSpec, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_RUNNER_UUID, MANAGER, Mtu,
+    PodPlacement, RunnerPodConfig, RunnerSize,
+};
+use bbrunner_core::registration::RunnerRegistration;
+use bbrunner_core::scaling::Scaling;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use super::crd::{RunnerPool, StepSize};
+
+pub const LABEL_POOL: &str = "bbrunner.dev/pool";
+pub const ANNOTATION_RAN_STEP: &str = "bbrunner.dev/ran-step";
+pub const FINALIZER: &str = "bbrunner.dev/cleanup";
+
+/// A spec the operator cannot act on, naming the field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+/// What the operator runs a pool with.
+#[derive(Debug, Clone)]
+pub struct ValidPool {
+    pub labels: Labels,
+    pub scaling: Scaling,
+    pub size: RunnerSize,
+    pub dind: DindSpec,
+    pub runner_image: String,
+}
+
+pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
+    let spec = &pool.spec;
+    let labels = Labels::new(&spec.labels).map_err(|e| InvalidSpec(format!("spec.labels: {e}")))?;
+    let scaling = spec
+        .scaling
+        .resolve()
+        .map_err(|e| InvalidSpec(e.to_string()))?;
+    let mtu = match &spec.dind.mtu {
+        None => Mtu::Auto,
+        Some(IntOrString::String(s)) => {
+            Mtu::parse(s).map_err(|e| InvalidSpec(format!("spec.dind.{e}")))?
+        }
+        Some(IntOrString::Int(n)) => {
+            Mtu::parse(&n.to_string()).map_err(|e| InvalidSpec(format!("spec.dind.{e}")))?
+        }
+    };
+    let size = match spec.runner.size.unwrap_or_default() {
+        StepSize::X1 => RunnerSize::X1,
+        StepSize::X2 => RunnerSize::X2,
+        StepSize::X4 => RunnerSize::X4,
+        StepSize::X8 => RunnerSize::X8,
+    };
+    let dind = DindSpec {
+        image: spec
+            .dind
+            .image
+            .clone()
+            .unwrap_or_else(|| manifests::DEFAULT_DIND_IMAGE.to_owned()),
+        mtu,
+        registry_mirrors: spec.dind.registry_mirrors.clone(),
+        extra_args: spec.dind.extra_args.clone(),
+        resources: spec.dind.resources.clone(),
+    };
+    let name = pool.metadata.name.as_deref().unwrap_or("");
+    if name.len() > 40 || name.contains('.') {
+        return Err(InvalidSpec(format!(
+            "metadata.name {name:?}: a RunnerPool name is at most 40 characters, without dots"
+        )));
+    }
+    if spec.workspace.trim().is_empty() {
+        return Err(InvalidSpec(
+            "spec.workspace is empty; give the workspace slug or {uuid}".into(),
+        ));
+    }
+    let valid = ValidPool {
+        labels,
+        scaling,
+        size,
+        dind,
+        runner_image: spec
+            .runner
+            .image
+            .clone()
+            .unwrap_or_else(|| manifests::DEFAULT_RUNNER_IMAGE.to_owned()),
+    };
+    // The pod builder's own checks (images, env names, mirrors).
+    pod_config(pool, &valid, "check", false)
+        .validate()
+        .map_err(|e| InvalidSpec(format!("spec: {e}")))?;
+    Ok(valid)
+}
+
+/// Runners are named `bbrunner.NAMESPACE.POOL.SUFFIX`: namespace and pool names hold no dots,
+/// so the name says which pool a runner belongs to with no local state.
+pub fn runner_name(namespace: &str, pool: &str) -> String {
+    let suffix: String = std::iter::repeat_with(|| fastrand::alphanumeric().to_ascii_lowercase())
+        .take(6)
+        .collect();
+    format!("{}{suffix}", runner_prefix(namespace, pool))
+}
+
+pub fn runner_prefix(namespace: &str, pool: &str) -> String {
+    format!("bbrunner.{namespace}.{pool}.")
+}
+
+/// The pod and Secret name of one runner.
+pub fn object_name(pool: &str, runner: &RunnerUuid) -> String {
+    format!("{pool}-{}", runner.bare())
+}
+
+fn pool_labels(pool: &RunnerPool, runner: &RunnerUuid) -> BTreeMap<String, String> {
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), manifests::APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), name.clone()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned()),
+        (LABEL_POOL.to_owned(), name),
+        (LABEL_RUNNER_UUID.to_owned(), runner.bare().to_owned()),
+    ])
+}
+
+fn owner(pool: &RunnerPool) -> Option<OwnerReference> {
+    pool.controller_owner_ref(&())
+}
+
+fn pod_config(
+    pool: &RunnerPool,
+    valid: &ValidPool,
+    secret_name: &str,
+    repository_scoped: bool,
+) -> RunnerPodConfig {
+    let t = &pool.spec.pod_template;
+    RunnerPodConfig {
+        secret_name: secret_name.to_owned(),
+        repository_scoped,
+        runner_image: valid.runner_image.clone(),
+        runner_resources: pool.spec.runner.resources.clone(),
+        working_directory: bbrunner_core::import::DEFAULT_WORKING_DIRECTORY.to_owned(),
+        runner_env: pool.spec.runner.env.clone(),
+        secret_env: Vec::new(),
+        size: valid.size,
+        dind: valid.dind.clone(),
+        placement: PodPlacement {
+            node_selector: t.node_selector.clone(),
+            tolerations: t.tolerations.clone(),
+            affinity: t.affinity.clone(),
+            topology_spread_constraints: t.topology_spread_constraints.clone(),
+            priority_class_name: t.priority_class_name.clone(),
+            runtime_class_name: t.runtime_class_name.clone(),
+            service_account_name: t.service_account_name.clone(),
+            image_pull_secrets: t.image_pull_secrets.clone(),
+        },
+    }
+}
+
+/// The Secret holding one runner's registration.
+pub fn secret(pool: &RunnerPool, registration: &RunnerRegistration) -> Secret {
+    let name = pool.metadata.name.as_deref().unwrap_or("");
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(object_name(name, &registration.runner_uuid)),
+            namespace: pool.metadata.namespace.clone(),
+            labels: Some(pool_labels(pool, &registration.runner_uuid)),
+            owner_references: owner(pool).map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        string_data: Some(manifests::registration_secret_data(registration, &[])),
+        ..Default::default()
+    }
+}
+
+/// The pod of one runner, reading its registration from `secret_name`.
+pub fn pod(
+    pool: &RunnerPool,
+    valid: &ValidPool,
+    runner: &RunnerUuid,
+    secret_name: &str,
+    repository_scoped: bool,
+) -> Pod {
+    let name = pool.metadata.name.as_deref().unwrap_or("");
+    let mut labels = pool.spec.pod_template.labels.clone().unwrap_or_default();
+    labels.extend(pool_labels(pool, runner));
+    let mut annotations = pool
+        .spec
+        .pod_template
+        .annotations
+        .clone()
+        .unwrap_or_default();
+    annotations.extend(manifests::runner_pod_annotations());
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(object_name(name, runner)),
+            namespace: pool.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: owner(pool).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(manifests::runner_pod_spec(&pod_config(
+            pool,
+            valid,
+            secret_name,
+            repository_scoped,
+        ))),
+        status: None,
+    }
+}

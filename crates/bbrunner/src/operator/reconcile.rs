@@ -1,0 +1,1024 @@
+//! One reconcile of one pool: observe (Kubernetes and Bitbucket) → plan (pure, in the core)
+//! → execute → status. Every step is safe to interrupt: the next reconcile observes again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bbrunner_core::ids::{AccountUuid, RepositoryUuid, RunnerUuid};
+use bbrunner_core::manifests::{LABEL_RUNNER_UUID, secret_keys};
+use bbrunner_core::plan::{
+    Action, Counts, Observation, ObservedPod, ObservedRunner, ObservedSecret, PodPhase,
+    PoolSettings, RunnerStatus, plan, plan_static,
+};
+use bbrunner_core::registration::RunnerRegistration;
+use bbrunner_core::scaling::{Overrides, PolicyKind, PolicyMemory};
+use bitbucket::{Client, Credentials, Error as BitbucketError, RunnerScope};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::crd::{PoolMode, RunnerPool, RunnerPoolStatus};
+use super::hub::{Hub, now_seconds};
+use super::metrics::{ErrorLabels, Metrics, PoolLabels, RunnerStateLabels};
+use super::pool::{self, ANNOTATION_RAN_STEP, InvalidSpec, LABEL_POOL, ValidPool};
+
+/// Operator-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A runner that stays UNREGISTERED or OFFLINE this long is replaced.
+    pub registration_ttl: Duration,
+    /// How long a deleted pool waits for busy runners.
+    pub deletion_grace: Duration,
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+}
+
+/// Why a reconcile could not finish, with the condition reason it reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{message}")]
+    Degraded {
+        reason: &'static str,
+        message: String,
+        retry: Duration,
+    },
+    #[error("waiting for busy runners to finish before the pool goes")]
+    Draining,
+}
+
+impl ReconcileError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "KubernetesApi",
+            Self::Degraded { reason, .. } => reason,
+            Self::Draining => "Draining",
+        }
+    }
+
+    pub fn retry(&self) -> Duration {
+        match self {
+            Self::Degraded { retry, .. } => *retry,
+            _ => Duration::from_secs(5),
+        }
+    }
+}
+
+fn degraded(reason: &'static str, message: impl Into<String>, retry: Duration) -> ReconcileError {
+    ReconcileError::Degraded {
+        reason,
+        message: message.into(),
+        retry,
+    }
+}
+
+/// Map a Bitbucket failure to the condition it shows.
+fn from_bitbucket(e: BitbucketError) -> ReconcileError {
+    let message = e.to_string();
+    match e {
+        BitbucketError::Unauthorized { .. } => {
+            degraded("CredentialsInvalid", message, Duration::from_secs(60))
+        }
+        BitbucketError::Forbidden { .. } => {
+            degraded("MissingScope", message, Duration::from_secs(60))
+        }
+        BitbucketError::RateLimited { retry_after }
+        | BitbucketError::BudgetExhausted { retry_after } => {
+            degraded("RateLimited", message, retry_after)
+        }
+        BitbucketError::QuotaExceeded { .. } => {
+            degraded("QuotaExceeded", message, Duration::from_secs(60))
+        }
+        BitbucketError::NotFound { .. } => degraded("NotFound", message, Duration::from_secs(60)),
+        BitbucketError::BadRequest { .. } | BitbucketError::Decode { .. } => {
+            degraded("ApiRejected", message, Duration::from_secs(60))
+        }
+        BitbucketError::Server { .. } | BitbucketError::Transport { .. } => {
+            degraded("ApiUnreachable", message, Duration::from_secs(10))
+        }
+    }
+}
+
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Read API credentials from the pool's Secret.
+async fn credentials(ctx: &Context, pool: &RunnerPool) -> Result<Credentials, ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let Some(cred) = &pool.spec.credentials else {
+        return Err(degraded(
+            "CredentialsInvalid",
+            "spec.credentials.secretRef is not set; a managed pool needs Bitbucket API credentials",
+            Duration::from_secs(60),
+        ));
+    };
+    let name = &cred.secret_ref.name;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Err(degraded(
+            "CredentialsInvalid",
+            format!("Secret {ns}/{name} (spec.credentials.secretRef) does not exist"),
+            Duration::from_secs(30),
+        ));
+    };
+    let get = |k| secret_value(&secret, k);
+    let found = if let (Some(key), Some(s)) = (get("oauthClientId"), get("oauthClientSecret")) {
+        Credentials::OAuthConsumer {
+            key,
+            secret: SecretString::from(s),
+        }
+    } else if let (Some(email), Some(t)) = (get("email"), get("apiToken")) {
+        Credentials::ApiToken {
+            email,
+            token: SecretString::from(t),
+        }
+    } else if let (Some(username), Some(p)) = (get("username"), get("appPassword")) {
+        Credentials::AppPassword {
+            username,
+            password: SecretString::from(p),
+        }
+    } else if let Some(t) = get("accessToken") {
+        Credentials::AccessToken(SecretString::from(t))
+    } else {
+        return Err(degraded(
+            "CredentialsInvalid",
+            format!(
+                "Secret {ns}/{name} holds none of oauthClientId+oauthClientSecret, email+apiToken, username+appPassword, accessToken"
+            ),
+            Duration::from_secs(60),
+        ));
+    };
+    Ok(found)
+}
+
+fn scope_of(pool: &RunnerPool) -> RunnerScope {
+    match &pool.spec.repository {
+        Some(repository) => RunnerScope::Repository {
+            workspace: pool.spec.workspace.clone(),
+            repository: repository.clone(),
+        },
+        None => RunnerScope::Workspace(pool.spec.workspace.clone()),
+    }
+}
+
+fn parse_time(t: &str) -> Option<f64> {
+    t.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond() as f64 / 1000.0)
+}
+
+fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
+    let runner = RunnerUuid::parse(pod.labels().get(LABEL_RUNNER_UUID)?).ok()?;
+    let status = pod.status.clone().unwrap_or_default();
+    let phase = match status.phase.as_deref() {
+        Some("Pending") | None => PodPhase::Pending,
+        Some("Running") => PodPhase::Running,
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => PodPhase::Failed,
+        Some(_) => PodPhase::Unknown,
+    };
+    let unschedulable = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|c| {
+            (c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable"))
+            .then(|| c.message.unwrap_or_else(|| "no node fits the pod".into()))
+        });
+    Some(ObservedPod {
+        runner,
+        phase,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        unschedulable,
+        created_at: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond() as f64 / 1000.0)
+            .unwrap_or(0.0),
+        ran_step: pod
+            .annotations()
+            .get(ANNOTATION_RAN_STEP)
+            .is_some_and(|v| v == "true"),
+    })
+}
+
+fn observe_runner(r: &bitbucket::Runner) -> ObservedRunner {
+    use bitbucket::RunnerStatus as S;
+    ObservedRunner {
+        uuid: r.uuid.clone(),
+        status: match r.state.status {
+            S::Unregistered => RunnerStatus::Unregistered,
+            S::Online | S::Enabled => RunnerStatus::Online,
+            S::Offline => RunnerStatus::Offline,
+            S::Disabled => RunnerStatus::Disabled,
+            S::Unknown => RunnerStatus::Other,
+        },
+        busy: r.is_busy(),
+        status_since: r.state.updated_on.as_deref().and_then(parse_time),
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    pool: &RunnerPool,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+/// Entry point for both normal reconciles and finalizer cleanup.
+pub async fn reconcile(
+    pool: Arc<RunnerPool>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&pool, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabels {
+                namespace: pool.namespace().unwrap_or_default(),
+                pool: pool.name_any(),
+                reason: e.reason().to_owned(),
+            })
+            .inc();
+        let pool_gone = matches!(e, ReconcileError::Kube(kube::Error::Api(s)) if s.code == 404);
+        if !matches!(e, ReconcileError::Draining) && !pool_gone {
+            write_failure(&ctx, &pool, e).await;
+        }
+    }
+    result
+}
+
+async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, ReconcileError> {
+    let api: Api<RunnerPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let deleting = pool.metadata.deletion_timestamp.is_some();
+    let has_finalizer = pool.finalizers().iter().any(|f| f == pool::FINALIZER);
+    if deleting && !has_finalizer {
+        return Ok(Requeue::await_change());
+    }
+    if !deleting && !has_finalizer && pool.spec.mode == PoolMode::Managed {
+        // The finalizer first, so that no runner exists that deletion could forget.
+        let mut finalizers = pool.finalizers().to_vec();
+        finalizers.push(pool::FINALIZER.to_owned());
+        api.patch(
+            &pool.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+        )
+        .await?;
+    }
+    let valid = match pool::validate(pool) {
+        Ok(v) => v,
+        Err(InvalidSpec(message)) if !deleting => {
+            return Err(degraded("InvalidSpec", message, Duration::from_secs(300)));
+        }
+        Err(_) => return remove_finalizer(&api, pool).await,
+    };
+    match pool.spec.mode {
+        PoolMode::Static => reconcile_static(pool, ctx, &valid).await,
+        PoolMode::Managed => reconcile_managed(pool, ctx, &valid, &api).await,
+    }
+}
+
+async fn remove_finalizer(
+    api: &Api<RunnerPool>,
+    pool: &RunnerPool,
+) -> Result<Requeue, ReconcileError> {
+    let finalizers: Vec<String> = pool
+        .finalizers()
+        .iter()
+        .filter(|f| *f != pool::FINALIZER)
+        .cloned()
+        .collect();
+    api.patch(
+        &pool.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+    )
+    .await?;
+    Ok(Requeue::await_change())
+}
+
+async fn pool_objects(
+    ctx: &Context,
+    pool: &RunnerPool,
+) -> Result<(Vec<Pod>, Vec<Secret>), ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let selector = ListParams::default().labels(&format!("{LABEL_POOL}={}", pool.name_any()));
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&selector)
+        .await?
+        .items;
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .list(&selector)
+        .await?
+        .items;
+    Ok((pods, secrets))
+}
+
+async fn queued_steps(pool: &RunnerPool, client: &Client, valid: &ValidPool) -> Option<u32> {
+    let repository = pool.spec.repository.as_deref()?;
+    if valid.scaling.policy != PolicyKind::Queue || client.remaining_budget() < 100 {
+        return None;
+    }
+    let steps = client
+        .active_steps(&pool.spec.workspace, repository)
+        .await
+        .ok()?;
+    let waiting = steps
+        .iter()
+        .filter(|s| s.state == "PENDING")
+        .filter(|s| s.labels.as_ref().is_none_or(|l| valid.labels.serves(l)))
+        .count();
+    Some(waiting as u32)
+}
+
+async fn reconcile_managed(
+    pool: &RunnerPool,
+    ctx: &Context,
+    valid: &ValidPool,
+    api: &Api<RunnerPool>,
+) -> Result<Requeue, ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let deleting_since = pool
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond() as f64 / 1000.0);
+    let credentials = match credentials(ctx, pool).await {
+        Ok(c) => c,
+        Err(e)
+            if deleting_since
+                .is_some_and(|s| now_seconds() - s > ctx.settings.deletion_grace.as_secs_f64()) =>
+        {
+            publish(ctx, pool, EventType::Warning, "CleanupAbandoned", "Delete", format!("cannot reach Bitbucket to delete this pool's runners ({e}); delete them in the UI")).await;
+            return remove_finalizer(api, pool).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let client = ctx.hub.client(credentials).map_err(from_bitbucket)?;
+    let scope = scope_of(pool);
+    let poll = Duration::from_secs_f64(valid.scaling.poll_interval.max(1.0));
+    let listed = ctx
+        .hub
+        .runners(&client, &scope, poll / 2)
+        .await
+        .map_err(from_bitbucket)?;
+    let prefix = pool::runner_prefix(&ns, &name);
+    let mine: Vec<&bitbucket::Runner> = listed
+        .runners
+        .iter()
+        .filter(|r| r.name.starts_with(&prefix))
+        .collect();
+    let (pods, secrets) = pool_objects(ctx, pool).await?;
+    let queued = queued_steps(pool, &client, valid).await;
+
+    let status = pool.status.clone().unwrap_or_default();
+    let observation = Observation {
+        now: now_seconds(),
+        runners: mine.iter().map(|r| observe_runner(r)).collect(),
+        runners_fetched_at: listed.fetched_at,
+        pods: pods.iter().filter_map(observe_pod).collect(),
+        secrets: secrets
+            .iter()
+            .filter_map(|s| {
+                let runner = RunnerUuid::parse(s.labels().get(LABEL_RUNNER_UUID)?).ok()?;
+                let created_at =
+                    s.metadata.creation_timestamp.as_ref()?.0.as_millisecond() as f64 / 1000.0;
+                Some(ObservedSecret { runner, created_at })
+            })
+            .collect(),
+        memory: PolicyMemory {
+            surplus_since: status.surplus_since.as_deref().and_then(parse_time),
+        },
+        queued,
+        scope_room: 100u32.saturating_sub(listed.runners.len() as u32),
+    };
+    let settings = PoolSettings {
+        scaling: valid.scaling.clone(),
+        overrides: Overrides::default(),
+        ephemeral: pool.spec.ephemeral,
+        registration_ttl: ctx.settings.registration_ttl.as_secs_f64(),
+        deleting_since,
+        deletion_grace: ctx.settings.deletion_grace.as_secs_f64(),
+    };
+    let planned = plan(&settings, &observation);
+    let changed = execute(ctx, pool, valid, &client, &scope, &planned.actions).await;
+    if changed.as_ref().is_ok_and(|n| *n > 0) || changed.is_err() {
+        ctx.hub.invalidate(&client, &scope);
+    }
+    if planned.actions.contains(&Action::RemoveFinalizer) {
+        publish(
+            ctx,
+            pool,
+            EventType::Normal,
+            "PoolDeleted",
+            "Delete",
+            "every runner of the pool is deleted in Bitbucket".into(),
+        )
+        .await;
+        return remove_finalizer(api, pool).await;
+    }
+    changed?;
+    record_metrics(ctx, pool, &planned.counts, planned.decision.desired);
+    if deleting_since.is_some() {
+        write_status(
+            ctx,
+            pool,
+            &planned.counts,
+            planned.decision.desired,
+            planned.memory,
+            None,
+            None,
+        )
+        .await?;
+        return Err(ReconcileError::Draining);
+    }
+    let creates = planned
+        .actions
+        .iter()
+        .filter(|a| **a == Action::CreateRunner)
+        .count();
+    let drains = planned
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::DisableRunner(_)))
+        .count();
+    let scaled = (creates > 0 || drains > 0).then(|| {
+        format!(
+            "desired {} ({}): {creates} created, {drains} drained",
+            planned.decision.desired, planned.decision.reason
+        )
+    });
+    if let Some(reason) = &scaled {
+        publish(
+            ctx,
+            pool,
+            EventType::Normal,
+            "Scaled",
+            "Scale",
+            reason.clone(),
+        )
+        .await;
+    }
+    let problem = if planned.blocked_by_quota > 0 {
+        Some((
+            "QuotaExceeded",
+            format!(
+                "{} runner(s) wanted, but the scope is at Bitbucket's limit of 100 runners",
+                planned.blocked_by_quota
+            ),
+        ))
+    } else {
+        planned.unschedulable.clone().map(|m| {
+            (
+                "Unschedulable",
+                format!("runner pods cannot be scheduled: {m}"),
+            )
+        })
+    };
+    write_status(
+        ctx,
+        pool,
+        &planned.counts,
+        planned.decision.desired,
+        planned.memory,
+        scaled,
+        problem,
+    )
+    .await?;
+    Ok(Requeue::requeue(poll))
+}
+
+/// Carry out planned actions in order; returns how many changed Bitbucket.
+async fn execute(
+    ctx: &Context,
+    pool: &RunnerPool,
+    valid: &ValidPool,
+    client: &Client,
+    scope: &RunnerScope,
+    actions: &[Action],
+) -> Result<usize, ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let repository_scoped = pool.spec.repository.is_some();
+    let mut bitbucket_changes = 0;
+    let ignore_missing = |r: Result<_, kube::Error>| match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    };
+    for action in actions {
+        match action {
+            Action::CreateRunner => {
+                let runner_name = pool::runner_name(&ns, &name);
+                let created = client
+                    .create_runner(scope, &runner_name, valid.labels.as_slice())
+                    .await
+                    .map_err(from_bitbucket)?;
+                bitbucket_changes += 1;
+                let account = client
+                    .workspace_uuid(&pool.spec.workspace)
+                    .await
+                    .map_err(from_bitbucket)?;
+                let repository = match &pool.spec.repository {
+                    Some(r) => Some(
+                        client
+                            .repository_uuid(&pool.spec.workspace, r)
+                            .await
+                            .map_err(from_bitbucket)?,
+                    ),
+                    None => None,
+                };
+                let bad_uuid = |e: bbrunner_core::ids::InvalidUuid| {
+                    degraded(
+                        "ApiRejected",
+                        format!("Bitbucket returned a malformed id: {e}"),
+                        Duration::from_secs(60),
+                    )
+                };
+                let registration = RunnerRegistration {
+                    account_uuid: AccountUuid::parse(&account).map_err(bad_uuid)?,
+                    repository_uuid: repository
+                        .as_deref()
+                        .map(RepositoryUuid::parse)
+                        .transpose()
+                        .map_err(bad_uuid)?,
+                    runner_uuid: created.runner.uuid.clone(),
+                    oauth_client_id: created.oauth_client_id.clone(),
+                    oauth_client_secret: created.oauth_client_secret.clone(),
+                };
+                let secret = pool::secret(pool, &registration);
+                let secret_name = secret.name_any();
+                secrets.create(&PostParams::default(), &secret).await?;
+                pods.create(
+                    &PostParams::default(),
+                    &pool::pod(
+                        pool,
+                        valid,
+                        &registration.runner_uuid,
+                        &secret_name,
+                        repository_scoped,
+                    ),
+                )
+                .await?;
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Normal,
+                    "RunnerCreated",
+                    "Create",
+                    format!(
+                        "runner {} ({runner_name}) created with its pod",
+                        registration.runner_uuid
+                    ),
+                )
+                .await;
+            }
+            Action::CreatePod(uuid) => {
+                let secret_name = pool::object_name(&name, uuid);
+                let pod = pool::pod(pool, valid, uuid, &secret_name, repository_scoped);
+                match pods.create(&PostParams::default(), &pod).await {
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    other => {
+                        other?;
+                    }
+                }
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Normal,
+                    "PodRecreated",
+                    "Create",
+                    format!("pod of runner {uuid} recreated"),
+                )
+                .await;
+            }
+            Action::DeletePod(uuid) => {
+                ignore_missing(
+                    pods.delete(&pool::object_name(&name, uuid), &DeleteParams::default())
+                        .await
+                        .map(drop),
+                )?;
+            }
+            Action::DeleteSecret(uuid) => {
+                ignore_missing(
+                    secrets
+                        .delete(&pool::object_name(&name, uuid), &DeleteParams::default())
+                        .await
+                        .map(drop),
+                )?;
+            }
+            Action::DisableRunner(uuid) => {
+                client
+                    .set_runner_enabled(scope, uuid, false)
+                    .await
+                    .map_err(from_bitbucket)?;
+                bitbucket_changes += 1;
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Normal,
+                    "RunnerDisabled",
+                    "Disable",
+                    format!(
+                        "runner {uuid} disabled: it takes no new step and is deleted once idle"
+                    ),
+                )
+                .await;
+            }
+            Action::EnableRunner(uuid) => {
+                client
+                    .set_runner_enabled(scope, uuid, true)
+                    .await
+                    .map_err(from_bitbucket)?;
+                bitbucket_changes += 1;
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Normal,
+                    "RunnerEnabled",
+                    "Enable",
+                    format!("runner {uuid} enabled again"),
+                )
+                .await;
+            }
+            Action::DeleteRunner(uuid) => {
+                client
+                    .delete_runner(scope, uuid)
+                    .await
+                    .map_err(from_bitbucket)?;
+                bitbucket_changes += 1;
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Normal,
+                    "RunnerDeleted",
+                    "Delete",
+                    format!("runner {uuid} deleted in Bitbucket"),
+                )
+                .await;
+            }
+            Action::MarkRanStep(uuid) => {
+                let patch = json!({"metadata": {"annotations": {ANNOTATION_RAN_STEP: "true"}}});
+                ignore_missing(
+                    pods.patch(
+                        &pool::object_name(&name, uuid),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
+                    .await
+                    .map(drop),
+                )?;
+            }
+            Action::RemoveFinalizer => {}
+        }
+    }
+    Ok(bitbucket_changes)
+}
+
+async fn reconcile_static(
+    pool: &RunnerPool,
+    ctx: &Context,
+    valid: &ValidPool,
+) -> Result<Requeue, ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut wanted: Vec<(RunnerUuid, String, bool)> = Vec::new();
+    for (i, r) in pool.spec.static_runners.iter().enumerate() {
+        let field = format!("spec.staticRunners[{i}].secretRef");
+        let Some(secret) = secrets.get_opt(&r.secret_ref.name).await? else {
+            return Err(degraded(
+                "CredentialsInvalid",
+                format!("{field}: Secret {ns}/{} does not exist", r.secret_ref.name),
+                Duration::from_secs(30),
+            ));
+        };
+        let uuid = secret_value(&secret, secret_keys::RUNNER_UUID)
+            .and_then(|u| RunnerUuid::parse(&u).ok())
+            .ok_or_else(|| degraded("CredentialsInvalid", format!("{field}: Secret {} has no valid runner_uuid (write it with `bbrunner import --format yaml --reveal-secret`)", r.secret_ref.name), Duration::from_secs(60)))?;
+        for key in [
+            secret_keys::ACCOUNT_UUID,
+            secret_keys::OAUTH_CLIENT_ID,
+            secret_keys::OAUTH_CLIENT_SECRET,
+        ] {
+            if secret_value(&secret, key).is_none() {
+                return Err(degraded(
+                    "CredentialsInvalid",
+                    format!("{field}: Secret {} has no {key}", r.secret_ref.name),
+                    Duration::from_secs(60),
+                ));
+            }
+        }
+        let repository_scoped = secret_value(&secret, secret_keys::REPOSITORY_UUID).is_some();
+        wanted.push((uuid, r.secret_ref.name.clone(), repository_scoped));
+    }
+    let selector = ListParams::default().labels(&format!("{LABEL_POOL}={name}"));
+    let observed: Vec<ObservedPod> = pods
+        .list(&selector)
+        .await?
+        .items
+        .iter()
+        .filter_map(observe_pod)
+        .collect();
+    let uuids: Vec<RunnerUuid> = wanted.iter().map(|(u, _, _)| u.clone()).collect();
+    for action in plan_static(&uuids, &observed) {
+        match action {
+            Action::CreatePod(uuid) => {
+                let (_, secret_name, repository_scoped) = wanted
+                    .iter()
+                    .find(|(u, _, _)| *u == uuid)
+                    .expect("planned from wanted");
+                match pods
+                    .create(
+                        &PostParams::default(),
+                        &pool::pod(pool, valid, &uuid, secret_name, *repository_scoped),
+                    )
+                    .await
+                {
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            Action::DeletePod(uuid) => {
+                match pods
+                    .delete(&pool::object_name(&name, &uuid), &DeleteParams::default())
+                    .await
+                {
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let running = observed
+        .iter()
+        .filter(|p| p.phase == PodPhase::Running && !p.terminating)
+        .count() as u32;
+    let counts = Counts {
+        online: running,
+        idle: running,
+        starting: (wanted.len() as u32).saturating_sub(running),
+        ..Counts::default()
+    };
+    record_metrics(ctx, pool, &counts, wanted.len() as u32);
+    write_status(
+        ctx,
+        pool,
+        &counts,
+        wanted.len() as u32,
+        PolicyMemory::default(),
+        None,
+        None,
+    )
+    .await?;
+    Ok(Requeue::requeue(Duration::from_secs_f64(
+        valid.scaling.poll_interval.max(1.0),
+    )))
+}
+
+fn record_metrics(ctx: &Context, pool: &RunnerPool, counts: &Counts, desired: u32) {
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    for (state, n) in [
+        ("starting", counts.starting),
+        ("online", counts.online),
+        ("busy", counts.busy),
+        ("idle", counts.idle),
+        ("disabled", counts.disabled),
+        ("offline", counts.offline),
+    ] {
+        ctx.metrics
+            .runners
+            .get_or_create(&RunnerStateLabels {
+                namespace: namespace.clone(),
+                pool: name.clone(),
+                state: state.to_owned(),
+            })
+            .set(i64::from(n));
+    }
+    ctx.metrics
+        .desired
+        .get_or_create(&PoolLabels {
+            namespace,
+            pool: name,
+        })
+        .set(i64::from(desired));
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_owned();
+    // Keep the transition time while the status does not change.
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(jiff::Timestamp::now()));
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    pool: &RunnerPool,
+    counts: &Counts,
+    desired: u32,
+    memory: PolicyMemory,
+    scaled: Option<String>,
+    problem: Option<(&'static str, String)>,
+) -> Result<(), ReconcileError> {
+    let previous = pool.status.clone().unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let capacity = counts.starting + counts.idle + counts.busy;
+    let ready = problem.is_none() && (desired == 0 || counts.online > 0);
+    let (degraded_reason, degraded_message) = match &problem {
+        Some((reason, message)) => (*reason, message.clone()),
+        None => ("AsExpected", "no problem seen".to_owned()),
+    };
+    let status = RunnerPoolStatus {
+        observed_generation: generation,
+        desired,
+        starting: counts.starting,
+        online: counts.online,
+        busy: counts.busy,
+        idle: counts.idle,
+        disabled: counts.disabled,
+        offline: counts.offline,
+        conditions: vec![
+            condition(
+                &previous.conditions,
+                "Ready",
+                ready,
+                if ready {
+                    "RunnersOnline"
+                } else {
+                    "RunnersStarting"
+                },
+                format!("{} of {desired} desired runners online", counts.online),
+                generation,
+            ),
+            condition(
+                &previous.conditions,
+                "Scaling",
+                capacity != desired,
+                if capacity != desired {
+                    "Converging"
+                } else {
+                    "Stable"
+                },
+                format!("{capacity} runners toward {desired} desired"),
+                generation,
+            ),
+            condition(
+                &previous.conditions,
+                "Degraded",
+                problem.is_some(),
+                degraded_reason,
+                degraded_message,
+                generation,
+            ),
+        ],
+        last_scale_time: if scaled.is_some() {
+            Some(jiff::Timestamp::now().to_string())
+        } else {
+            previous.last_scale_time.clone()
+        },
+        last_scale_reason: scaled.or(previous.last_scale_reason.clone()),
+        surplus_since: memory
+            .surplus_since
+            .and_then(|s| jiff::Timestamp::from_millisecond((s * 1000.0) as i64).ok())
+            .map(|t| t.to_string()),
+    };
+    let api: Api<RunnerPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    api.patch_status(
+        &pool.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Report a failed reconcile in the status: Degraded with the error's reason.
+async fn write_failure(ctx: &Context, pool: &RunnerPool, error: &ReconcileError) {
+    let previous = pool.status.clone().unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let mut conditions: Vec<Condition> = previous
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Degraded" && c.type_ != "Ready")
+        .cloned()
+        .collect();
+    conditions.push(condition(
+        &previous.conditions,
+        "Ready",
+        false,
+        error.reason(),
+        error.to_string(),
+        generation,
+    ));
+    conditions.push(condition(
+        &previous.conditions,
+        "Degraded",
+        true,
+        error.reason(),
+        error.to_string(),
+        generation,
+    ));
+    let api: Api<RunnerPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let patch = json!({"status": {"observedGeneration": generation, "conditions": conditions}});
+    if let Err(e) = api
+        .patch_status(
+            &pool.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "cannot write the failure to the pool's status");
+    }
+    if previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .is_none_or(|c| c.reason != error.reason())
+    {
+        publish(
+            ctx,
+            pool,
+            EventType::Warning,
+            error.reason(),
+            "Reconcile",
+            error.to_string(),
+        )
+        .await;
+    }
+}
+
+/// Requeue policy on errors.
+pub fn error_policy(_pool: Arc<RunnerPool>, error: &ReconcileError, _ctx: Arc<Context>) -> Requeue {
+    Requeue::requeue(error.retry())
+}
