@@ -43,6 +43,28 @@ pub enum Command {
     /// Run the operator: reconcile RunnerPools in the cluster of the current kubeconfig (or
     /// in-cluster configuration).
     Operator(OperatorArgs),
+    /// The whole product in one process against simulated Bitbucket and Kubernetes: the
+    /// operator scaling a pool through a bursty workload, then a summary.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TextFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How long the workload keeps arriving (real time).
+    #[arg(long, default_value = "30s", value_name = "DUR")]
+    pub duration: String,
+    /// How much faster simulated time runs than real time.
+    #[arg(long, default_value_t = 30.0)]
+    pub time_scale: f64,
+    /// `json` prints only the summary on stdout (the live view goes to stderr on a terminal).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

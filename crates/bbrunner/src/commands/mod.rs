@@ -4,6 +4,7 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 
+mod demo;
 mod import;
 mod operator;
 mod render;
@@ -27,5 +28,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate(args) => simulate::run(&args),
         Command::Crd => crd(),
         Command::Operator(args) => operator::run(&args),
+        Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(demo::run(&args)),
     }
 }

@@ -1,0 +1,337 @@
+//! `bbrunner demo`: the whole product in one process, against simulated Bitbucket and
+//! Kubernetes (fake-bitbucket and fake-kube, the same test doubles the tests use): the CRD is
+//! installed, a RunnerPool created, the real operator runs, a bursty workload of steps
+//! arrives, and a summary closes.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bbrunner_core::scaling::parse_duration;
+use bbrunner_core::simulate::engine::percentile;
+use fake_bitbucket::{FakeBitbucket, FakeConfig, StepRequest};
+use fake_kube::{ClusterConfig, FakeKube};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, CustomResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DemoArgs, TextFormat};
+use crate::operator::crd::RunnerPool;
+use crate::operator::{self, Options, Settings};
+
+const NAMESPACE: &str = "ci";
+const POOL: &str = "builds";
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    steps_completed: usize,
+    steps_failed: usize,
+    steps_interrupted: usize,
+    p95_wait_s: f64,
+    idle_runner_minutes: f64,
+    runners_created: usize,
+    runners_deleted: usize,
+    leaked_runners: usize,
+}
+
+/// A step of the workload: when (real seconds from start) and how long (on the fake's clock).
+fn workload(duration: f64) -> Vec<(f64, f64)> {
+    let mut steps = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(7);
+    // A trickle, and a burst (a fan-out of parallel steps) every third of the run.
+    let mut t = 1.0;
+    while t < duration {
+        steps.push((t, 90.0 + rng.f64() * 150.0));
+        t += 3.0 + rng.f64() * 5.0;
+    }
+    for burst in 0..3 {
+        let at = duration * (0.15 + 0.3 * f64::from(burst));
+        for _ in 0..5 {
+            steps.push((at + rng.f64(), 120.0 + rng.f64() * 120.0));
+        }
+    }
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    steps
+}
+
+async fn kube_client(fake: &FakeKube) -> Result<Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&fake_kube::kubeconfig(fake.url()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+async fn install(client: &Client) -> Result<()> {
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &RunnerPool::crd())
+        .await
+        .context("installing the CRD")?;
+    let namespace: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
+    )?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "bitbucket-credentials"},
+        "stringData": {"oauthClientId": "demo", "oauthClientSecret": "demo-consumer-secret"},
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let pool: RunnerPool = serde_json::from_value(json!({
+        "apiVersion": "bbrunner.dev/v1alpha1", "kind": "RunnerPool",
+        "metadata": {"name": POOL},
+        "spec": {
+            "workspace": "acme",
+            "labels": ["build"],
+            "credentials": {"secretRef": {"name": "bitbucket-credentials"}},
+            "scaling": {"min": 1, "max": 8, "minIdle": 1, "pollInterval": "1s", "scaleDownDelay": "8s"},
+        },
+    }))?;
+    Api::<RunnerPool>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &pool)
+        .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct View {
+    queued: usize,
+    running: usize,
+    completed: usize,
+    failed: usize,
+    starting: usize,
+    online: usize,
+}
+
+fn view(bitbucket: &FakeBitbucket) -> View {
+    bitbucket.with_world(|w, now| {
+        let mut v = View::default();
+        for s in &w.steps {
+            match s.state {
+                fake_bitbucket::world::StepState::Queued => v.queued += 1,
+                fake_bitbucket::world::StepState::Running => v.running += 1,
+                fake_bitbucket::world::StepState::Completed => v.completed += 1,
+                _ => v.failed += 1,
+            }
+        }
+        for r in &w.runners {
+            match fake_bitbucket::world::runner_status(r, now) {
+                "UNREGISTERED" => v.starting += 1,
+                "ONLINE" | "DISABLED" => v.online += 1,
+                _ => {}
+            }
+        }
+        v
+    })
+}
+
+fn bar(n: usize, c: char) -> String {
+    std::iter::repeat_n(c, n.min(30)).collect()
+}
+
+pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
+    let duration = parse_duration("--duration", &args.duration)?;
+    if args.time_scale <= 0.0 || args.time_scale.is_nan() {
+        bail!("--time-scale must be a positive number");
+    }
+    let live = args.format == TextFormat::Text || std::io::stderr().is_terminal();
+    let say = |line: String| {
+        if args.format == TextFormat::Text {
+            println!("{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+
+    let bitbucket = FakeBitbucket::start(FakeConfig {
+        time_scale: args.time_scale,
+        workspaces: vec!["acme".into()],
+        oauth_consumers: vec![("demo".into(), "demo-consumer-secret".into())],
+        ..FakeConfig::default()
+    })
+    .await?;
+    let kube = FakeKube::start(
+        "127.0.0.1:0".parse()?,
+        ClusterConfig {
+            bitbucket_url: Some(bitbucket.url().to_owned()),
+            // A realistic 45 s pod start, on the demo's clock.
+            pod_start_latency: Duration::from_secs_f64(45.0 / args.time_scale),
+            ..ClusterConfig::default()
+        },
+    )
+    .await?;
+    let client = kube_client(&kube).await?;
+    say(format!(
+        "bbrunner demo: simulated Bitbucket at {} and Kubernetes at {} (time runs {}x)",
+        bitbucket.url(),
+        kube.url(),
+        args.time_scale
+    ));
+    install(&client).await?;
+    say(format!(
+        "installed the RunnerPool CRD and pool {NAMESPACE}/{POOL} (min 1, max 8, minIdle 1); starting the operator"
+    ));
+
+    let stop = CancellationToken::new();
+    let operator_task = tokio::spawn(operator::run(
+        client.clone(),
+        Options {
+            bitbucket_url: bitbucket.url().to_owned(),
+            bitbucket_auth_url: bitbucket.url().to_owned(),
+            metrics_addr: None,
+            leader_election: false,
+            namespace: None,
+            lease_namespace: "default".into(),
+            settings: Settings {
+                registration_ttl: Duration::from_secs(600),
+                deletion_grace: Duration::from_secs(60),
+            },
+            budget: bitbucket::RequestBudget::default(),
+        },
+        stop.clone(),
+    ));
+
+    // Steps fail at once while no runner is online, as in Bitbucket: wait for the first.
+    let started = Instant::now();
+    while view(&bitbucket).online == 0 {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("no runner came online within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    say(format!(
+        "first runner online after {:.1} s; sending the workload",
+        started.elapsed().as_secs_f64()
+    ));
+
+    let steps = workload(duration);
+    let start = Instant::now();
+    let mut next = 0;
+    let mut samples: Vec<(f64, usize)> = Vec::new();
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    let drain_deadline = Duration::from_secs_f64(duration + 120.0);
+    loop {
+        let t = start.elapsed().as_secs_f64();
+        while next < steps.len() && steps[next].0 <= t {
+            bitbucket
+                .submit_step(&StepRequest {
+                    workspace: "acme".into(),
+                    repository: None,
+                    labels: vec!["self.hosted".into(), "linux".into(), "build".into()],
+                    duration_s: steps[next].1,
+                    size: None,
+                })
+                .map_err(|e| anyhow::anyhow!("submitting a step: {:?}", e.body))?;
+            next += 1;
+        }
+        let v = view(&bitbucket);
+        samples.push((t, (v.online + v.starting).saturating_sub(v.running)));
+        if live && last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            say(format!(
+                "t={t:>5.1}s queued {:>2} {:<12} starting {:>2} online {:>2} busy {:>2} {:<10} done {:>3}",
+                v.queued,
+                bar(v.queued, '#'),
+                v.starting,
+                v.online,
+                v.running,
+                bar(v.running, '='),
+                v.completed + v.failed
+            ));
+        }
+        let all_sent = next == steps.len();
+        if all_sent && v.queued == 0 && v.running == 0 {
+            break;
+        }
+        if start.elapsed() > drain_deadline {
+            say("the workload did not drain in time".into());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    say("workload done; deleting the pool".into());
+    Api::<RunnerPool>::namespaced(client.clone(), NAMESPACE)
+        .delete(POOL, &DeleteParams::default())
+        .await?;
+    let cleanup = Instant::now();
+    while Api::<RunnerPool>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(POOL)
+        .await?
+        .is_some()
+        && cleanup.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    let _ = operator_task.await;
+
+    let summary = bitbucket.with_world(|w, _| {
+        let mut waits: Vec<f64> = w
+            .steps
+            .iter()
+            .filter_map(|s| s.started_at.map(|t| t - s.queued_at))
+            .collect();
+        waits.sort_by(f64::total_cmp);
+        let count = |state| w.steps.iter().filter(|s| s.state == state).count();
+        let requests = |method: &str, status: u16| {
+            w.requests
+                .iter()
+                .filter(|r| {
+                    r.method == method
+                        && r.status == status
+                        && r.path.ends_with("runners") == (method == "POST")
+                })
+                .count()
+        };
+        Summary {
+            steps_completed: count(fake_bitbucket::world::StepState::Completed),
+            steps_failed: count(fake_bitbucket::world::StepState::Failed),
+            steps_interrupted: count(fake_bitbucket::world::StepState::Interrupted),
+            p95_wait_s: percentile(&waits, 0.95),
+            idle_runner_minutes: 0.0,
+            runners_created: requests("POST", 201),
+            runners_deleted: requests("DELETE", 204),
+            leaked_runners: w.runners.len(),
+        }
+    });
+    // Idle runner-minutes on the demo's clock (scaled like the step waits).
+    let idle_minutes = samples
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * w[0].1 as f64)
+        .sum::<f64>()
+        * args.time_scale
+        / 60.0;
+    let summary = Summary {
+        idle_runner_minutes: (idle_minutes * 10.0).round() / 10.0,
+        ..summary
+    };
+    match args.format {
+        TextFormat::Json => println!("{}", serde_json::to_string(&summary)?),
+        TextFormat::Text => {
+            println!("summary (times on the simulated clock):");
+            println!("  steps completed     {}", summary.steps_completed);
+            println!("  steps failed        {}", summary.steps_failed);
+            println!("  steps interrupted   {}", summary.steps_interrupted);
+            println!("  p95 queue wait      {:.0} s", summary.p95_wait_s);
+            println!("  idle runner-minutes {:.1}", summary.idle_runner_minutes);
+            println!("  runners created     {}", summary.runners_created);
+            println!("  runners deleted     {}", summary.runners_deleted);
+            println!("  leaked runners      {}", summary.leaked_runners);
+        }
+    }
+    std::io::stdout().flush()?;
+    let clean =
+        summary.leaked_runners == 0 && summary.steps_interrupted == 0 && summary.steps_failed == 0;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

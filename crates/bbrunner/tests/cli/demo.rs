@@ -1,0 +1,24 @@
+use crate::util::bbrunner;
+
+#[test]
+fn demo_runs_the_operator_through_a_workload_and_leaves_nothing_behind() {
+    let run = bbrunner(&["demo", "--duration", "6s", "--format", "json"], "").success();
+    let summary: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert!(
+        summary["steps_completed"].as_u64().unwrap() >= 3,
+        "{summary}"
+    );
+    assert_eq!(summary["steps_failed"], 0, "{summary}");
+    assert_eq!(summary["steps_interrupted"], 0, "{summary}");
+    assert_eq!(summary["leaked_runners"], 0, "{summary}");
+    let created = summary["runners_created"].as_u64().unwrap();
+    assert!(created >= 2, "the pool scaled up: {summary}");
+    assert_eq!(
+        summary["runners_deleted"].as_u64().unwrap(),
+        created,
+        "{summary}"
+    );
+    for key in ["p95_wait_s", "idle_runner_minutes"] {
+        assert!(summary[key].is_number(), "{key}");
+    }
+}
