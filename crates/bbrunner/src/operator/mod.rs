@@ -85,8 +85,13 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         return Ok(());
     }
 
-    let identity =
-        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("bbrunner-{}", std::process::id()));
+    // Unique per process: a restarted operator must not take over its predecessor's lease
+    // while that one might still be acting.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "bbrunner".to_owned());
+    let suffix: String = std::iter::repeat_with(|| fastrand::alphanumeric().to_ascii_lowercase())
+        .take(6)
+        .collect();
+    let identity = format!("{host}-{}-{suffix}", std::process::id());
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "bbrunner-operator")
         .with_namespace(options.lease_namespace.clone())
         .with_identity(identity.clone())

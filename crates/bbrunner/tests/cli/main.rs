@@ -1,5 +1,6 @@
 //! End-to-end tests of the `bbrunner` binary.
 
+mod crd;
 mod demo;
 mod import;
 mod live;

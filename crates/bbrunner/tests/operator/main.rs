@@ -1,0 +1,480 @@
+//! The real operator binary against fake-kube and fake-bitbucket: scaling, repairs, deletion,
+//! bad credentials, static pools and leader election.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_bitbucket::world::StepState;
+use fake_bitbucket::{FakeBitbucket, FakeConfig, StepRequest};
+use fake_kube::{ClusterConfig, FakeKube};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+const NS: &str = "ci";
+
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct World {
+    bitbucket: FakeBitbucket,
+    _kube: FakeKube,
+    client: Client,
+    kubeconfig: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pools_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("bbrunner.dev", "v1alpha1", "RunnerPool"),
+        "runnerpools",
+    )
+}
+
+impl World {
+    async fn start(name: &str) -> Self {
+        let bitbucket = FakeBitbucket::start(FakeConfig {
+            time_scale: 30.0,
+            workspaces: vec!["acme".into()],
+            repositories: vec![("acme".into(), "app".into())],
+            oauth_consumers: vec![("key".into(), "consumer-secret".into())],
+            ..FakeConfig::default()
+        })
+        .await
+        .unwrap();
+        let kube = FakeKube::start(
+            "127.0.0.1:0".parse().unwrap(),
+            ClusterConfig {
+                bitbucket_url: Some(bitbucket.url().to_owned()),
+                pod_start_latency: Duration::from_millis(300),
+                ..ClusterConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("bbrunner-op-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::from_yaml(&fake_kube::kubeconfig(kube.url())).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let client = Client::try_from(config).unwrap();
+        let crd = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+            .arg("crd")
+            .output()
+            .unwrap();
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&String::from_utf8(crd.stdout).unwrap()).unwrap();
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &crd)
+            .await
+            .unwrap();
+        let world = Self {
+            bitbucket,
+            _kube: kube,
+            client,
+            kubeconfig,
+            dir,
+        };
+        world.apply_ns().await;
+        world
+    }
+
+    async fn apply_ns(&self) {
+        let ns = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        self.secret(
+            "bitbucket-credentials",
+            json!({"oauthClientId": "key", "oauthClientSecret": "consumer-secret"}),
+        )
+        .await;
+    }
+
+    async fn secret(&self, name: &str, data: Value) {
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))
+                .unwrap();
+        Api::<Secret>::namespaced(self.client.clone(), NS)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
+    fn operator(&self, extra: &[&str]) -> Operator {
+        let child = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+            .args([
+                "operator",
+                "--bitbucket-url",
+                self.bitbucket.url(),
+                "--bitbucket-auth-url",
+                self.bitbucket.url(),
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Operator(child)
+    }
+
+    fn pools(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), NS, &pools_resource())
+    }
+
+    async fn pool(&self, name: &str, spec: Value) {
+        let pool: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "bbrunner.dev/v1alpha1", "kind": "RunnerPool",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        self.pools()
+            .create(&PostParams::default(), &pool)
+            .await
+            .unwrap();
+    }
+
+    async fn status(&self, name: &str) -> Value {
+        self.pools()
+            .get(name)
+            .await
+            .map(|p| p.data["status"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    fn runners(&self) -> Vec<Value> {
+        self.bitbucket.with_world(|w, now| {
+            w.runners
+                .iter()
+                .map(|r| json!({"uuid": r.uuid, "name": r.name, "state": fake_bitbucket::world::runner_status(r, now), "step": r.step, "dup": r.duplicate_agent_polls}))
+                .collect()
+        })
+    }
+
+    fn steps(&self, state: StepState) -> usize {
+        self.bitbucket
+            .with_world(|w, _| w.steps.iter().filter(|s| s.state == state).count())
+    }
+
+    fn submit(&self, n: usize, duration_s: f64) {
+        for _ in 0..n {
+            self.bitbucket
+                .submit_step(&StepRequest {
+                    workspace: "acme".into(),
+                    repository: None,
+                    labels: vec!["self.hosted".into(), "build".into()],
+                    duration_s,
+                    size: None,
+                })
+                .unwrap();
+        }
+    }
+
+    async fn pods(&self) -> Vec<Pod> {
+        Api::<Pod>::namespaced(self.client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, seconds: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within {seconds} s");
+}
+
+fn managed(min: u32, max: u32) -> Value {
+    json!({
+        "workspace": "acme",
+        "labels": ["build"],
+        "credentials": {"secretRef": {"name": "bitbucket-credentials"}},
+        "scaling": {"min": min, "max": max, "minIdle": 1, "pollInterval": "1s", "scaleDownDelay": "3s"},
+    })
+}
+
+fn online(runners: &[Value]) -> usize {
+    runners.iter().filter(|r| r["state"] == "ONLINE").count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_scales_to_max_and_back_without_interrupting_a_step() {
+    let world = World::start("burst").await;
+    let _op = world.operator(&[]);
+    world.pool("builds", managed(1, 4)).await;
+    eventually("min runner online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    world.submit(8, 120.0);
+    let mut peak = 0;
+    eventually("max reached", 30, || {
+        let n = world.runners().len();
+        peak = peak.max(n);
+        async move { n == 4 }
+    })
+    .await;
+    eventually("all steps done", 60, || async {
+        world.steps(StepState::Completed) == 8
+    })
+    .await;
+    eventually("back to min", 30, || async { world.runners().len() == 1 }).await;
+    assert_eq!(world.steps(StepState::Interrupted), 0);
+    assert_eq!(world.steps(StepState::Failed), 0);
+    assert!(peak <= 4, "max overshot: {peak}");
+    assert!(
+        world.runners().iter().all(|r| r["dup"] == 0),
+        "two agents for one runner"
+    );
+    let status = world.status("builds").await;
+    assert_eq!(status["desired"], 1, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repairs_deleting_a_pool_and_a_runner_deleted_in_bitbucket() {
+    let world = World::start("repairs").await;
+    let _op = world.operator(&[]);
+    world.pool("builds", managed(2, 4)).await;
+    eventually("two runners online", 20, || async {
+        online(&world.runners()) == 2
+    })
+    .await;
+
+    // A deleted pod comes back, for the same runner.
+    let pod = world.pods().await.remove(0);
+    let runner_uuid = pod.metadata.labels.as_ref().unwrap()["bbrunner.dev/runner-uuid"].clone();
+    Api::<Pod>::namespaced(world.client.clone(), NS)
+        .delete(
+            pod.metadata.name.as_deref().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    eventually("the pod is back and its runner online", 20, || async {
+        let back = world.pods().await.iter().any(|p| {
+            p.metadata.labels.as_ref().unwrap()["bbrunner.dev/runner-uuid"] == runner_uuid
+                && p.metadata.uid != pod.metadata.uid
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        });
+        back && online(&world.runners()) == 2
+    })
+    .await;
+
+    // A runner deleted in Bitbucket takes its pod with it, and is replaced.
+    let victim = world.runners()[0]["uuid"].as_str().unwrap().to_owned();
+    let scope = world
+        .bitbucket
+        .with_world(|w, _| w.scope("acme", None).unwrap());
+    world
+        .bitbucket
+        .with_world(|w, now| w.delete_runner(&scope, &victim, now).unwrap());
+    let bare = victim.trim_matches(|c| c == '{' || c == '}').to_owned();
+    eventually(
+        "its pod and Secret go, and a new runner replaces it",
+        20,
+        || async {
+            let pods = world.pods().await;
+            let gone = !pods
+                .iter()
+                .any(|p| p.metadata.labels.as_ref().unwrap()["bbrunner.dev/runner-uuid"] == bare);
+            gone && online(&world.runners()) == 2
+        },
+    )
+    .await;
+
+    // Deleting the pool deletes every runner in Bitbucket, then the pool.
+    world
+        .pools()
+        .delete("builds", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("no runner left and the pool gone", 20, || async {
+        world.runners().is_empty() && world.pools().get_opt("builds").await.unwrap().is_none()
+    })
+    .await;
+    eventually("pods and Secrets cascade", 10, || async {
+        let secrets = Api::<Secret>::namespaced(world.client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        world.pods().await.is_empty() && secrets.items.len() == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_credentials_degrade_the_pool_and_create_nothing() {
+    let world = World::start("creds").await;
+    let _op = world.operator(&[]);
+    world
+        .secret(
+            "wrong",
+            json!({"oauthClientId": "key", "oauthClientSecret": "not-the-secret"}),
+        )
+        .await;
+    let mut spec = managed(1, 3);
+    spec["credentials"]["secretRef"]["name"] = json!("wrong");
+    world.pool("builds", spec).await;
+    eventually("Degraded/CredentialsInvalid", 20, || async {
+        let status = world.status("builds").await;
+        status["conditions"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["type"] == "Degraded"
+                    && c["status"] == "True"
+                    && c["reason"] == "CredentialsInvalid"
+            })
+        })
+    })
+    .await;
+    assert!(world.runners().is_empty());
+    assert!(world.pods().await.is_empty());
+    let status = world.status("builds").await;
+    assert!(
+        !status.to_string().contains("not-the-secret"),
+        "the secret leaked into the status"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn static_pools_run_imported_runners() {
+    let world = World::start("static").await;
+    let _op = world.operator(&[]);
+    // A runner created "in the UI", imported into a Secret.
+    let scope = world
+        .bitbucket
+        .with_world(|w, _| w.scope("acme", None).unwrap());
+    let created = world.bitbucket.with_world(|w, now| {
+        w.create_runner(
+            scope,
+            &json!({"name": "from-ui", "labels": ["self.hosted", "linux", "build"]}),
+            now,
+        )
+        .unwrap()
+    });
+    let account = world.bitbucket.workspace_uuid("acme").unwrap();
+    world
+        .secret(
+            "ui-runner",
+            json!({
+                "account_uuid": account,
+                "runner_uuid": created["uuid"],
+                "oauth_client_id": created["oauth_client"]["id"],
+                "oauth_client_secret": created["oauth_client"]["secret"],
+            }),
+        )
+        .await;
+    world
+        .pool("imported", json!({"workspace": "acme", "mode": "static", "staticRunners": [{"secretRef": {"name": "ui-runner"}}]}))
+        .await;
+    eventually("the imported runner comes online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    world.submit(1, 30.0);
+    eventually("it runs a step", 20, || async {
+        world.steps(StepState::Completed) == 1
+    })
+    .await;
+    assert_eq!(world.runners().len(), 1, "static pools create no runner");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_leader_election_only_one_of_two_operators_acts() {
+    let world = World::start("leader").await;
+    let _a = world.operator(&["--leader-election", "--lease-namespace", NS]);
+    let _b = world.operator(&["--leader-election", "--lease-namespace", NS]);
+    world.pool("builds", managed(2, 4)).await;
+    eventually("two runners online", 30, || async {
+        online(&world.runners()) == 2
+    })
+    .await;
+    // Let both run for a while: a second acting operator would create more runners.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(world.runners().len(), 2, "{:?}", world.runners());
+    let leases =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(world.client.clone(), NS)
+            .get("bbrunner-operator")
+            .await
+            .unwrap();
+    assert!(leases.spec.unwrap().holder_identity.is_some());
+    let pods = world.pods().await;
+    assert_eq!(pods.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_health_are_served() {
+    let world = World::start("metrics").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _op = world.operator(&["--metrics-addr", &addr]);
+    world.pool("builds", managed(1, 2)).await;
+    eventually("a runner online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    let get = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        async move { reqwest::get(url).await.ok() }
+    };
+    eventually("metrics show the pool", 10, || async {
+        match get("/metrics").await {
+            Some(r) => r
+                .text()
+                .await
+                .unwrap_or_default()
+                .contains(r#"bbrunner_runners{namespace="ci",pool="builds",state="online"} 1"#),
+            None => false,
+        }
+    })
+    .await;
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    for metric in [
+        "bbrunner_desired_runners",
+        "bbrunner_reconcile_duration_seconds",
+        "bbrunner_bitbucket_requests_total{endpoint=\"create_runner\",status=\"201\"}",
+        "bbrunner_bitbucket_budget_remaining",
+        "bbrunner_leader 1",
+    ] {
+        assert!(text.contains(metric), "{metric} missing from:\n{text}");
+    }
+    assert!(!text.contains("consumer-secret"));
+    assert_eq!(get("/healthz").await.unwrap().status().as_u16(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status().as_u16(), 200);
+}
