@@ -10,4 +10,5 @@ pub mod plan;
 pub mod pool;
 pub mod registration;
 pub mod scaling;
+pub mod schedule;
 pub mod simulate;

@@ -21,6 +21,8 @@ pub enum PoolError {
     Duration(#[from] DurationError),
     #[error("spec.labels: {0}")]
     Labels(#[from] LabelError),
+    #[error("{0}")]
+    Schedule(#[from] crate::schedule::ScheduleError),
 }
 
 /// `spec.scaling`, every field optional with the documented default.
@@ -49,6 +51,9 @@ pub struct ScalingSpec {
     /// How often Bitbucket is polled (default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
+    /// Windows (cron, UTC) with their own min and minIdle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedule::ScheduleSpec>,
 }
 
 impl ScalingSpec {
@@ -82,6 +87,12 @@ impl ScalingSpec {
             )?,
             poll_interval: duration("pollInterval", &self.poll_interval, defaults.poll_interval)?,
             atlassian: defaults.atlassian,
+            schedules: self
+                .schedules
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.resolve(i))
+                .collect::<Result<_, _>>()?,
         })
     }
 }

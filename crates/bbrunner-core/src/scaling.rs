@@ -107,6 +107,8 @@ pub struct Scaling {
     pub scale_down_delay: Seconds,
     pub poll_interval: Seconds,
     pub atlassian: AtlassianParams,
+    /// Windows with their own floor (see `schedule`).
+    pub schedules: Vec<crate::schedule::Schedule>,
 }
 
 impl Default for Scaling {
@@ -119,6 +121,7 @@ impl Default for Scaling {
             scale_down_delay: 300.0,
             poll_interval: 15.0,
             atlassian: AtlassianParams::default(),
+            schedules: Vec::new(),
         }
     }
 }

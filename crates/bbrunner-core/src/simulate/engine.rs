@@ -17,14 +17,17 @@ use super::TraceStep;
 use super::rng::Rng;
 use crate::labels::Labels;
 use crate::scaling::{
-    AtlassianAction, Observed, Overrides, PolicyKind, PolicyMemory, Scaling, Seconds,
-    atlassian_ratio, desired,
+    AtlassianAction, Observed, PolicyKind, PolicyMemory, Scaling, Seconds, atlassian_ratio, desired,
 };
+use crate::schedule::overrides_at;
 
 /// The runner's own interval between polls for work.
 pub const RUNNER_POLL: Seconds = 30.0;
 /// Bitbucket fails a step that waited this long.
 pub const QUEUE_TIMEOUT: Seconds = 2.5 * 3600.0;
+/// The simulation starts on Monday 2026-01-05 00:00 UTC, so that schedules (cron windows)
+/// open as they would in a working week.
+pub const SIM_EPOCH: Seconds = 1_767_571_200.0;
 /// Samples kept for plots.
 const TIMELINE_SAMPLES: usize = 600;
 
@@ -468,13 +471,8 @@ impl Sim<'_> {
                 (RunnerState::Deleted, _) => {}
             }
         }
-        let (decision, memory) = desired(
-            &scaling,
-            Overrides::default(),
-            &observed,
-            self.memory,
-            self.now,
-        );
+        let overrides = overrides_at(&scaling.schedules, SIM_EPOCH + self.now);
+        let (decision, memory) = desired(&scaling, overrides, &observed, self.memory, self.now);
         self.memory = memory;
         let capacity = observed.capacity();
         let mut need = decision.desired.saturating_sub(capacity);

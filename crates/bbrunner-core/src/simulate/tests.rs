@@ -170,3 +170,33 @@ fn trace_lines_parse_and_bad_lines_are_numbered() {
     assert!(errors[1].to_string().starts_with("trace line 3: \"at\""));
     assert!(errors[2].to_string().contains("64x"));
 }
+
+#[test]
+fn the_simulation_epoch_is_a_monday_midnight() {
+    let t = jiff::Timestamp::from_second(engine::SIM_EPOCH as i64).unwrap();
+    let dt = t.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+    assert_eq!(dt.weekday(), jiff::civil::Weekday::Monday);
+    assert_eq!((dt.hour(), dt.minute()), (0, 0));
+}
+
+#[test]
+fn a_schedule_window_raises_the_floor_in_the_simulation() {
+    let schedule = crate::schedule::ScheduleSpec {
+        cron: "0 1 * * *".into(),
+        duration: "1h".into(),
+        min: Some(5),
+        min_idle: None,
+    };
+    let scaling = Scaling {
+        schedules: vec![schedule.resolve(0).unwrap()],
+        ..Scaling::default()
+    };
+    let r = simulate(
+        &[step(0.0, 10.0), step(3.0 * 3600.0, 10.0)],
+        &config(scaling),
+        &mut |_| {},
+    );
+    assert_eq!(r.peak_runners, 5);
+    let during = r.timeline.iter().find(|s| s.t > 1.5 * 3600.0).unwrap();
+    assert_eq!(during.online, 5);
+}

@@ -11,7 +11,8 @@ use bbrunner_core::plan::{
     PoolSettings, RunnerStatus, plan, plan_static,
 };
 use bbrunner_core::registration::RunnerRegistration;
-use bbrunner_core::scaling::{Overrides, PolicyKind, PolicyMemory};
+use bbrunner_core::scaling::{PolicyKind, PolicyMemory};
+use bbrunner_core::schedule::overrides_at;
 use bitbucket::{Client, Credentials, Error as BitbucketError, RunnerScope};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -434,8 +435,8 @@ async fn reconcile_managed(
         scope_room: 100u32.saturating_sub(listed.runners.len() as u32),
     };
     let settings = PoolSettings {
+        overrides: overrides_at(&valid.scaling.schedules, observation.now),
         scaling: valid.scaling.clone(),
-        overrides: Overrides::default(),
         ephemeral: pool.spec.ephemeral,
         registration_ttl: ctx.settings.registration_ttl.as_secs_f64(),
         deleting_since,
