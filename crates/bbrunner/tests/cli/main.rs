@@ -4,6 +4,7 @@ mod crd;
 mod demo;
 mod import;
 mod live;
+mod processes;
 mod render;
 mod simulate;
 mod util;

@@ -1,0 +1,196 @@
+//! Everything as separate processes, as a user runs it: fake-bitbucket and fake-kube binaries,
+//! the CRD and a RunnerPool applied with kubectl, and `bbrunner operator`. The fake binaries
+//! are built beside bbrunner by the workspace test command.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::bbrunner;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_bbrunner")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the workspace tests (./scripts/test) so that it is",
+        path.display()
+    );
+    path
+}
+
+/// Start a fake and read its ready line.
+fn start(name: &str, args: &[&str]) -> (Killed, Value) {
+    let mut child = Command::new(sibling(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Killed(child), serde_json::from_str(&line).unwrap())
+}
+
+fn kubectl(kubeconfig: &str, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubectl is not installed ({e}); this test needs the kubectl of the machine image"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const POOL: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: ci
+  labels:
+    pod-security.kubernetes.io/enforce: privileged
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: bitbucket-credentials
+  namespace: ci
+stringData:
+  oauthClientId: key
+  oauthClientSecret: consumer-secret
+---
+apiVersion: bbrunner.dev/v1alpha1
+kind: RunnerPool
+metadata:
+  name: builds
+  namespace: ci
+spec:
+  workspace: acme
+  labels: [build]
+  credentials:
+    secretRef:
+      name: bitbucket-credentials
+  scaling:
+    min: 2
+    max: 4
+    pollInterval: 1s
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_fakes_and_kubectl_as_separate_processes() {
+    let dir = std::env::temp_dir().join(format!("bbrunner-procs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    let (_bitbucket, ready) = start(
+        "fake-bitbucket",
+        &[
+            "--time-scale",
+            "30",
+            "--workspace",
+            "acme",
+            "--oauth-consumer",
+            "key:consumer-secret",
+        ],
+    );
+    let bitbucket_url = ready["listen"].as_str().unwrap().to_owned();
+    let (_kube, ready) = start(
+        "fake-kube",
+        &[
+            "--kubeconfig-out",
+            kubeconfig.to_str().unwrap(),
+            "--bitbucket-url",
+            &bitbucket_url,
+            "--pod-start-latency",
+            "300ms",
+        ],
+    );
+    assert_eq!(ready["kubeconfig"], kubeconfig.to_str().unwrap());
+    let kubeconfig = kubeconfig.to_str().unwrap();
+
+    kubectl(
+        kubeconfig,
+        &["apply", "-f", "-"],
+        &bbrunner(&["crd"], "").success().stdout,
+    );
+    kubectl(kubeconfig, &["apply", "-f", "-"], POOL);
+    let _operator = Killed(
+        Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+            .args([
+                "operator",
+                "--bitbucket-url",
+                &bitbucket_url,
+                "--bitbucket-auth-url",
+                &bitbucket_url,
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut columns = String::new();
+    while Instant::now() < deadline {
+        columns = kubectl(
+            kubeconfig,
+            &["-n", "ci", "get", "rp", "builds", "--no-headers"],
+            "",
+        );
+        let fields: Vec<&str> = columns.split_whitespace().collect();
+        // NAME MIN MAX DESIRED ONLINE BUSY AGE
+        if fields.get(4) == Some(&"2") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fields: Vec<&str> = columns.split_whitespace().collect();
+    assert_eq!(
+        &fields[..5],
+        ["builds", "2", "4", "2", "2"],
+        "kubectl get rp: {columns}"
+    );
+    let runners: Value = reqwest::get(format!("{bitbucket_url}/_fake/runners"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(runners.as_array().unwrap().len(), 2);
+    assert!(runners.as_array().unwrap().iter().all(|r| {
+        r["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("bbrunner.ci.builds.")
+    }));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
