@@ -53,6 +53,7 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub bitbucket_requests: Family<RequestLabels, Counter>,
     pub budget_remaining: Family<IdentityLabels, Gauge>,
+    pub step_queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
     registry: Registry,
     ready: AtomicBool,
@@ -68,6 +69,8 @@ impl Metrics {
         let bitbucket_requests = Family::<RequestLabels, Counter>::default();
         let budget_remaining = Family::<IdentityLabels, Gauge>::default();
         let leader = Gauge::default();
+        let step_queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(5.0, 2.0, 10)));
         registry.register("runners", "Runners of a pool by state", runners.clone());
         registry.register(
             "desired_runners",
@@ -99,6 +102,11 @@ impl Metrics {
             "1 while this instance holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "step_queue_wait_seconds",
+            "Queue wait of steps as the operator observed them (repository pools with the queue policy; to the poll interval)",
+            step_queue_wait.clone(),
+        );
         Arc::new(Self {
             runners,
             desired,
@@ -106,6 +114,7 @@ impl Metrics {
             reconcile_errors,
             bitbucket_requests,
             budget_remaining,
+            step_queue_wait,
             leader,
             registry,
             ready: AtomicBool::new(false),

@@ -76,6 +76,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
             },
         ),
         settings: options.settings.clone(),
+        pending_since: Default::default(),
     });
 
     if !options.leader_election {

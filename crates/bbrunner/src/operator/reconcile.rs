@@ -43,6 +43,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub settings: Settings,
+    /// When each step was first seen pending, for the observed queue wait.
+    pub pending_since: std::sync::Mutex<std::collections::HashMap<String, f64>>,
 }
 
 /// Why a reconcile could not finish, with the condition reason it reports.
@@ -355,7 +357,12 @@ async fn pool_objects(
     Ok((pods, secrets))
 }
 
-async fn queued_steps(pool: &RunnerPool, client: &Client, valid: &ValidPool) -> Option<u32> {
+async fn queued_steps(
+    ctx: &Context,
+    pool: &RunnerPool,
+    client: &Client,
+    valid: &ValidPool,
+) -> Option<u32> {
     let repository = pool.spec.repository.as_deref()?;
     if valid.scaling.policy != PolicyKind::Queue || client.remaining_budget() < 100 {
         return None;
@@ -364,6 +371,25 @@ async fn queued_steps(pool: &RunnerPool, client: &Client, valid: &ValidPool) -> 
         .active_steps(&pool.spec.workspace, repository)
         .await
         .ok()?;
+    let now = now_seconds();
+    {
+        let mut pending = ctx.pending_since.lock().unwrap_or_else(|e| e.into_inner());
+        for step in &steps {
+            if step.state == "PENDING" {
+                pending.entry(step.uuid.clone()).or_insert(now);
+            } else if let Some(since) = pending.remove(&step.uuid) {
+                ctx.metrics
+                    .step_queue_wait
+                    .get_or_create(&PoolLabels {
+                        namespace: pool.namespace().unwrap_or_default(),
+                        pool: pool.name_any(),
+                    })
+                    .observe(now - since);
+            }
+        }
+        // Steps gone from the list finished or were cancelled before we saw them start.
+        pending.retain(|uuid, _| steps.iter().any(|s| &s.uuid == uuid));
+    }
     let waiting = steps
         .iter()
         .filter(|s| s.state == "PENDING")
@@ -411,7 +437,7 @@ async fn reconcile_managed(
         .filter(|r| r.name.starts_with(&prefix))
         .collect();
     let (pods, secrets) = pool_objects(ctx, pool).await?;
-    let queued = queued_steps(pool, &client, valid).await;
+    let queued = queued_steps(ctx, pool, &client, valid).await;
 
     let status = pool.status.clone().unwrap_or_default();
     let observation = Observation {

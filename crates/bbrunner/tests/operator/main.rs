@@ -478,3 +478,57 @@ async fn metrics_and_health_are_served() {
     assert_eq!(get("/healthz").await.unwrap().status().as_u16(), 200);
     assert_eq!(get("/readyz").await.unwrap().status().as_u16(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_pool_on_the_queue_policy_scales_to_its_queue_at_once() {
+    let world = World::start("queue").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _op = world.operator(&["--metrics-addr", &addr]);
+    let mut spec = managed(1, 6);
+    spec["repository"] = json!("app");
+    spec["scaling"]["policy"] = json!("queue");
+    world.pool("app-builds", spec).await;
+    eventually("the first runner online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    for _ in 0..4 {
+        world
+            .bitbucket
+            .submit_step(&StepRequest {
+                workspace: "acme".into(),
+                repository: Some("app".into()),
+                labels: vec!["self.hosted".into(), "build".into()],
+                duration_s: 120.0,
+                size: None,
+            })
+            .unwrap();
+    }
+    // busy + queued + minIdle within a couple of polls, not one start latency at a time.
+    eventually("five runners exist", 5, || async {
+        world.runners().len() >= 5
+    })
+    .await;
+    eventually("all four steps done", 30, || async {
+        world.steps(StepState::Completed) == 4
+    })
+    .await;
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("bbrunner_step_queue_wait_seconds_count"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(count >= 1, "no queue wait observed:\n{text}");
+}
