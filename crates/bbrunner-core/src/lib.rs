@@ -5,6 +5,7 @@
 pub mod ids;
 pub mod import;
 pub mod labels;
+pub mod lint;
 pub mod manifests;
 pub mod plan;
 pub mod pool;

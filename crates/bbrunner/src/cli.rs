@@ -46,6 +46,26 @@ pub enum Command {
     /// The whole product in one process against simulated Bitbucket and Kubernetes: the
     /// operator scaling a pool through a bursty workload, then a summary.
     Demo(DemoArgs),
+    /// Check a bitbucket-pipelines.yml against the official schema and the pools that run it.
+    Lint(LintArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LintArgs {
+    /// The pipelines file.
+    #[arg(default_value = "bitbucket-pipelines.yml")]
+    pub file: PathBuf,
+    /// RunnerPool manifests (files, or directories of .yaml/.yml files).
+    #[arg(long = "pools", value_name = "FILE|DIR")]
+    pub pools: Vec<PathBuf>,
+    /// Read the RunnerPools from the cluster of the current kubeconfig.
+    #[arg(long)]
+    pub from_cluster: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextFormat,
+    /// Insert the docker service MTU fix into the file, keeping the rest as it is.
+    #[arg(long)]
+    pub fix: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

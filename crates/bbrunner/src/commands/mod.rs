@@ -6,6 +6,7 @@ use crate::cli::{Cli, Command};
 
 mod demo;
 mod import;
+mod lint;
 mod operator;
 mod render;
 mod simulate;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate(args) => simulate::run(&args),
         Command::Crd => crd(),
         Command::Operator(args) => operator::run(&args),
+        Command::Lint(args) => lint::run(&args),
         Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(demo::run(&args)),
     }
 }

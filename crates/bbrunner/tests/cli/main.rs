@@ -3,6 +3,7 @@
 mod crd;
 mod demo;
 mod import;
+mod lint;
 mod live;
 mod processes;
 mod render;

@@ -1,0 +1,583 @@
+//! `bbrunner lint`: a bitbucket-pipelines.yml against the official schema and against the
+//! pools that will run it. Pure: text and pools in, diagnostics out.
+
+pub mod yaml;
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::labels::{Labels, MAX_LABELS, validate_label};
+use crate::manifests::{Mtu, RunnerSize};
+use yaml::{Document, Pos, escape};
+
+/// Atlassian's schema, vendored (MIT; license beside it).
+pub const SCHEMA: &str = include_str!("../schema/bitbucket-pipelines.schema.json");
+/// Bitbucket's limit on a step's run time, on runners as in the cloud.
+pub const MAX_TIME_MINUTES: i64 = 120;
+/// MTU the fix suggests when the pool follows its pod network (unknown here): low enough for
+/// VXLAN, IPIP, WireGuard and IPsec overlays under a nested daemon.
+pub const SAFE_NESTED_MTU: u16 = 1300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip)]
+    pub help: Option<String>,
+}
+
+/// What lint needs of a RunnerPool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LintPool {
+    pub name: String,
+    pub labels: Labels,
+    pub size: RunnerSize,
+    pub mtu: Mtu,
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let schema: Value = serde_json::from_str(SCHEMA).expect("the vendored schema is JSON");
+        jsonschema::validator_for(&schema).expect("the vendored schema compiles")
+    })
+}
+
+fn diag(
+    pos: Pos,
+    severity: Severity,
+    code: &'static str,
+    message: String,
+    help: Option<String>,
+) -> Diagnostic {
+    Diagnostic {
+        line: pos.line,
+        column: pos.column,
+        severity,
+        code,
+        message,
+        help,
+    }
+}
+
+fn shorten(text: String) -> String {
+    const MAX: usize = 160;
+    if text.chars().count() <= MAX {
+        return text;
+    }
+    let cut: String = text.chars().take(MAX).collect();
+    format!("{cut}…")
+}
+
+fn depth(error: &jsonschema::ValidationError<'_>) -> usize {
+    error.instance_path().to_string().matches('/').count()
+}
+
+/// The most specific errors behind an error: for `oneOf`/`anyOf`, those of the branch that got
+/// deepest into the document (the one the author most likely meant), recursively.
+fn leaves<'a>(
+    error: &'a jsonschema::ValidationError<'a>,
+    out: &mut Vec<&'a jsonschema::ValidationError<'a>>,
+) {
+    use jsonschema::error::ValidationErrorKind as K;
+    if let K::OneOfNotValid { context } | K::AnyOf { context } = error.kind() {
+        let branch_depth = |branch: &Vec<jsonschema::ValidationError<'static>>| {
+            branch.iter().map(depth).max().unwrap_or(0)
+        };
+        let best = context.iter().filter(|b| !b.is_empty()).max_by(|a, b| {
+            branch_depth(a)
+                .cmp(&branch_depth(b))
+                .then(b.len().cmp(&a.len()))
+        });
+        if let Some(best) = best
+            && branch_depth(best) > depth(error)
+        {
+            for e in best {
+                leaves(e, out);
+            }
+            return;
+        }
+    }
+    out.push(error);
+}
+
+/// Schema violations, each at the position of the offending node (or unexpected key).
+fn schema_diagnostics(doc: &Document) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let top: Vec<jsonschema::ValidationError<'_>> = validator().iter_errors(&doc.value).collect();
+    let mut specific = Vec::new();
+    for error in &top {
+        leaves(error, &mut specific);
+    }
+    for error in specific {
+        let pointer = error.instance_path().to_string();
+        let (pos, message) = match error.kind() {
+            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let first = unexpected.first().cloned().unwrap_or_default();
+                let key = format!("{pointer}/{}", escape(&first));
+                (
+                    doc.key_position(&key),
+                    format!(
+                        "unexpected key {}",
+                        unexpected
+                            .iter()
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            }
+            _ => (doc.position(&pointer), error.to_string()),
+        };
+        let at = if pointer.is_empty() {
+            "the document".to_owned()
+        } else {
+            pointer.clone()
+        };
+        out.push(diag(
+            pos,
+            Severity::Error,
+            "schema",
+            shorten(format!("{at}: {message}")),
+            None,
+        ));
+    }
+    out
+}
+
+/// A step found in the pipelines, with what rules need of it.
+struct Step<'a> {
+    pointer: String,
+    value: &'a Value,
+}
+
+fn collect_steps<'a>(value: &'a Value, pointer: String, out: &mut Vec<Step<'a>>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let child = format!("{pointer}/{}", escape(k));
+                if k == "step" && v.is_object() {
+                    out.push(Step {
+                        pointer: child.clone(),
+                        value: v,
+                    });
+                }
+                collect_steps(v, child, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                collect_steps(v, format!("{pointer}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn size_of(raw: Option<&Value>) -> Option<u32> {
+    raw.and_then(Value::as_str)
+        .and_then(|s| s.strip_suffix('x'))
+        .and_then(|n| n.parse().ok())
+}
+
+const PLATFORMS: [&str; 5] = ["linux", "linux.arm64", "linux.shell", "windows", "macos"];
+
+/// Lint a pipelines file. `Err` is a YAML syntax error (exit 2 at the edge).
+pub fn lint(text: &str, pools: &[LintPool]) -> Result<Vec<Diagnostic>, yaml::YamlError> {
+    let doc = yaml::load(text)?;
+    let mut out = schema_diagnostics(&doc);
+    let root = &doc.value;
+    let options = &root["options"];
+    let definitions = &root["definitions"]["services"];
+
+    let mut steps = Vec::new();
+    collect_steps(&root["pipelines"], "/pipelines".into(), &mut steps);
+
+    for step in &steps {
+        let s = step.value;
+        let p = &step.pointer;
+        let (runs_on, runs_on_ptr) = if s.get("runs-on").is_some() {
+            (&s["runs-on"], format!("{p}/runs-on"))
+        } else {
+            (&options["runs-on"], "/options/runs-on".to_owned())
+        };
+        let labels: Vec<(String, String)> = match runs_on {
+            Value::String(l) => vec![(l.clone(), runs_on_ptr.clone())],
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    l.as_str()
+                        .map(|l| (l.to_owned(), format!("{runs_on_ptr}/{i}")))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (label, at) in &labels {
+            if let Err(e) = validate_label(label) {
+                out.push(diag(
+                    doc.position(at),
+                    Severity::Error,
+                    "invalid-label",
+                    e.to_string(),
+                    None,
+                ));
+            }
+        }
+        if labels.is_empty() {
+            continue;
+        }
+        let names: BTreeSet<&str> = labels.iter().map(|(l, _)| l.as_str()).collect();
+        let self_hosted = names.contains("self.hosted");
+        if !self_hosted {
+            out.push(diag(
+                doc.position(&runs_on_ptr),
+                Severity::Warning,
+                "missing-self-hosted",
+                "runs-on without self.hosted: the step does not target your runners".into(),
+                Some("add self.hosted to runs-on".into()),
+            ));
+            continue;
+        }
+        let platform = PLATFORMS
+            .iter()
+            .find(|p| names.contains(*p))
+            .copied()
+            .unwrap_or("linux");
+        let mut all: BTreeSet<&str> = names.clone();
+        all.insert("self.hosted");
+        all.insert(platform);
+        if all.len() > MAX_LABELS {
+            out.push(diag(
+                doc.position(&runs_on_ptr),
+                Severity::Error,
+                "too-many-labels",
+                format!("{} labels with self.hosted and {platform}; Bitbucket allows at most {MAX_LABELS}", all.len()),
+                None,
+            ));
+        }
+
+        let size = size_of(s.get("size").or(options.get("size"))).unwrap_or(1);
+        let size_at = if s.get("size").is_some() {
+            format!("{p}/size")
+        } else {
+            "/options/size".into()
+        };
+        if size > 8 {
+            out.push(diag(
+                doc.position(&size_at),
+                Severity::Error,
+                "size-unsupported",
+                format!("size {size}x is for Atlassian's cloud; 8x is the most a self-hosted step can ask"),
+                Some("use size: 8x or less".into()),
+            ));
+        }
+
+        // Which pools can take the step.
+        let wanted: Vec<&str> = names.iter().copied().collect();
+        let serving: Vec<&LintPool> = pools
+            .iter()
+            .filter(|pool| platform == "linux" && pool.labels.serves(&wanted))
+            .collect();
+        if !pools.is_empty() && serving.is_empty() {
+            let closest = pools
+                .iter()
+                .map(|pool| {
+                    (
+                        pool,
+                        wanted
+                            .iter()
+                            .filter(|w| !pool.labels.serves(&[**w]))
+                            .copied()
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .min_by_key(|(_, missing)| missing.len());
+            let detail = match closest {
+                Some((pool, missing)) if platform == "linux" => {
+                    format!("closest pool {} lacks {}", pool.name, missing.join(", "))
+                }
+                _ => format!("bbrunner pools run linux Docker runners, not {platform}"),
+            };
+            out.push(diag(
+                doc.position(&runs_on_ptr),
+                Severity::Error,
+                "unserved-labels",
+                format!(
+                    "no pool carries all of [{}]: {detail}; Bitbucket fails the step at once",
+                    wanted.join(", ")
+                ),
+                Some("add the labels to a RunnerPool's spec.labels, or change runs-on".into()),
+            ));
+        }
+        if !serving.is_empty() {
+            let largest = serving
+                .iter()
+                .map(|pool| pool.size.multiplier())
+                .max()
+                .unwrap_or(1);
+            if u64::from(size) > largest && size <= 8 {
+                let sizes: Vec<String> = serving
+                    .iter()
+                    .map(|pool| format!("{} ({})", pool.name, pool.size))
+                    .collect();
+                out.push(diag(
+                    doc.position(&size_at),
+                    Severity::Error,
+                    "size-exceeds-pool",
+                    format!(
+                        "size {size}x needs {} MB, more than the serving pools' dind gets: {}",
+                        4096 * size,
+                        sizes.join(", ")
+                    ),
+                    Some(format!(
+                        "set spec.runner.size: {size}x on a pool with these labels"
+                    )),
+                ));
+            }
+        }
+
+        // Services: known, few enough, within the step's memory.
+        let services: Vec<(String, String)> = s["services"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| {
+                        v.as_str()
+                            .map(|n| (n.to_owned(), format!("{p}/services/{i}")))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if services.len() > 5 {
+            out.push(diag(
+                doc.position(&format!("{p}/services")),
+                Severity::Error,
+                "too-many-services",
+                format!("{} services; a step may use at most 5", services.len()),
+                None,
+            ));
+        }
+        let mut service_memory = 0i64;
+        for (name, at) in &services {
+            let defined = &definitions[name.as_str()];
+            if defined.is_null() && name != "docker" {
+                out.push(diag(
+                    doc.position(at),
+                    Severity::Error,
+                    "unknown-service",
+                    format!("service {name:?} is not defined under definitions.services"),
+                    None,
+                ));
+            }
+            service_memory += defined["memory"].as_i64().unwrap_or(1024);
+        }
+        let total = 4096 * i64::from(size.min(8));
+        if !services.is_empty() && service_memory > total - 1024 {
+            out.push(diag(
+                doc.position(&format!("{p}/services")),
+                Severity::Error,
+                "service-memory",
+                format!("services need {service_memory} MB; a {size}x step has {total} MB and keeps 1024 for the build container, so services get at most {}", total - 1024),
+                Some("lower definitions.services.*.memory, use fewer services, or raise the step's size".into()),
+            ));
+        }
+
+        // Nested Docker networks must fit the pod network's MTU.
+        if services.iter().any(|(n, _)| n == "docker") {
+            let docker = &definitions["docker"];
+            let opts = docker["variables"]["DOCKER_OPTS"].as_str().unwrap_or("");
+            let passes_mtu = opts.contains("--mtu");
+            let stock_image = docker["image"].as_str().is_some_and(|i| {
+                let last = i.rsplit('/').next().unwrap_or(i);
+                last.starts_with("docker:") && last.contains("dind")
+            });
+            if passes_mtu && stock_image {
+                out.push(diag(
+                    doc.position("/definitions/services/docker/image"),
+                    Severity::Warning,
+                    "docker-opts-ignored",
+                    "the stock docker:dind image does not read DOCKER_OPTS, so the --mtu you pass is ignored".into(),
+                    Some("drop image: to keep Bitbucket's docker service image, or use an image whose entrypoint passes DOCKER_OPTS to dockerd".into()),
+                ));
+            }
+            // The pool's MTU is known only from the pools given.
+            let small = serving
+                .iter()
+                .filter_map(|pool| match pool.mtu {
+                    Mtu::Fixed(n) if n < 1500 => Some(n),
+                    _ => None,
+                })
+                .min();
+            let auto = serving.iter().any(|pool| pool.mtu == Mtu::Auto);
+            if !passes_mtu && (small.is_some() || auto) {
+                let mtu = small.unwrap_or(SAFE_NESTED_MTU);
+                let why = match small {
+                    Some(n) => format!("the serving pool's MTU is {n}"),
+                    None => {
+                        "the pool follows its pod network's MTU (auto), often below 1500".into()
+                    }
+                };
+                out.push(diag(
+                    doc.position(&format!("{p}/services")),
+                    if small.is_some() { Severity::Error } else { Severity::Warning },
+                    "docker-mtu",
+                    format!("this step's docker service runs its own daemon with MTU 1500 while {why}: TLS and downloads in it can hang until the step times out"),
+                    Some(format!("add to the file (bbrunner lint --fix does):\ndefinitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu={mtu}\"")),
+                ));
+            }
+        }
+
+        let max_time = s.get("max-time").or(options.get("max-time"));
+        let max_time_at = if s.get("max-time").is_some() {
+            format!("{p}/max-time")
+        } else {
+            "/options/max-time".into()
+        };
+        if let Some(minutes) = max_time.and_then(Value::as_i64)
+            && minutes > MAX_TIME_MINUTES
+        {
+            out.push(diag(
+                doc.position(&max_time_at),
+                Severity::Error,
+                "max-time",
+                format!("max-time {minutes} exceeds the {MAX_TIME_MINUTES} minutes a step may run, on runners as in the cloud"),
+                Some(format!("lower max-time to {MAX_TIME_MINUTES} or split the step")),
+            ));
+        }
+    }
+    out.sort_by(|a, b| (a.line, a.column, a.code).cmp(&(b.line, b.column, b.code)));
+    out.dedup_by(|a, b| {
+        a.line == b.line && a.column == b.column && a.code == b.code && a.message == b.message
+    });
+    Ok(out)
+}
+
+/// Insert the docker service definition with `DOCKER_OPTS: "--mtu=N"`, touching nothing else
+/// of the file. `None` when the file already passes an MTU or has a shape we do not edit.
+pub fn fix_docker_mtu(text: &str, mtu: u16) -> Option<String> {
+    let doc = yaml::load(text).ok()?;
+    let docker = &doc.value["definitions"]["services"]["docker"];
+    if docker["variables"]["DOCKER_OPTS"]
+        .as_str()
+        .is_some_and(|o| o.contains("--mtu"))
+    {
+        return None;
+    }
+    let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let insert_after = |line: usize, block: Vec<String>| -> String {
+        let mut out = String::new();
+        for (i, l) in lines.iter().enumerate() {
+            out.push_str(l);
+            if i + 1 == line {
+                if !l.ends_with('\n') {
+                    out.push_str(newline);
+                }
+                for b in &block {
+                    out.push_str(b);
+                    out.push_str(newline);
+                }
+            }
+        }
+        out
+    };
+    let opts = format!("DOCKER_OPTS: \"--mtu={mtu}\"");
+    // Block-style keys only: the position of a key is where its line starts.
+    let key_line = |pointer: &str| doc.keys.get(pointer).copied();
+    if !docker.is_null() {
+        let at = key_line("/definitions/services/docker")?;
+        let indent = " ".repeat(at.column - 1 + 2);
+        if docker["variables"].is_object() {
+            let v = key_line("/definitions/services/docker/variables")?;
+            return Some(insert_after(
+                v.line,
+                vec![format!("{}{opts}", " ".repeat(v.column - 1 + 2))],
+            ));
+        }
+        if !docker.is_object() {
+            return None;
+        }
+        return Some(insert_after(
+            at.line,
+            vec![format!("{indent}variables:"), format!("{indent}  {opts}")],
+        ));
+    }
+    if doc.value["definitions"]["services"].is_object() {
+        let at = key_line("/definitions/services")?;
+        let indent = " ".repeat(at.column - 1 + 2);
+        return Some(insert_after(
+            at.line,
+            vec![
+                format!("{indent}docker:"),
+                format!("{indent}  variables:"),
+                format!("{indent}    {opts}"),
+            ],
+        ));
+    }
+    if doc.value["definitions"].is_object() {
+        let at = key_line("/definitions")?;
+        let indent = " ".repeat(at.column - 1 + 2);
+        return Some(insert_after(
+            at.line,
+            vec![
+                format!("{indent}services:"),
+                format!("{indent}  docker:"),
+                format!("{indent}    variables:"),
+                format!("{indent}      {opts}"),
+            ],
+        ));
+    }
+    // No definitions: add them before `pipelines:` (or at the end).
+    let block = [
+        "definitions:".to_owned(),
+        "  services:".into(),
+        "    docker:".into(),
+        "      variables:".into(),
+        format!("        {opts}"),
+    ];
+    match key_line("/pipelines") {
+        Some(at) if at.column == 1 => {
+            let mut out = String::new();
+            for (i, l) in lines.iter().enumerate() {
+                if i + 1 == at.line {
+                    for b in &block {
+                        out.push_str(b);
+                        out.push_str(newline);
+                    }
+                }
+                out.push_str(l);
+            }
+            Some(out)
+        }
+        _ => {
+            let mut out = text.to_owned();
+            if !out.ends_with('\n') {
+                out.push_str(newline);
+            }
+            for b in &block {
+                out.push_str(b);
+                out.push_str(newline);
+            }
+            Some(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

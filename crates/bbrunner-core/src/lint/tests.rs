@@ -1,0 +1,249 @@
+use super::*;
+
+fn pool(name: &str, labels: &[&str], size: RunnerSize, mtu: Mtu) -> LintPool {
+    LintPool {
+        name: name.into(),
+        labels: Labels::new(labels).unwrap(),
+        size,
+        mtu,
+    }
+}
+
+fn codes(diags: &[Diagnostic]) -> Vec<(&'static str, usize, usize)> {
+    diags.iter().map(|d| (d.code, d.line, d.column)).collect()
+}
+
+const CLEAN: &str = "\
+image: node:20
+pipelines:
+  default:
+    - step:
+        name: Test
+        runs-on: [self.hosted, linux, build]
+        script:
+          - npm test
+";
+
+#[test]
+fn a_clean_file_is_quiet() {
+    let pools = [pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1500))];
+    assert_eq!(lint(CLEAN, &pools).unwrap(), vec![]);
+}
+
+#[test]
+fn schema_violations_point_at_the_node_or_key() {
+    let text = "pipelines:\n  default:\n    - step:\n        script: [make]\n        max-time: fast\n        colour: blue\n";
+    let d = lint(text, &[]).unwrap();
+    let schema: Vec<_> = d.iter().filter(|d| d.code == "schema").collect();
+    assert!(!schema.is_empty(), "{d:?}");
+    assert!(
+        schema.iter().any(|d| d.line == 5 || d.line == 6),
+        "{schema:?}"
+    );
+}
+
+#[test]
+fn label_rules() {
+    let text = "\
+pipelines:
+  default:
+    - step:
+        runs-on: [self.hosted, Build_Box]
+        script: [make]
+    - step:
+        runs-on: [self.hosted, a, b, c, d, e, f, g, h, i]
+        script: [make]
+    - step:
+        runs-on: [gpu]
+        script: [make]
+";
+    let d = codes(&lint(text, &[]).unwrap());
+    assert!(d.contains(&("invalid-label", 4, 32)), "{d:?}");
+    assert!(d.contains(&("too-many-labels", 7, 18)), "{d:?}");
+    assert!(d.contains(&("missing-self-hosted", 10, 18)), "{d:?}");
+}
+
+#[test]
+fn pool_rules_unserved_labels_and_size() {
+    let text = "\
+pipelines:
+  default:
+    - step:
+        runs-on: [self.hosted, gpu]
+        script: [train]
+    - step:
+        runs-on: [self.hosted, build]
+        size: 4x
+        script: [make]
+    - step:
+        runs-on: [self.hosted, build]
+        size: 16x
+        script: [make]
+";
+    let pools = [pool("builds", &["build"], RunnerSize::X2, Mtu::Fixed(1500))];
+    let diags = lint(text, &pools).unwrap();
+    let d = codes(&diags);
+    assert!(d.contains(&("unserved-labels", 4, 18)), "{d:?}");
+    assert!(d.contains(&("size-exceeds-pool", 8, 15)), "{d:?}");
+    assert!(d.contains(&("size-unsupported", 12, 15)), "{d:?}");
+    let unserved = diags.iter().find(|d| d.code == "unserved-labels").unwrap();
+    assert!(
+        unserved.message.contains("closest pool builds lacks gpu"),
+        "{}",
+        unserved.message
+    );
+}
+
+#[test]
+fn services_memory_unknown_and_max_time() {
+    let text = "\
+definitions:
+  services:
+    db:
+      image: postgres:16
+      memory: 2048
+    cache:
+      image: redis
+      memory: 1536
+pipelines:
+  default:
+    - step:
+        runs-on: [self.hosted, build]
+        max-time: 240
+        services: [db, cache, search]
+        script: [make]
+";
+    let d = codes(&lint(text, &[]).unwrap());
+    assert!(d.contains(&("service-memory", 14, 19)), "{d:?}");
+    assert!(d.contains(&("unknown-service", 14, 31)), "{d:?}");
+    assert!(d.contains(&("max-time", 13, 19)), "{d:?}");
+}
+
+#[test]
+fn docker_mtu_warns_on_auto_errors_on_small_and_is_quiet_when_passed() {
+    let text = "\
+pipelines:
+  default:
+    - step:
+        runs-on: [self.hosted, build]
+        services: [docker]
+        script: [docker build .]
+";
+    let auto = lint(
+        text,
+        &[pool("builds", &["build"], RunnerSize::X1, Mtu::Auto)],
+    )
+    .unwrap();
+    let d = auto.iter().find(|d| d.code == "docker-mtu").unwrap();
+    assert_eq!((d.severity, d.line, d.column), (Severity::Warning, 5, 19));
+    assert!(
+        d.help
+            .as_ref()
+            .unwrap()
+            .contains("DOCKER_OPTS: \"--mtu=1300\"")
+    );
+    let small = lint(
+        text,
+        &[pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1400))],
+    )
+    .unwrap();
+    let d = small.iter().find(|d| d.code == "docker-mtu").unwrap();
+    assert_eq!(d.severity, Severity::Error);
+    assert!(d.help.as_ref().unwrap().contains("--mtu=1400"));
+    let big = lint(
+        text,
+        &[pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1500))],
+    )
+    .unwrap();
+    assert!(!big.iter().any(|d| d.code == "docker-mtu"));
+
+    let fixed = fix_docker_mtu(text, 1400).unwrap();
+    let after = lint(
+        &fixed,
+        &[pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1400))],
+    )
+    .unwrap();
+    assert!(
+        !after.iter().any(|d| d.code == "docker-mtu"),
+        "{after:?}\n{fixed}"
+    );
+    assert!(
+        fixed.ends_with(text),
+        "the rest of the file is untouched:\n{fixed}"
+    );
+}
+
+#[test]
+fn fix_keeps_comments_and_extends_existing_definitions() {
+    let text = "\
+# CI for the app
+definitions:
+  services:   # our services
+    db:
+      image: postgres:16
+pipelines:
+  default:
+    - step:
+        runs-on: [self.hosted]   # any runner
+        services: [docker, db]
+        script: [make]
+";
+    let fixed = fix_docker_mtu(text, 1300).unwrap();
+    assert_eq!(
+        fixed,
+        text.replace("  services:   # our services\n", "  services:   # our services\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n")
+    );
+    let any_pool = [pool("any", &[], RunnerSize::X1, Mtu::Auto)];
+    assert!(
+        lint(text, &any_pool)
+            .unwrap()
+            .iter()
+            .any(|d| d.code == "docker-mtu")
+    );
+    assert!(
+        !lint(&fixed, &any_pool)
+            .unwrap()
+            .iter()
+            .any(|d| d.code == "docker-mtu" || d.code == "schema")
+    );
+    // Already passing an MTU: nothing to do.
+    assert_eq!(fix_docker_mtu(&fixed, 1300), None);
+
+    let with_docker = "definitions:\n  services:\n    docker:\n      memory: 2048\npipelines:\n  default:\n    - step:\n        services: [docker]\n        script: [make]\n";
+    let fixed = fix_docker_mtu(with_docker, 1300).unwrap();
+    assert!(fixed.contains("    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n      memory: 2048\n"), "{fixed}");
+}
+
+#[test]
+fn a_stock_dind_image_ignores_docker_opts() {
+    let text = "\
+definitions:
+  services:
+    docker:
+      image: docker:27-dind
+      variables:
+        DOCKER_OPTS: --mtu=1300
+pipelines:
+  default:
+    - step:
+        runs-on: [self.hosted]
+        services: [docker]
+        script: [make]
+";
+    let d = codes(&lint(text, &[]).unwrap());
+    assert!(d.contains(&("docker-opts-ignored", 4, 14)), "{d:?}");
+    // Without pools there is no serving pool whose MTU could be known: no docker-mtu.
+    let quiet = "pipelines:\n  default:\n    - step:\n        runs-on: [self.hosted]\n        services: [docker]\n        script: [make]\n";
+    assert!(
+        !lint(quiet, &[])
+            .unwrap()
+            .iter()
+            .any(|d| d.code == "docker-mtu")
+    );
+}
+
+#[test]
+fn syntax_errors_are_errors_not_panics() {
+    assert!(lint("pipelines: [\n", &[]).is_err());
+    assert!(lint("", &[]).is_ok());
+}

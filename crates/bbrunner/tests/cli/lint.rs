@@ -1,0 +1,201 @@
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::util::{bbrunner, workspace_root};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bbrunner-lint-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const POOLS: &str = "\
+apiVersion: bbrunner.dev/v1alpha1
+kind: RunnerPool
+metadata: {name: builds, namespace: ci}
+spec:
+  workspace: acme
+  labels: [build]
+  credentials: {secretRef: {name: c}}
+  dind: {mtu: 1400}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: c}
+";
+
+const PIPELINES: &str = "\
+# deploys on merge
+pipelines:
+  default:
+    - step:
+        name: Build
+        runs-on: [self.hosted, build]
+        services: [docker]   # builds images
+        script: [docker build .]
+    - step:
+        runs-on: [self.hosted, gpu]
+        script: [train]
+";
+
+#[test]
+fn text_output_names_file_line_column_code_and_help_and_fails_on_errors() {
+    let dir = temp("text");
+    std::fs::write(dir.join("bitbucket-pipelines.yml"), PIPELINES).unwrap();
+    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
+    let file = dir.join("bitbucket-pipelines.yml");
+    let run = bbrunner(
+        &[
+            "lint",
+            file.to_str().unwrap(),
+            "--pools",
+            dir.to_str().unwrap(),
+        ],
+        "",
+    )
+    .failure();
+    assert_eq!(run.status.code(), Some(1));
+    let path = file.display().to_string();
+    assert!(
+        run.stdout
+            .contains(&format!("{path}:7:19: error[docker-mtu]: ")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("  = help: add to the file"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("DOCKER_OPTS: \"--mtu=1400\""),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("{path}:10:18: error[unserved-labels]: ")),
+        "{}",
+        run.stdout
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn json_output_and_fix() {
+    let dir = temp("fix");
+    let file = dir.join("bitbucket-pipelines.yml");
+    std::fs::write(&file, PIPELINES.replace("gpu", "build")).unwrap();
+    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
+    let pools = dir.join("pools.yaml");
+    let args = [
+        "lint",
+        file.to_str().unwrap(),
+        "--pools",
+        pools.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    let run = bbrunner(&args, "").failure();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let first = &report["diagnostics"][0];
+    for key in ["path", "line", "column", "severity", "code", "message"] {
+        assert!(!first[key].is_null(), "{key} in {first}");
+    }
+    assert_eq!(first["code"], "docker-mtu");
+
+    let mut with_fix = args.to_vec();
+    with_fix.push("--fix");
+    let run = bbrunner(&with_fix, "").success();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["diagnostics"], serde_json::json!([]));
+    let fixed = std::fs::read_to_string(&file).unwrap();
+    assert!(fixed.starts_with("# deploys on merge\ndefinitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1400\"\npipelines:\n"), "{fixed}");
+    assert!(fixed.contains("services: [docker]   # builds images"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unreadable_or_broken_input_exits_2() {
+    let run = bbrunner(&["lint", "/nonexistent/bitbucket-pipelines.yml"], "").failure();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        run.stderr
+            .contains("cannot read /nonexistent/bitbucket-pipelines.yml")
+    );
+    let dir = temp("broken");
+    let file = dir.join("p.yml");
+    std::fs::write(&file, "pipelines:\n  default: [\n").unwrap();
+    let run = bbrunner(&["lint", file.to_str().unwrap()], "").failure();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(run.stderr.contains("not YAML"), "{}", run.stderr);
+    std::fs::write(
+        dir.join("pools.yaml"),
+        "kind: RunnerPool\nspec: {labels: [Bad]}\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    std::fs::write(&file, "pipelines: {}\n").unwrap();
+    let run = bbrunner(
+        &[
+            "lint",
+            file.to_str().unwrap(),
+            "--pools",
+            dir.join("pools.yaml").to_str().unwrap(),
+        ],
+        "",
+    )
+    .failure();
+    assert_eq!(run.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// On every real-world file: no panic, and our schema verdict (any `schema` error or none)
+/// agrees with check-jsonschema's vendored Bitbucket schema.
+#[test]
+fn corpus_schema_verdicts_agree_with_check_jsonschema() {
+    let corpus = workspace_root().join("../shared/corpus/pipelines");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap_or_else(|e| panic!("the corpus at {} is missing: {e}", corpus.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "corpus too small: {}", files.len());
+    let mut disagreements = Vec::new();
+    for file in &files {
+        let ours = bbrunner(&["lint", file.to_str().unwrap(), "--format", "json"], "");
+        assert!(
+            matches!(ours.status.code(), Some(0 | 1)),
+            "{}: exit {:?}\n{}",
+            file.display(),
+            ours.status.code(),
+            ours.stderr
+        );
+        let report: serde_json::Value = serde_json::from_str(&ours.stdout).unwrap();
+        let we_fail = report["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["code"] == "schema");
+        let theirs = Command::new("check-jsonschema")
+            .args([
+                "--builtin-schema",
+                "vendor.bitbucket-pipelines",
+                file.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "check-jsonschema is not installed ({e}); the README's test command installs it"
+                )
+            });
+        let they_fail = !theirs.status.success();
+        if we_fail != they_fail {
+            disagreements.push(format!(
+                "{}: ours {we_fail}, check-jsonschema {they_fail}",
+                file.display()
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
