@@ -48,6 +48,33 @@ pub enum Command {
     Demo(DemoArgs),
     /// Check a bitbucket-pipelines.yml against the official schema and the pools that run it.
     Lint(LintArgs),
+    /// Check the cluster and Bitbucket for what breaks runners: CRD, operator, Pod Security,
+    /// dind vs nodes, MTU, overlapping pools, quota, credentials, scheduling.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Only pools of this namespace (default: all).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextFormat,
+    #[arg(
+        long,
+        env = "BBRUNNER_BITBUCKET_URL",
+        default_value = "https://api.bitbucket.org"
+    )]
+    pub bitbucket_url: String,
+    #[arg(
+        long,
+        env = "BBRUNNER_BITBUCKET_AUTH_URL",
+        default_value = "https://bitbucket.org"
+    )]
+    pub bitbucket_auth_url: String,
+    /// Image of the short-lived pod that reports the pod network's MTU.
+    #[arg(long, default_value = "busybox:1.36")]
+    pub probe_image: String,
 }
 
 #[derive(Debug, clap::Args)]

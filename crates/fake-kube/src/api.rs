@@ -221,6 +221,9 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         Ok(b) => b,
         Err(_) => return ApiError::new(400, "BadRequest", "unreadable body").into_response(),
     };
+    if verb == "get" && target.subresource.as_deref() == Some("log") && target.rt.kind == "Pod" {
+        return pod_log(&cluster, &target);
+    }
     let result = match verb {
         "watch" => return watch(cluster, target, query),
         "list" => list(&cluster, &target, &query, &parts.headers),
@@ -234,6 +237,37 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
     match result {
         Ok((status, value)) => (status, axum::Json(value)).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// Pods run no containers, so they print nothing, with one exception: the pod-network MTU
+/// probe (`cat /sys/class/net/eth0/mtu`) prints the cluster's pod MTU.
+fn pod_log(cluster: &Cluster, target: &Target) -> Response {
+    let name = target.name.as_deref().unwrap_or("");
+    match cluster.store().get(&target.rt, &namespace_of(target), name) {
+        Err(e) => e.into_response(),
+        Ok(pod) => {
+            let reads_mtu = pod["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    let mut words: Vec<&Value> =
+                        c["command"].as_array().into_iter().flatten().collect();
+                    words.extend(c["args"].as_array().into_iter().flatten());
+                    words.iter().any(|w| {
+                        w.as_str()
+                            .is_some_and(|w| w.contains("/sys/class/net/eth0/mtu"))
+                    })
+                });
+            let started = pod["status"]["phase"] != "Pending";
+            let text = if reads_mtu && started {
+                format!("{}\n", cluster.config.pod_mtu)
+            } else {
+                String::new()
+            };
+            ([(header::CONTENT_TYPE, "text/plain")], text).into_response()
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub faults: Faults,
     /// Watch events kept for resuming; a watch from an older resourceVersion gets 410 Gone.
     pub event_log_len: usize,
+    /// The pod network's MTU, as a pod reading its `eth0` MTU sees it.
+    pub pod_mtu: u16,
 }
 
 impl Default for ClusterConfig {
@@ -42,6 +44,7 @@ impl Default for ClusterConfig {
             container_runtime: "containerd://1.7.27".into(),
             faults: Faults::default(),
             event_log_len: 4096,
+            pod_mtu: 1450,
         }
     }
 }

@@ -685,6 +685,17 @@ fn kubelet(cluster: &Cluster) {
                 status["initContainerStatuses"] =
                     json!(container_statuses(&json!(sidecars), &started, true));
             }
+            // No containers run here: a pod meant to run to completion (restartPolicy Never)
+            // and carrying no runner finishes at once.
+            let runs_runner = envs.iter().any(|e| e.contains_key("RUNNER_UUID"));
+            if pod["spec"]["restartPolicy"] == "Never" && !runs_runner {
+                status["phase"] = json!("Succeeded");
+                status["conditions"][3]["status"] = json!("False");
+                status["containerStatuses"] = json!(pod["spec"]["containers"].as_array().into_iter().flatten().map(|c| json!({
+                    "name": c["name"], "image": c["image"], "imageID": "", "ready": false, "started": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": started}},
+                })).collect::<Vec<_>>());
+            }
             let _ = store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
             if let Some(url) = &cluster.config.bitbucket_url {
                 for env in envs.iter().filter(|e| e.contains_key("RUNNER_UUID")) {

@@ -34,6 +34,9 @@ struct Cli {
     /// The container runtime nodes report.
     #[arg(long, default_value = "containerd://1.7.27")]
     container_runtime: String,
+    /// The pod network MTU the MTU probe pod reports.
+    #[arg(long, default_value_t = 1450)]
+    pod_mtu: u16,
     /// Fault injection as JSON, e.g. '{"error_rates": {"list": 0.1}, "latency_ms": 50}'.
     #[arg(long, value_name = "JSON")]
     faults: Option<String>,
@@ -65,6 +68,7 @@ async fn main() -> Result<()> {
         bitbucket_url: cli.bitbucket_url,
         container_runtime: cli.container_runtime,
         faults,
+        pod_mtu: cli.pod_mtu,
         ..ClusterConfig::default()
     };
     let fake = FakeKube::start(cli.listen, config)

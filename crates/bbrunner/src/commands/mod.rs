@@ -5,6 +5,7 @@ use anyhow::Result;
 use crate::cli::{Cli, Command};
 
 mod demo;
+mod doctor;
 mod import;
 mod lint;
 mod operator;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Crd => crd(),
         Command::Operator(args) => operator::run(&args),
         Command::Lint(args) => lint::run(&args),
+        Command::Doctor(args) => tokio::runtime::Runtime::new()?.block_on(doctor::run(&args)),
         Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(demo::run(&args)),
     }
 }

@@ -5,7 +5,7 @@ pub mod crd;
 mod hub;
 mod metrics;
 mod pool;
-mod reconcile;
+pub mod reconcile;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -142,34 +142,36 @@ async fn credentials(ctx: &Context, pool: &RunnerPool) -> Result<Credentials, Re
             Duration::from_secs(30),
         ));
     };
-    let get = |k| secret_value(&secret, k);
-    let found = if let (Some(key), Some(s)) = (get("oauthClientId"), get("oauthClientSecret")) {
-        Credentials::OAuthConsumer {
+    credentials_from_secret(&secret).ok_or_else(|| {
+        degraded(
+            "CredentialsInvalid",
+            format!("Secret {ns}/{name} holds none of oauthClientId+oauthClientSecret, email+apiToken, username+appPassword, accessToken"),
+            Duration::from_secs(60),
+        )
+    })
+}
+
+/// API credentials from a Secret's keys.
+pub fn credentials_from_secret(secret: &Secret) -> Option<Credentials> {
+    let get = |k| secret_value(secret, k);
+    if let (Some(key), Some(s)) = (get("oauthClientId"), get("oauthClientSecret")) {
+        Some(Credentials::OAuthConsumer {
             key,
             secret: SecretString::from(s),
-        }
+        })
     } else if let (Some(email), Some(t)) = (get("email"), get("apiToken")) {
-        Credentials::ApiToken {
+        Some(Credentials::ApiToken {
             email,
             token: SecretString::from(t),
-        }
+        })
     } else if let (Some(username), Some(p)) = (get("username"), get("appPassword")) {
-        Credentials::AppPassword {
+        Some(Credentials::AppPassword {
             username,
             password: SecretString::from(p),
-        }
-    } else if let Some(t) = get("accessToken") {
-        Credentials::AccessToken(SecretString::from(t))
+        })
     } else {
-        return Err(degraded(
-            "CredentialsInvalid",
-            format!(
-                "Secret {ns}/{name} holds none of oauthClientId+oauthClientSecret, email+apiToken, username+appPassword, accessToken"
-            ),
-            Duration::from_secs(60),
-        ));
-    };
-    Ok(found)
+        get("accessToken").map(|t| Credentials::AccessToken(SecretString::from(t)))
+    }
 }
 
 fn scope_of(pool: &RunnerPool) -> RunnerScope {

@@ -49,6 +49,10 @@ fn pools_resource() -> ApiResource {
 
 impl World {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, |_| {}).await
+    }
+
+    async fn start_with(name: &str, configure: impl FnOnce(&mut ClusterConfig)) -> Self {
         let bitbucket = FakeBitbucket::start(FakeConfig {
             time_scale: 30.0,
             workspaces: vec!["acme".into()],
@@ -58,16 +62,15 @@ impl World {
         })
         .await
         .unwrap();
-        let kube = FakeKube::start(
-            "127.0.0.1:0".parse().unwrap(),
-            ClusterConfig {
-                bitbucket_url: Some(bitbucket.url().to_owned()),
-                pod_start_latency: Duration::from_millis(300),
-                ..ClusterConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let mut cluster = ClusterConfig {
+            bitbucket_url: Some(bitbucket.url().to_owned()),
+            pod_start_latency: Duration::from_millis(300),
+            ..ClusterConfig::default()
+        };
+        configure(&mut cluster);
+        let kube = FakeKube::start("127.0.0.1:0".parse().unwrap(), cluster)
+            .await
+            .unwrap();
         let dir = std::env::temp_dir().join(format!("bbrunner-op-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
@@ -531,4 +534,127 @@ async fn a_repository_pool_on_the_queue_policy_scales_to_its_queue_at_once() {
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(count >= 1, "no queue wait observed:\n{text}");
+}
+
+fn doctor(world: &World) -> (i32, Vec<Value>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+        .args([
+            "doctor",
+            "--format",
+            "json",
+            "--bitbucket-url",
+            world.bitbucket.url(),
+            "--bitbucket-auth-url",
+            world.bitbucket.url(),
+        ])
+        .env("KUBECONFIG", &world.kubeconfig)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (
+        out.status.code().unwrap(),
+        report["checks"].as_array().unwrap().clone(),
+    )
+}
+
+fn verdict(checks: &[Value], name: &str) -> String {
+    checks
+        .iter()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name)))
+        .unwrap_or_else(|| panic!("no check {name} in {checks:#?}"))["verdict"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn label_namespace(world: &World, level: &str) {
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(world.client.clone())
+        .patch(
+            NS,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}}),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_passes_a_healthy_setup() {
+    let world = World::start("doctor-ok").await;
+    label_namespace(&world, "privileged").await;
+    let _op = world.operator(&["--leader-election", "--lease-namespace", NS]);
+    world.pool("builds", managed(1, 3)).await;
+    eventually("a runner online", 30, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    let (code, checks) = doctor(&world);
+    let bad: Vec<&Value> = checks.iter().filter(|c| c["verdict"] != "pass").collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    assert_eq!(code, 0);
+    assert!(checks.iter().any(|c| c["name"] == "mtu/ci/builds" && c["detail"].as_str().unwrap().contains("1450")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_reports_each_broken_setup() {
+    let world = World::start_with("doctor-broken", |c| {
+        c.container_runtime = "containerd://1.4.3".into();
+        c.node_memory = "16Gi".into();
+    })
+    .await;
+    label_namespace(&world, "baseline").await;
+    let _op = world.operator(&[]);
+    world
+        .secret(
+            "wrong",
+            json!({"oauthClientId": "key", "oauthClientSecret": "nope"}),
+        )
+        .await;
+    // A big pool that cannot fit a node, with a fixed MTU above the pod network's 1450.
+    let mut big = managed(1, 2);
+    big["labels"] = json!(["build", "big"]);
+    big["runner"] = json!({"size": "8x"});
+    big["dind"] = json!({"mtu": 1500});
+    world.pool("big", big).await;
+    // Overlaps with big, BestEffort on OOM-score-era nodes, floating dind tag, bad credentials.
+    let mut small = managed(1, 2);
+    small["credentials"]["secretRef"]["name"] = json!("wrong");
+    small["runner"] = json!({"resources": {}});
+    small["dind"] = json!({"image": "docker:dind", "resources": {}});
+    world.pool("small", small).await;
+    eventually("the big pool's pod is unschedulable", 30, || async {
+        world.pods().await.iter().any(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.reason.as_deref() == Some("Unschedulable"))
+                })
+        })
+    })
+    .await;
+    let (code, checks) = doctor(&world);
+    assert_eq!(code, 1);
+    for (name, expected) in [
+        ("crd", "pass"),
+        ("pod-security/ci", "fail"),
+        ("mtu/ci/big", "fail"),
+        ("dind/ci/small", "fail"),
+        ("labels/ci/big+small", "warn"),
+        ("credentials/ci/small", "fail"),
+        ("credentials/ci/big", "pass"),
+        ("quota/acme", "pass"),
+        ("scheduling/ci/big-", "fail"),
+    ] {
+        assert_eq!(verdict(&checks, name), expected, "{name}: {checks:#?}");
+    }
+    let text = serde_json::to_string(&checks).unwrap();
+    assert!(
+        !text.contains("consumer-secret") && !text.contains("\"nope\""),
+        "a secret leaked: {text}"
+    );
 }

@@ -1,0 +1,432 @@
+//! `bbrunner doctor`: what the cluster and Bitbucket look like, judged. The CLI gathers the
+//! observations; every verdict is made here.
+
+use serde::Serialize;
+
+use crate::labels::Labels;
+use crate::manifests::{Mtu, is_floating_dind_tag};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub verdict: Verdict,
+    pub detail: String,
+    /// What to do about it (empty on pass).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+fn check(
+    name: impl Into<String>,
+    verdict: Verdict,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Check {
+    Check {
+        name: name.into(),
+        verdict,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+/// One pool as the doctor sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolFacts {
+    pub namespace: String,
+    pub name: String,
+    pub scope: String,
+    pub labels: Labels,
+    pub dind_image: String,
+    pub mtu: Mtu,
+    /// Whether its runner pods would be BestEffort (no requests or limits anywhere).
+    pub best_effort: bool,
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+}
+
+/// What the CLI observed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observations {
+    /// Served versions of runnerpools.bbrunner.dev, if installed.
+    pub crd_versions: Option<Vec<String>>,
+    /// Whether the installed CRD's schema equals this binary's.
+    pub crd_current: bool,
+    /// The leader Lease's holder and its age in seconds since renewal, if any.
+    pub lease: Option<(String, f64)>,
+    pub pools: Vec<PoolFacts>,
+    /// Namespace → its `pod-security.kubernetes.io/enforce` label.
+    pub namespace_psa: Vec<(String, Option<String>)>,
+    /// Node → container runtime version (`containerd://1.7.27`).
+    pub node_runtimes: Vec<(String, String)>,
+    /// The pod network MTU a probe pod reported, if it ran.
+    pub pod_mtu: Option<u16>,
+    /// Scope → runners in it (all owners), from one list call per credential.
+    pub scope_runners: Vec<(String, usize)>,
+    /// Pool → what its credentials call answered: `Ok(())` or the error.
+    pub credentials: Vec<(String, Result<(), String>)>,
+    /// Runner pods that cannot be scheduled: (namespace/name, scheduler message).
+    pub unschedulable: Vec<(String, String)>,
+}
+
+/// `containerd://1.4.3` → (runtime, major, minor, patch).
+fn runtime_version(raw: &str) -> Option<(&str, u32, u32, u32)> {
+    let (runtime, version) = raw.split_once("://")?;
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u32>().ok());
+    Some((
+        runtime,
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// The Docker major of a `docker:<tag>` image, when the tag says.
+fn dind_major(image: &str) -> Option<u32> {
+    let last = image.rsplit('/').next()?;
+    let tag = last.split_once(':')?.1;
+    tag.split(['.', '-']).next()?.parse().ok()
+}
+
+/// Judge everything observed.
+pub fn evaluate(o: &Observations) -> Vec<Check> {
+    let mut checks = Vec::new();
+    match &o.crd_versions {
+        None => checks.push(check(
+            "crd",
+            Verdict::Fail,
+            "the RunnerPool CRD is not installed",
+            "bbrunner crd | kubectl apply -f -",
+        )),
+        Some(v) if !v.iter().any(|v| v == "v1alpha1") => checks.push(check(
+            "crd",
+            Verdict::Fail,
+            format!("the CRD serves {v:?}, not v1alpha1"),
+            "bbrunner crd | kubectl apply -f -",
+        )),
+        Some(_) if !o.crd_current => checks.push(check(
+            "crd",
+            Verdict::Warn,
+            "the installed CRD differs from this bbrunner's (another version installed it)",
+            "bbrunner crd | kubectl apply -f -",
+        )),
+        Some(_) => checks.push(check(
+            "crd",
+            Verdict::Pass,
+            "RunnerPool v1alpha1 installed and current",
+            "",
+        )),
+    }
+
+    let stale: Vec<&PoolFacts> = o
+        .pools
+        .iter()
+        .filter(|p| p.observed_generation != p.generation)
+        .collect();
+    match &o.lease {
+        Some((holder, age)) if *age < 30.0 => checks.push(check("operator", Verdict::Pass, format!("leader {holder} renewed {age:.0}s ago"), "")),
+        Some((holder, age)) => checks.push(check(
+            "operator",
+            Verdict::Fail,
+            format!("the leader lease of {holder} was last renewed {age:.0}s ago: no operator is acting"),
+            "check the bbrunner operator Deployment's pods and logs",
+        )),
+        None if o.pools.is_empty() => checks.push(check("operator", Verdict::Warn, "no leader lease and no pool to show an operator at work", "install the operator (bbrunner install)")),
+        None if stale.is_empty() => checks.push(check("operator", Verdict::Pass, "every pool's status is current (operator running without leader election)", "")),
+        None => checks.push(check(
+            "operator",
+            Verdict::Fail,
+            format!("{} pool(s) not reconciled since their last change, and no leader lease: is the operator running?", stale.len()),
+            "install or restart the operator (bbrunner install)",
+        )),
+    }
+
+    for (ns, level) in &o.namespace_psa {
+        let name = format!("pod-security/{ns}");
+        match level.as_deref() {
+            Some("privileged") => checks.push(check(name, Verdict::Pass, "privileged pods allowed", "")),
+            Some(other) => checks.push(check(
+                name,
+                Verdict::Fail,
+                format!("Pod Security level {other:?} rejects the privileged dind sidecar"),
+                format!("kubectl label namespace {ns} pod-security.kubernetes.io/enforce=privileged --overwrite"),
+            )),
+            None => checks.push(check(
+                name,
+                Verdict::Warn,
+                "no Pod Security label: the cluster default applies, and may reject privileged pods",
+                format!("kubectl label namespace {ns} pod-security.kubernetes.io/enforce=privileged"),
+            )),
+        }
+    }
+
+    for pool in &o.pools {
+        let name = format!("dind/{}/{}", pool.namespace, pool.name);
+        let mut problems = Vec::new();
+        if is_floating_dind_tag(&pool.dind_image) {
+            problems.push((
+                Verdict::Warn,
+                format!("{} floats to new Docker majors", pool.dind_image),
+                "pin spec.dind.image, e.g. docker:28.5-dind".to_owned(),
+            ));
+        }
+        if dind_major(&pool.dind_image).is_some_and(|m| m >= 29) {
+            problems.push((
+                Verdict::Warn,
+                format!(
+                    "{} refuses Docker clients older than API 1.44, which older runner images ship",
+                    pool.dind_image
+                ),
+                "use docker:28.5-dind until your runner image is current".to_owned(),
+            ));
+        }
+        let oom_era: Vec<&String> = o
+            .node_runtimes
+            .iter()
+            .filter(|(_, v)| {
+                runtime_version(v).is_some_and(|(rt, ma, mi, pa)| match rt {
+                    "containerd" => (ma, mi, pa) < (1, 4, 4),
+                    "docker" => (ma, mi) == (20, 10),
+                    _ => false,
+                })
+            })
+            .map(|(n, _)| n)
+            .collect();
+        if pool.best_effort && !oom_era.is_empty() {
+            problems.push((
+                Verdict::Fail,
+                format!("runner pods are BestEffort and nodes {oom_era:?} run a runtime whose shim fails with `failed to adjust OOM score for shim`"),
+                "give the runner and dind containers memory requests (remove the empty resources overrides)".to_owned(),
+            ));
+        }
+        match problems.iter().max_by_key(|p| p.0) {
+            None => checks.push(check(
+                name,
+                Verdict::Pass,
+                format!("{} pinned; pods not BestEffort", pool.dind_image),
+                "",
+            )),
+            Some(_) => {
+                let verdict = problems.iter().map(|p| p.0).max().unwrap_or(Verdict::Warn);
+                let detail = problems
+                    .iter()
+                    .map(|p| p.1.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let fix = problems
+                    .iter()
+                    .map(|p| p.2.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                checks.push(check(name, verdict, detail, fix));
+            }
+        }
+
+        let name = format!("mtu/{}/{}", pool.namespace, pool.name);
+        match (pool.mtu, o.pod_mtu) {
+            (_, None) => checks.push(check(name, Verdict::Warn, "the pod network MTU could not be measured (the probe pod did not report)", "run the doctor with permission to create pods in the pool's namespace")),
+            (Mtu::Auto, Some(net)) => checks.push(check(name, Verdict::Pass, format!("dind follows the pod network's MTU ({net})"), "")),
+            (Mtu::Fixed(n), Some(net)) if n > net => checks.push(check(
+                name,
+                Verdict::Fail,
+                format!("dind's MTU {n} exceeds the pod network's {net}: large packets from steps are dropped and builds hang"),
+                format!("set spec.dind.mtu: auto (or {net})"),
+            )),
+            (Mtu::Fixed(n), Some(net)) => checks.push(check(name, Verdict::Pass, format!("dind's MTU {n} fits the pod network's {net}"), "")),
+        }
+    }
+
+    for (i, a) in o.pools.iter().enumerate() {
+        for b in &o.pools[i + 1..] {
+            if a.scope != b.scope {
+                continue;
+            }
+            let a_in_b = b.labels.serves(a.labels.as_slice());
+            let b_in_a = a.labels.serves(b.labels.as_slice());
+            if a_in_b || b_in_a {
+                checks.push(check(
+                    format!("labels/{}/{}+{}", a.namespace, a.name, b.name),
+                    Verdict::Warn,
+                    format!("pools {} [{}] and {} [{}] in {} overlap: a step with the smaller set can land on either", a.name, a.labels, b.name, b.labels, a.scope),
+                    "give each pool a label the other lacks",
+                ));
+            }
+        }
+    }
+
+    for (scope, count) in &o.scope_runners {
+        let name = format!("quota/{scope}");
+        let verdict = match count {
+            0..=79 => Verdict::Pass,
+            80..=99 => Verdict::Warn,
+            _ => Verdict::Fail,
+        };
+        let fix = if verdict == Verdict::Pass {
+            String::new()
+        } else {
+            "delete unused runners in the UI, or lower pools' max".into()
+        };
+        checks.push(check(
+            name,
+            verdict,
+            format!("{count} of Bitbucket's 100 runners used"),
+            fix,
+        ));
+    }
+
+    for (pool, result) in &o.credentials {
+        let name = format!("credentials/{pool}");
+        match result {
+            Ok(()) => checks.push(check(name, Verdict::Pass, "valid, with runner:write", "")),
+            Err(e) => checks.push(check(name, Verdict::Fail, e.clone(), "fix the Secret in spec.credentials.secretRef (scopes: runner:write, repository:read, account:read)")),
+        }
+    }
+
+    if o.unschedulable.is_empty() {
+        checks.push(check(
+            "scheduling",
+            Verdict::Pass,
+            "no runner pod waiting for room",
+            "",
+        ));
+    }
+    for (pod, why) in &o.unschedulable {
+        checks.push(check(
+            format!("scheduling/{pod}"),
+            Verdict::Fail,
+            format!("cannot be scheduled: {why}"),
+            "add nodes, lower spec.runner.size, or fix nodeSelector/tolerations",
+        ));
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(name: &str, labels: &[&str], mtu: Mtu) -> PoolFacts {
+        PoolFacts {
+            namespace: "ci".into(),
+            name: name.into(),
+            scope: "acme".into(),
+            labels: Labels::new(labels).unwrap(),
+            dind_image: "docker:28.5-dind".into(),
+            mtu,
+            best_effort: false,
+            generation: Some(1),
+            observed_generation: Some(1),
+        }
+    }
+
+    fn healthy() -> Observations {
+        Observations {
+            crd_versions: Some(vec!["v1alpha1".into()]),
+            crd_current: true,
+            lease: Some(("op-1".into(), 3.0)),
+            pools: vec![pool("builds", &["build"], Mtu::Auto)],
+            namespace_psa: vec![("ci".into(), Some("privileged".into()))],
+            node_runtimes: vec![("node-1".into(), "containerd://1.7.27".into())],
+            pod_mtu: Some(1450),
+            scope_runners: vec![("acme".into(), 3)],
+            credentials: vec![("ci/builds".into(), Ok(()))],
+            unschedulable: vec![],
+        }
+    }
+
+    fn verdict(checks: &[Check], prefix: &str) -> Verdict {
+        checks
+            .iter()
+            .find(|c| c.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {checks:?}"))
+            .verdict
+    }
+
+    #[test]
+    fn a_healthy_setup_passes_everything() {
+        let checks = evaluate(&healthy());
+        assert!(
+            checks.iter().all(|c| c.verdict == Verdict::Pass),
+            "{checks:#?}"
+        );
+    }
+
+    #[test]
+    fn each_broken_setup_is_reported_with_a_fix() {
+        let mut o = healthy();
+        o.crd_versions = None;
+        o.lease = Some(("op-1".into(), 120.0));
+        o.namespace_psa = vec![("ci".into(), Some("baseline".into()))];
+        o.node_runtimes = vec![("old".into(), "containerd://1.4.3".into())];
+        o.pools = vec![
+            PoolFacts {
+                best_effort: true,
+                dind_image: "docker:dind".into(),
+                ..pool("builds", &["build"], Mtu::Fixed(1500))
+            },
+            pool("more", &["build", "big"], Mtu::Auto),
+        ];
+        o.scope_runners = vec![("acme".into(), 100)];
+        o.credentials = vec![(
+            "ci/builds".into(),
+            Err("Bitbucket rejected the OAuth consumer key".into()),
+        )];
+        o.unschedulable = vec![(
+            "ci/builds-x".into(),
+            "0/3 nodes are available: 3 Insufficient memory.".into(),
+        )];
+        let checks = evaluate(&o);
+        for (prefix, expected) in [
+            ("crd", Verdict::Fail),
+            ("operator", Verdict::Fail),
+            ("pod-security/ci", Verdict::Fail),
+            ("dind/ci/builds", Verdict::Fail),
+            ("mtu/ci/builds", Verdict::Fail),
+            ("labels/ci/builds+more", Verdict::Warn),
+            ("quota/acme", Verdict::Fail),
+            ("credentials/ci/builds", Verdict::Fail),
+            ("scheduling/ci/builds-x", Verdict::Fail),
+        ] {
+            assert_eq!(verdict(&checks, prefix), expected, "{prefix}: {checks:#?}");
+        }
+        assert!(
+            checks
+                .iter()
+                .filter(|c| c.verdict != Verdict::Pass)
+                .all(|c| !c.fix.is_empty())
+        );
+        let dind = checks.iter().find(|c| c.name == "dind/ci/builds").unwrap();
+        assert!(
+            dind.detail.contains("floats") && dind.detail.contains("OOM score"),
+            "{}",
+            dind.detail
+        );
+    }
+
+    #[test]
+    fn runtime_versions_parse() {
+        assert_eq!(
+            runtime_version("containerd://1.4.3"),
+            Some(("containerd", 1, 4, 3))
+        );
+        assert_eq!(
+            runtime_version("docker://20.10.7"),
+            Some(("docker", 20, 10, 7))
+        );
+        assert_eq!(runtime_version("cri-o://1.30.2"), Some(("cri-o", 1, 30, 2)));
+        assert_eq!(dind_major("docker:29.1-dind"), Some(29));
+        assert_eq!(dind_major("registry/docker:28.5-dind"), Some(28));
+        assert_eq!(dind_major("docker:dind"), None);
+    }
+}
