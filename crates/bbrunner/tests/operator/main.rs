@@ -658,3 +658,23 @@ async fn doctor_reports_each_broken_setup() {
         "a secret leaked: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lint_reads_pools_from_the_cluster() {
+    let world = World::start("lint-cluster").await;
+    let mut spec = managed(1, 2);
+    spec["dind"] = json!({"mtu": 1400});
+    world.pool("builds", spec).await;
+    let file = world.dir.join("bitbucket-pipelines.yml");
+    std::fs::write(&file, "pipelines:\n  default:\n    - step:\n        runs-on: [self.hosted, build]\n        services: [docker]\n        script: [make]\n    - step:\n        runs-on: [self.hosted, gpu]\n        script: [make]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+        .args(["lint", file.to_str().unwrap(), "--from-cluster"])
+        .env("KUBECONFIG", &world.kubeconfig)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(":5:19: error[docker-mtu]"), "{text}");
+    assert!(text.contains("--mtu=1400"), "{text}");
+    assert!(text.contains(":8:18: error[unserved-labels]"), "{text}");
+}
