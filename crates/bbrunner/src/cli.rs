@@ -51,6 +51,19 @@ pub enum Command {
     /// Check the cluster and Bitbucket for what breaks runners: CRD, operator, Pod Security,
     /// dind vs nodes, MTU, overlapping pools, quota, credentials, scheduling.
     Doctor(DoctorArgs),
+    /// Print the operator's install manifests for `kubectl apply -f -`.
+    Install(InstallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    #[arg(long, default_value = crate::install::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    #[arg(long, default_value = crate::install::DEFAULT_IMAGE)]
+    pub image: String,
+    /// Operator replicas; more than one turns leader election on.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: i32,
 }
 
 #[derive(Debug, clap::Args)]

@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod input;
+mod install;
 mod operator;
 mod output;
 mod plot;

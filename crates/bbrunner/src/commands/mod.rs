@@ -12,6 +12,19 @@ mod operator;
 mod render;
 mod simulate;
 
+fn install(args: &crate::cli::InstallArgs) -> Result<ExitCode> {
+    bbrunner_core::manifests::validate_dns_label("--namespace", &args.namespace)?;
+    anyhow::ensure!(args.replicas >= 1, "--replicas must be 1 or more");
+    let manifests = crate::install::manifests(&crate::install::InstallOptions {
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+        replicas: args.replicas,
+    });
+    let yaml = crate::output::yaml_documents(&manifests)?;
+    std::io::Write::write_all(&mut std::io::stdout(), yaml.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn crd() -> Result<ExitCode> {
     use kube::CustomResourceExt;
     let yaml = crate::output::yaml(&crate::operator::crd::RunnerPool::crd())?;
@@ -31,6 +44,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Crd => crd(),
         Command::Operator(args) => operator::run(&args),
         Command::Lint(args) => lint::run(&args),
+        Command::Install(args) => install(&args),
         Command::Doctor(args) => tokio::runtime::Runtime::new()?.block_on(doctor::run(&args)),
         Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(demo::run(&args)),
     }

@@ -3,6 +3,7 @@
 mod crd;
 mod demo;
 mod import;
+mod install;
 mod lint;
 mod live;
 mod processes;

@@ -1,0 +1,332 @@
+//! The operator's install manifests, built from Rust: what `bbrunner install` prints and what
+//! `deploy/kustomize/` holds. Pure: options in, objects out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+use crate::operator::crd::RunnerPool;
+
+pub const DEFAULT_NAMESPACE: &str = "bbrunner-system";
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/bbrunner/bbrunner:", env!("CARGO_PKG_VERSION"));
+const NAME: &str = "bbrunner-operator";
+const METRICS_PORT: i32 = 9464;
+
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    pub namespace: String,
+    pub image: String,
+    pub replicas: i32,
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "bbrunner".to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "operator".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "bbrunner-install".to_owned(),
+        ),
+    ])
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels()),
+        ..Default::default()
+    }
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let strings = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+    PolicyRule {
+        api_groups: strings(groups),
+        resources: strings(resources),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Exactly what the operator calls: each rule is needed by a named part of it.
+pub fn cluster_rules() -> Vec<PolicyRule> {
+    vec![
+        // The controller watches pools; the finalizer is added and removed by patch.
+        rule(
+            &["bbrunner.dev"],
+            &["runnerpools"],
+            &["get", "list", "watch", "patch"],
+        ),
+        rule(&["bbrunner.dev"], &["runnerpools/status"], &["patch"]),
+        // One pod per runner: watched as owned objects, created, deleted, annotated.
+        rule(
+            &[""],
+            &["pods"],
+            &["get", "list", "watch", "create", "delete", "patch"],
+        ),
+        // Runner registrations and the pools' credentials.
+        rule(
+            &[""],
+            &["secrets"],
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        // Events of runner creation, draining, deletion and scaling.
+        rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+    ]
+}
+
+/// Leader election, in the operator's namespace only.
+pub fn lease_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        &["coordination.k8s.io"],
+        &["leases"],
+        &["get", "create", "patch"],
+    )]
+}
+
+fn operator_deployment(o: &InstallOptions) -> Deployment {
+    let mut args = vec![
+        "operator".to_owned(),
+        format!("--metrics-addr=0.0.0.0:{METRICS_PORT}"),
+        "--log-format=json".to_owned(),
+    ];
+    if o.replicas > 1 {
+        args.push("--leader-election".to_owned());
+    }
+    let probe = |path: &str, period| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("metrics".to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
+    };
+    let quantity = |s: &str| Quantity(s.to_owned());
+    let selector = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "bbrunner".to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "operator".to_owned(),
+        ),
+    ]);
+    Deployment {
+        metadata: meta(NAME, Some(&o.namespace)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(o.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(NAME.to_owned()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![Container {
+                        name: "operator".to_owned(),
+                        image: Some(o.image.clone()),
+                        args: Some(args),
+                        env: Some(vec![EnvVar {
+                            name: "POD_NAMESPACE".to_owned(),
+                            value_from: Some(EnvVarSource {
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: "metadata.namespace".to_owned(),
+                                    api_version: None,
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("metrics".to_owned()),
+                            container_port: METRICS_PORT,
+                            protocol: Some("TCP".to_owned()),
+                            ..Default::default()
+                        }]),
+                        liveness_probe: Some(probe("/healthz", 20)),
+                        readiness_probe: Some(probe("/readyz", 10)),
+                        resources: Some(ResourceRequirements {
+                            requests: Some(BTreeMap::from([
+                                ("cpu".to_owned(), quantity("50m")),
+                                ("memory".to_owned(), quantity("64Mi")),
+                            ])),
+                            limits: Some(BTreeMap::from([(
+                                "memory".to_owned(),
+                                quantity("256Mi"),
+                            )])),
+                            ..Default::default()
+                        }),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            run_as_non_root: Some(true),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".to_owned()]),
+                                add: None,
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn json<T: serde::Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).expect("Kubernetes objects serialise to JSON")
+}
+
+/// Every object, in apply order.
+pub fn manifests(o: &InstallOptions) -> Vec<Value> {
+    let ns = o.namespace.as_str();
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            labels: Some({
+                let mut l = labels();
+                // The operator itself needs no privilege; runner pods live in pool namespaces.
+                l.insert(
+                    "pod-security.kubernetes.io/enforce".to_owned(),
+                    "restricted".to_owned(),
+                );
+                l
+            }),
+            ..meta(ns, None)
+        },
+        ..Default::default()
+    };
+    let account = ServiceAccount {
+        metadata: meta(NAME, Some(ns)),
+        ..Default::default()
+    };
+    let subject = Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: NAME.to_owned(),
+        namespace: Some(ns.to_owned()),
+        api_group: None,
+    };
+    let cluster_role = ClusterRole {
+        metadata: meta(NAME, None),
+        rules: Some(cluster_rules()),
+        aggregation_rule: None,
+    };
+    let cluster_binding = ClusterRoleBinding {
+        metadata: meta(NAME, None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: NAME.to_owned(),
+        },
+        subjects: Some(vec![subject.clone()]),
+    };
+    let lease_role = Role {
+        metadata: meta("bbrunner-leader-election", Some(ns)),
+        rules: Some(lease_rules()),
+    };
+    let lease_binding = RoleBinding {
+        metadata: meta("bbrunner-leader-election", Some(ns)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: "bbrunner-leader-election".to_owned(),
+        },
+        subjects: Some(vec![subject]),
+    };
+    let service = Service {
+        metadata: meta("bbrunner-operator-metrics", Some(ns)),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_owned(), "bbrunner".to_owned()),
+                (
+                    "app.kubernetes.io/component".to_owned(),
+                    "operator".to_owned(),
+                ),
+            ])),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".to_owned()),
+                port: METRICS_PORT,
+                target_port: Some(IntOrString::String("metrics".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    // One replica: allow a drain to move it; several: keep one acting.
+    let budget = if o.replicas > 1 {
+        (Some(IntOrString::Int(1)), None)
+    } else {
+        (None, Some(IntOrString::Int(1)))
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: meta(NAME, Some(ns)),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: budget.0,
+            max_unavailable: budget.1,
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([
+                    ("app.kubernetes.io/name".to_owned(), "bbrunner".to_owned()),
+                    (
+                        "app.kubernetes.io/component".to_owned(),
+                        "operator".to_owned(),
+                    ),
+                ])),
+                match_expressions: None,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    vec![
+        json(&namespace),
+        json(&RunnerPool::crd()),
+        json(&account),
+        json(&cluster_role),
+        json(&cluster_binding),
+        json(&lease_role),
+        json(&lease_binding),
+        json(&operator_deployment(o)),
+        json(&service),
+        json(&pdb),
+    ]
+}

@@ -1,0 +1,164 @@
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fake_kube::{ClusterConfig, FakeKube};
+
+use crate::util::{bbrunner, kubernetes_validate_strict, workspace_root};
+
+#[test]
+fn install_manifests_validate_strictly_for_one_and_several_replicas() {
+    for replicas in ["1", "3"] {
+        let out = bbrunner(
+            &["install", "--replicas", replicas, "--namespace", "ops"],
+            "",
+        )
+        .success()
+        .stdout;
+        kubernetes_validate_strict(&out);
+        assert_eq!(out.contains("--leader-election"), replicas != "1");
+    }
+}
+
+#[test]
+fn the_kustomize_base_is_what_install_prints() {
+    let base = workspace_root().join("deploy/kustomize");
+    let committed = std::fs::read_to_string(base.join("install.yaml")).unwrap();
+    let generated = bbrunner(&["install"], "").success().stdout;
+    assert!(
+        committed == generated,
+        "deploy/kustomize/install.yaml drifted; regenerate it with `bbrunner install > deploy/kustomize/install.yaml`"
+    );
+    let built = Command::new("kubectl")
+        .args(["kustomize", base.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubectl is not installed ({e}); this test needs the kubectl of the machine image"
+            )
+        });
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    kubernetes_validate_strict(&String::from_utf8(built.stdout).unwrap());
+}
+
+#[test]
+fn rbac_is_exactly_what_the_operator_uses() {
+    let out = bbrunner(&["install"], "").success().stdout;
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).unwrap();
+    let rules = |kind: &str| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .flat_map(|d| d["rules"].as_array().unwrap().clone())
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r["apiGroups"][0].as_str().unwrap(),
+                    r["resources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    r["verbs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        rules("ClusterRole"),
+        [
+            "bbrunner.dev runnerpools get,list,watch,patch",
+            "bbrunner.dev runnerpools/status patch",
+            " pods get,list,watch,create,delete,patch",
+            " secrets get,list,watch,create,delete",
+            "events.k8s.io events create,patch",
+        ]
+    );
+    assert_eq!(
+        rules("Role"),
+        ["coordination.k8s.io leases get,create,patch"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_applied_with_kubectl_brings_the_operator_up() {
+    let kube = FakeKube::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ClusterConfig {
+            pod_start_latency: Duration::from_millis(100),
+            ..ClusterConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("bbrunner-install-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+    let manifests = bbrunner(&["install", "--replicas", "2"], "")
+        .success()
+        .stdout;
+    let mut apply = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl of the machine image");
+    apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifests.as_bytes())
+        .unwrap();
+    let out = apply.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = String::from_utf8_lossy(&out.stdout);
+    for object in [
+        "namespace/bbrunner-system",
+        "customresourcedefinition.apiextensions.k8s.io/runnerpools.bbrunner.dev",
+        "deployment.apps/bbrunner-operator",
+        "poddisruptionbudget.policy/bbrunner-operator",
+    ] {
+        assert!(applied.contains(object), "{object} not applied:\n{applied}");
+    }
+    let mut running = 0;
+    for _ in 0..100 {
+        let pods = Command::new("kubectl")
+            .args([
+                "-n",
+                "bbrunner-system",
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={.items[*].status.phase}",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        running = String::from_utf8_lossy(&pods.stdout)
+            .matches("Running")
+            .count();
+        if running == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(running, 2, "the operator's two replicas are not running");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
