@@ -8,6 +8,7 @@ pub mod import;
 pub mod labels;
 pub mod lint;
 pub mod manifests;
+pub mod migrate;
 pub mod plan;
 pub mod pool;
 pub mod registration;

@@ -53,6 +53,18 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print the operator's install manifests for `kubectl apply -f -`.
     Install(InstallArgs),
+    /// Turn an Atlassian runners-autoscaler config into RunnerPool manifests.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The autoscaler's runner config (its ConfigMap's runners_config.yaml).
+    #[arg(long = "from-atlassian", value_name = "FILE")]
+    pub from_atlassian: PathBuf,
+    /// The autoscaler's job template, for images and MTU.
+    #[arg(long, value_name = "FILE")]
+    pub job_template: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

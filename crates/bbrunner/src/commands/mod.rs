@@ -25,6 +25,19 @@ fn install(args: &crate::cli::InstallArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn migrate(args: &crate::cli::MigrateArgs) -> Result<ExitCode> {
+    let config = crate::input::read_text(Some(&args.from_atlassian))?;
+    let template = args
+        .job_template
+        .as_deref()
+        .map(|p| crate::input::read_text(Some(p)))
+        .transpose()?;
+    let pools = bbrunner_core::migrate::migrate(&config, template.as_deref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.from_atlassian.display()))?;
+    std::io::Write::write_all(&mut std::io::stdout(), pools.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn crd() -> Result<ExitCode> {
     use kube::CustomResourceExt;
     let yaml = crate::output::yaml(&crate::operator::crd::RunnerPool::crd())?;
@@ -45,6 +58,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Operator(args) => operator::run(&args),
         Command::Lint(args) => lint::run(&args),
         Command::Install(args) => install(&args),
+        Command::Migrate(args) => migrate(&args),
         Command::Doctor(args) => tokio::runtime::Runtime::new()?.block_on(doctor::run(&args)),
         Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(demo::run(&args)),
     }

@@ -6,6 +6,7 @@ mod import;
 mod install;
 mod lint;
 mod live;
+mod migrate;
 mod processes;
 mod render;
 mod simulate;

@@ -1,0 +1,55 @@
+use crate::util::{bbrunner, example};
+
+#[test]
+fn a_realistic_autoscaler_config_becomes_pools_that_load() {
+    let config = example("atlassian-runner-config.yaml");
+    let run = bbrunner(
+        &["migrate", "--from-atlassian", config.to_str().unwrap()],
+        "",
+    )
+    .success();
+    assert!(run.stdout.contains("kind: RunnerPool"));
+    assert!(run.stdout.contains("# percentageRunnersIdle"));
+    let dir = std::env::temp_dir().join(format!("bbrunner-migrate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pools.yaml"), &run.stdout).unwrap();
+    std::fs::write(
+        dir.join("bitbucket-pipelines.yml"),
+        "pipelines:\n  default:\n    - step:\n        runs-on: [self.hosted, my.group]\n        script: [make]\n    - step:\n        runs-on: [self.hosted, big]\n        script: [make]\n",
+    )
+    .unwrap();
+    // The migrated manifests load as RunnerPools and serve both label sets.
+    let lint = bbrunner(
+        &[
+            "lint",
+            dir.join("bitbucket-pipelines.yml").to_str().unwrap(),
+            "--pools",
+            dir.join("pools.yaml").to_str().unwrap(),
+        ],
+        "",
+    )
+    .success();
+    assert_eq!(lint.stdout, "");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_config_names_the_file_and_path() {
+    let dir = std::env::temp_dir().join(format!("bbrunner-migrate-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "groups:\n  - name: x\n    workspace: acme\n    parameters:\n      min: 9\n      max: 2\n",
+    )
+    .unwrap();
+    let run = bbrunner(&["migrate", "--from-atlassian", file.to_str().unwrap()], "").failure();
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr
+            .contains("bad.yaml: groups[0].parameters (line 5, column 7): min 9 and max 2"),
+        "{}",
+        run.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
