@@ -111,9 +111,9 @@ fn pool_name(name: &str, index: usize) -> String {
 
 fn duration(seconds: f64) -> String {
     let s = seconds.round() as u64;
-    if s % 3600 == 0 && s > 0 {
+    if s.is_multiple_of(3600) && s > 0 {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 && s > 0 {
+    } else if s.is_multiple_of(60) && s > 0 {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
