@@ -448,6 +448,16 @@ async fn metrics_and_health_are_served() {
     let addr = format!("127.0.0.1:{port}");
     let _op = world.operator(&["--metrics-addr", &addr]);
     world.pool("builds", managed(1, 2)).await;
+    // A pool that fails, so that reconcile errors are counted too.
+    world
+        .secret(
+            "wrong",
+            json!({"oauthClientId": "key", "oauthClientSecret": "nope"}),
+        )
+        .await;
+    let mut broken = managed(1, 1);
+    broken["credentials"]["secretRef"]["name"] = json!("wrong");
+    world.pool("broken", broken).await;
     eventually("a runner online", 20, || async {
         online(&world.runners()) == 1
     })
@@ -478,6 +488,47 @@ async fn metrics_and_health_are_served() {
         assert!(text.contains(metric), "{metric} missing from:\n{text}");
     }
     assert!(!text.contains("consumer-secret"));
+    // Every metric the Grafana dashboard queries is one the operator exports.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/bbrunner.json"),
+    )
+    .unwrap();
+    let mut queried: Vec<String> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("bbrunner_"))
+        .map(|w| {
+            ["_bucket", "_total", "_count", "_sum"]
+                .iter()
+                .fold(w.to_owned(), |name, suffix| {
+                    name.strip_suffix(suffix).map(str::to_owned).unwrap_or(name)
+                })
+        })
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 7, "{queried:?}");
+    eventually("reconcile errors counted", 10, || async {
+        get("/metrics")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("bbrunner_reconcile_errors_total{")
+    })
+    .await;
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    // The queue-wait histogram has samples only for queue-policy repository pools: the
+    // queue-policy test asserts it.
+    for metric in queried
+        .iter()
+        .filter(|m| *m != "bbrunner_step_queue_wait_seconds")
+    {
+        assert!(
+            text.contains(&format!("# TYPE {metric} ")),
+            "the dashboard queries {metric}, which is not exported:\n{text}"
+        );
+    }
     assert_eq!(get("/healthz").await.unwrap().status().as_u16(), 200);
     assert_eq!(get("/readyz").await.unwrap().status().as_u16(), 200);
 }
