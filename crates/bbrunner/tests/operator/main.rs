@@ -126,6 +126,10 @@ impl World {
     }
 
     fn operator(&self, extra: &[&str]) -> Operator {
+        self.operator_logging(extra, "info", Stdio::null())
+    }
+
+    fn operator_logging(&self, extra: &[&str], level: &str, log: Stdio) -> Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
             .args([
                 "operator",
@@ -136,9 +140,9 @@ impl World {
             ])
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         Operator(child)
@@ -728,4 +732,101 @@ async fn lint_reads_pools_from_the_cluster() {
     assert!(text.contains(":5:19: error[docker-mtu]"), "{text}");
     assert!(text.contains("--mtu=1400"), "{text}");
     assert!(text.contains(":8:18: error[unserved-labels]"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_logs_events_status_or_metrics_even_at_trace_level() {
+    let world = World::start("secrets").await;
+    let log_path = world.dir.join("operator.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let op = world.operator_logging(
+        &["--metrics-addr", &addr, "--log-format", "json"],
+        "trace",
+        Stdio::from(log),
+    );
+    world.pool("builds", managed(1, 3)).await;
+    world
+        .secret(
+            "wrong",
+            json!({"oauthClientId": "key", "oauthClientSecret": "wrong-secret-value-7f3a"}),
+        )
+        .await;
+    let mut broken = managed(1, 1);
+    broken["credentials"]["secretRef"]["name"] = json!("wrong");
+    world.pool("broken", broken).await;
+    eventually("a runner online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    world.submit(3, 60.0);
+    eventually("scaled up", 20, || async { world.runners().len() >= 2 }).await;
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    drop(op);
+
+    let mut secrets: Vec<String> = world.bitbucket.with_world(|w, _| {
+        w.runners
+            .iter()
+            .map(|r| r.oauth_client_secret.clone())
+            .collect()
+    });
+    secrets.push("consumer-secret".into());
+    secrets.push("wrong-secret-value-7f3a".into());
+    // Access tokens the fake issued to the operator's consumer.
+    secrets.extend(
+        world
+            .bitbucket
+            .with_world(|w, _| w.bearer.keys().cloned().collect::<Vec<_>>()),
+    );
+    assert!(secrets.len() >= 5);
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.len() > 10_000,
+        "trace logging produced little: {} bytes",
+        logs.len()
+    );
+    let events = Api::<DynamicObject>::namespaced_with(
+        world.client.clone(),
+        NS,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+            "events",
+        ),
+    )
+    .list(&ListParams::default())
+    .await
+    .unwrap();
+    let events = serde_json::to_string(&events.items).unwrap();
+    assert!(events.contains("RunnerCreated"), "{events}");
+    let statuses = serde_json::to_string(&vec![
+        world.status("builds").await,
+        world.status("broken").await,
+    ])
+    .unwrap();
+    assert!(statuses.contains("CredentialsInvalid"), "{statuses}");
+    for secret in &secrets {
+        for (place, text) in [
+            ("logs", &logs),
+            ("events", &events),
+            ("status", &statuses),
+            ("metrics", &metrics),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret ({}...) appears in the operator's {place}",
+                &secret[..4]
+            );
+        }
+    }
 }
