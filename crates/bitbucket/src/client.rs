@@ -508,6 +508,9 @@ impl Client {
             .retry(backoff)
             .when(|e: &Error| idempotent && e.is_retryable())
             .adjust(|e: &Error, delay| match (e, delay) {
+                // Waiting longer than the policy's longest delay would stall the caller (an
+                // operator's reconcile): give up and let it come back after Retry-After.
+                (Error::RateLimited { retry_after }, _) if *retry_after > policy.max_delay => None,
                 (Error::RateLimited { retry_after }, Some(d)) => Some(d.max(*retry_after)),
                 (_, d) => d,
             })

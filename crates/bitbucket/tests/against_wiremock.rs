@@ -63,13 +63,39 @@ async fn retry_after_is_honoured_and_the_call_then_succeeds() {
         .mount(&server)
         .await;
     let started = Instant::now();
-    let runners = bearer_client(&server).list_runners(&ws()).await.unwrap();
+    let mut cfg = config(&server);
+    cfg.retry.max_delay = Duration::from_secs(5);
+    let client = Client::new(cfg, Credentials::AccessToken(SecretString::from("tok"))).unwrap();
+    let runners = client.list_runners(&ws()).await.unwrap();
     assert_eq!(runners.len(), 1);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "waited {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_longest_delay_is_returned_not_slept_through() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(RUNNERS))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "3600"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let started = Instant::now();
+    let err = bearer_client(&server)
+        .list_runners(&ws())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::RateLimited {
+            retry_after: Duration::from_secs(3600)
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

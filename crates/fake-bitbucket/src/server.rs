@@ -346,20 +346,27 @@ async fn inject_faults(State(app): State<Arc<App>>, request: Request, next: Next
         let status = faults.status.unwrap_or(500);
         return ApiError::new(status, "Injected fault").into_response();
     }
+    let response = next.run(request).await;
     if faults.reset_rate > 0.0 && fastrand::f64() < faults.reset_rate {
-        // Headers go out, then the body stream fails: the client sees the connection cut.
+        // The request was handled, then the connection is cut before the body: the client
+        // cannot know whether it took effect (the case that must not leak a runner).
+        let status = response.status();
         let body = Body::from_stream(futures::stream::once(async {
             Err::<axum::body::Bytes, std::io::Error>(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
                 "injected connection reset",
             ))
         }));
-        return Response::builder()
-            .status(StatusCode::OK)
+        let mut cut = Response::builder()
+            .status(status)
             .body(body)
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        if let Some(served) = response.extensions().get::<ServedFor>().cloned() {
+            cut.extensions_mut().insert(served);
+        }
+        return cut;
     }
-    next.run(request).await
+    response
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ pub struct Faults {
     pub status: Option<u16>,
     /// Added latency, in real milliseconds.
     pub latency_ms: u64,
-    /// Share of requests whose connection is cut before the body.
+    /// Share of requests handled and then cut before the response body arrives.
     pub reset_rate: f64,
 }
 
@@ -81,6 +81,8 @@ pub struct RunnerRecord {
     pub oauth_client_secret: String,
     /// The agent session that holds this runner, and when it was last heard.
     pub session: Option<(String, f64)>,
+    /// Sessions a newer one took over from: a poll from one of them means two agents run.
+    pub displaced: Vec<String>,
     /// Polls refused because another agent held the runner.
     pub duplicate_agent_polls: u64,
 }
@@ -406,6 +408,7 @@ impl World {
             oauth_client_id: random_token(32),
             oauth_client_secret: format!("ATOA{}", random_token(60)),
             session: None,
+            displaced: Vec::new(),
             duplicate_agent_polls: 0,
         };
         let json = self.runner_json(&record, now, true);
@@ -592,19 +595,34 @@ impl World {
             .position(|r| r.uuid.eq_ignore_ascii_case(runner_uuid))
             .ok_or_else(|| ApiError::new(404, "Runner not found"))?;
         let r = &mut self.runners[i];
-        // One agent per runner: a second one is refused while the first is still heard.
-        match &r.session {
-            Some((held, seen)) if held != session && now - seen <= OFFLINE_AFTER_S => {
-                r.duplicate_agent_polls += 1;
-                return Err(ApiError::new(
-                    409,
-                    "Another runner process is connected with this runner's credentials",
-                ));
-            }
-            _ => {}
+        // One agent per runner. A new process (a replacement pod) takes over; an older one
+        // that is still polling is a second agent running the same runner: refused, counted.
+        if r.displaced.iter().any(|d| d == session) {
+            r.duplicate_agent_polls += 1;
+            return Err(ApiError::new(
+                409,
+                "Another runner process took over this runner's credentials",
+            ));
+        }
+        let mut abandoned = None;
+        if let Some((held, _)) = &r.session
+            && held != session
+        {
+            r.displaced.push(held.clone());
+            // The previous process is gone: a step it held will never finish.
+            abandoned = r.step.take();
         }
         r.session = Some((session.to_owned(), now));
         r.last_heartbeat = Some(now);
+        if let Some(step) = abandoned {
+            self.finish_step(
+                &step,
+                StepState::Interrupted,
+                Some("its runner process restarted"),
+                now,
+            );
+        }
+        let r = &mut self.runners[i];
         if !r.enabled || r.step.is_some() {
             return Ok(json!({"step": null}));
         }

@@ -75,6 +75,16 @@ impl FakeKube {
         &self.cluster
     }
 
+    /// Kill a pod at once (eviction, crash): it is gone without grace.
+    pub fn kill_pod(&self, namespace: &str, name: &str) -> bool {
+        controllers::kill_pod(&self.cluster, namespace, name)
+    }
+
+    /// Remove a node: its pods fail.
+    pub fn remove_node(&self, name: &str) -> bool {
+        controllers::remove_node(&self.cluster, name)
+    }
+
     /// Write a kubeconfig pointing at this cluster and return its path.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<PathBuf> {
         std::fs::write(path, kubeconfig(&self.url))?;

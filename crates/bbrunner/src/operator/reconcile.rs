@@ -1047,7 +1047,22 @@ async fn write_failure(ctx: &Context, pool: &RunnerPool, error: &ReconcileError)
     }
 }
 
-/// Requeue policy on errors.
-pub fn error_policy(_pool: Arc<RunnerPool>, error: &ReconcileError, _ctx: Arc<Context>) -> Requeue {
-    Requeue::requeue(error.retry())
+/// Requeue policy on errors: as the error says, but never later than the pool's next poll
+/// for transient failures, so that a pool recovers within a poll once the fault is gone.
+pub fn error_policy(pool: Arc<RunnerPool>, error: &ReconcileError, _ctx: Arc<Context>) -> Requeue {
+    let poll = pool
+        .spec
+        .scaling
+        .resolve()
+        .map(|s| Duration::from_secs_f64(s.poll_interval.max(1.0)))
+        .unwrap_or(Duration::from_secs(15));
+    let retry = match error {
+        ReconcileError::Kube(_) | ReconcileError::Draining => error.retry().min(poll),
+        ReconcileError::Degraded {
+            reason: "ApiUnreachable",
+            ..
+        } => error.retry().min(poll),
+        _ => error.retry(),
+    };
+    Requeue::requeue(retry)
 }

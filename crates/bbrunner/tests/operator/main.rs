@@ -15,6 +15,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
+mod chaos;
+
 const NS: &str = "ci";
 
 struct Operator(Child);

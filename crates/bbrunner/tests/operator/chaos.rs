@@ -1,0 +1,245 @@
+//! Fault injection against the real operator binary. The short version runs in CI; scale it
+//! with BBRUNNER_CHAOS_SECONDS, BBRUNNER_CHAOS_RESTARTS and BBRUNNER_CHAOS_SEED (RELIABILITY.md).
+
+use std::collections::BTreeSet;
+
+use fake_bitbucket::Faults as BitbucketFaults;
+use fake_kube::Faults as KubeFaults;
+
+use super::*;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The pool's pods, read through the faults the test itself injects.
+async fn pods_despite_faults(world: &World) -> Vec<Pod> {
+    for _ in 0..50 {
+        if let Ok(list) = Api::<Pod>::namespaced(world.client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+        {
+            return list.items;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invariants_hold_under_faults_crashes_and_node_loss() {
+    let seconds = env_or("BBRUNNER_CHAOS_SECONDS", 24);
+    let restarts = env_or("BBRUNNER_CHAOS_RESTARTS", 4);
+    let seed = env_or("BBRUNNER_CHAOS_SEED", 7);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let world = World::start_with("chaos", |c| c.nodes = 4).await;
+    let operator_args = ["--registration-ttl", "20s"];
+    let mut operator = Some(world.operator(&operator_args));
+    let mut spec = managed(1, 6);
+    spec["scaling"]["scaleDownDelay"] = json!("2s");
+    world.pool("builds", spec).await;
+    eventually("the first runner online", 30, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+
+    // Faults from here on.
+    world.bitbucket.with_world(|w, _| {
+        w.faults = BitbucketFaults {
+            error_rate: 0.3,
+            status: Some(503),
+            latency_ms: 100,
+            reset_rate: 0.1,
+        };
+    });
+    let kube_faults = KubeFaults {
+        error_rates: ["get", "list", "create", "patch", "delete"]
+            .iter()
+            .map(|v| (v.to_string(), 0.1))
+            .collect(),
+        latency_ms: 20,
+        drop_watches_after_ms: 2000,
+    };
+    world._kube.cluster().set_faults(kube_faults);
+
+    let start = Instant::now();
+    let duration = Duration::from_secs(seconds);
+    let restart_at: BTreeSet<u64> = (0..restarts).map(|_| rng.u64(1..seconds * 10)).collect();
+    let mut kills = 0;
+    let mut restarted = 0;
+    let mut outage_done = false;
+    let mut node_removed = false;
+    let mut tick = 0u64;
+    while start.elapsed() < duration {
+        tick += 1;
+        // Bursty workload (now and then a fan-out) in the first 60% of the run, so that the
+        // convergence measured at the end is recovery from faults, not a queue draining.
+        if tick % 10 == 0 && start.elapsed() < duration * 6 / 10 {
+            let n = if rng.u8(0..4) == 0 {
+                rng.usize(3..7)
+            } else {
+                rng.usize(0..2)
+            };
+            world.submit(n, 60.0 + rng.f64() * 120.0);
+        }
+        if restart_at.contains(&tick) {
+            // SIGKILL at any point of a reconcile, then a fresh operator.
+            drop(operator.take());
+            restarted += 1;
+            tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
+            operator = Some(world.operator(&operator_args));
+        }
+        if tick % 45 == 0 {
+            let pods = pods_despite_faults(&world).await;
+            if let Some(pod) = (!pods.is_empty()).then(|| pods[rng.usize(0..pods.len())].clone()) {
+                if world
+                    ._kube
+                    .kill_pod(NS, pod.metadata.name.as_deref().unwrap_or(""))
+                {
+                    kills += 1;
+                }
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64() / seconds as f64;
+        if !outage_done && elapsed > 0.3 {
+            world._kube.cluster().outage(Duration::from_millis(1500));
+            outage_done = true;
+        }
+        if !node_removed && elapsed > 0.7 {
+            node_removed = world._kube.remove_node("node-4");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Faults stop; the pool must converge.
+    world
+        .bitbucket
+        .with_world(|w, _| w.faults = BitbucketFaults::default());
+    world._kube.cluster().set_faults(KubeFaults::default());
+    let calm = Instant::now();
+    // Converged: every runner backed by one running pod and ONLINE, no step waiting, and as
+    // many runners as the status (written after the faults stopped) wants; held across two
+    // checks more than a poll apart, so the status is fresh.
+    let steady = || async {
+        let status = world.status("builds").await;
+        let runners: BTreeSet<String> = world
+            .runners()
+            .iter()
+            .map(|r| {
+                r["uuid"]
+                    .as_str()
+                    .unwrap()
+                    .trim_matches(|c| c == '{' || c == '}')
+                    .to_owned()
+            })
+            .collect();
+        let pods: BTreeSet<String> = world
+            .pods()
+            .await
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+            .map(|p| p.metadata.labels.as_ref().unwrap()["bbrunner.dev/runner-uuid"].clone())
+            .collect();
+        let all_online = world.runners().iter().all(|r| r["state"] == "ONLINE");
+        let queued = world.steps(StepState::Queued);
+        !runners.is_empty()
+            && runners == pods
+            && all_online
+            && queued == 0
+            && status["desired"].as_u64() == Some(runners.len() as u64)
+    };
+    let mut converged_at = None;
+    while calm.elapsed() < Duration::from_secs(90) {
+        if steady().await {
+            let first = calm.elapsed().as_secs_f64();
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            if steady().await {
+                converged_at = Some(first);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let convergence = converged_at
+        .unwrap_or_else(|| panic!("no convergence within 90 s after the faults stopped"));
+
+    let (
+        interrupted_by_us,
+        interrupted_otherwise,
+        completed,
+        total,
+        duplicates,
+        requests,
+        injected_5xx,
+        no_runner,
+    ) = world.bitbucket.with_world(|w, _| {
+        let by_us = w
+            .steps
+            .iter()
+            .filter(|s| s.failure_reason.as_deref() == Some("its runner was deleted"))
+            .count();
+        let other = w
+            .steps
+            .iter()
+            .filter(|s| {
+                s.state == StepState::Interrupted
+                    && s.failure_reason.as_deref() != Some("its runner was deleted")
+            })
+            .count();
+        let completed = w
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Completed)
+            .count();
+        let no_runner = w
+            .steps
+            .iter()
+            .filter(|s| {
+                s.failure_reason.as_deref() == Some("no online runner has all of the step's labels")
+            })
+            .count();
+        let duplicates: u64 = w.runners.iter().map(|r| r.duplicate_agent_polls).sum();
+        let requests = w
+            .requests
+            .iter()
+            .filter(|r| r.identity.as_deref() == Some("consumer:key"))
+            .count();
+        let injected = w.requests.iter().filter(|r| r.status == 503).count();
+        (
+            by_us,
+            other,
+            completed,
+            w.steps.len(),
+            duplicates,
+            requests,
+            injected,
+            no_runner,
+        )
+    });
+    let summary = json!({
+        "seed": seed, "seconds": seconds, "operator_restarts": restarted, "pods_killed": kills,
+        "node_removed": node_removed, "bitbucket_5xx_injected": injected_5xx, "steps": total,
+        "steps_completed": completed, "interrupted_by_operator": interrupted_by_us,
+        "interrupted_by_injected_failures": interrupted_otherwise, "failed_no_online_runner": no_runner,
+        "duplicate_agent_polls": duplicates,
+        "bitbucket_requests": requests, "convergence_s": (convergence * 10.0).round() / 10.0,
+    });
+    println!("chaos summary: {summary}");
+    assert_eq!(
+        interrupted_by_us, 0,
+        "the operator deleted a busy runner: {summary}"
+    );
+    assert_eq!(duplicates, 0, "two pods ran one runner: {summary}");
+    assert!(requests <= 900, "the API budget was exceeded: {summary}");
+    assert!(
+        restarted as u64 == restart_at.len() as u64 && injected_5xx > 0,
+        "faults were not injected: {summary}"
+    );
+    drop(operator);
+}
