@@ -77,7 +77,7 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
         tick += 1;
         // Bursty workload (now and then a fan-out) in the first 60% of the run, so that the
         // convergence measured at the end is recovery from faults, not a queue draining.
-        if tick % 10 == 0 && start.elapsed() < duration * 6 / 10 {
+        if tick.is_multiple_of(10) && start.elapsed() < duration * 6 / 10 {
             let n = if rng.u8(0..4) == 0 {
                 rng.usize(3..7)
             } else {
@@ -92,15 +92,14 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
             tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
             operator = Some(world.operator(&operator_args));
         }
-        if tick % 45 == 0 {
+        if tick.is_multiple_of(45) {
             let pods = pods_despite_faults(&world).await;
-            if let Some(pod) = (!pods.is_empty()).then(|| pods[rng.usize(0..pods.len())].clone()) {
-                if world
+            if let Some(pod) = (!pods.is_empty()).then(|| pods[rng.usize(0..pods.len())].clone())
+                && world
                     ._kube
                     .kill_pod(NS, pod.metadata.name.as_deref().unwrap_or(""))
-                {
-                    kills += 1;
-                }
+            {
+                kills += 1;
             }
         }
         let elapsed = start.elapsed().as_secs_f64() / seconds as f64;
