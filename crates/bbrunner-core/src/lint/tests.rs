@@ -247,3 +247,65 @@ fn syntax_errors_are_errors_not_panics() {
     assert!(lint("pipelines: [\n", &[]).is_err());
     assert!(lint("", &[]).is_ok());
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// YAML-ish text built from pipelines vocabulary, so that inputs reach the rules.
+    fn pipelines_like() -> impl Strategy<Value = String> {
+        let word = prop_oneof![
+            Just("pipelines:"),
+            Just("default:"),
+            Just("- step:"),
+            Just("runs-on:"),
+            Just("[self.hosted, build]"),
+            Just("services:"),
+            Just("[docker]"),
+            Just("size:"),
+            Just("16x"),
+            Just("max-time:"),
+            Just("999"),
+            Just("definitions:"),
+            Just("docker:"),
+            Just("&a"),
+            Just("*a"),
+            Just("<<:"),
+            Just("\"x\""),
+            Just("{"),
+            Just("]"),
+            Just("script:"),
+            Just("- make"),
+            Just("variables:"),
+            Just("DOCKER_OPTS: --mtu=1"),
+            Just("#"),
+            Just("~"),
+        ];
+        proptest::collection::vec((0usize..8, word), 0..40).prop_map(|parts| {
+            parts
+                .into_iter()
+                .map(|(indent, w)| format!("{}{w}\n", " ".repeat(indent * 2)))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn lint_and_fix_never_panic(text in pipelines_like(), mtu in 576u16..9216) {
+            let pools = [pool("p", &["build"], RunnerSize::X2, Mtu::Fixed(1400))];
+            if let Ok(diags) = lint(&text, &pools) {
+                for d in diags {
+                    prop_assert!(d.line >= 1 && d.column >= 1);
+                }
+            }
+            if let Some(fixed) = fix_docker_mtu(&text, mtu) {
+                prop_assert!(yaml::load(&fixed).is_ok(), "the fix broke the YAML:\n{fixed}");
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(text in "\\PC{0,300}") {
+            let _ = lint(&text, &[]);
+        }
+    }
+}

@@ -200,3 +200,15 @@ fn a_schedule_window_raises_the_floor_in_the_simulation() {
     let during = r.timeline.iter().find(|s| s.t > 1.5 * 3600.0).unwrap();
     assert_eq!(during.online, 5);
 }
+
+proptest::proptest! {
+    #[test]
+    fn the_trace_reader_never_panics(text in "(\\{\"at\": ?-?[0-9.e]{0,6}, ?\"duration\": ?[0-9a-z.\"]{0,6}(, ?\"labels\": ?\\[\"[A-Za-z.]{0,8}\"\\])?(, ?\"size\": ?\"[0-9x]{0,3}\")?\\}\n|\\PC{0,40}\n){0,20}") {
+        if let Err(errors) = parse_trace(&text) {
+            let lines = text.lines().count();
+            for e in errors {
+                proptest::prop_assert!(e.line >= 1 && e.line <= lines);
+            }
+        }
+    }
+}

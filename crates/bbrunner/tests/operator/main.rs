@@ -832,3 +832,52 @@ async fn no_secret_reaches_logs_events_status_or_metrics_even_at_trace_level() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_specs_past_crd_validation_degrade_the_pool_naming_the_field() {
+    let world = World::start("malformed").await;
+    let _op = world.operator(&[]);
+    // fake-kube applies no CRD schema, like a cluster where validation was bypassed.
+    for (name, patch, field) in [
+        (
+            "bad-labels",
+            json!({"labels": ["Not Valid"]}),
+            "spec.labels",
+        ),
+        (
+            "bad-range",
+            json!({"scaling": {"min": 5, "max": 2}}),
+            "spec.scaling: min (5) is greater than max (2)",
+        ),
+        ("bad-mtu", json!({"dind": {"mtu": "huge"}}), "spec.dind.mtu"),
+        (
+            "bad-delay",
+            json!({"scaling": {"scaleDownDelay": "later"}}),
+            "spec.scaling.scaleDownDelay",
+        ),
+    ] {
+        let mut spec = managed(1, 2);
+        for (k, v) in patch.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        world.pool(name, spec).await;
+        eventually(&format!("{name} is Degraded/InvalidSpec"), 20, || async {
+            let status = world.status(name).await;
+            status["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Degraded"
+                        && c["reason"] == "InvalidSpec"
+                        && c["message"].as_str().is_some_and(|m| m.contains(field))
+                })
+            })
+        })
+        .await;
+    }
+    // Nothing was created for them, and the operator is still serving a good pool.
+    assert!(world.runners().is_empty());
+    world.pool("good", managed(1, 2)).await;
+    eventually("the good pool works", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+}
