@@ -211,6 +211,32 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
     };
     let query = query_map(&parts.uri);
     let verb = verb(&parts.method, &target, &query);
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(subject) = cluster.subject(token) else {
+        return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
+    };
+    let resource = match &target.subresource {
+        Some(sub) => format!("{}/{sub}", target.rt.plural),
+        None => target.rt.plural.clone(),
+    };
+    let namespace = if target.rt.namespaced {
+        target.namespace.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let attributes = crate::rbac::Attributes {
+        verb,
+        group: &target.rt.group,
+        resource,
+        namespace: &namespace,
+    };
+    if let Err(e) = crate::rbac::authorize(&cluster.store(), &subject, &attributes) {
+        return e.into_response();
+    }
     if let Some(rate) = faults.error_rates.get(verb)
         && fastrand::f64() < *rate
     {

@@ -31,6 +31,8 @@ pub struct ClusterConfig {
     pub event_log_len: usize,
     /// The pod network's MTU, as a pod reading its `eth0` MTU sees it.
     pub pod_mtu: u16,
+    /// Check ServiceAccount tokens against RBAC (the admin token stays a superuser).
+    pub rbac: bool,
 }
 
 impl Default for ClusterConfig {
@@ -45,6 +47,7 @@ impl Default for ClusterConfig {
             faults: Faults::default(),
             event_log_len: 4096,
             pod_mtu: 1450,
+            rbac: false,
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct Cluster {
     drops: watch::Sender<u64>,
     pub(crate) kubelet: Mutex<crate::controllers::Kubelet>,
     address: Mutex<String>,
+    /// ServiceAccount tokens issued through the control API: token → (namespace, name).
+    tokens: Mutex<HashMap<String, (String, String)>>,
 }
 
 fn builtin_types() -> Vec<ResourceType> {
@@ -178,6 +183,7 @@ impl Cluster {
             drops,
             kubelet: Mutex::new(crate::controllers::Kubelet::default()),
             address: Mutex::new(String::new()),
+            tokens: Mutex::new(HashMap::new()),
         }
     }
 
@@ -198,6 +204,37 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    // ---- identity ---------------------------------------------------------------------------
+
+    pub fn issue_token(&self, namespace: &str, name: &str) -> String {
+        let token = format!("sa-{}", uuid::Uuid::new_v4().simple());
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.clone(), (namespace.to_owned(), name.to_owned()));
+        token
+    }
+
+    /// Who a bearer token is: `None` when RBAC is on and the token is unknown.
+    pub fn subject(&self, token: Option<&str>) -> Option<crate::rbac::Subject> {
+        if !self.config.rbac {
+            return Some(crate::rbac::Subject::Admin);
+        }
+        match token {
+            Some(crate::ADMIN_TOKEN) => Some(crate::rbac::Subject::Admin),
+            Some(t) => self
+                .tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(t)
+                .map(|(namespace, name)| crate::rbac::Subject::ServiceAccount {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                }),
+            None => None,
+        }
     }
 
     // ---- faults --------------------------------------------------------------------------

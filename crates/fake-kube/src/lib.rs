@@ -6,6 +6,7 @@
 mod api;
 mod cluster;
 mod controllers;
+mod rbac;
 mod selector;
 mod store;
 mod strategic;
@@ -124,6 +125,10 @@ fn router(cluster: Arc<Cluster>) -> Router {
         .route("/_fake/pods/{namespace}/{name}/kill", post(kill_pod))
         .route("/_fake/nodes/{name}/remove", post(remove_node))
         .route("/_fake/agents", get(agents))
+        .route(
+            "/_fake/serviceaccounts/{namespace}/{name}/token",
+            post(issue_token),
+        )
         .fallback(api::handle)
         .with_state(cluster)
 }
@@ -163,6 +168,19 @@ async fn remove_node(
     UrlPath(name): UrlPath<String>,
 ) -> Json<Value> {
     Json(json!({"removed": controllers::remove_node(&cluster, &name)}))
+}
+
+/// A bearer token for a ServiceAccount (what a projected token volume gives a pod).
+async fn issue_token(
+    State(cluster): State<Arc<Cluster>>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Json<Value> {
+    Json(json!({"token": cluster.issue_token(&namespace, &name)}))
+}
+
+/// A kubeconfig for `url` with `token`.
+pub fn kubeconfig_with_token(url: &str, token: &str) -> String {
+    kubeconfig(url).replace(ADMIN_TOKEN, token)
 }
 
 async fn agents(State(cluster): State<Arc<Cluster>>) -> Json<Value> {

@@ -37,6 +37,9 @@ struct Cli {
     /// The pod network MTU the MTU probe pod reports.
     #[arg(long, default_value_t = 1450)]
     pod_mtu: u16,
+    /// Check ServiceAccount tokens against RBAC (tokens from POST /_fake/serviceaccounts/NS/NAME/token).
+    #[arg(long)]
+    rbac: bool,
     /// Fault injection as JSON, e.g. '{"error_rates": {"list": 0.1}, "latency_ms": 50}'.
     #[arg(long, value_name = "JSON")]
     faults: Option<String>,
@@ -69,6 +72,7 @@ async fn main() -> Result<()> {
         container_runtime: cli.container_runtime,
         faults,
         pod_mtu: cli.pod_mtu,
+        rbac: cli.rbac,
         ..ClusterConfig::default()
     };
     let fake = FakeKube::start(cli.listen, config)

@@ -1,0 +1,176 @@
+//! The operator with exactly `bbrunner install`'s RBAC, in a fake-kube that enforces RBAC;
+//! and each rule shown to be needed by taking it away.
+
+use super::*;
+
+const OPERATOR_NS: &str = "bbrunner-system";
+
+/// The install manifests' RBAC objects and ServiceAccount, optionally without one rule
+/// (numbered across the ClusterRole's rules, then the Role's).
+fn rbac_objects(drop_rule: Option<usize>) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+        .args(["install", "--namespace", OPERATOR_NS])
+        .output()
+        .unwrap();
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let mut index = 0;
+    docs.into_iter()
+        .filter(|d| {
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            ]
+            .contains(&d["kind"].as_str().unwrap_or(""))
+        })
+        .map(|mut d| {
+            if let Some(rules) = d["rules"].as_array_mut() {
+                let kept: Vec<Value> = rules
+                    .drain(..)
+                    .filter(|_| {
+                        let keep = Some(index) != drop_rule;
+                        index += 1;
+                        keep
+                    })
+                    .collect();
+                d["rules"] = json!(kept);
+            }
+            d
+        })
+        .collect()
+}
+
+async fn apply(client: &Client, doc: &Value) {
+    let kind = doc["kind"].as_str().unwrap();
+    let (group, version) = doc["apiVersion"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('/')
+        .unwrap_or(("", doc["apiVersion"].as_str().unwrap()));
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind),
+        &format!("{}s", kind.to_lowercase()),
+    );
+    let object: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+    let api: Api<DynamicObject> = match doc["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("applying {kind}: {e}"),
+    }
+}
+
+/// Run the operator under the ServiceAccount and report whether the pool's whole life works:
+/// a runner online, the status written, an event published, and the pool deleted cleanly.
+async fn pool_lifecycle_works(drop_rule: Option<usize>) -> bool {
+    let world = World::start_with(
+        &format!("rbac-{drop_rule:?}").replace(['(', ')'], ""),
+        |c| c.rbac = true,
+    )
+    .await;
+    for doc in rbac_objects(drop_rule) {
+        apply(&world.client, &doc).await;
+    }
+    let token: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/_fake/serviceaccounts/{OPERATOR_NS}/bbrunner-operator/token",
+            world._kube.url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kubeconfig = world.dir.join("operator-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        fake_kube::kubeconfig_with_token(world._kube.url(), token["token"].as_str().unwrap()),
+    )
+    .unwrap();
+    let _op = Operator(
+        Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+            .args([
+                "operator",
+                "--bitbucket-url",
+                world.bitbucket.url(),
+                "--bitbucket-auth-url",
+                world.bitbucket.url(),
+                "--leader-election",
+                "--lease-namespace",
+                OPERATOR_NS,
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    world.pool("builds", managed(1, 2)).await;
+    let events = Api::<DynamicObject>::namespaced_with(
+        world.client.clone(),
+        NS,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+            "events",
+        ),
+    );
+    // A working operator gets here in about two seconds.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut alive = false;
+    while Instant::now() < deadline {
+        let status = world.status("builds").await;
+        let event = events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.iter().any(|e| e.data["reason"] == "RunnerCreated"))
+            .unwrap_or(false);
+        if online(&world.runners()) == 1 && status["online"] == 1 && event {
+            alive = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !alive {
+        return false;
+    }
+    world
+        .pools()
+        .delete("builds", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if world.pools().get_opt("builds").await.unwrap().is_none() && world.runners().is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_needs_exactly_the_installed_rbac() {
+    assert!(
+        pool_lifecycle_works(None).await,
+        "the operator fails with the installed RBAC"
+    );
+    let rules = rbac_objects(None)
+        .iter()
+        .filter_map(|d| d["rules"].as_array().map(|r| r.len()))
+        .sum::<usize>();
+    assert_eq!(rules, 6);
+    for rule in 0..rules {
+        assert!(
+            !pool_lifecycle_works(Some(rule)).await,
+            "rule {rule} of the installed RBAC is not needed"
+        );
+    }
+}
