@@ -18,15 +18,31 @@ const RUNNERS_PER_POOL: usize = 20;
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 /// User plus system CPU time of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
 }
 
 /// The p99 of a Prometheus histogram from its cumulative buckets.
@@ -36,12 +52,20 @@ fn p99(metrics: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(&format!("{name}_bucket")))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, l.rsplit(' ').next()?.parse().ok()?))
         })
         .collect();
     let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
-    buckets.iter().find(|(_, count)| *count >= 0.99 * total).map(|b| b.0).unwrap_or(f64::NAN)
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= 0.99 * total)
+        .map(|b| b.0)
+        .unwrap_or(f64::NAN)
 }
 
 #[tokio::main]
@@ -49,7 +73,10 @@ async fn main() {
     let workspaces: Vec<String> = (0..WORKSPACES).map(|i| format!("ws{i}")).collect();
     let bitbucket = FakeBitbucket::start(FakeConfig {
         workspaces: workspaces.clone(),
-        oauth_consumers: workspaces.iter().map(|w| (format!("key-{w}"), format!("secret-{w}"))).collect(),
+        oauth_consumers: workspaces
+            .iter()
+            .map(|w| (format!("key-{w}"), format!("secret-{w}")))
+            .collect(),
         ..FakeConfig::default()
     })
     .await
@@ -71,12 +98,27 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
     let kubectl = |stdin: String| {
-        let mut child = Command::new("kubectl").args(["apply", "-f", "-"]).env("KUBECONFIG", &kubeconfig).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("kubectl");
+        let mut child = Command::new("kubectl")
+            .args(["apply", "-f", "-"])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("kubectl");
         std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
         assert!(child.wait().unwrap().success());
     };
-    let bbrunner = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("bbrunner");
-    let crd = Command::new(&bbrunner).arg("crd").output().expect("the release bbrunner binary, built beside this example");
+    let bbrunner = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("bbrunner");
+    let crd = Command::new(&bbrunner)
+        .arg("crd")
+        .output()
+        .expect("the release bbrunner binary, built beside this example");
     kubectl(String::from_utf8(crd.stdout).unwrap());
     let mut manifests = String::new();
     for w in &workspaces {
@@ -91,9 +133,21 @@ async fn main() {
     }
     kubectl(manifests);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut operator = Command::new(&bbrunner)
-        .args(["operator", "--bitbucket-url", bitbucket.url(), "--bitbucket-auth-url", bitbucket.url(), "--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "operator",
+            "--bitbucket-url",
+            bitbucket.url(),
+            "--bitbucket-auth-url",
+            bitbucket.url(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -104,18 +158,31 @@ async fn main() {
     let total = WORKSPACES * POOLS_PER_WORKSPACE * RUNNERS_PER_POOL;
     let started = Instant::now();
     loop {
-        let online = bitbucket.with_world(|w, now| w.runners.iter().filter(|r| fake_bitbucket::world::runner_status(r, now) == "ONLINE").count());
+        let online = bitbucket.with_world(|w, now| {
+            w.runners
+                .iter()
+                .filter(|r| fake_bitbucket::world::runner_status(r, now) == "ONLINE")
+                .count()
+        });
         if online >= total {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "only {online} of {total} runners online after 10 minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {online} of {total} runners online after 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let ramp = started.elapsed().as_secs_f64();
     println!("{total} runners online after {ramp:.1} s");
 
     // Steady state: measure over a window.
-    let window = Duration::from_secs(std::env::var("LOAD_WINDOW_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60));
+    let window = Duration::from_secs(
+        std::env::var("LOAD_WINDOW_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
     let requests_before = bitbucket.with_world(|w, _| w.requests.len());
     let cpu_before = cpu_ticks(pid);
     let t0 = Instant::now();
@@ -129,11 +196,21 @@ async fn main() {
     let per_scope_hour = bitbucket.with_world(|w, _| {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
         for r in &w.requests[requests_before..] {
-            *counts.entry(r.identity.clone().unwrap_or_default()).or_default() += 1;
+            *counts
+                .entry(r.identity.clone().unwrap_or_default())
+                .or_default() += 1;
         }
-        counts.values().map(|c| *c as f64 * 3600.0 / elapsed).fold(0.0, f64::max)
+        counts
+            .values()
+            .map(|c| *c as f64 * 3600.0 / elapsed)
+            .fold(0.0, f64::max)
     });
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let report = json!({
         "pools": WORKSPACES * POOLS_PER_WORKSPACE,
         "runners": total,

@@ -22,6 +22,9 @@ pub struct Kubelet {
     pub scheduled_at: HashMap<(String, String), Instant>,
     pub agents: HashMap<(String, String), (String, RunnerAgent)>,
     next_ip: u32,
+    /// The store's resourceVersion at the last pass, and when a waiting pod is next due.
+    last_rv: u64,
+    next_due: Option<Instant>,
 }
 
 pub fn node_object(config: &ClusterConfig, i: u32) -> Value {
@@ -163,13 +166,29 @@ pub async fn run(cluster: Arc<Cluster>) {
     }
 }
 
-/// One pass of every controller.
+/// One pass of every controller, when anything changed or a pod is due to start: the
+/// controllers react only to changes, so an idle cluster costs nothing.
 pub fn tick(cluster: &Cluster) {
+    let rv = cluster.store().resource_version();
+    {
+        let mut kubelet = cluster.kubelet.lock().unwrap_or_else(|e| e.into_inner());
+        let due = kubelet.next_due.is_some_and(|t| Instant::now() >= t);
+        if rv == kubelet.last_rv && !due {
+            return;
+        }
+        kubelet.next_due = None;
+    }
     garbage_collect(cluster);
     namespaces(cluster);
     deployments(cluster);
     schedule(cluster);
     kubelet(cluster);
+    // The version seen before this pass: if the pass itself wrote, the next one runs too.
+    cluster
+        .kubelet
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last_rv = rv;
 }
 
 fn types(cluster: &Cluster, group: &str, plural: &str) -> ResourceType {
@@ -624,11 +643,17 @@ fn kubelet(cluster: &Cluster) {
             continue;
         }
         if phase == "Pending" && !pod["spec"]["nodeName"].is_null() {
-            let due = kubelet
+            let scheduled = kubelet
                 .scheduled_at
                 .get(&(ns.clone(), name.clone()))
-                .is_none_or(|t| t.elapsed() >= cluster.config.pod_start_latency);
+                .copied();
+            let due = scheduled.is_none_or(|t| t.elapsed() >= cluster.config.pod_start_latency);
             if !due {
+                let at = scheduled.map(|t| t + cluster.config.pod_start_latency);
+                kubelet.next_due = match (kubelet.next_due, at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 continue;
             }
             // Resolve every container's environment first, as the kubelet does.
@@ -641,6 +666,9 @@ fn kubelet(cluster: &Cluster) {
                 }
             }
             if let Some((container, message)) = failure {
+                // Retry soon: the Secret may appear without this pod changing.
+                let soon = Instant::now() + Duration::from_millis(200);
+                kubelet.next_due = Some(kubelet.next_due.map_or(soon, |t| t.min(soon)));
                 if pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
                     != message.as_str()
                 {
