@@ -571,7 +571,7 @@ async fn a_repository_pool_on_the_queue_policy_scales_to_its_queue_at_once() {
             .unwrap();
     }
     // busy + queued + minIdle within a couple of polls, not one start latency at a time.
-    eventually("five runners exist", 5, || async {
+    eventually("five runners exist", 8, || async {
         world.runners().len() >= 5
     })
     .await;
