@@ -3,8 +3,6 @@
 //! agent registering with fake-bitbucket. kubectl is part of the machine image; without it
 //! this test fails saying so.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bitbucket::{Client, Config, Credentials, RunnerScope, RunnerStatus};
@@ -12,29 +10,7 @@ use fake_bitbucket::{FakeBitbucket, FakeConfig};
 use fake_kube::{ClusterConfig, FakeKube};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::util::bbrunner;
-
-fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "kubectl is not installed ({e}); this test needs the kubectl of the machine image"
-            )
-        });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use crate::util::{bbrunner, kubectl};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rendered_runner_applied_with_kubectl_comes_online() {

@@ -2,14 +2,14 @@
 //! the CRD and a RunnerPool applied with kubectl, and `bbrunner operator`. The fake binaries
 //! are built beside bbrunner by the workspace test command.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::bbrunner;
+use crate::util::{bbrunner, kubectl};
 
 struct Killed(Child);
 
@@ -45,26 +45,8 @@ fn start(name: &str, args: &[&str]) -> (Killed, Value) {
     (Killed(child), serde_json::from_str(&line).unwrap())
 }
 
-fn kubectl(kubeconfig: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "kubectl is not installed ({e}); this test needs the kubectl of the machine image"
-            )
-        });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+fn kubectl_ok(kubeconfig: &str, args: &[&str], stdin: &str) -> String {
+    let out = kubectl(std::path::Path::new(kubeconfig), args, stdin);
     assert!(
         out.status.success(),
         "kubectl {args:?}: {}",
@@ -137,12 +119,12 @@ async fn operator_fakes_and_kubectl_as_separate_processes() {
     assert_eq!(ready["kubeconfig"], kubeconfig.to_str().unwrap());
     let kubeconfig = kubeconfig.to_str().unwrap();
 
-    kubectl(
+    kubectl_ok(
         kubeconfig,
         &["apply", "-f", "-"],
         &bbrunner(&["crd"], "").success().stdout,
     );
-    kubectl(kubeconfig, &["apply", "-f", "-"], POOL);
+    kubectl_ok(kubeconfig, &["apply", "-f", "-"], POOL);
     let _operator = Killed(
         Command::new(env!("CARGO_BIN_EXE_bbrunner"))
             .args([
@@ -161,7 +143,7 @@ async fn operator_fakes_and_kubectl_as_separate_processes() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut columns = String::new();
     while Instant::now() < deadline {
-        columns = kubectl(
+        columns = kubectl_ok(
             kubeconfig,
             &["-n", "ci", "get", "rp", "builds", "--no-headers"],
             "",

@@ -103,3 +103,26 @@ pub fn kubernetes_validate_strict(manifests: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Run the machine image's kubectl against `kubeconfig`. Its absence is a failure, not a skip.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubectl is not installed ({e}); this test needs the kubectl of the machine image"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for kubectl")
+}
