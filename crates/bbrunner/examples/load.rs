@@ -45,9 +45,9 @@ fn cpu_ticks(pid: u32) -> u64 {
             .unwrap_or(0)
 }
 
-/// The p99 of a Prometheus histogram from its cumulative buckets.
-fn p99(metrics: &str, name: &str) -> f64 {
-    let buckets: Vec<(f64, f64)> = metrics
+/// Cumulative bucket counts of a Prometheus histogram: (upper bound, count).
+fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+    metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}_bucket")))
         .filter_map(|l| {
@@ -59,13 +59,23 @@ fn p99(metrics: &str, name: &str) -> f64 {
             };
             Some((le, l.rsplit(' ').next()?.parse().ok()?))
         })
-        .collect();
-    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
-    buckets
+        .collect()
+}
+
+/// The p99 (as its bucket's upper bound) of what a histogram observed between two scrapes.
+fn p99_between(before: &str, after: &str, name: &str) -> String {
+    let (b, a) = (buckets(before, name), buckets(after, name));
+    let window: Vec<(f64, f64)> = a
         .iter()
-        .find(|(_, count)| *count >= 0.99 * total)
-        .map(|b| b.0)
-        .unwrap_or(f64::NAN)
+        .zip(b.iter().chain(std::iter::repeat(&(0.0, 0.0))))
+        .map(|(x, y)| (x.0, x.1 - y.1))
+        .collect();
+    let total = window.last().map(|w| w.1).unwrap_or(0.0);
+    match window.iter().find(|(_, count)| *count >= 0.99 * total) {
+        Some((le, _)) if le.is_finite() => format!("<= {le} s ({total} reconciles)"),
+        Some(_) => format!("> the largest bucket ({total} reconciles)"),
+        None => "no reconcile in the window".into(),
+    }
 }
 
 #[tokio::main]
@@ -184,6 +194,13 @@ async fn main() {
             .unwrap_or(60),
     );
     let requests_before = bitbucket.with_world(|w, _| w.requests.len());
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let metrics_before = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let cpu_before = cpu_ticks(pid);
     let t0 = Instant::now();
     let mut peak_rss = 0;
@@ -217,7 +234,7 @@ async fn main() {
         "ramp_seconds": (ramp * 10.0).round() / 10.0,
         "operator_rss_mib": (peak_rss as f64 / 1024.0 * 10.0).round() / 10.0,
         "operator_cpu_percent": (ticks as f64 / 100.0 / elapsed * 1000.0).round() / 10.0,
-        "reconcile_p99_seconds": p99(&metrics, "bbrunner_reconcile_duration_seconds"),
+        "reconcile_p99_in_window": p99_between(&metrics_before, &metrics, "bbrunner_reconcile_duration_seconds"),
         "max_bitbucket_calls_per_hour_per_scope": per_scope_hour.round(),
         "budget_per_identity_per_hour": 900,
     });
