@@ -10,7 +10,6 @@ use bitbucket::{Client, Config, RunnerScope};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
@@ -46,11 +45,8 @@ fn facts(pool: &RunnerPool) -> PoolFacts {
             .image
             .clone()
             .unwrap_or_else(|| DEFAULT_DIND_IMAGE.to_owned()),
-        mtu: match &pool.spec.dind.mtu {
-            Some(IntOrString::Int(n)) => Mtu::Fixed(u16::try_from(*n).unwrap_or(u16::MAX)),
-            Some(IntOrString::String(s)) => Mtu::parse(s).unwrap_or(Mtu::Auto),
-            None => Mtu::Auto,
-        },
+        // An invalid MTU is the operator's InvalidSpec to report; the doctor judges the rest.
+        mtu: pool.spec.mtu().unwrap_or(Mtu::Auto),
         best_effort: is_empty(&pool.spec.runner.resources) && is_empty(&pool.spec.dind.resources),
         generation: pool.metadata.generation,
         observed_generation: pool.status.as_ref().and_then(|s| s.observed_generation),

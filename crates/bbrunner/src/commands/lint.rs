@@ -4,12 +4,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow};
 use bbrunner_core::labels::Labels;
 use bbrunner_core::lint::{Diagnostic, LintPool, SAFE_NESTED_MTU, Severity, fix_docker_mtu, lint};
-use bbrunner_core::manifests::{Mtu, RunnerSize};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use bbrunner_core::manifests::Mtu;
 use serde::Serialize;
 
 use crate::cli::{LintArgs, TextFormat};
-use crate::operator::crd::{RunnerPool, StepSize};
+use crate::operator::crd::RunnerPool;
 
 /// Exit code when the input cannot be read or parsed.
 const UNREADABLE: u8 = 2;
@@ -18,17 +17,11 @@ fn lint_pool(pool: &RunnerPool) -> Result<LintPool> {
     let name = pool.metadata.name.clone().unwrap_or_default();
     let labels = Labels::new(&pool.spec.labels)
         .with_context(|| format!("RunnerPool {name}: spec.labels"))?;
-    let size = match pool.spec.runner.size.unwrap_or_default() {
-        StepSize::X1 => RunnerSize::X1,
-        StepSize::X2 => RunnerSize::X2,
-        StepSize::X4 => RunnerSize::X4,
-        StepSize::X8 => RunnerSize::X8,
-    };
-    let mtu = match &pool.spec.dind.mtu {
-        None => Mtu::Auto,
-        Some(IntOrString::String(s)) => Mtu::parse(s)?,
-        Some(IntOrString::Int(n)) => Mtu::parse(&n.to_string())?,
-    };
+    let size = pool.spec.size();
+    let mtu = pool
+        .spec
+        .mtu()
+        .map_err(|e| anyhow!("RunnerPool {name}: {e}"))?;
     Ok(LintPool {
         name,
         labels,

@@ -110,6 +110,35 @@ pub enum StepSize {
     X8,
 }
 
+impl From<StepSize> for bbrunner_core::manifests::RunnerSize {
+    fn from(size: StepSize) -> Self {
+        match size {
+            StepSize::X1 => Self::X1,
+            StepSize::X2 => Self::X2,
+            StepSize::X4 => Self::X4,
+            StepSize::X8 => Self::X8,
+        }
+    }
+}
+
+impl RunnerPoolSpec {
+    /// The step size served, defaulted.
+    pub fn size(&self) -> bbrunner_core::manifests::RunnerSize {
+        self.runner.size.unwrap_or_default().into()
+    }
+
+    /// dind's MTU, defaulted; the error names `spec.dind.mtu`.
+    pub fn mtu(&self) -> Result<bbrunner_core::manifests::Mtu, String> {
+        use bbrunner_core::manifests::Mtu;
+        let raw = match &self.dind.mtu {
+            None => return Ok(Mtu::Auto),
+            Some(IntOrString::String(s)) => s.clone(),
+            Some(IntOrString::Int(n)) => n.to_string(),
+        };
+        Mtu::parse(&raw).map_err(|e| format!("spec.dind.{e}"))
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerContainerSpec {

@@ -7,17 +7,16 @@ use std::collections::BTreeMap;
 use bbrunner_core::ids::RunnerUuid;
 use bbrunner_core::labels::Labels;
 use bbrunner_core::manifests::{
-    self, DindSpec, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_RUNNER_UUID, MANAGER, Mtu,
+    self, DindSpec, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_RUNNER_UUID, MANAGER,
     PodPlacement, RunnerPodConfig, RunnerSize,
 };
 use bbrunner_core::registration::RunnerRegistration;
 use bbrunner_core::scaling::Scaling;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
-use super::crd::{RunnerPool, StepSize};
+use super::crd::RunnerPool;
 
 pub const LABEL_POOL: &str = "bbrunner.dev/pool";
 pub const ANNOTATION_RAN_STEP: &str = "bbrunner.dev/ran-step";
@@ -45,21 +44,8 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
         .scaling
         .resolve()
         .map_err(|e| InvalidSpec(e.to_string()))?;
-    let mtu = match &spec.dind.mtu {
-        None => Mtu::Auto,
-        Some(IntOrString::String(s)) => {
-            Mtu::parse(s).map_err(|e| InvalidSpec(format!("spec.dind.{e}")))?
-        }
-        Some(IntOrString::Int(n)) => {
-            Mtu::parse(&n.to_string()).map_err(|e| InvalidSpec(format!("spec.dind.{e}")))?
-        }
-    };
-    let size = match spec.runner.size.unwrap_or_default() {
-        StepSize::X1 => RunnerSize::X1,
-        StepSize::X2 => RunnerSize::X2,
-        StepSize::X4 => RunnerSize::X4,
-        StepSize::X8 => RunnerSize::X8,
-    };
+    let mtu = spec.mtu().map_err(InvalidSpec)?;
+    let size = spec.size();
     let dind = DindSpec {
         image: spec
             .dind
