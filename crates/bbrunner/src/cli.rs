@@ -85,18 +85,8 @@ pub struct DoctorArgs {
     pub namespace: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextFormat,
-    #[arg(
-        long,
-        env = "BBRUNNER_BITBUCKET_URL",
-        default_value = "https://api.bitbucket.org"
-    )]
-    pub bitbucket_url: String,
-    #[arg(
-        long,
-        env = "BBRUNNER_BITBUCKET_AUTH_URL",
-        default_value = "https://bitbucket.org"
-    )]
-    pub bitbucket_auth_url: String,
+    #[command(flatten)]
+    pub bitbucket: BitbucketArgs,
     /// Image of the short-lived pod that reports the pod network's MTU.
     #[arg(long, default_value = "busybox:1.36")]
     pub probe_image: String,
@@ -145,8 +135,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where Bitbucket is: configuration, so that tests point it at fake-bitbucket.
 #[derive(Debug, clap::Args)]
-pub struct OperatorArgs {
+pub struct BitbucketArgs {
     #[arg(
         long,
         env = "BBRUNNER_BITBUCKET_URL",
@@ -159,6 +150,12 @@ pub struct OperatorArgs {
         default_value = "https://bitbucket.org"
     )]
     pub bitbucket_auth_url: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub bitbucket: BitbucketArgs,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

@@ -207,8 +207,13 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
                 )),
                 Some(credentials) => {
                     let config = Config {
-                        api_url: args.bitbucket_url.parse().context("--bitbucket-url")?,
+                        api_url: args
+                            .bitbucket
+                            .bitbucket_url
+                            .parse()
+                            .context("--bitbucket-url")?,
                         auth_url: args
+                            .bitbucket
                             .bitbucket_auth_url
                             .parse()
                             .context("--bitbucket-auth-url")?,

@@ -26,8 +26,8 @@ fn seconds(field: &'static str, raw: &str) -> Result<Duration> {
 
 pub fn options(args: &OperatorArgs) -> Result<Options> {
     Ok(Options {
-        bitbucket_url: args.bitbucket_url.clone(),
-        bitbucket_auth_url: args.bitbucket_auth_url.clone(),
+        bitbucket_url: args.bitbucket.bitbucket_url.clone(),
+        bitbucket_auth_url: args.bitbucket.bitbucket_auth_url.clone(),
         metrics_addr: args.metrics_addr,
         leader_election: args.leader_election,
         namespace: args.namespace.clone(),
