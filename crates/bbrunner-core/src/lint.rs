@@ -469,16 +469,36 @@ pub fn lint(text: &str, pools: &[LintPool]) -> Result<Vec<Diagnostic>, yaml::Yam
 }
 
 /// Insert the docker service definition with `DOCKER_OPTS: "--mtu=N"`, touching nothing else
-/// of the file. `None` when the file already passes an MTU or has a shape we do not edit.
+/// of the file. `None` when the file already sets `DOCKER_OPTS` or has a shape we do not edit.
 pub fn fix_docker_mtu(text: &str, mtu: u16) -> Option<String> {
     let doc = yaml::load(text).ok()?;
-    let docker = &doc.value["definitions"]["services"]["docker"];
-    if docker["variables"]["DOCKER_OPTS"]
-        .as_str()
-        .is_some_and(|o| o.contains("--mtu"))
+    // Each level we may add to must be absent or a mapping, and an existing DOCKER_OPTS is the
+    // user's: we never replace a value.
+    let definitions = &doc.value["definitions"];
+    let services = &definitions["services"];
+    let docker = &services["docker"];
+    let variables = &docker["variables"];
+    let mapping_or_absent = |v: &Value| v.is_null() || v.is_object();
+    if !doc.value.is_object()
+        || ![definitions, services, docker, variables]
+            .into_iter()
+            .all(mapping_or_absent)
+        || !variables["DOCKER_OPTS"].is_null()
     {
         return None;
     }
+    let opts = format!("--mtu={mtu}");
+    let fixed = insert_docker_opts(text, &doc, &opts)?;
+    // Text edits guess at indentation; keep one only if it means the old document plus the
+    // one variable, so that an unusual layout is left alone rather than broken.
+    let mut expected = doc.value.clone();
+    expected["definitions"]["services"]["docker"]["variables"]["DOCKER_OPTS"] = Value::from(opts);
+    let reloaded = yaml::load(&fixed).ok()?;
+    (reloaded.value == expected).then_some(fixed)
+}
+
+fn insert_docker_opts(text: &str, doc: &Document, opts: &str) -> Option<String> {
+    let docker = &doc.value["definitions"]["services"]["docker"];
     let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let insert_after = |line: usize, block: Vec<String>| -> String {
@@ -497,7 +517,7 @@ pub fn fix_docker_mtu(text: &str, mtu: u16) -> Option<String> {
         }
         out
     };
-    let opts = format!("DOCKER_OPTS: \"--mtu={mtu}\"");
+    let opts = format!("DOCKER_OPTS: \"{opts}\"");
     // Block-style keys only: the position of a key is where its line starts.
     let key_line = |pointer: &str| doc.keys.get(pointer).copied();
     if !docker.is_null() {

@@ -173,6 +173,25 @@ pipelines:
     );
 }
 
+/// Found by `lint_and_fix_never_panic`: a document that is not a mapping, or a `definitions`
+/// or `services` that is a scalar, has nowhere to take the block without replacing a value.
+#[test]
+fn fix_leaves_documents_it_cannot_extend_alone() {
+    for text in [
+        "16x\n",
+        "- a\n- b\n",
+        "definitions: 16x\npipelines:\n  default: []\n",
+        "definitions:\n  services: none\npipelines:\n  default: []\n",
+        "definitions:\n  services:\n    docker:\n      variables: x\n",
+        // Children indented deeper than the block we would add beside them.
+        "definitions:\n        caches: {}\npipelines:\n  default: []\n",
+        // The user's own DOCKER_OPTS stays theirs.
+        "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: --debug\n",
+    ] {
+        assert_eq!(fix_docker_mtu(text, 1400), None, "{text:?}");
+    }
+}
+
 #[test]
 fn fix_keeps_comments_and_extends_existing_definitions() {
     let text = "\
