@@ -68,6 +68,9 @@ struct ServeArgs {
     /// Share of API requests whose connection is cut.
     #[arg(long, default_value_t = 0.0)]
     reset_rate: f64,
+    /// Retry-After, in seconds, on injected errors (with `--fault-status 429`: a 429 storm).
+    #[arg(long)]
+    fault_retry_after: Option<u64>,
 }
 
 fn pair(raw: &str, flag: &str, sep: char) -> Result<(String, String)> {
@@ -116,6 +119,7 @@ fn config(args: ServeArgs) -> Result<FakeConfig> {
             status: args.fault_status,
             latency_ms: args.latency_ms,
             reset_rate: args.reset_rate,
+            retry_after_s: args.fault_retry_after,
         },
     })
 }

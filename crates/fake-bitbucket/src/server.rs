@@ -343,8 +343,9 @@ async fn inject_faults(State(app): State<Arc<App>>, request: Request, next: Next
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
     if faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate {
-        let status = faults.status.unwrap_or(500);
-        return ApiError::new(status, "Injected fault").into_response();
+        let mut error = ApiError::new(faults.status.unwrap_or(500), "Injected fault");
+        error.retry_after = faults.retry_after_s;
+        return error.into_response();
     }
     let response = next.run(request).await;
     if faults.reset_rate > 0.0 && fastrand::f64() < faults.reset_rate {

@@ -38,6 +38,8 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Share of requests handled and then cut before the response body arrives.
     pub reset_rate: f64,
+    /// `Retry-After` (real seconds) on injected errors: a 429 storm as Bitbucket sends it.
+    pub retry_after_s: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

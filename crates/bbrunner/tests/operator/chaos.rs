@@ -53,6 +53,7 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
             status: Some(503),
             latency_ms: 100,
             reset_rate: 0.1,
+            ..BitbucketFaults::default()
         };
     });
     let kube_faults = KubeFaults {
@@ -248,4 +249,111 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
         "faults were not injected: {summary}"
     );
     drop(operator);
+}
+
+fn runner_uuids(runners: &[Value]) -> BTreeSet<String> {
+    runners
+        .iter()
+        .map(|r| r["uuid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn live_pod_names(world: &World) -> BTreeSet<String> {
+    world
+        .pods()
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+/// Bitbucket answers every API call with 429 and `Retry-After` for a while: the operator waits
+/// as told, says so in its status once the client's retries are spent, deletes no pod on the strength of lists it could not read,
+/// and afterwards serves the steps that queued meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_storm_is_waited_out_without_losing_a_pod_or_a_step() {
+    const STORM: Duration = Duration::from_secs(16);
+    const RETRY_AFTER_S: u64 = 3;
+    let world = World::start("storm").await;
+    let _op = world.operator(&[]);
+    world.pool("builds", managed(2, 4)).await;
+    eventually("two runners online", 30, || async {
+        online(&world.runners()) == 2
+    })
+    .await;
+    let runners_before = runner_uuids(&world.runners());
+    let pods_before = live_pod_names(&world).await;
+
+    world.bitbucket.with_world(|w, _| {
+        w.faults = BitbucketFaults {
+            error_rate: 1.0,
+            status: Some(429),
+            retry_after_s: Some(RETRY_AFTER_S),
+            ..BitbucketFaults::default()
+        };
+        w.requests.clear();
+    });
+    let storm_start = Instant::now();
+    world.submit(4, 30.0);
+    eventually(
+        "Degraded/RateLimited during the storm",
+        STORM.as_secs(),
+        || async {
+            world.status("builds").await["conditions"]
+                .as_array()
+                .is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["type"] == "Degraded"
+                            && c["status"] == "True"
+                            && c["reason"] == "RateLimited"
+                    })
+                })
+        },
+    )
+    .await;
+    tokio::time::sleep(STORM.saturating_sub(storm_start.elapsed())).await;
+    let throttled = world
+        .bitbucket
+        .with_world(|w, _| w.requests.iter().filter(|r| r.status == 429).count());
+    let pods_after_storm = live_pod_names(&world).await;
+    world
+        .bitbucket
+        .with_world(|w, _| w.faults = BitbucketFaults::default());
+    println!("429 storm: {throttled} requests in {STORM:?}");
+    assert!(
+        pods_before.is_subset(&pods_after_storm),
+        "a pod was deleted during the storm: before {pods_before:?}, after {pods_after_storm:?}"
+    );
+    assert_eq!(runner_uuids(&world.runners()), runners_before);
+    // Each call chain waits Retry-After between tries, and the hub and the pool's reconcile are
+    // the only two chains: a client ignoring Retry-After (1 s polls, 100 ms backoff) sends
+    // several times more.
+    let polite_bound = 2 * (STORM.as_secs() / RETRY_AFTER_S + 1) as usize;
+    assert!(
+        throttled <= polite_bound,
+        "{throttled} requests during a {STORM:?} storm with Retry-After {RETRY_AFTER_S} s (at most {polite_bound})"
+    );
+
+    eventually(
+        "every step served and the pool healthy again",
+        60,
+        || async {
+            let healthy = !world.status("builds").await["conditions"]
+                .as_array()
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Degraded" && c["status"] == "True")
+                });
+            healthy && world.steps(StepState::Completed) == 4
+        },
+    )
+    .await;
+    let interrupted = world.bitbucket.with_world(|w, _| {
+        w.steps
+            .iter()
+            .filter(|s| s.state == StepState::Interrupted || s.state == StepState::Failed)
+            .count()
+    });
+    assert_eq!(interrupted, 0, "a step was lost to the storm");
 }
