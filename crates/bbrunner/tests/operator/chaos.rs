@@ -335,6 +335,11 @@ async fn a_429_storm_is_waited_out_without_losing_a_pod_or_a_step() {
         "{throttled} requests during a {STORM:?} storm with Retry-After {RETRY_AFTER_S} s (at most {polite_bound})"
     );
 
+    every_step_served_and_the_pool_healthy(&world, 4).await;
+}
+
+/// Once faults stop: all `steps` submitted complete, none lost, and no Degraded condition.
+async fn every_step_served_and_the_pool_healthy(world: &World, steps: usize) {
     eventually(
         "every step served and the pool healthy again",
         60,
@@ -345,7 +350,7 @@ async fn a_429_storm_is_waited_out_without_losing_a_pod_or_a_step() {
                     c.iter()
                         .any(|c| c["type"] == "Degraded" && c["status"] == "True")
                 });
-            healthy && world.steps(StepState::Completed) == 4
+            healthy && world.steps(StepState::Completed) == steps
         },
     )
     .await;
@@ -355,5 +360,40 @@ async fn a_429_storm_is_waited_out_without_losing_a_pod_or_a_step() {
             .filter(|s| s.state == StepState::Interrupted || s.state == StepState::Failed)
             .count()
     });
-    assert_eq!(interrupted, 0, "a step was lost to the storm");
+    assert_eq!(interrupted, 0, "a step was lost to the faults");
+}
+
+/// Every API request takes 10 s (below the client's 15 s request timeout): the operator is slow
+/// but deletes no pod, starts no second pod for a runner, and the steps submitted meanwhile run.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_second_latencies_slow_the_pool_but_lose_nothing() {
+    let world = World::start("latency").await;
+    let _op = world.operator(&[]);
+    world.pool("builds", managed(1, 4)).await;
+    eventually("a runner online", 30, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    let pods_before = live_pod_names(&world).await;
+    world.bitbucket.with_world(|w, _| {
+        w.faults = BitbucketFaults {
+            latency_ms: 10_000,
+            ..BitbucketFaults::default()
+        };
+    });
+    world.submit(3, 30.0);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let pods_after = live_pod_names(&world).await;
+    world
+        .bitbucket
+        .with_world(|w, _| w.faults = BitbucketFaults::default());
+    assert!(
+        pods_before.is_subset(&pods_after),
+        "a pod was deleted under latency: before {pods_before:?}, after {pods_after:?}"
+    );
+    every_step_served_and_the_pool_healthy(&world, 3).await;
+    let duplicates: u64 = world
+        .bitbucket
+        .with_world(|w, _| w.runners.iter().map(|r| r.duplicate_agent_polls).sum());
+    assert_eq!(duplicates, 0, "two pods ran one runner");
 }
