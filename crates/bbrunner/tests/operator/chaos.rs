@@ -269,8 +269,8 @@ async fn live_pod_names(world: &World) -> BTreeSet<String> {
 }
 
 /// Bitbucket answers every API call with 429 and `Retry-After` for a while: the operator waits
-/// as told, says so in its status once the client's retries are spent, deletes no pod on the strength of lists it could not read,
-/// and afterwards serves the steps that queued meanwhile.
+/// as told, says so in its status once the client's retries are spent, deletes no pod on the
+/// strength of lists it could not read, and afterwards serves the steps that queued meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_429_storm_is_waited_out_without_losing_a_pod_or_a_step() {
     const STORM: Duration = Duration::from_secs(16);
