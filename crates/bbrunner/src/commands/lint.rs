@@ -182,6 +182,13 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
             );
             diagnostics =
                 lint(&fixed, &pools).map_err(|e| anyhow!("the fix broke the YAML at {e}"))?;
+        } else {
+            eprintln!(
+                "not fixed: {} sets DOCKER_OPTS already or has a layout --fix does not edit; \
+                 add `DOCKER_OPTS: \"--mtu={mtu}\"` under definitions.services.docker.variables \
+                 by hand",
+                args.file.display()
+            );
         }
     }
     print(&args.file, &diagnostics, args.format)?;

@@ -115,6 +115,39 @@ fn json_output_and_fix() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A file --fix must not edit (here: the user's own DOCKER_OPTS) is left byte for byte, and
+/// the user is told what to add by hand.
+#[test]
+fn fix_leaves_a_file_it_cannot_edit_and_says_what_to_add() {
+    let dir = temp("nofix");
+    let file = dir.join("bitbucket-pipelines.yml");
+    let text = PIPELINES.replace("gpu", "build").replace(
+        "# deploys on merge\n",
+        "# deploys on merge\ndefinitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: --debug\n",
+    );
+    std::fs::write(&file, &text).unwrap();
+    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
+    let pools = dir.join("pools.yaml");
+    let run = bbrunner(
+        &[
+            "lint",
+            file.to_str().unwrap(),
+            "--pools",
+            pools.to_str().unwrap(),
+            "--fix",
+        ],
+        "",
+    );
+    assert!(run.stdout.contains("docker-mtu"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("not fixed") && run.stderr.contains("DOCKER_OPTS: \"--mtu=1400\""),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn unreadable_or_broken_input_exits_2() {
     let run = bbrunner(&["lint", "/nonexistent/bitbucket-pipelines.yml"], "").failure();
