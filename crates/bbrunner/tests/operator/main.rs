@@ -203,6 +203,17 @@ impl World {
         }
     }
 
+    /// Store an OAuth consumer secret Bitbucket rejects as the Secret `wrong`, and point `spec`
+    /// at it.
+    async fn use_wrong_credentials(&self, spec: &mut Value, oauth_secret: &str) {
+        self.secret(
+            "wrong",
+            json!({"oauthClientId": "key", "oauthClientSecret": oauth_secret}),
+        )
+        .await;
+        spec["credentials"]["secretRef"]["name"] = json!("wrong");
+    }
+
     async fn pods(&self) -> Vec<Pod> {
         Api::<Pod>::namespaced(self.client.clone(), NS)
             .list(&ListParams::default())
@@ -225,6 +236,15 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what}: not reached within {seconds} s");
+}
+
+/// An address for the operator's metrics server, on a port the OS just had free.
+fn free_local_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
 }
 
 fn managed(min: u32, max: u32) -> Value {
@@ -349,14 +369,10 @@ async fn repairs_deleting_a_pool_and_a_runner_deleted_in_bitbucket() {
 async fn invalid_credentials_degrade_the_pool_and_create_nothing() {
     let world = World::start("creds").await;
     let _op = world.operator(&[]);
-    world
-        .secret(
-            "wrong",
-            json!({"oauthClientId": "key", "oauthClientSecret": "not-the-secret"}),
-        )
-        .await;
     let mut spec = managed(1, 3);
-    spec["credentials"]["secretRef"]["name"] = json!("wrong");
+    world
+        .use_wrong_credentials(&mut spec, "not-the-secret")
+        .await;
     world.pool("builds", spec).await;
     eventually("Degraded/CredentialsInvalid", 20, || async {
         let status = world.status("builds").await;
@@ -447,23 +463,12 @@ async fn with_leader_election_only_one_of_two_operators_acts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_and_health_are_served() {
     let world = World::start("metrics").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     let _op = world.operator(&["--metrics-addr", &addr]);
     world.pool("builds", managed(1, 2)).await;
     // A pool that fails, so that reconcile errors are counted too.
-    world
-        .secret(
-            "wrong",
-            json!({"oauthClientId": "key", "oauthClientSecret": "nope"}),
-        )
-        .await;
     let mut broken = managed(1, 1);
-    broken["credentials"]["secretRef"]["name"] = json!("wrong");
+    world.use_wrong_credentials(&mut broken, "nope").await;
     world.pool("broken", broken).await;
     eventually("a runner online", 20, || async {
         online(&world.runners()) == 1
@@ -543,12 +548,7 @@ async fn metrics_and_health_are_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repository_pool_on_the_queue_policy_scales_to_its_queue_at_once() {
     let world = World::start("queue").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     let _op = world.operator(&["--metrics-addr", &addr]);
     let mut spec = managed(1, 6);
     spec["repository"] = json!("app");
@@ -665,12 +665,6 @@ async fn doctor_reports_each_broken_setup() {
     .await;
     label_namespace(&world, "baseline").await;
     let _op = world.operator(&[]);
-    world
-        .secret(
-            "wrong",
-            json!({"oauthClientId": "key", "oauthClientSecret": "nope"}),
-        )
-        .await;
     // A big pool that cannot fit a node, with a fixed MTU above the pod network's 1450.
     let mut big = managed(1, 2);
     big["labels"] = json!(["build", "big"]);
@@ -679,7 +673,7 @@ async fn doctor_reports_each_broken_setup() {
     world.pool("big", big).await;
     // Overlaps with big, BestEffort on OOM-score-era nodes, floating dind tag, bad credentials.
     let mut small = managed(1, 2);
-    small["credentials"]["secretRef"]["name"] = json!("wrong");
+    world.use_wrong_credentials(&mut small, "nope").await;
     small["runner"] = json!({"resources": {}});
     small["dind"] = json!({"image": "docker:dind", "resources": {}});
     world.pool("small", small).await;
@@ -742,26 +736,17 @@ async fn no_secret_reaches_logs_events_status_or_metrics_even_at_trace_level() {
     let world = World::start("secrets").await;
     let log_path = world.dir.join("operator.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     let op = world.operator_logging(
         &["--metrics-addr", &addr, "--log-format", "json"],
         "trace",
         Stdio::from(log),
     );
     world.pool("builds", managed(1, 3)).await;
-    world
-        .secret(
-            "wrong",
-            json!({"oauthClientId": "key", "oauthClientSecret": "wrong-secret-value-7f3a"}),
-        )
-        .await;
     let mut broken = managed(1, 1);
-    broken["credentials"]["secretRef"]["name"] = json!("wrong");
+    world
+        .use_wrong_credentials(&mut broken, "wrong-secret-value-7f3a")
+        .await;
     world.pool("broken", broken).await;
     eventually("a runner online", 20, || async {
         online(&world.runners()) == 1
