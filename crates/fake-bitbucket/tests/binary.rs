@@ -40,6 +40,10 @@ fn start_fake() -> (Killed, String) {
     (Killed(child), url)
 }
 
+async fn fetch_json(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 async fn wait_for(mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -70,15 +74,11 @@ async fn a_runner_agent_process_registers_and_runs_a_step() {
         .await
         .unwrap();
     assert_eq!(created["state"]["status"], "UNREGISTERED");
-    let ws: Value = http
-        .get(format!("{url}/2.0/workspaces/acme"))
-        .basic_auth("dev@acme.test", Some("tok"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ws = fetch_json(
+        http.get(format!("{url}/2.0/workspaces/acme"))
+            .basic_auth("dev@acme.test", Some("tok")),
+    )
+    .await;
 
     let _agent = Killed(
         Command::new(env!("CARGO_BIN_EXE_fake-bitbucket"))
@@ -100,48 +100,23 @@ async fn a_runner_agent_process_registers_and_runs_a_step() {
     );
     let runners = format!("{url}/_fake/runners");
     wait_for(async || {
-        let all: Value = http
-            .get(&runners)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let all = fetch_json(http.get(&runners)).await;
         all[0]["state"] == "ONLINE"
     })
     .await;
 
-    let step: Value = http
-        .post(format!("{url}/_fake/steps"))
-        .json(&json!({"workspace": "acme", "labels": ["self.hosted", "build"], "duration_s": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let step =
+        fetch_json(http.post(format!("{url}/_fake/steps")).json(
+            &json!({"workspace": "acme", "labels": ["self.hosted", "build"], "duration_s": 60}),
+        ))
+        .await;
     let id = step["id"].as_str().unwrap().to_owned();
     wait_for(async || {
-        let steps: Value = http
-            .get(format!("{url}/_fake/steps"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let steps = fetch_json(http.get(format!("{url}/_fake/steps"))).await;
         steps[0]["state"] == "completed"
     })
     .await;
-    let steps: Value = http
-        .get(format!("{url}/_fake/steps"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let steps = fetch_json(http.get(format!("{url}/_fake/steps"))).await;
     assert_eq!(steps[0]["id"], id);
     assert_eq!(steps[0]["runner_uuid"], created["uuid"]);
     let ran = steps[0]["finished_at"].as_f64().unwrap() - steps[0]["started_at"].as_f64().unwrap();
@@ -150,14 +125,7 @@ async fn a_runner_agent_process_registers_and_runs_a_step() {
         "the step ran its duration on the fake's clock: {ran}"
     );
 
-    let requests: Value = http
-        .get(format!("{url}/_fake/requests"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let requests = fetch_json(http.get(format!("{url}/_fake/requests"))).await;
     assert!(
         requests
             .as_array()
