@@ -42,6 +42,14 @@ fn step_state(w: &World, id: &str) -> StepState {
     w.steps.iter().find(|s| s.id == id).unwrap().state
 }
 
+/// The access token a runner's agent gets for its OAuth client.
+fn runner_token(w: &mut World, id: &str, secret: &str) -> String {
+    w.issue_runner_token(id, secret).unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn step(labels: &[&str], duration_s: f64) -> StepRequest {
     StepRequest {
         workspace: "acme".into(),
@@ -60,10 +68,7 @@ fn runner_lifecycle_unregistered_online_busy_idle_disabled_deleted() {
     // The secret is only in the create response.
     assert!(w.get_runner(&ws(&w), &uuid, 1.0).unwrap()["oauth_client"]["secret"].is_null());
 
-    let token = w.issue_runner_token(&id, &secret).unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = runner_token(&mut w, &id, &secret);
     assert!(w.poll(&token, &uuid, "s1", 2.0).unwrap()["step"].is_null());
     assert_eq!(status(&w, &uuid, 2.0), "ONLINE");
 
@@ -98,10 +103,7 @@ fn runner_lifecycle_unregistered_online_busy_idle_disabled_deleted() {
 fn silence_makes_a_runner_offline_and_interrupts_its_step() {
     let mut w = world();
     let (uuid, id, secret) = create(&mut w, &[], 0.0);
-    let token = w.issue_runner_token(&id, &secret).unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = runner_token(&mut w, &id, &secret);
     w.poll(&token, &uuid, "s", 0.0).unwrap();
     let step_id = w.submit_step(&step(&[], 1000.0), 1.0).unwrap();
     w.poll(&token, &uuid, "s", 2.0).unwrap();
@@ -115,10 +117,7 @@ fn silence_makes_a_runner_offline_and_interrupts_its_step() {
 fn deleting_a_busy_runner_interrupts_its_step_and_a_busy_disabled_runner_finishes() {
     let mut w = world();
     let (uuid, id, secret) = create(&mut w, &[], 0.0);
-    let token = w.issue_runner_token(&id, &secret).unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = runner_token(&mut w, &id, &secret);
     w.poll(&token, &uuid, "s", 0.0).unwrap();
     let first = w.submit_step(&step(&[], 10.0), 0.0).unwrap();
     w.poll(&token, &uuid, "s", 1.0).unwrap();
@@ -141,10 +140,7 @@ fn deleting_a_busy_runner_interrupts_its_step_and_a_busy_disabled_runner_finishe
 fn steps_go_fifo_to_runners_with_all_their_labels_and_scope() {
     let mut w = world();
     let (plain, id, secret) = create(&mut w, &[], 0.0);
-    let token = w.issue_runner_token(&id, &secret).unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = runner_token(&mut w, &id, &secret);
     w.poll(&token, &plain, "s", 0.0).unwrap();
     w.no_match = NoMatch::Queue;
     let gpu = w.submit_step(&step(&["gpu"], 5.0), 1.0).unwrap();
@@ -177,10 +173,7 @@ fn a_step_no_online_runner_could_take_fails_at_once() {
 fn a_new_agent_takes_over_and_an_old_one_still_polling_is_a_duplicate() {
     let mut w = world();
     let (uuid, id, secret) = create(&mut w, &[], 0.0);
-    let token = w.issue_runner_token(&id, &secret).unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = runner_token(&mut w, &id, &secret);
     w.poll(&token, &uuid, "first", 0.0).unwrap();
     let step_id = w.submit_step(&step(&[], 100.0), 0.5).unwrap();
     w.poll(&token, &uuid, "first", 1.0).unwrap();
