@@ -33,6 +33,17 @@ fn bearer_client(server: &MockServer) -> Client {
     .unwrap()
 }
 
+fn oauth_client(server: &MockServer) -> Client {
+    Client::new(
+        config(server),
+        Credentials::OAuthConsumer {
+            key: "key".into(),
+            secret: SecretString::from("secret"),
+        },
+    )
+    .unwrap()
+}
+
 fn runner(i: usize) -> Value {
     json!({
         "uuid": format!("{{00000000-0000-4000-8000-{i:012}}}"),
@@ -126,14 +137,7 @@ async fn an_expired_oauth_token_is_refreshed_once_on_401() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"values": []})))
         .mount(&server)
         .await;
-    let client = Client::new(
-        config(&server),
-        Credentials::OAuthConsumer {
-            key: "key".into(),
-            secret: SecretString::from("secret"),
-        },
-    )
-    .unwrap();
+    let client = oauth_client(&server);
     client.list_runners(&ws()).await.unwrap();
     // The refreshed token is cached: no third token request.
     client.list_runners(&ws()).await.unwrap();
@@ -157,14 +161,7 @@ async fn a_second_401_after_refresh_is_unauthorized() {
         .expect(2)
         .mount(&server)
         .await;
-    let client = Client::new(
-        config(&server),
-        Credentials::OAuthConsumer {
-            key: "key".into(),
-            secret: SecretString::from("secret"),
-        },
-    )
-    .unwrap();
+    let client = oauth_client(&server);
     let err = client.list_runners(&ws()).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
 }
