@@ -48,24 +48,13 @@ impl Run {
 
 /// Run `bbrunner ARGS` with `stdin` as standard input.
 pub fn bbrunner(args: &[&str], stdin: &str) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bbrunner");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bbrunner"));
+    command.args(args);
     let Output {
         status,
         stdout,
         stderr,
-    } = child.wait_with_output().expect("wait for bbrunner");
+    } = run_with_stdin(command, stdin, "bbrunner was not built");
     Run {
         status,
         stdout: String::from_utf8(stdout).expect("utf-8 stdout"),
@@ -76,26 +65,13 @@ pub fn bbrunner(args: &[&str], stdin: &str) -> Run {
 /// Validate a multi-document manifest stream with the official Kubernetes 1.33 schemas.
 /// The README's test command installs the validator; its absence is a failure, not a skip.
 pub fn kubernetes_validate_strict(manifests: &str) {
-    let mut child = Command::new("kubernetes-validate")
-        .args(["--strict", "-k", "1.33.0", "--quiet", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "kubernetes-validate is not installed ({e}); run the README's test command, which installs it from PyPI"
-            )
-        });
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(manifests.as_bytes())
-        .expect("write manifests");
-    let out = child
-        .wait_with_output()
-        .expect("wait for kubernetes-validate");
+    let mut command = Command::new("kubernetes-validate");
+    command.args(["--strict", "-k", "1.33.0", "--quiet", "-"]);
+    let out = run_with_stdin(
+        command,
+        manifests,
+        "kubernetes-validate is not installed; run the README's test command, which installs it from PyPI",
+    );
     assert!(
         out.status.success(),
         "kubernetes-validate --strict rejected the manifests:\n{}{}\n--- manifests ---\n{manifests}",
@@ -106,23 +82,31 @@ pub fn kubernetes_validate_strict(manifests: &str) {
 
 /// Run the machine image's kubectl against `kubeconfig`. Its absence is a failure, not a skip.
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
+    let mut command = Command::new("kubectl");
+    command.args(args).env("KUBECONFIG", kubeconfig);
+    run_with_stdin(
+        command,
+        stdin,
+        "kubectl is not installed; this test needs the kubectl of the machine image",
+    )
+}
+
+/// Run `command` with `stdin` as standard input and capture its output. `missing` says what
+/// to do when the program cannot be started: a missing tool is a failure, not a skip.
+fn run_with_stdin(mut command: Command, stdin: &str, missing: &str) -> Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "kubectl is not installed ({e}); this test needs the kubectl of the machine image"
-            )
-        });
+        .unwrap_or_else(|e| panic!("{missing} ({e})"));
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes())
         .expect("write stdin");
-    child.wait_with_output().expect("wait for kubectl")
+    child
+        .wait_with_output()
+        .expect("wait for the child process")
 }
