@@ -133,6 +133,17 @@ impl World {
     }
 
     fn operator_logging(&self, extra: &[&str], level: &str, log: Stdio) -> Operator {
+        self.operator_with(&self.kubeconfig, extra, level, log)
+    }
+
+    /// The operator binary, reaching the cluster through `kubeconfig`.
+    fn operator_with(
+        &self,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+        level: &str,
+        log: Stdio,
+    ) -> Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
             .args([
                 "operator",
@@ -142,7 +153,7 @@ impl World {
                 self.bitbucket.url(),
             ])
             .args(extra)
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(log)

@@ -95,23 +95,11 @@ async fn pool_lifecycle_works(drop_rule: Option<usize>) -> bool {
         fake_kube::kubeconfig_with_token(world._kube.url(), token["token"].as_str().unwrap()),
     )
     .unwrap();
-    let _op = Operator(
-        Command::new(env!("CARGO_BIN_EXE_bbrunner"))
-            .args([
-                "operator",
-                "--bitbucket-url",
-                world.bitbucket.url(),
-                "--bitbucket-auth-url",
-                world.bitbucket.url(),
-                "--leader-election",
-                "--lease-namespace",
-                OPERATOR_NS,
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _op = world.operator_with(
+        &kubeconfig,
+        &["--leader-election", "--lease-namespace", OPERATOR_NS],
+        "info",
+        Stdio::null(),
     );
     world.pool("builds", managed(1, 2)).await;
     let events = Api::<DynamicObject>::namespaced_with(
