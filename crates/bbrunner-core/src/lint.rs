@@ -48,6 +48,23 @@ pub struct LintPool {
     pub mtu: Mtu,
 }
 
+/// The smallest fixed MTU below 1500 among `pools`.
+fn smallest_fixed_mtu<'a>(pools: impl IntoIterator<Item = &'a LintPool>) -> Option<u16> {
+    pools
+        .into_iter()
+        .filter_map(|pool| match pool.mtu {
+            Mtu::Fixed(n) if n < 1500 => Some(n),
+            _ => None,
+        })
+        .min()
+}
+
+/// The MTU `--fix` gives nested Docker networks under `pools`: the smallest fixed pool MTU
+/// below 1500, else one safe on common overlays for pools that follow their pod network.
+pub fn nested_mtu(pools: &[LintPool]) -> u16 {
+    smallest_fixed_mtu(pools).unwrap_or(SAFE_NESTED_MTU)
+}
+
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     VALIDATOR.get_or_init(|| {
@@ -417,13 +434,7 @@ pub fn lint(text: &str, pools: &[LintPool]) -> Result<Vec<Diagnostic>, yaml::Yam
                 ));
             }
             // The pool's MTU is known only from the pools given.
-            let small = serving
-                .iter()
-                .filter_map(|pool| match pool.mtu {
-                    Mtu::Fixed(n) if n < 1500 => Some(n),
-                    _ => None,
-                })
-                .min();
+            let small = smallest_fixed_mtu(serving.iter().copied());
             let auto = serving.iter().any(|pool| pool.mtu == Mtu::Auto);
             if !passes_mtu && (small.is_some() || auto) {
                 let mtu = small.unwrap_or(SAFE_NESTED_MTU);

@@ -328,3 +328,11 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn nested_mtu_is_the_smallest_fixed_pool_mtu_else_the_safe_default() {
+    let fixed = |mtu| pool("p", &["build"], RunnerSize::X1, Mtu::Fixed(mtu));
+    let auto = pool("a", &["build"], RunnerSize::X1, Mtu::Auto);
+    assert_eq!(nested_mtu(&[fixed(1450), auto.clone(), fixed(1400)]), 1400);
+    assert_eq!(nested_mtu(&[auto, fixed(1500)]), SAFE_NESTED_MTU);
+}

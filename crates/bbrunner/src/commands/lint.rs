@@ -3,8 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use bbrunner_core::labels::Labels;
-use bbrunner_core::lint::{Diagnostic, LintPool, SAFE_NESTED_MTU, Severity, fix_docker_mtu, lint};
-use bbrunner_core::manifests::Mtu;
+use bbrunner_core::lint::{Diagnostic, LintPool, Severity, fix_docker_mtu, lint, nested_mtu};
 use serde::Serialize;
 
 use crate::cli::{LintArgs, TextFormat};
@@ -165,14 +164,7 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
         }
     };
     if args.fix && diagnostics.iter().any(|d| d.code == "docker-mtu") {
-        let mtu = pools
-            .iter()
-            .filter_map(|p| match p.mtu {
-                Mtu::Fixed(n) if n < 1500 => Some(n),
-                _ => None,
-            })
-            .min()
-            .unwrap_or(SAFE_NESTED_MTU);
+        let mtu = nested_mtu(&pools);
         if let Some(fixed) = fix_docker_mtu(&text, mtu) {
             std::fs::write(&args.file, &fixed)
                 .with_context(|| format!("cannot write {}", args.file.display()))?;
