@@ -50,6 +50,8 @@ pub struct ObservedPod {
     /// The scheduler's message when the pod cannot be placed.
     pub unschedulable: Option<String>,
     pub created_at: Seconds,
+    /// Since when the pod has been Ready, if it is.
+    pub ready_since: Option<Seconds>,
     /// The runner ran a step (recorded on the pod, for ephemeral pools).
     pub ran_step: bool,
 }
@@ -228,6 +230,13 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             counts.busy += 1;
             counts.online += 1;
             policy_view.busy += 1;
+            let arrival_window = 2.0 * pool.scaling.poll_interval;
+            if j.pod
+                .and_then(|p| p.ready_since)
+                .is_some_and(|ready| now - ready < arrival_window)
+            {
+                policy_view.busy_on_arrival += 1;
+            }
             if runner.status == RunnerStatus::Disabled {
                 // It took a step while we were draining it: keep it.
                 actions.push(Action::EnableRunner(j.uuid.clone()));

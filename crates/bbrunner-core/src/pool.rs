@@ -45,7 +45,7 @@ pub struct ScalingSpec {
     /// idle-buffer (default), queue or atlassian-ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyKind>,
-    /// How long surplus must last before runners are drained (default 5m).
+    /// How long surplus must last before runners are drained (default 90s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<String>,
     /// How often Bitbucket is polled (default 15s).
@@ -128,7 +128,7 @@ mod tests {
         let s = ScalingSpec::default().resolve().unwrap();
         assert_eq!((s.min, s.max, s.min_idle), (1, 10, 1));
         assert_eq!(s.policy, PolicyKind::IdleBuffer);
-        assert_eq!((s.scale_down_delay, s.poll_interval), (300.0, 15.0));
+        assert_eq!((s.scale_down_delay, s.poll_interval), (90.0, 15.0));
     }
 
     #[test]

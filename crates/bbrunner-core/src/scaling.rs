@@ -39,7 +39,8 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Seconds, Durat
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
-    /// desired = busy + minIdle: always a warm runner waiting.
+    /// desired = busy + minIdle, one more while the pool is active, plus the runners that
+    /// took a step on arrival: warm runners waiting, more of them when work keeps coming.
     #[default]
     IdleBuffer,
     /// desired = busy + queued steps + minIdle, when the queue is known.
@@ -118,7 +119,7 @@ impl Default for Scaling {
             max: 10,
             min_idle: 1,
             policy: PolicyKind::IdleBuffer,
-            scale_down_delay: 300.0,
+            scale_down_delay: 90.0,
             poll_interval: 15.0,
             atlassian: AtlassianParams::default(),
             schedules: Vec::new(),
@@ -137,6 +138,10 @@ pub struct Observed {
     pub busy: u32,
     /// Steps waiting for this pool's labels, when the pipelines API says.
     pub queued: Option<u32>,
+    /// Busy runners that came online within the last two polls: each took a step as soon as
+    /// it could, so steps were waiting for it and as many more may still be waiting. This is
+    /// how a fan-out shows itself when the queue cannot be seen.
+    pub busy_on_arrival: u32,
 }
 
 impl Observed {
@@ -145,11 +150,36 @@ impl Observed {
     }
 }
 
+/// How far back occupancy looks (the time constant of its exponential average).
+pub const OCCUPANCY_WINDOW: Seconds = 3600.0;
+/// At this occupancy or more the pool counts as active and keeps one more runner warm.
+pub const ACTIVE_OCCUPANCY: f64 = 0.5;
+
 /// Memory a policy keeps between polls (stored in the pool's status by the operator).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct PolicyMemory {
     /// Since when capacity has exceeded what the policy wants.
     pub surplus_since: Option<Seconds>,
+    /// Share of the recent past with at least one step running, exponentially weighted over
+    /// [`OCCUPANCY_WINDOW`], as of `occupancy_at`.
+    pub occupancy: f64,
+    pub occupancy_at: Option<Seconds>,
+}
+
+impl PolicyMemory {
+    /// Occupancy updated with what is seen at `now` (irregular polls are weighted by the time
+    /// since the last one; with no history the first sample is the estimate).
+    fn observe_occupancy(self, busy: u32, now: Seconds) -> Self {
+        let weight = self.occupancy_at.map_or(1.0, |at| {
+            1.0 - (-(now - at).max(0.0) / OCCUPANCY_WINDOW).exp()
+        });
+        let sample = if busy > 0 { 1.0 } else { 0.0 };
+        Self {
+            occupancy: self.occupancy + weight * (sample - self.occupancy),
+            occupancy_at: Some(now),
+            ..self
+        }
+    }
 }
 
 /// A policy's answer.
@@ -169,6 +199,13 @@ pub struct Overrides {
 /// The desired count for our policies (`idle-buffer`, `queue`), with scale-down hysteresis:
 /// up at once, down only after `scale_down_delay` of continuous surplus, never below busy.
 /// Atlassian's model is not a count policy; see [`atlassian_ratio`].
+///
+/// Without the queue, `idle-buffer` wants busy + minIdle, plus one while the pool is active
+/// (occupancy at least [`ACTIVE_OCCUPANCY`]: parallel steps arrive together, and a second
+/// warm runner serves the second step of a fan-out without a runner start), plus the runners
+/// that took a step on arrival (steps were queued behind them: growing by as many again
+/// serves a large fan-out in a few start latencies instead of one per step). The extra warm
+/// runner is kept only when `minIdle` is above zero: zero means no idle runners.
 pub fn desired(
     scaling: &Scaling,
     overrides: Overrides,
@@ -178,12 +215,23 @@ pub fn desired(
 ) -> (Decision, PolicyMemory) {
     let min = overrides.min.unwrap_or(scaling.min).min(scaling.max);
     let min_idle = overrides.min_idle.unwrap_or(scaling.min_idle);
+    let memory = memory.observe_occupancy(observed.busy, now);
     let (want, reason) = match (scaling.policy, observed.queued) {
         (PolicyKind::Queue, Some(queued)) => (
             observed.busy + queued + min_idle,
             "busy + queued steps + minIdle",
         ),
-        _ => (observed.busy + min_idle, "busy + minIdle"),
+        _ => {
+            let active = min_idle > 0 && memory.occupancy >= ACTIVE_OCCUPANCY;
+            let want = observed.busy + min_idle + u32::from(active) + observed.busy_on_arrival;
+            let reason = match (active, observed.busy_on_arrival > 0) {
+                (false, false) => "busy + minIdle",
+                (true, false) => "busy + minIdle + 1 while active",
+                (false, true) => "busy + minIdle + runners busy on arrival",
+                (true, true) => "busy + minIdle + 1 while active + runners busy on arrival",
+            };
+            (want, reason)
+        }
     };
     let want = want.clamp(min, scaling.max);
     let capacity = observed.capacity();
@@ -198,7 +246,10 @@ pub fn desired(
                 desired: want,
                 reason,
             },
-            PolicyMemory::default(),
+            PolicyMemory {
+                surplus_since: None,
+                ..memory
+            },
         );
     }
     if want == scaling.max && observed.busy >= scaling.max {
@@ -208,12 +259,16 @@ pub fn desired(
                 desired: scaling.max,
                 reason: "at max",
             },
-            PolicyMemory::default(),
+            PolicyMemory {
+                surplus_since: None,
+                ..memory
+            },
         );
     }
     let since = memory.surplus_since.unwrap_or(now);
     let memory = PolicyMemory {
         surplus_since: Some(since),
+        ..memory
     };
     if now - since >= scaling.scale_down_delay {
         // Never ask for fewer than are busy: busy runners are not ours to take.

@@ -32,6 +32,7 @@ fn pod(i: u32, phase: PodPhase) -> ObservedPod {
         terminating: false,
         unschedulable: None,
         created_at: 500.0,
+        ready_since: None,
         ran_step: false,
     }
 }
@@ -54,7 +55,11 @@ fn observed(
         runners_fetched_at: 999.0,
         pods,
         secrets,
-        memory: PolicyMemory::default(),
+        // A quiet history, so that the policy asks for exactly busy + minIdle.
+        memory: PolicyMemory {
+            occupancy_at: Some(0.0),
+            ..PolicyMemory::default()
+        },
         queued: None,
         scope_room: 100,
     }
@@ -111,6 +116,7 @@ fn one_busy_runner_gets_a_warm_spare_and_starting_ones_count() {
 fn scale_down_disables_then_deletes_and_keeps_a_runner_that_took_a_step() {
     let mut memory = PolicyMemory {
         surplus_since: Some(0.0),
+        ..PolicyMemory::default()
     };
     let mut o = world(vec![
         healthy(1, RunnerStatus::Online, false),
@@ -144,6 +150,23 @@ fn scale_down_disables_then_deletes_and_keeps_a_runner_that_took_a_step() {
             .iter()
             .any(|a| matches!(a, Action::DeletePod(u) | Action::DeleteRunner(u) if *u == uuid(2)))
     );
+}
+
+#[test]
+fn a_runner_that_took_a_step_as_soon_as_it_was_ready_starts_one_more() {
+    let mut o = world(vec![
+        healthy(1, RunnerStatus::Online, true),
+        healthy(2, RunnerStatus::Online, true),
+    ]);
+    // Runner 2's pod turned Ready 20 s ago (within two 15 s polls) and it is already busy.
+    o.pods[1].ready_since = Some(980.0);
+    let p = plan(&pool(), &o);
+    assert_eq!(p.decision.desired, 4, "{:?}", p.decision);
+    assert_eq!(p.actions, [Action::CreateRunner, Action::CreateRunner]);
+    // Ready for longer than two polls: it was seen idle, nothing was waiting for it.
+    o.pods[1].ready_since = Some(960.0);
+    let p = plan(&pool(), &o);
+    assert_eq!(p.actions, [Action::CreateRunner]);
 }
 
 #[test]
@@ -349,7 +372,10 @@ fn arbitrary_observation() -> impl Strategy<Value = Observation> {
         o.runners_fetched_at = fetched;
         o.queued = queued;
         o.scope_room = room;
-        o.memory = PolicyMemory { surplus_since };
+        o.memory = PolicyMemory {
+            surplus_since,
+            ..PolicyMemory::default()
+        };
         for (i, (r, p, s)) in items.into_iter().enumerate() {
             let i = i as u32;
             if let Some((status, busy, since)) = r {
@@ -367,6 +393,7 @@ fn arbitrary_observation() -> impl Strategy<Value = Observation> {
                     terminating,
                     unschedulable: unschedulable.then(|| "no room".to_owned()),
                     created_at: created,
+                    ready_since: (phase == PodPhase::Running).then_some(created),
                     ran_step,
                 });
             }

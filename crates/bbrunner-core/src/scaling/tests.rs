@@ -14,13 +14,23 @@ fn obs(starting: u32, idle: u32, busy: u32, queued: Option<u32>) -> Observed {
         idle,
         busy,
         queued,
+        busy_on_arrival: 0,
+    }
+}
+
+/// Memory of a pool whose occupancy was `occupancy` at time 0.
+fn occupied(occupancy: f64) -> PolicyMemory {
+    PolicyMemory {
+        occupancy,
+        occupancy_at: Some(0.0),
+        ..PolicyMemory::default()
     }
 }
 
 #[test]
 fn idle_buffer_keeps_one_warm_runner_and_counts_starting_ones() {
     let s = scaling(PolicyKind::IdleBuffer);
-    let m = PolicyMemory::default();
+    let m = occupied(0.0);
     let (d, _) = desired(&s, Overrides::default(), &obs(0, 0, 3, None), m, 0.0);
     assert_eq!(d.desired, 4);
     // One is already starting: desired stays 4, so the planner creates nothing more.
@@ -31,21 +41,92 @@ fn idle_buffer_keeps_one_warm_runner_and_counts_starting_ones() {
 }
 
 #[test]
+fn an_active_pool_keeps_one_more_runner_warm() {
+    let s = scaling(PolicyKind::IdleBuffer);
+    let o = obs(0, 0, 2, None);
+    let (quiet, _) = desired(&s, Overrides::default(), &o, occupied(0.3), 15.0);
+    assert_eq!((quiet.desired, quiet.reason), (3, "busy + minIdle"));
+    let (active, _) = desired(&s, Overrides::default(), &o, occupied(0.6), 15.0);
+    assert_eq!(
+        (active.desired, active.reason),
+        (4, "busy + minIdle + 1 while active")
+    );
+    // minIdle 0 asks for no idle runners at all.
+    let none = Scaling {
+        min_idle: 0,
+        ..s.clone()
+    };
+    let (d, _) = desired(&none, Overrides::default(), &o, occupied(0.9), 15.0);
+    assert_eq!(d.desired, 2);
+}
+
+#[test]
+fn occupancy_is_the_share_of_the_last_hour_with_a_step_running() {
+    let s = scaling(PolicyKind::IdleBuffer);
+    let mut memory = occupied(0.0);
+    // An hour of 15 s polls with a step always running: 1 - 1/e of the way to 1.
+    for poll in 1..=240 {
+        let now = f64::from(poll) * 15.0;
+        memory = desired(&s, Overrides::default(), &obs(0, 1, 1, None), memory, now).1;
+    }
+    assert!((memory.occupancy - (1.0 - (-1.0f64).exp())).abs() < 1e-9);
+    assert_eq!(memory.occupancy_at, Some(3600.0));
+    // Irregular polls weigh by elapsed time: one poll an hour later, idle, decays by 1/e.
+    let before = memory.occupancy;
+    memory = desired(
+        &s,
+        Overrides::default(),
+        &obs(0, 2, 0, None),
+        memory,
+        7200.0,
+    )
+    .1;
+    assert!((memory.occupancy - before * (-1.0f64).exp()).abs() < 1e-9);
+    // With no history, the first sample is the estimate.
+    let fresh = desired(
+        &s,
+        Overrides::default(),
+        &obs(0, 0, 1, None),
+        PolicyMemory::default(),
+        50.0,
+    )
+    .1;
+    assert_eq!((fresh.occupancy, fresh.occupancy_at), (1.0, Some(50.0)));
+}
+
+#[test]
+fn runners_busy_on_arrival_start_as_many_again() {
+    let s = scaling(PolicyKind::IdleBuffer);
+    // Two runners came up and took a step at once: steps were queued behind them.
+    let o = Observed {
+        busy_on_arrival: 2,
+        ..obs(0, 0, 3, None)
+    };
+    let (d, _) = desired(&s, Overrides::default(), &o, occupied(0.0), 15.0);
+    assert_eq!(
+        (d.desired, d.reason),
+        (6, "busy + minIdle + runners busy on arrival")
+    );
+    // The queue, when known, says it exactly: arrivals add nothing.
+    let q = scaling(PolicyKind::Queue);
+    let known = Observed {
+        queued: Some(0),
+        ..o
+    };
+    let (d, _) = desired(&q, Overrides::default(), &known, occupied(0.0), 15.0);
+    assert_eq!(d.desired, 4);
+}
+
+#[test]
 fn scale_down_waits_for_the_delay_of_continuous_surplus() {
     let s = scaling(PolicyKind::IdleBuffer);
     let surplus = obs(0, 4, 1, None);
-    let (d, m) = desired(
-        &s,
-        Overrides::default(),
-        &surplus,
-        PolicyMemory::default(),
-        100.0,
-    );
+    let (d, m) = desired(&s, Overrides::default(), &surplus, occupied(0.0), 100.0);
     assert_eq!(d.desired, 5);
     assert_eq!(m.surplus_since, Some(100.0));
-    let (d, m) = desired(&s, Overrides::default(), &surplus, m, 399.0);
+    let (d, m) = desired(&s, Overrides::default(), &surplus, m, 189.0);
     assert_eq!(d.desired, 5);
-    let (d, m2) = desired(&s, Overrides::default(), &surplus, m, 400.0);
+    let (d, m2) = desired(&s, Overrides::default(), &surplus, m, 190.0);
     assert_eq!((d.desired, d.reason), (2, "surplus past scaleDownDelay"));
     assert_eq!(m2.surplus_since, Some(100.0));
     // Demand back: the clock resets.
@@ -56,7 +137,7 @@ fn scale_down_waits_for_the_delay_of_continuous_surplus() {
 #[test]
 fn queue_policy_uses_the_queue_when_known_and_falls_back_otherwise() {
     let s = scaling(PolicyKind::Queue);
-    let m = PolicyMemory::default();
+    let m = occupied(0.0);
     assert_eq!(
         desired(&s, Overrides::default(), &obs(0, 1, 2, Some(4)), m, 0.0)
             .0
@@ -79,13 +160,13 @@ fn schedule_overrides_raise_the_floor() {
         min_idle: Some(2),
     };
     assert_eq!(
-        desired(&s, o, &obs(0, 0, 0, None), PolicyMemory::default(), 0.0)
+        desired(&s, o, &obs(0, 0, 0, None), occupied(0.0), 0.0)
             .0
             .desired,
         5
     );
     assert_eq!(
-        desired(&s, o, &obs(0, 0, 6, None), PolicyMemory::default(), 0.0)
+        desired(&s, o, &obs(0, 0, 6, None), occupied(0.0), 0.0)
             .0
             .desired,
         8
@@ -140,8 +221,17 @@ fn scaling_strategy() -> impl Strategy<Value = Scaling> {
 }
 
 fn observed_strategy() -> impl Strategy<Value = Observed> {
-    (0u32..10, 0u32..10, 0u32..40, proptest::option::of(0u32..40))
-        .prop_map(|(s, i, b, q)| obs(s, i, b, q))
+    (
+        0u32..10,
+        0u32..10,
+        0u32..40,
+        proptest::option::of(0u32..40),
+        0u32..5,
+    )
+        .prop_map(|(s, i, b, q, arrived)| Observed {
+            busy_on_arrival: arrived.min(b),
+            ..obs(s, i, b, q)
+        })
 }
 
 proptest! {
@@ -150,9 +240,11 @@ proptest! {
         s in scaling_strategy(),
         o in observed_strategy(),
         since in proptest::option::of(0.0f64..1000.0),
+        occupancy in 0.0f64..=1.0,
         now in 1000.0f64..2000.0,
     ) {
-        let (d, _) = desired(&s, Overrides::default(), &o, PolicyMemory { surplus_since: since }, now);
+        let memory = PolicyMemory { surplus_since: since, ..occupied(occupancy) };
+        let (d, _) = desired(&s, Overrides::default(), &o, memory, now);
         prop_assert!(d.desired >= s.min && d.desired <= s.max, "{d:?} {s:?}");
         prop_assert!(d.desired >= o.busy.min(s.max));
     }
@@ -163,12 +255,19 @@ proptest! {
         o in observed_strategy(),
         more_busy in 0u32..10,
         more_queued in 0u32..10,
+        more_on_arrival in 0u32..5,
         since in proptest::option::of(0.0f64..1000.0),
+        occupancy in 0.0f64..=1.0,
         now in 1000.0f64..2000.0,
     ) {
-        let memory = PolicyMemory { surplus_since: since };
+        let memory = PolicyMemory { surplus_since: since, ..occupied(occupancy) };
         let (low, _) = desired(&s, Overrides::default(), &o, memory, now);
-        let busier = Observed { busy: o.busy + more_busy, queued: o.queued.map(|q| q + more_queued), ..o };
+        let busier = Observed {
+            busy: o.busy + more_busy,
+            queued: o.queued.map(|q| q + more_queued),
+            busy_on_arrival: o.busy_on_arrival + more_on_arrival,
+            ..o
+        };
         let (high, _) = desired(&s, Overrides::default(), &busier, memory, now);
         prop_assert!(high.desired >= low.desired, "{low:?} > {high:?}");
     }

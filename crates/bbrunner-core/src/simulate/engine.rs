@@ -104,6 +104,8 @@ struct Runner {
     /// When it last polled: its polls fall on this phase, every RUNNER_POLL.
     poll_phase: Seconds,
     poll_scheduled: bool,
+    /// When it came online (its registration).
+    online_at: Option<Seconds>,
 }
 
 impl Runner {
@@ -293,6 +295,7 @@ impl Sim<'_> {
             step: None,
             poll_phase: now,
             poll_scheduled: false,
+            online_at: None,
         });
         let r = self.runners.len() - 1;
         self.live.push(r);
@@ -352,6 +355,7 @@ impl Sim<'_> {
             Event::Ready(r) => {
                 if self.runners[r].state == RunnerState::Starting {
                     self.runners[r].state = RunnerState::Online;
+                    self.runners[r].online_at = Some(self.now);
                     self.starting -= 1;
                     self.online += 1;
                     self.poll(r);
@@ -467,7 +471,14 @@ impl Sim<'_> {
             match (r.state, r.step) {
                 (RunnerState::Starting, _) => observed.starting += 1,
                 (RunnerState::Online, None) => observed.idle += 1,
-                (RunnerState::Online, Some(_)) => observed.busy += 1,
+                (RunnerState::Online, Some(_)) => {
+                    observed.busy += 1;
+                    if r.online_at
+                        .is_some_and(|t| self.now - t < 2.0 * scaling.poll_interval)
+                    {
+                        observed.busy_on_arrival += 1;
+                    }
+                }
                 (RunnerState::Deleted, _) => {}
             }
         }

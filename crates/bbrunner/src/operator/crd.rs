@@ -222,6 +222,32 @@ pub struct RunnerPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
     /// Since when the pool has had more runners than its policy wants (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Serialized as null when the surplus ends: the status is a merge patch, which keeps
+    // absent fields, and a stale time would cut the next scale-down delay short.
+    #[serde(default)]
     pub surplus_since: Option<String>,
+    /// Share of the last hour (exponentially weighted) with at least one step running; at 0.5
+    /// or more the pool is active and `idle-buffer` keeps one more runner warm.
+    #[serde(default)]
+    pub occupancy: Option<f64>,
+    /// When `occupancy` was last sampled (RFC 3339).
+    #[serde(default)]
+    pub occupancy_time: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_memory_is_cleared_through_a_merge_patch() {
+        // Absent fields survive a merge patch; memory that ended must be sent as null.
+        let status = serde_json::to_value(RunnerPoolStatus::default()).unwrap();
+        for key in ["surplusSince", "occupancy", "occupancyTime"] {
+            assert!(
+                status.get(key).is_some_and(serde_json::Value::is_null),
+                "{key} missing from {status}"
+            );
+        }
+    }
 }

@@ -190,6 +190,12 @@ fn parse_time(t: &str) -> Option<f64> {
         .map(|t| t.as_millisecond() as f64 / 1000.0)
 }
 
+fn format_time(seconds: f64) -> Option<String> {
+    jiff::Timestamp::from_millisecond((seconds * 1000.0) as i64)
+        .ok()
+        .map(|t| t.to_string())
+}
+
 fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
     let runner = RunnerUuid::parse(pod.labels().get(LABEL_RUNNER_UUID)?).ok()?;
     let status = pod.status.clone().unwrap_or_default();
@@ -200,16 +206,22 @@ fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
         Some("Failed") => PodPhase::Failed,
         Some(_) => PodPhase::Unknown,
     };
-    let unschedulable = status
-        .conditions
-        .unwrap_or_default()
-        .into_iter()
-        .find_map(|c| {
-            (c.type_ == "PodScheduled"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("Unschedulable"))
-            .then(|| c.message.unwrap_or_else(|| "no node fits the pod".into()))
-        });
+    let conditions = status.conditions.unwrap_or_default();
+    let unschedulable = conditions.iter().find_map(|c| {
+        (c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable"))
+        .then(|| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| "no node fits the pod".into())
+        })
+    });
+    let ready_since = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0.as_millisecond() as f64 / 1000.0);
     Some(ObservedPod {
         runner,
         phase,
@@ -221,6 +233,7 @@ fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
             .as_ref()
             .map(|t| t.0.as_millisecond() as f64 / 1000.0)
             .unwrap_or(0.0),
+        ready_since,
         ran_step: pod
             .annotations()
             .get(ANNOTATION_RAN_STEP)
@@ -458,6 +471,8 @@ async fn reconcile_managed(
             .collect(),
         memory: PolicyMemory {
             surplus_since: status.surplus_since.as_deref().and_then(parse_time),
+            occupancy: status.occupancy.unwrap_or_default(),
+            occupancy_at: status.occupancy_time.as_deref().and_then(parse_time),
         },
         queued,
         scope_room: 100u32.saturating_sub(listed.runners.len() as u32),
@@ -974,10 +989,9 @@ async fn write_status(
             previous.last_scale_time.clone()
         },
         last_scale_reason: scaled.or(previous.last_scale_reason.clone()),
-        surplus_since: memory
-            .surplus_since
-            .and_then(|s| jiff::Timestamp::from_millisecond((s * 1000.0) as i64).ok())
-            .map(|t| t.to_string()),
+        surplus_since: memory.surplus_since.and_then(format_time),
+        occupancy: memory.occupancy_at.map(|_| memory.occupancy),
+        occupancy_time: memory.occupancy_at.and_then(format_time),
     };
     let api: Api<RunnerPool> =
         Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
