@@ -164,21 +164,42 @@ pub struct PolicyMemory {
     /// [`OCCUPANCY_WINDOW`], as of `occupancy_at`.
     pub occupancy: f64,
     pub occupancy_at: Option<Seconds>,
+    /// Whether a step has been running since `occupancy_at`. The memory changes only when
+    /// this does, so that a steady pool's status does not change at every poll (each status
+    /// change would wake the pool's reconcile again).
+    pub occupied: bool,
 }
 
 impl PolicyMemory {
-    /// Occupancy updated with what is seen at `now` (irregular polls are weighted by the time
-    /// since the last one; with no history the first sample is the estimate).
-    fn observe_occupancy(self, busy: u32, now: Seconds) -> Self {
-        let weight = self.occupancy_at.map_or(1.0, |at| {
-            1.0 - (-(now - at).max(0.0) / OCCUPANCY_WINDOW).exp()
-        });
-        let sample = if busy > 0 { 1.0 } else { 0.0 };
-        Self {
-            occupancy: self.occupancy + weight * (sample - self.occupancy),
-            occupancy_at: Some(now),
-            ..self
+    /// Occupancy at `now`: exact for the observed signal, which is constant between the
+    /// changes the memory records (0 with no history).
+    pub fn occupancy_now(&self, now: Seconds) -> f64 {
+        let Some(at) = self.occupancy_at else {
+            return 0.0;
+        };
+        let sample = if self.occupied { 1.0 } else { 0.0 };
+        sample + (self.occupancy - sample) * (-(now - at).max(0.0) / OCCUPANCY_WINDOW).exp()
+    }
+
+    /// The memory after seeing `busy` runners at `now`, and the occupancy now. With no
+    /// history, the first sample is the estimate.
+    fn observe_occupancy(self, busy: u32, now: Seconds) -> (Self, f64) {
+        let occupied = busy > 0;
+        let current = match self.occupancy_at {
+            Some(_) => self.occupancy_now(now),
+            None if occupied => 1.0,
+            None => 0.0,
+        };
+        if self.occupancy_at.is_some() && occupied == self.occupied {
+            return (self, current);
         }
+        let marked = Self {
+            occupancy: current,
+            occupancy_at: Some(now),
+            occupied,
+            ..self
+        };
+        (marked, current)
     }
 }
 
@@ -215,14 +236,14 @@ pub fn desired(
 ) -> (Decision, PolicyMemory) {
     let min = overrides.min.unwrap_or(scaling.min).min(scaling.max);
     let min_idle = overrides.min_idle.unwrap_or(scaling.min_idle);
-    let memory = memory.observe_occupancy(observed.busy, now);
+    let (memory, occupancy) = memory.observe_occupancy(observed.busy, now);
     let (want, reason) = match (scaling.policy, observed.queued) {
         (PolicyKind::Queue, Some(queued)) => (
             observed.busy + queued + min_idle,
             "busy + queued steps + minIdle",
         ),
         _ => {
-            let active = min_idle > 0 && memory.occupancy >= ACTIVE_OCCUPANCY;
+            let active = min_idle > 0 && occupancy >= ACTIVE_OCCUPANCY;
             let want = observed.busy + min_idle + u32::from(active) + observed.busy_on_arrival;
             let reason = match (active, observed.busy_on_arrival > 0) {
                 (false, false) => "busy + minIdle",

@@ -251,7 +251,7 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         return pod_log(&cluster, &target);
     }
     let result = match verb {
-        "watch" => return watch(cluster, target, query),
+        "watch" => return watch(cluster, target, query, wants_metadata(&parts.headers)),
         "list" => list(&cluster, &target, &query, &parts.headers),
         "get" => get(&cluster, &target, &parts.headers),
         "create" => create(&cluster, &target, &body, &parts.headers),
@@ -338,6 +338,19 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
+/// Metadata-only requests (`metadata_watcher`, `kubectl get -o name`): the objects reduced to
+/// `PartialObjectMetadata`, as the API server answers them.
+fn wants_metadata(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+fn partial(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
+}
+
 fn list(
     cluster: &Cluster,
     target: &Target,
@@ -388,6 +401,18 @@ fn list(
     }
     if wants_table(headers) {
         return Ok((StatusCode::OK, table(&target.rt, &items, metadata)));
+    }
+    if wants_metadata(headers) {
+        let items: Vec<Value> = items.iter().map(partial).collect();
+        return Ok((
+            StatusCode::OK,
+            json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": metadata,
+                "items": items,
+            }),
+        ));
     }
     Ok((
         StatusCode::OK,
@@ -593,7 +618,19 @@ fn delete(
 
 /// A watch: events after `resourceVersion` (or the current state as ADDED events), then live
 /// ones, filtered like a list, ended by `timeoutSeconds` or an injected drop.
-fn watch(cluster: Arc<Cluster>, target: Target, query: HashMap<String, String>) -> Response {
+fn watch(
+    cluster: Arc<Cluster>,
+    target: Target,
+    query: HashMap<String, String>,
+    metadata_only: bool,
+) -> Response {
+    let shape = move |object: &Value| {
+        if metadata_only {
+            partial(object)
+        } else {
+            object.clone()
+        }
+    };
     let labels =
         match LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
             Ok(l) => l,
@@ -638,13 +675,13 @@ fn watch(cluster: Arc<Cluster>, target: Target, query: HashMap<String, String>) 
         Some(rv) => {
             for e in store.backlog(rv) {
                 if matches(&e, &type_key, namespace.as_deref(), &labels, &fields) {
-                    first.push(json!({"type": e.kind, "object": e.object}));
+                    first.push(json!({"type": e.kind, "object": shape(&e.object)}));
                 }
             }
         }
         None => {
             for object in store.list(&target.rt, namespace.as_deref(), &labels, &fields) {
-                first.push(json!({"type": "ADDED", "object": object}));
+                first.push(json!({"type": "ADDED", "object": shape(&object)}));
             }
         }
     }
@@ -666,7 +703,7 @@ fn watch(cluster: Arc<Cluster>, target: Target, query: HashMap<String, String>) 
         .filter_map(move |event| {
             let out = event.ok().and_then(|e| {
                 (e.rv > last_rv && matches(&e, &type_key, namespace.as_deref(), &labels, &fields))
-                    .then(|| json!({"type": e.kind, "object": e.object}))
+                    .then(|| json!({"type": e.kind, "object": shape(&e.object)}))
             });
             futures::future::ready(out)
         });

@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Config};
 use serde_json::json;
@@ -350,6 +350,57 @@ async fn a_reflector_follows_the_cluster_through_dropped_watches() {
         names == ["r2"]
     })
     .await;
+}
+
+#[tokio::test]
+async fn metadata_only_lists_and_watches_carry_no_data() {
+    let (fake, client) = fast().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &cm("m1", &[("app", "m")]))
+        .await
+        .unwrap();
+    let listed = api
+        .list_metadata(&ListParams::default().labels("app=m"))
+        .await
+        .unwrap();
+    let names: Vec<_> = listed
+        .items
+        .iter()
+        .filter_map(|o| o.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["m1"]);
+    // The raw answer is PartialObjectMetadata: no data travels.
+    let raw: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps?labelSelector=app%3Dm",
+            fake.url()
+        ))
+        .header(
+            "Accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(raw["kind"], "PartialObjectMetadataList");
+    assert!(raw["items"][0].get("data").is_none(), "{raw}");
+
+    let metadata: Api<PartialObjectMeta<ConfigMap>> =
+        Api::namespaced(api.clone().into_client(), "default");
+    let mut events = watcher(metadata, watcher::Config::default().labels("app=m"))
+        .touched_objects()
+        .boxed();
+    let first = events.try_next().await.unwrap().unwrap();
+    assert_eq!(first.metadata.name.as_deref(), Some("m1"));
+    api.create(&PostParams::default(), &cm("m2", &[("app", "m")]))
+        .await
+        .unwrap();
+    let next = events.try_next().await.unwrap().unwrap();
+    assert_eq!(next.metadata.name.as_deref(), Some("m2"));
+    assert_eq!(next.metadata.labels.unwrap()["app"], "m");
 }
 
 #[tokio::test]

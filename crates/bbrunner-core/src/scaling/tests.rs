@@ -63,35 +63,40 @@ fn an_active_pool_keeps_one_more_runner_warm() {
 #[test]
 fn occupancy_is_the_share_of_the_last_hour_with_a_step_running() {
     let s = scaling(PolicyKind::IdleBuffer);
+    let poll = |memory, busy, now| {
+        desired(
+            &s,
+            Overrides::default(),
+            &obs(0, 1, busy, None),
+            memory,
+            now,
+        )
+        .1
+    };
     let mut memory = occupied(0.0);
-    // An hour of 15 s polls with a step always running: 1 - 1/e of the way to 1.
-    for poll in 1..=240 {
-        let now = f64::from(poll) * 15.0;
-        memory = desired(&s, Overrides::default(), &obs(0, 1, 1, None), memory, now).1;
+    // An hour of 15 s polls with a step always running.
+    for step in 1..=240 {
+        memory = poll(memory, 1, f64::from(step) * 15.0);
     }
-    assert!((memory.occupancy - (1.0 - (-1.0f64).exp())).abs() < 1e-9);
-    assert_eq!(memory.occupancy_at, Some(3600.0));
-    // Irregular polls weigh by elapsed time: one poll an hour later, idle, decays by 1/e.
-    let before = memory.occupancy;
-    memory = desired(
-        &s,
-        Overrides::default(),
-        &obs(0, 2, 0, None),
-        memory,
-        7200.0,
-    )
-    .1;
-    assert!((memory.occupancy - before * (-1.0f64).exp()).abs() < 1e-9);
+    let expected = 1.0 - (-(3600.0 - 15.0) / 3600.0f64).exp();
+    assert!((memory.occupancy_now(3600.0) - expected).abs() < 1e-9);
+    // Steady, so the memory (and the status holding it) changed once, when the step started.
+    assert_eq!((memory.occupancy_at, memory.occupied), (Some(15.0), true));
+    // The pool turns idle an hour later: a change, marked; then it decays by 1/e an hour.
+    memory = poll(memory, 0, 7200.0);
+    let marked = 1.0 - (-(7200.0 - 15.0) / 3600.0f64).exp();
+    assert_eq!(
+        (memory.occupancy_at, memory.occupied),
+        (Some(7200.0), false)
+    );
+    assert!((memory.occupancy - marked).abs() < 1e-9);
+    assert!((memory.occupancy_now(10_800.0) - marked * (-1.0f64).exp()).abs() < 1e-9);
     // With no history, the first sample is the estimate.
-    let fresh = desired(
-        &s,
-        Overrides::default(),
-        &obs(0, 0, 1, None),
-        PolicyMemory::default(),
-        50.0,
-    )
-    .1;
-    assert_eq!((fresh.occupancy, fresh.occupancy_at), (1.0, Some(50.0)));
+    let fresh = poll(PolicyMemory::default(), 1, 50.0);
+    assert_eq!(
+        (fresh.occupancy, fresh.occupancy_at, fresh.occupied),
+        (1.0, Some(50.0), true)
+    );
 }
 
 #[test]

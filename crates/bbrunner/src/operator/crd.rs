@@ -230,9 +230,12 @@ pub struct RunnerPoolStatus {
     /// or more the pool is active and `idle-buffer` keeps one more runner warm.
     #[serde(default)]
     pub occupancy: Option<f64>,
-    /// When `occupancy` was last sampled (RFC 3339).
+    /// When `occupancy` had that value (RFC 3339).
     #[serde(default)]
     pub occupancy_time: Option<String>,
+    /// Whether a step has been running since `occupancyTime`.
+    #[serde(default)]
+    pub occupied: Option<bool>,
 }
 
 #[cfg(test)]
@@ -243,7 +246,7 @@ mod tests {
     fn policy_memory_is_cleared_through_a_merge_patch() {
         // Absent fields survive a merge patch; memory that ended must be sent as null.
         let status = serde_json::to_value(RunnerPoolStatus::default()).unwrap();
-        for key in ["surplusSince", "occupancy", "occupancyTime"] {
+        for key in ["surplusSince", "occupancy", "occupancyTime", "occupied"] {
             assert!(
                 status.get(key).is_some_and(serde_json::Value::is_null),
                 "{key} missing from {status}"

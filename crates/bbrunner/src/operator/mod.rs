@@ -13,8 +13,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
@@ -147,7 +148,10 @@ async fn controller(
     ctx: Arc<reconcile::Context>,
     stop: CancellationToken,
 ) {
-    let (pools, pods, secrets): (Api<RunnerPool>, Api<Pod>, Api<Secret>) = match &namespace {
+    // Metadata-only Apis: the API server sends no pod specs or Secret data.
+    type Pods = Api<PartialObjectMeta<Pod>>;
+    type Secrets = Api<PartialObjectMeta<Secret>>;
+    let (pools, pods, secrets): (Api<RunnerPool>, Pods, Secrets) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -161,9 +165,12 @@ async fn controller(
     };
     let managed = watcher::Config::default()
         .labels("app.kubernetes.io/managed-by=bbrunner,bbrunner.dev/pool");
+    // Pods and Secrets only wake their pool's reconcile, which lists them itself: watch their
+    // metadata alone (the owner reference is all the trigger needs), so that the watch
+    // streams carry no pod specs or Secret data.
     Controller::new(pools, watcher::Config::default())
-        .owns(pods, managed.clone())
-        .owns(secrets, managed)
+        .owns_stream(watcher(pods, managed.clone()).touched_objects())
+        .owns_stream(watcher(secrets, managed).touched_objects())
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {

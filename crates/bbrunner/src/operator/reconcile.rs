@@ -473,6 +473,7 @@ async fn reconcile_managed(
             surplus_since: status.surplus_since.as_deref().and_then(parse_time),
             occupancy: status.occupancy.unwrap_or_default(),
             occupancy_at: status.occupancy_time.as_deref().and_then(parse_time),
+            occupied: status.occupied.unwrap_or_default(),
         },
         queued,
         scope_room: 100u32.saturating_sub(listed.runners.len() as u32),
@@ -992,6 +993,7 @@ async fn write_status(
         surplus_since: memory.surplus_since.and_then(format_time),
         occupancy: memory.occupancy_at.map(|_| memory.occupancy),
         occupancy_time: memory.occupancy_at.and_then(format_time),
+        occupied: memory.occupancy_at.map(|_| memory.occupied),
     };
     let api: Api<RunnerPool> =
         Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
