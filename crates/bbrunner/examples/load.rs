@@ -15,15 +15,33 @@ const WORKSPACES: usize = 10;
 const POOLS_PER_WORKSPACE: usize = 5;
 const RUNNERS_PER_POOL: usize = 20;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+/// Resident memory in KiB: total, anonymous (heap, stacks) and file-backed (the binary's
+/// pages), so that a miss can be attributed.
+#[derive(Clone, Copy, Default)]
+struct Rss {
+    total: u64,
+    anon: u64,
+    file: u64,
+}
+
+fn rss(pid: u32) -> Rss {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    Rss {
+        total: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
 /// User plus system CPU time of a process, in clock ticks.
@@ -148,7 +166,17 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let mut operator = Command::new(&bbrunner)
+    // LOAD_OPERATOR_WRAPPER=heaptrack profiles the operator's heap (the figures then
+    // include the wrapper's own memory).
+    let mut command = match std::env::var("LOAD_OPERATOR_WRAPPER") {
+        Ok(wrapper) => {
+            let mut c = Command::new(wrapper);
+            c.arg(&bbrunner);
+            c
+        }
+        Err(_) => Command::new(&bbrunner),
+    };
+    let mut operator = command
         .args([
             "operator",
             "--bitbucket-url",
@@ -203,9 +231,12 @@ async fn main() {
         .unwrap();
     let cpu_before = cpu_ticks(pid);
     let t0 = Instant::now();
-    let mut peak_rss = 0;
+    let mut peak = Rss::default();
     while t0.elapsed() < window {
-        peak_rss = peak_rss.max(rss_kib(pid));
+        let now = rss(pid);
+        if now.total > peak.total {
+            peak = now;
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
@@ -232,13 +263,23 @@ async fn main() {
         "pools": WORKSPACES * POOLS_PER_WORKSPACE,
         "runners": total,
         "ramp_seconds": (ramp * 10.0).round() / 10.0,
-        "operator_rss_mib": (peak_rss as f64 / 1024.0 * 10.0).round() / 10.0,
+        "operator_rss_mib": mib(peak.total),
+        "operator_rss_anon_mib": mib(peak.anon),
+        "operator_rss_file_mib": mib(peak.file),
         "operator_cpu_percent": (ticks as f64 / 100.0 / elapsed * 1000.0).round() / 10.0,
         "reconcile_p99_in_window": p99_between(&metrics_before, &metrics, "bbrunner_reconcile_duration_seconds"),
         "max_bitbucket_calls_per_hour_per_scope": per_scope_hour.round(),
         "budget_per_identity_per_hour": 900,
     });
     println!("{report}");
+    // SIGTERM first, so that a wrapper such as heaptrack writes its profile.
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    for _ in 0..50 {
+        if operator.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = operator.kill();
     let _ = operator.wait();
     let _ = std::fs::remove_dir_all(&dir);

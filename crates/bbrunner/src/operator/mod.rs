@@ -4,6 +4,7 @@
 pub mod crd;
 mod hub;
 mod metrics;
+mod pod_view;
 mod pool;
 pub mod reconcile;
 

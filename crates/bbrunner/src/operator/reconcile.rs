@@ -17,6 +17,7 @@ use bitbucket::{Client, Credentials, Error as BitbucketError, RunnerScope};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -26,6 +27,7 @@ use serde_json::json;
 use super::crd::{PoolMode, RunnerPool, RunnerPoolStatus};
 use super::hub::{Hub, now_seconds};
 use super::metrics::{ErrorLabels, Metrics, PoolLabels, RunnerStateLabels};
+use super::pod_view::PodView;
 use super::pool::{self, ANNOTATION_RAN_STEP, InvalidSpec, LABEL_POOL, ValidPool};
 
 /// Operator-wide settings.
@@ -196,7 +198,7 @@ fn format_time(seconds: f64) -> Option<String> {
         .map(|t| t.to_string())
 }
 
-fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
+fn observe_pod(pod: &PodView) -> Option<ObservedPod> {
     let runner = RunnerUuid::parse(pod.labels().get(LABEL_RUNNER_UUID)?).ok()?;
     let status = pod.status.clone().unwrap_or_default();
     let phase = match status.phase.as_deref() {
@@ -206,7 +208,7 @@ fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
         Some("Failed") => PodPhase::Failed,
         Some(_) => PodPhase::Unknown,
     };
-    let conditions = status.conditions.unwrap_or_default();
+    let conditions = status.conditions;
     let unschedulable = conditions.iter().find_map(|c| {
         (c.type_ == "PodScheduled"
             && c.status == "False"
@@ -355,18 +357,20 @@ async fn remove_finalizer(
     Ok(Requeue::await_change())
 }
 
+/// The pool's pods (their view) and Secrets (metadata only: their data never leaves the API
+/// server on a list).
 async fn pool_objects(
     ctx: &Context,
     pool: &RunnerPool,
-) -> Result<(Vec<Pod>, Vec<Secret>), ReconcileError> {
+) -> Result<(Vec<PodView>, Vec<PartialObjectMeta<Secret>>), ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
     let selector = ListParams::default().labels(&format!("{LABEL_POOL}={}", pool.name_any()));
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+    let pods = Api::<PodView>::namespaced(ctx.client.clone(), &ns)
         .list(&selector)
         .await?
         .items;
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .list(&selector)
+        .list_metadata(&selector)
         .await?
         .items;
     Ok((pods, secrets))
@@ -802,7 +806,7 @@ async fn reconcile_static(
         wanted.push((uuid, r.secret_ref.name.clone(), repository_scoped));
     }
     let selector = ListParams::default().labels(&format!("{LABEL_POOL}={name}"));
-    let observed: Vec<ObservedPod> = pods
+    let observed: Vec<ObservedPod> = Api::<PodView>::namespaced(ctx.client.clone(), &ns)
         .list(&selector)
         .await?
         .items
