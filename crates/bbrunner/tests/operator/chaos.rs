@@ -16,6 +16,38 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// The pool's pods, read through the faults the test itself injects.
+/// The runner UUIDs Bitbucket lists, braces trimmed (as pod labels carry them).
+fn runner_uuid_labels(world: &World) -> BTreeSet<String> {
+    world
+        .runners()
+        .iter()
+        .map(|r| {
+            r["uuid"]
+                .as_str()
+                .unwrap()
+                .trim_matches(|c| c == '{' || c == '}')
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The runner UUIDs of the pool's pods in one of `phases`, not being deleted.
+async fn pod_uuids(world: &World, phases: &[&str]) -> BTreeSet<String> {
+    world
+        .pods()
+        .await
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|phase| phases.contains(&phase))
+        })
+        .map(|p| p.metadata.labels.as_ref().unwrap()["bbrunner.dev/runner-uuid"].clone())
+        .collect()
+}
+
 async fn pods_despite_faults(world: &World) -> Vec<Pod> {
     for _ in 0..50 {
         if let Ok(list) = Api::<Pod>::namespaced(world.client.clone(), NS)
@@ -132,27 +164,8 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
     // checks more than a poll apart, so the status is fresh.
     let steady = || async {
         let status = world.status("builds").await;
-        let runners: BTreeSet<String> = world
-            .runners()
-            .iter()
-            .map(|r| {
-                r["uuid"]
-                    .as_str()
-                    .unwrap()
-                    .trim_matches(|c| c == '{' || c == '}')
-                    .to_owned()
-            })
-            .collect();
-        let pods: BTreeSet<String> = world
-            .pods()
-            .await
-            .iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            })
-            .map(|p| p.metadata.labels.as_ref().unwrap()["bbrunner.dev/runner-uuid"].clone())
-            .collect();
+        let runners = runner_uuid_labels(&world);
+        let pods = pod_uuids(&world, &["Running"]).await;
         let all_online = world.runners().iter().all(|r| r["state"] == "ONLINE");
         let queued = world.steps(StepState::Queued);
         !runners.is_empty()
@@ -161,6 +174,31 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
             && queued == 0
             && status["desired"].as_u64() == Some(runners.len() as u64)
     };
+    // The operator's own part of convergence: as many runners as desired, each with a live
+    // pod (running or still starting), held across two checks more than a poll apart. What
+    // comes after is pod start and registration, which no poll can hurry.
+    let counted = || async {
+        let status = world.status("builds").await;
+        let runners = runner_uuid_labels(&world);
+        let pods = pod_uuids(&world, &["Pending", "Running"]).await;
+        !runners.is_empty()
+            && runners == pods
+            && status["desired"].as_u64() == Some(runners.len() as u64)
+    };
+    let mut counted_at = None;
+    while calm.elapsed() < Duration::from_secs(90) {
+        if counted().await {
+            let first = calm.elapsed().as_secs_f64();
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            if counted().await {
+                counted_at = Some(first);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counted_at =
+        counted_at.unwrap_or_else(|| panic!("runner count never matched desired within 90 s"));
     let mut converged_at = None;
     while calm.elapsed() < Duration::from_secs(90) {
         if steady().await {
@@ -236,6 +274,7 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
         "interrupted_by_injected_failures": interrupted_otherwise, "failed_no_online_runner": no_runner,
         "duplicate_agent_polls": duplicates,
         "bitbucket_requests": requests, "convergence_s": (convergence * 10.0).round() / 10.0,
+        "count_convergence_s": (counted_at * 10.0).round() / 10.0,
     });
     println!("chaos summary: {summary}");
     assert_eq!(
