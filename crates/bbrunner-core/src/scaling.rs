@@ -154,6 +154,8 @@ impl Observed {
 pub const OCCUPANCY_WINDOW: Seconds = 3600.0;
 /// At this occupancy or more the pool counts as active and keeps one more runner warm.
 pub const ACTIVE_OCCUPANCY: f64 = 0.5;
+/// At this occupancy or more (a step running nearly all the time) it keeps two more.
+pub const BUSY_OCCUPANCY: f64 = 0.8;
 
 /// Memory a policy keeps between polls (stored in the pool's status by the operator).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -223,7 +225,8 @@ pub struct Overrides {
 ///
 /// Without the queue, `idle-buffer` wants busy + minIdle, plus one while the pool is active
 /// (occupancy at least [`ACTIVE_OCCUPANCY`]: parallel steps arrive together, and a second
-/// warm runner serves the second step of a fan-out without a runner start), plus the runners
+/// warm runner serves the second step of a fan-out without a runner start) and two while it
+/// is busy ([`BUSY_OCCUPANCY`]: fan-outs come often enough to pay for a third), plus the runners
 /// that took a step on arrival (steps were queued behind them: growing by as many again
 /// serves a large fan-out in a few start latencies instead of one per step). The extra warm
 /// runner is kept only when `minIdle` is above zero: zero means no idle runners.
@@ -243,13 +246,19 @@ pub fn desired(
             "busy + queued steps + minIdle",
         ),
         _ => {
-            let active = min_idle > 0 && occupancy >= ACTIVE_OCCUPANCY;
-            let want = observed.busy + min_idle + u32::from(active) + observed.busy_on_arrival;
-            let reason = match (active, observed.busy_on_arrival > 0) {
-                (false, false) => "busy + minIdle",
-                (true, false) => "busy + minIdle + 1 while active",
-                (false, true) => "busy + minIdle + runners busy on arrival",
-                (true, true) => "busy + minIdle + 1 while active + runners busy on arrival",
+            let warm_extra = if min_idle > 0 {
+                u32::from(occupancy >= ACTIVE_OCCUPANCY) + u32::from(occupancy >= BUSY_OCCUPANCY)
+            } else {
+                0
+            };
+            let want = observed.busy + min_idle + warm_extra + observed.busy_on_arrival;
+            let reason = match (warm_extra, observed.busy_on_arrival > 0) {
+                (0, false) => "busy + minIdle",
+                (1, false) => "busy + minIdle + 1 while active",
+                (_, false) => "busy + minIdle + 2 while busy",
+                (0, true) => "busy + minIdle + runners busy on arrival",
+                (1, true) => "busy + minIdle + 1 while active + runners busy on arrival",
+                (_, true) => "busy + minIdle + 2 while busy + runners busy on arrival",
             };
             (want, reason)
         }

@@ -41,7 +41,7 @@ fn idle_buffer_keeps_one_warm_runner_and_counts_starting_ones() {
 }
 
 #[test]
-fn an_active_pool_keeps_one_more_runner_warm() {
+fn an_active_pool_keeps_more_runners_warm() {
     let s = scaling(PolicyKind::IdleBuffer);
     let o = obs(0, 0, 2, None);
     let (quiet, _) = desired(&s, Overrides::default(), &o, occupied(0.3), 15.0);
@@ -50,6 +50,11 @@ fn an_active_pool_keeps_one_more_runner_warm() {
     assert_eq!(
         (active.desired, active.reason),
         (4, "busy + minIdle + 1 while active")
+    );
+    let (busy, _) = desired(&s, Overrides::default(), &o, occupied(0.9), 15.0);
+    assert_eq!(
+        (busy.desired, busy.reason),
+        (5, "busy + minIdle + 2 while busy")
     );
     // minIdle 0 asks for no idle runners at all.
     let none = Scaling {

@@ -226,8 +226,8 @@ pub struct RunnerPoolStatus {
     // absent fields, and a stale time would cut the next scale-down delay short.
     #[serde(default)]
     pub surplus_since: Option<String>,
-    /// Share of the last hour (exponentially weighted) with at least one step running; at 0.5
-    /// or more the pool is active and `idle-buffer` keeps one more runner warm.
+    /// Share of the last hour (exponentially weighted) with at least one step running, as of
+    /// `occupancyTime`; from 0.5 `idle-buffer` keeps one more runner warm, from 0.8 two more.
     #[serde(default)]
     pub occupancy: Option<f64>,
     /// When `occupancy` had that value (RFC 3339).
