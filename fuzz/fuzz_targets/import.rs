@@ -1,5 +1,5 @@
 #![no_main]
-//! The UI-command parser on arbitrary text: never panics, and an error never quotes input.
+//! The UI-command parser on arbitrary text: never panics, and every error renders.
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
