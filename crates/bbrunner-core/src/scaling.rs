@@ -39,8 +39,8 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Seconds, Durat
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
-    /// desired = busy + minIdle, one more while the pool is active, plus the runners that
-    /// took a step on arrival: warm runners waiting, more of them when work keeps coming.
+    /// desired = busy + minIdle, one or two more while the pool is active or busy, plus the
+    /// runners that took a step on arrival: warm runners waiting, more when work keeps coming.
     #[default]
     IdleBuffer,
     /// desired = busy + queued steps + minIdle, when the queue is known.
@@ -229,7 +229,7 @@ pub struct Overrides {
 /// is busy ([`BUSY_OCCUPANCY`]: fan-outs come often enough to pay for a third), plus the runners
 /// that took a step on arrival (steps were queued behind them: growing by as many again
 /// serves a large fan-out in a few start latencies instead of one per step). The extra warm
-/// runner is kept only when `minIdle` is above zero: zero means no idle runners.
+/// runners are kept only when `minIdle` is above zero: zero means no idle runners.
 pub fn desired(
     scaling: &Scaling,
     overrides: Overrides,
