@@ -40,6 +40,16 @@ fn rss(pid: u32) -> Rss {
     }
 }
 
+/// The operator's /metrics page.
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn mib(kib: u64) -> f64 {
     (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
@@ -222,13 +232,7 @@ async fn main() {
             .unwrap_or(60),
     );
     let requests_before = bitbucket.with_world(|w, _| w.requests.len());
-    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
-    let metrics_before = reqwest::get(&metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_before = scrape(port).await;
     let cpu_before = cpu_ticks(pid);
     let t0 = Instant::now();
     let mut peak = Rss::default();
@@ -253,12 +257,7 @@ async fn main() {
             .map(|c| *c as f64 * 3600.0 / elapsed)
             .fold(0.0, f64::max)
     });
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(port).await;
     let report = json!({
         "pools": WORKSPACES * POOLS_PER_WORKSPACE,
         "runners": total,

@@ -16,6 +16,49 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// The pool's pods, read through the faults the test itself injects.
+#[derive(Clone, Copy, PartialEq)]
+enum Convergence {
+    /// The operator's own part: as many runners as the status wants, each with a live pod
+    /// (running or still starting). What comes after is pod start and registration, which no
+    /// poll can hurry.
+    Count,
+    /// Every runner backed by one running pod and ONLINE, and no step waiting.
+    Full,
+}
+
+async fn converged(world: &World, kind: Convergence) -> bool {
+    let status = world.status("builds").await;
+    let runners = runner_uuid_labels(world);
+    let phases: &[&str] = match kind {
+        Convergence::Count => &["Pending", "Running"],
+        Convergence::Full => &["Running"],
+    };
+    let pods = pod_uuids(world, phases).await;
+    let ready = kind == Convergence::Count
+        || (world.runners().iter().all(|r| r["state"] == "ONLINE")
+            && world.steps(StepState::Queued) == 0);
+    !runners.is_empty()
+        && runners == pods
+        && ready
+        && status["desired"].as_u64() == Some(runners.len() as u64)
+}
+
+/// Seconds from `calm` until `kind` of convergence first held across two checks more than a
+/// poll apart (so that the status read is one written after `calm`); None within 90 s.
+async fn held_after(world: &World, calm: Instant, kind: Convergence) -> Option<f64> {
+    while calm.elapsed() < Duration::from_secs(90) {
+        if converged(world, kind).await {
+            let first = calm.elapsed().as_secs_f64();
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            if converged(world, kind).await {
+                return Some(first);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 /// The runner UUIDs Bitbucket lists, braces trimmed (as pod labels carry them).
 fn runner_uuid_labels(world: &World) -> BTreeSet<String> {
     world
@@ -159,59 +202,11 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
         .with_world(|w, _| w.faults = BitbucketFaults::default());
     world._kube.cluster().set_faults(KubeFaults::default());
     let calm = Instant::now();
-    // Converged: every runner backed by one running pod and ONLINE, no step waiting, and as
-    // many runners as the status (written after the faults stopped) wants; held across two
-    // checks more than a poll apart, so the status is fresh.
-    let steady = || async {
-        let status = world.status("builds").await;
-        let runners = runner_uuid_labels(&world);
-        let pods = pod_uuids(&world, &["Running"]).await;
-        let all_online = world.runners().iter().all(|r| r["state"] == "ONLINE");
-        let queued = world.steps(StepState::Queued);
-        !runners.is_empty()
-            && runners == pods
-            && all_online
-            && queued == 0
-            && status["desired"].as_u64() == Some(runners.len() as u64)
-    };
-    // The operator's own part of convergence: as many runners as desired, each with a live
-    // pod (running or still starting), held across two checks more than a poll apart. What
-    // comes after is pod start and registration, which no poll can hurry.
-    let counted = || async {
-        let status = world.status("builds").await;
-        let runners = runner_uuid_labels(&world);
-        let pods = pod_uuids(&world, &["Pending", "Running"]).await;
-        !runners.is_empty()
-            && runners == pods
-            && status["desired"].as_u64() == Some(runners.len() as u64)
-    };
-    let mut counted_at = None;
-    while calm.elapsed() < Duration::from_secs(90) {
-        if counted().await {
-            let first = calm.elapsed().as_secs_f64();
-            tokio::time::sleep(Duration::from_millis(1300)).await;
-            if counted().await {
-                counted_at = Some(first);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let counted_at =
-        counted_at.unwrap_or_else(|| panic!("runner count never matched desired within 90 s"));
-    let mut converged_at = None;
-    while calm.elapsed() < Duration::from_secs(90) {
-        if steady().await {
-            let first = calm.elapsed().as_secs_f64();
-            tokio::time::sleep(Duration::from_millis(1300)).await;
-            if steady().await {
-                converged_at = Some(first);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let convergence = converged_at
+    let counted_at = held_after(&world, calm, Convergence::Count)
+        .await
+        .unwrap_or_else(|| panic!("runner count never matched desired within 90 s"));
+    let convergence = held_after(&world, calm, Convergence::Full)
+        .await
         .unwrap_or_else(|| panic!("no convergence within 90 s after the faults stopped"));
 
     let (

@@ -178,6 +178,18 @@ impl World {
             .unwrap();
     }
 
+    /// The namespace's events.k8s.io/v1 Events (what the operator records).
+    fn events(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            NS,
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+                "events",
+            ),
+        )
+    }
+
     async fn status(&self, name: &str) -> Value {
         self.pools()
             .get(name)
@@ -795,17 +807,7 @@ async fn no_secret_reaches_logs_events_status_or_metrics_even_at_trace_level() {
         "trace logging produced little: {} bytes",
         logs.len()
     );
-    let events = Api::<DynamicObject>::namespaced_with(
-        world.client.clone(),
-        NS,
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
-            "events",
-        ),
-    )
-    .list(&ListParams::default())
-    .await
-    .unwrap();
+    let events = world.events().list(&ListParams::default()).await.unwrap();
     let events = serde_json::to_string(&events.items).unwrap();
     assert!(events.contains("RunnerCreated"), "{events}");
     let statuses = serde_json::to_string(&vec![

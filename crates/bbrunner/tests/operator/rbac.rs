@@ -102,14 +102,7 @@ async fn pool_lifecycle_works(drop_rule: Option<usize>) -> bool {
         Stdio::null(),
     );
     world.pool("builds", managed(1, 2)).await;
-    let events = Api::<DynamicObject>::namespaced_with(
-        world.client.clone(),
-        NS,
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
-            "events",
-        ),
-    );
+    let events = world.events();
     // A working operator gets here in about two seconds; the margin is for busy CI machines.
     let deadline = Instant::now() + Duration::from_secs(12);
     let mut alive = false;
