@@ -150,6 +150,17 @@ impl Observed {
     }
 }
 
+/// Requests a `queue` pool leaves in its identity's hourly budget for the runner list, creates
+/// and repairs: it reads the pipelines API only while more than these remain.
+pub const QUEUE_BUDGET_RESERVE: u32 = 100;
+
+/// Whether a pool reads the queue (the pipelines API) at this poll: `queue` pools only, and only
+/// while `calls` more requests leave [`QUEUE_BUDGET_RESERVE`] of the budget; otherwise the
+/// policy falls back to idle-buffer. The operator and the simulator both ask this.
+pub fn reads_queue(policy: PolicyKind, remaining_budget: u32, calls: u32) -> bool {
+    policy == PolicyKind::Queue && remaining_budget >= calls + QUEUE_BUDGET_RESERVE
+}
+
 /// How far back occupancy looks (the time constant of its exponential average).
 pub const OCCUPANCY_WINDOW: Seconds = 3600.0;
 /// At this occupancy or more the pool counts as active and keeps one more runner warm.

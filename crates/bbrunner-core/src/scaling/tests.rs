@@ -41,6 +41,13 @@ fn idle_buffer_keeps_one_warm_runner_and_counts_starting_ones() {
 }
 
 #[test]
+fn the_queue_is_read_only_by_queue_pools_within_the_budget_reserve() {
+    assert!(reads_queue(PolicyKind::Queue, 105, 5));
+    assert!(!reads_queue(PolicyKind::Queue, 104, 5));
+    assert!(!reads_queue(PolicyKind::IdleBuffer, 900, 1));
+}
+
+#[test]
 fn an_active_pool_keeps_more_runners_warm() {
     let s = scaling(PolicyKind::IdleBuffer);
     let o = obs(0, 0, 2, None);

@@ -17,7 +17,8 @@ use super::TraceStep;
 use super::rng::Rng;
 use crate::labels::Labels;
 use crate::scaling::{
-    AtlassianAction, Observed, PolicyKind, PolicyMemory, Scaling, Seconds, atlassian_ratio, desired,
+    AtlassianAction, Observed, PolicyKind, PolicyMemory, Scaling, Seconds, atlassian_ratio,
+    desired, reads_queue,
 };
 use crate::schedule::overrides_at;
 
@@ -310,8 +311,8 @@ impl Sim<'_> {
         self.recent_calls.push_back(self.now);
     }
 
-    /// Whether `n` more requests fit in the rolling hour's budget.
-    fn affordable(&mut self, n: u32) -> bool {
+    /// Requests left in the rolling hour's budget.
+    fn remaining_budget(&mut self) -> u32 {
         while self
             .recent_calls
             .front()
@@ -319,7 +320,9 @@ impl Sim<'_> {
         {
             self.recent_calls.pop_front();
         }
-        self.recent_calls.len() + n as usize <= self.config.api_budget as usize
+        self.config
+            .api_budget
+            .saturating_sub(self.recent_calls.len() as u32)
     }
 
     fn delete(&mut self, r: usize) {
@@ -448,11 +451,10 @@ impl Sim<'_> {
     fn our_poll(&mut self) {
         self.call();
         let scaling = self.config.scaling.clone();
-        // Pipelines list plus one steps call per active pipeline (one step each here), only
-        // while the budget allows; otherwise the policy falls back to idle-buffer.
+        // Pipelines list plus one steps call per active pipeline (one step each here).
         let pipeline_calls = 1 + self.queue.len() as u32 + self.busy;
         let queued =
-            (scaling.policy == PolicyKind::Queue && self.affordable(pipeline_calls)).then(|| {
+            reads_queue(scaling.policy, self.remaining_budget(), pipeline_calls).then(|| {
                 for _ in 0..pipeline_calls {
                     self.call();
                 }

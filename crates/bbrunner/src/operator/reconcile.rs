@@ -11,7 +11,7 @@ use bbrunner_core::plan::{
     PoolSettings, RunnerStatus, plan, plan_static,
 };
 use bbrunner_core::registration::RunnerRegistration;
-use bbrunner_core::scaling::{PolicyKind, PolicyMemory};
+use bbrunner_core::scaling::{PolicyMemory, reads_queue};
 use bbrunner_core::schedule::overrides_at;
 use bitbucket::{Client, Credentials, Error as BitbucketError, RunnerScope};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -383,7 +383,8 @@ async fn queued_steps(
     valid: &ValidPool,
 ) -> Option<u32> {
     let repository = pool.spec.repository.as_deref()?;
-    if valid.scaling.policy != PolicyKind::Queue || client.remaining_budget() < 100 {
+    // One call for the pipelines list; the per-pipeline steps calls come out of the reserve.
+    if !reads_queue(valid.scaling.policy, client.remaining_budget(), 1) {
         return None;
     }
     let steps = client
