@@ -509,7 +509,6 @@ pub fn fix_docker_mtu(text: &str, mtu: u16) -> Option<String> {
 }
 
 fn insert_docker_opts(text: &str, doc: &Document, opts: &str) -> Option<String> {
-    let docker = &doc.value["definitions"]["services"]["docker"];
     let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let insert_after = |line: usize, block: Vec<String>| -> String {
@@ -531,57 +530,37 @@ fn insert_docker_opts(text: &str, doc: &Document, opts: &str) -> Option<String> 
     let opts = format!("DOCKER_OPTS: \"{opts}\"");
     // Block-style keys only: the position of a key is where its line starts.
     let key_line = |pointer: &str| doc.keys.get(pointer).copied();
-    if !docker.is_null() {
-        let at = key_line("/definitions/services/docker")?;
-        let indent = " ".repeat(at.column - 1 + 2);
-        if docker["variables"].is_object() {
-            let v = key_line("/definitions/services/docker/variables")?;
-            return Some(insert_after(
-                v.line,
-                vec![format!("{}{opts}", " ".repeat(v.column - 1 + 2))],
-            ));
-        }
-        if !docker.is_object() {
+    // Under the deepest of definitions/services/docker/variables that exists, write the
+    // levels still missing and the variable.
+    const PATH: [&str; 4] = ["definitions", "services", "docker", "variables"];
+    let nested = |missing: &[&str], indent: usize| -> Vec<String> {
+        let depth = missing.len();
+        missing
+            .iter()
+            .enumerate()
+            .map(|(d, key)| format!("{}{key}:", " ".repeat(indent + 2 * d)))
+            .chain(std::iter::once(format!(
+                "{}{opts}",
+                " ".repeat(indent + 2 * depth)
+            )))
+            .collect()
+    };
+    for depth in (1..=PATH.len()).rev() {
+        let pointer: String = PATH[..depth].iter().map(|k| format!("/{k}")).collect();
+        let Some(level) = doc.value.pointer(&pointer) else {
+            continue;
+        };
+        if !level.is_object() {
             return None;
         }
+        let at = key_line(&pointer)?;
         return Some(insert_after(
             at.line,
-            vec![format!("{indent}variables:"), format!("{indent}  {opts}")],
-        ));
-    }
-    if doc.value["definitions"]["services"].is_object() {
-        let at = key_line("/definitions/services")?;
-        let indent = " ".repeat(at.column - 1 + 2);
-        return Some(insert_after(
-            at.line,
-            vec![
-                format!("{indent}docker:"),
-                format!("{indent}  variables:"),
-                format!("{indent}    {opts}"),
-            ],
-        ));
-    }
-    if doc.value["definitions"].is_object() {
-        let at = key_line("/definitions")?;
-        let indent = " ".repeat(at.column - 1 + 2);
-        return Some(insert_after(
-            at.line,
-            vec![
-                format!("{indent}services:"),
-                format!("{indent}  docker:"),
-                format!("{indent}    variables:"),
-                format!("{indent}      {opts}"),
-            ],
+            nested(&PATH[depth..], at.column - 1 + 2),
         ));
     }
     // No definitions: add them before `pipelines:` (or at the end).
-    let block = [
-        "definitions:".to_owned(),
-        "  services:".into(),
-        "    docker:".into(),
-        "      variables:".into(),
-        format!("        {opts}"),
-    ];
+    let block = nested(&PATH, 0);
     match key_line("/pipelines") {
         Some(at) if at.column == 1 => {
             let mut out = String::new();
