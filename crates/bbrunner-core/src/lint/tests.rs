@@ -336,3 +336,31 @@ fn nested_mtu_is_the_smallest_fixed_pool_mtu_else_the_safe_default() {
     assert_eq!(nested_mtu(&[fixed(1450), auto.clone(), fixed(1400)]), 1400);
     assert_eq!(nested_mtu(&[auto, fixed(1500)]), SAFE_NESTED_MTU);
 }
+
+#[test]
+fn fix_writes_only_the_levels_that_are_missing() {
+    let tail =
+        "pipelines:\n  default:\n    - step:\n        services: [docker]\n        script: [make]\n";
+    let cases = [
+        (
+            "definitions:\n  services:\n    docker:\n      variables:\n        A: b\n",
+            "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n        A: b\n",
+        ),
+        (
+            "definitions:\n  caches:\n    x: y\n",
+            "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n  caches:\n    x: y\n",
+        ),
+        (
+            "",
+            "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n",
+        ),
+    ];
+    for (head, fixed_head) in cases {
+        let text = format!("{head}{tail}");
+        assert_eq!(
+            fix_docker_mtu(&text, 1300),
+            Some(format!("{fixed_head}{tail}")),
+            "{text:?}"
+        );
+    }
+}
