@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::labels::{SYSTEM_LABELS, validate_label};
 use crate::lint::yaml::{self, Document};
+use crate::pool::RUNNERS_PER_SCOPE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{path} (line {line}, column {column}): {message}")]
@@ -269,12 +270,14 @@ pub fn migrate(config: &str, template: Option<&str>) -> Result<String, MigrateEr
         };
         let min = param("min")?.unwrap_or(1.0);
         let max = param("max")?.unwrap_or(10.0);
-        if min < 0.0 || max < 1.0 || min > max || max > 100.0 {
+        if min < 0.0 || max < 1.0 || min > max || max > f64::from(RUNNERS_PER_SCOPE) {
             return Err(err(
                 &doc,
                 &format!("{ptr}/parameters"),
                 &format!("{path}.parameters"),
-                format!("min {min} and max {max} must satisfy 0 <= min <= max <= 100 and max >= 1"),
+                format!(
+                    "min {min} and max {max} must satisfy 0 <= min <= max <= {RUNNERS_PER_SCOPE} and max >= 1"
+                ),
             ));
         }
         let ratio_settings: Vec<String> = [

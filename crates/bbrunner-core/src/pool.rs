@@ -7,6 +7,9 @@ use thiserror::Error;
 use crate::labels::{LabelError, Labels};
 use crate::scaling::{DurationError, PolicyKind, Scaling, parse_duration};
 
+/// Bitbucket's limit of runners per workspace and per repository.
+pub const RUNNERS_PER_SCOPE: u32 = 100;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PoolError {
     #[error("spec.scaling: min ({min}) is greater than max ({max}); lower min or raise max")]
@@ -14,7 +17,7 @@ pub enum PoolError {
     #[error("spec.scaling.max is 0; a pool needs at least one runner (set max to 1 or more)")]
     ZeroMax,
     #[error(
-        "spec.scaling.max is {0}; Bitbucket allows at most 100 runners per workspace or repository"
+        "spec.scaling.max is {0}; Bitbucket allows at most {RUNNERS_PER_SCOPE} runners per workspace or repository"
     )]
     MaxAboveQuota(u32),
     #[error("spec.scaling.{0}")]
@@ -68,7 +71,7 @@ impl ScalingSpec {
         if min > max {
             return Err(PoolError::MinAboveMax { min, max });
         }
-        if max > 100 {
+        if max > RUNNERS_PER_SCOPE {
             return Err(PoolError::MaxAboveQuota(max));
         }
         let duration = |field, value: &Option<String>, default| match value {

@@ -10,6 +10,7 @@ use bbrunner_core::plan::{
     Action, Counts, Observation, ObservedPod, ObservedRunner, ObservedSecret, PodPhase,
     PoolSettings, RunnerStatus, plan, plan_static,
 };
+use bbrunner_core::pool::RUNNERS_PER_SCOPE;
 use bbrunner_core::registration::RunnerRegistration;
 use bbrunner_core::scaling::{PolicyMemory, reads_queue};
 use bbrunner_core::schedule::overrides_at;
@@ -481,7 +482,7 @@ async fn reconcile_managed(
             occupied: status.occupied.unwrap_or_default(),
         },
         queued,
-        scope_room: 100u32.saturating_sub(listed.runners.len() as u32),
+        scope_room: RUNNERS_PER_SCOPE.saturating_sub(listed.runners.len() as u32),
     };
     let settings = PoolSettings {
         overrides: overrides_at(&valid.scaling.schedules, observation.now),
