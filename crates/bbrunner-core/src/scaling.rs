@@ -161,6 +161,12 @@ pub fn reads_queue(policy: PolicyKind, remaining_budget: u32, calls: u32) -> boo
     policy == PolicyKind::Queue && remaining_budget >= calls + QUEUE_BUDGET_RESERVE
 }
 
+/// Whether a busy runner online since `online_since` took its step on arrival: within two
+/// polls, so that no poll saw it idle ([`Observed::busy_on_arrival`]).
+pub fn busy_on_arrival(online_since: Seconds, now: Seconds, poll_interval: Seconds) -> bool {
+    now - online_since < 2.0 * poll_interval
+}
+
 /// How far back occupancy looks (the time constant of its exponential average).
 pub const OCCUPANCY_WINDOW: Seconds = 3600.0;
 /// At this occupancy or more the pool counts as active and keeps one more runner warm.

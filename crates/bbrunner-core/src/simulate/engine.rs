@@ -18,7 +18,7 @@ use super::rng::Rng;
 use crate::labels::Labels;
 use crate::scaling::{
     AtlassianAction, Observed, PolicyKind, PolicyMemory, Scaling, Seconds, atlassian_ratio,
-    desired, reads_queue,
+    busy_on_arrival, desired, reads_queue,
 };
 use crate::schedule::overrides_at;
 
@@ -476,7 +476,7 @@ impl Sim<'_> {
                 (RunnerState::Online, Some(_)) => {
                     observed.busy += 1;
                     if r.online_at
-                        .is_some_and(|t| self.now - t < 2.0 * scaling.poll_interval)
+                        .is_some_and(|t| busy_on_arrival(t, self.now, scaling.poll_interval))
                     {
                         observed.busy_on_arrival += 1;
                     }
