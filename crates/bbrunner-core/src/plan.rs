@@ -7,6 +7,8 @@
 //! Everything here is derived from observation: a crash between any two actions leaves a state
 //! the next plan repairs.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::RunnerUuid;
@@ -132,6 +134,25 @@ pub struct Plan {
     pub unschedulable: Option<String>,
     /// Runners wanted but not created because the scope is at Bitbucket's limit.
     pub blocked_by_quota: u32,
+    /// Why each runner is touched, for the operator's log and Events.
+    pub why: BTreeMap<RunnerUuid, &'static str>,
+}
+
+impl Plan {
+    /// Why `action` is planned.
+    pub fn reason(&self, action: &Action) -> &'static str {
+        match action {
+            Action::CreateRunner => self.decision.reason,
+            Action::RemoveFinalizer => "every runner of the deleted pool is gone",
+            Action::CreatePod(u)
+            | Action::DeletePod(u)
+            | Action::DeleteSecret(u)
+            | Action::DisableRunner(u)
+            | Action::EnableRunner(u)
+            | Action::DeleteRunner(u)
+            | Action::MarkRanStep(u) => self.why.get(u).copied().unwrap_or("repair"),
+        }
+    }
 }
 
 /// What we know of one runner UUID across the three places.
@@ -176,6 +197,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
     let mut drainable: Vec<RunnerUuid> = Vec::new();
     let mut revivable: Vec<RunnerUuid> = Vec::new();
     let mut unschedulable = None;
+    let mut why = BTreeMap::new();
 
     let retire = |actions: &mut Vec<Action>, j: &Joined<'_>| {
         if j.pod.is_some_and(|p| !p.terminating) {
@@ -201,10 +223,27 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                 Some(r) if r.busy && now - since < pool.deletion_grace => {
                     counts.busy += 1;
                     if r.status != RunnerStatus::Disabled {
+                        why.insert(
+                            j.uuid.clone(),
+                            "pool deleted: the busy runner takes no new step",
+                        );
                         actions.push(Action::DisableRunner(j.uuid.clone()));
                     }
                 }
-                _ => retire(&mut actions, &j),
+                // An idle runner could take a step between the list and a delete: disable it
+                // first, and delete it when the next observation still finds it idle.
+                Some(r) if !r.busy && r.status == RunnerStatus::Online && live_pod.is_some() => {
+                    counts.disabled += 1;
+                    why.insert(
+                        j.uuid.clone(),
+                        "pool deleted: disabled first, deleted once still idle",
+                    );
+                    actions.push(Action::DisableRunner(j.uuid.clone()));
+                }
+                _ => {
+                    why.insert(j.uuid.clone(), "pool deleted");
+                    retire(&mut actions, &j);
+                }
             }
             continue;
         }
@@ -220,7 +259,10 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                 }
                 (None, Some(s)) if !known_before_list(s.created_at) => {}
                 // The runner vanished from Bitbucket: its pod and Secret go too.
-                _ => retire(&mut actions, &j),
+                _ => {
+                    why.insert(j.uuid.clone(), "runner gone from Bitbucket");
+                    retire(&mut actions, &j);
+                }
             }
             continue;
         };
@@ -239,9 +281,11 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             }
             if runner.status == RunnerStatus::Disabled {
                 // It took a step while we were draining it: keep it.
+                why.insert(j.uuid.clone(), "took a step while draining");
                 actions.push(Action::EnableRunner(j.uuid.clone()));
             }
             if pool.ephemeral && j.pod.is_some_and(|p| !p.ran_step) {
+                why.insert(j.uuid.clone(), "ephemeral runner took its step");
                 actions.push(Action::MarkRanStep(j.uuid.clone()));
             }
             continue;
@@ -255,6 +299,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             if live_pod.is_some() && !used_up {
                 revivable.push(j.uuid.clone());
             } else {
+                why.insert(j.uuid.clone(), "drained and still idle");
                 retire(&mut actions, &j);
             }
             continue;
@@ -263,6 +308,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
         let Some(pod) = live_pod else {
             if j.pod.is_some_and(|p| !p.terminating) {
                 // Failed or completed: remove it; the next reconcile recreates it.
+                why.insert(j.uuid.clone(), "pod failed or completed");
                 actions.push(Action::DeletePod(j.uuid.clone()));
                 counts.starting += 1;
                 policy_view.starting += 1;
@@ -272,11 +318,13 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                 policy_view.starting += 1;
             } else if j.secret.is_some() {
                 // The pod vanished: bring it back.
+                why.insert(j.uuid.clone(), "pod vanished");
                 actions.push(Action::CreatePod(j.uuid.clone()));
                 counts.starting += 1;
                 policy_view.starting += 1;
             } else {
                 // No Secret, so no way to run it (a crash right after creating it): delete.
+                why.insert(j.uuid.clone(), "no registration Secret: it can never run");
                 actions.push(Action::DeleteRunner(j.uuid.clone()));
             }
             continue;
@@ -292,6 +340,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                 counts.online += 1;
                 if pool.ephemeral && pod.ran_step {
                     // Used once: drain and replace.
+                    why.insert(j.uuid.clone(), "ephemeral runner used once");
                     actions.push(Action::DisableRunner(j.uuid.clone()));
                     counts.disabled += 1;
                 } else {
@@ -310,6 +359,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                     unschedulable = pod.unschedulable.clone();
                 }
                 if !waiting_for_room && age_in_state > pool.registration_ttl {
+                    why.insert(j.uuid.clone(), "not online within the registration TTL");
                     retire(&mut actions, &j);
                 } else {
                     counts.starting += 1;
@@ -334,6 +384,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             memory: observed.memory,
             unschedulable,
             blocked_by_quota: 0,
+            why,
         };
     }
 
@@ -352,6 +403,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             if need == 0 {
                 break;
             }
+            why.insert(uuid.clone(), "scale up: a draining runner is kept");
             actions.push(Action::EnableRunner(uuid));
             need -= 1;
         }
@@ -365,11 +417,13 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
         let surplus = (capacity - decision.desired) as usize;
         // Drain the newest idle runners first (list order is by UUID: any order is fair).
         for uuid in drainable.iter().rev().take(surplus) {
+            why.insert(uuid.clone(), "scale down: surplus idle runner");
             actions.push(Action::DisableRunner(uuid.clone()));
         }
     }
     // Disabled runners not revived finish draining now.
     for uuid in revivable {
+        why.insert(uuid.clone(), "drained and still idle");
         actions.push(Action::DeletePod(uuid.clone()));
         actions.push(Action::DeleteRunner(uuid.clone()));
         if observed.secrets.iter().any(|s| s.runner == uuid) {
@@ -384,6 +438,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
         memory,
         unschedulable,
         blocked_by_quota,
+        why,
     }
 }
 

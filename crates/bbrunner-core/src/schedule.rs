@@ -128,9 +128,11 @@ pub struct ScheduleSpec {
     pub duration: String,
     /// The pool's min while open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
     pub min: Option<u32>,
     /// The pool's minIdle while open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
     pub min_idle: Option<u32>,
 }
 

@@ -176,9 +176,14 @@ pub struct OperatorArgs {
     /// How long a deleted pool waits for busy runners before deleting them anyway.
     #[arg(long, default_value = "2h", value_name = "DUR")]
     pub deletion_grace: String,
-    /// Bitbucket requests per hour per identity (Bitbucket allows 1,000).
+    /// Bitbucket requests per hour per identity (Bitbucket allows 1,000). Clusters whose
+    /// operators share an identity split it: 900 / the number of clusters each.
     #[arg(long, default_value_t = 900)]
     pub budget: u32,
+    /// This cluster's name in the runners it creates (default: from the kube-system
+    /// namespace's UID). Operators of different clusters never touch each other's runners.
+    #[arg(long, env = "BBRUNNER_CLUSTER_ID", value_name = "ID")]
+    pub cluster_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -16,10 +16,7 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::CustomResourceExt;
 use serde_json::Value;
-
-use crate::operator::crd::RunnerPool;
 
 pub const DEFAULT_NAMESPACE: &str = "bbrunner-system";
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/bbrunner/bbrunner:", env!("CARGO_PKG_VERSION"));
@@ -82,12 +79,18 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["pods"],
             &["get", "list", "watch", "create", "delete", "patch"],
         ),
-        // Runner registrations and the pools' credentials.
+        // Runner registrations; the pools' credentials, which hold a finalizer (patch) while
+        // a pool uses them.
         rule(
             &[""],
             &["secrets"],
-            &["get", "list", "watch", "create", "delete"],
+            &["get", "list", "watch", "create", "delete", "patch"],
         ),
+        // The cluster's default identity in runner names: the kube-system namespace's UID.
+        PolicyRule {
+            resource_names: Some(vec!["kube-system".to_owned()]),
+            ..rule(&[""], &["namespaces"], &["get"])
+        },
         // Events of runner creation, draining, deletion and scaling.
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
     ]
@@ -103,14 +106,14 @@ pub fn lease_rules() -> Vec<PolicyRule> {
 }
 
 fn operator_deployment(o: &InstallOptions) -> Deployment {
-    let mut args = vec![
+    // Always the Lease: a rollout, a node that stops answering or a second install must
+    // never leave two operators acting, whatever the replica count.
+    let args = vec![
         "operator".to_owned(),
         format!("--metrics-addr=0.0.0.0:{METRICS_PORT}"),
         "--log-format=json".to_owned(),
+        "--leader-election".to_owned(),
     ];
-    if o.replicas > 1 {
-        args.push("--leader-election".to_owned());
-    }
     let probe = |path: &str, period| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -136,8 +139,17 @@ fn operator_deployment(o: &InstallOptions) -> Deployment {
                 match_labels: Some(selector),
                 match_expressions: None,
             },
+            // One replica: the old pod is gone before the new one starts. Several: a rolling
+            // update keeps a standby ready, and the Lease keeps one acting.
             strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
+                type_: Some(
+                    if o.replicas > 1 {
+                        "RollingUpdate"
+                    } else {
+                        "Recreate"
+                    }
+                    .to_owned(),
+                ),
                 rolling_update: None,
             }),
             template: PodTemplateSpec {
@@ -319,7 +331,7 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
     };
     vec![
         json(&namespace),
-        json(&RunnerPool::crd()),
+        json(&crate::operator::crd::crd()),
         json(&account),
         json(&cluster_role),
         json(&cluster_binding),

@@ -1,7 +1,9 @@
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
@@ -36,7 +38,11 @@ type Limiter = RateLimiter<
 pub(crate) struct Budget {
     limiter: Limiter,
     remaining: Arc<AtomicU32>,
+    /// When each request of the last hour was spent, oldest first.
+    spent: Mutex<VecDeque<Instant>>,
 }
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 impl Budget {
     pub(crate) fn new(budget: RequestBudget) -> Self {
@@ -48,6 +54,7 @@ impl Budget {
         Self {
             limiter: RateLimiter::direct(quota).with_middleware(),
             remaining: Arc::new(AtomicU32::new(requests.get())),
+            spent: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -57,6 +64,10 @@ impl Budget {
             Ok(snapshot) => {
                 self.remaining
                     .store(snapshot.remaining_burst_capacity(), Ordering::Relaxed);
+                let now = Instant::now();
+                let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+                forget_older_than_an_hour(&mut spent, now);
+                spent.push_back(now);
                 Ok(())
             }
             Err(not_until) => {
@@ -71,5 +82,38 @@ impl Budget {
 
     pub(crate) fn remaining(&self) -> u32 {
         self.remaining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn spent_last_hour(&self) -> u32 {
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        forget_older_than_an_hour(&mut spent, Instant::now());
+        spent.len() as u32
+    }
+}
+
+fn forget_older_than_an_hour(spent: &mut VecDeque<Instant>, now: Instant) {
+    while spent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= HOUR)
+    {
+        spent.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_for_an_hour() {
+        let budget = Budget::new(RequestBudget::default());
+        for _ in 0..3 {
+            budget.spend().unwrap();
+        }
+        assert_eq!(budget.spent_last_hour(), 3);
+        let now = Instant::now();
+        let mut spent = VecDeque::from([now - HOUR - Duration::from_secs(1), now]);
+        forget_older_than_an_hour(&mut spent, now);
+        assert_eq!(spent, VecDeque::from([now]));
     }
 }

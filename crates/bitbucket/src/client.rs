@@ -191,6 +191,17 @@ impl Client {
         self.inner.credentials.identity()
     }
 
+    /// See [`Credentials::opaque_id`].
+    pub fn opaque_id(&self) -> String {
+        self.inner.credentials.opaque_id()
+    }
+
+    /// Requests this client sent in the last hour, as Bitbucket counts them against the
+    /// identity (only this process's share: other clusters or tools using it are not seen).
+    pub fn calls_last_hour(&self) -> u32 {
+        self.inner.budget.spent_last_hour()
+    }
+
     // ---- runners -------------------------------------------------------------------------
 
     /// Every runner of a scope, following `next` pages.

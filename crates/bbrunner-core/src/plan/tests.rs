@@ -293,9 +293,19 @@ fn deletion_waits_for_busy_runners_within_the_grace() {
     ]);
     let p = plan(&settings, &o);
     assert!(p.actions.contains(&Action::DisableRunner(uuid(1))));
-    assert!(p.actions.contains(&Action::DeleteRunner(uuid(2))));
+    // The idle one is disabled first: it could take a step before a delete arrives.
+    assert!(p.actions.contains(&Action::DisableRunner(uuid(2))));
+    assert!(!p.actions.contains(&Action::DeleteRunner(uuid(2))));
     assert!(!p.actions.contains(&Action::DeleteRunner(uuid(1))));
     assert!(!p.actions.contains(&Action::RemoveFinalizer));
+    // Still idle once disabled: deleted.
+    let drained = world(vec![
+        healthy(1, RunnerStatus::Online, true),
+        healthy(2, RunnerStatus::Disabled, false),
+    ]);
+    let p = plan(&settings, &drained);
+    assert!(p.actions.contains(&Action::DeleteRunner(uuid(2))));
+    assert!(!p.actions.contains(&Action::DeleteRunner(uuid(1))));
     // Past the grace, even a busy runner goes.
     settings.deleting_since = Some(1000.0 - 3601.0);
     let p = plan(&settings, &o);
@@ -526,4 +536,56 @@ proptest! {
         }
         prop_assert!(!p.actions.iter().any(|a| matches!(a, Action::CreateRunner | Action::CreatePod(_) | Action::EnableRunner(_))));
     }
+}
+
+#[test]
+fn every_planned_action_carries_the_reason_the_operator_logs() {
+    // Runner 1 lost its pod, runner 2 has no Secret (a crash right after creation), runner 3
+    // is gone from Bitbucket, and the pool wants one more runner.
+    let observation = observed(
+        vec![
+            runner(1, RunnerStatus::Online, false),
+            runner(2, RunnerStatus::Online, false),
+        ],
+        vec![pod(3, PodPhase::Running)],
+        vec![secret(1), secret(3)],
+    );
+    let planned = plan(&pool(), &observation);
+    let reason_of = |wanted: &Action| {
+        assert!(planned.actions.contains(wanted), "{wanted:?} not planned");
+        planned.reason(wanted)
+    };
+    assert_eq!(reason_of(&Action::CreatePod(uuid(1))), "pod vanished");
+    assert_eq!(
+        reason_of(&Action::DeleteRunner(uuid(2))),
+        "no registration Secret: it can never run"
+    );
+    assert_eq!(
+        reason_of(&Action::DeletePod(uuid(3))),
+        "runner gone from Bitbucket"
+    );
+    let empty = plan(&pool(), &observed(vec![], vec![], vec![]));
+    assert!(empty.actions.contains(&Action::CreateRunner));
+    assert_eq!(empty.reason(&Action::CreateRunner), empty.decision.reason);
+
+    let deleting = PoolSettings {
+        deleting_since: Some(990.0),
+        ..pool()
+    };
+    let planned = plan(
+        &deleting,
+        &world(vec![healthy(4, RunnerStatus::Disabled, false)]),
+    );
+    assert_eq!(
+        planned.reason(&Action::DeleteRunner(uuid(4))),
+        "pool deleted"
+    );
+    let planned = plan(
+        &deleting,
+        &world(vec![healthy(5, RunnerStatus::Online, false)]),
+    );
+    assert_eq!(
+        planned.reason(&Action::DisableRunner(uuid(5))),
+        "pool deleted: disabled first, deleted once still idle"
+    );
 }

@@ -14,8 +14,8 @@ use fake_bitbucket::{FakeBitbucket, FakeConfig, StepRequest};
 use fake_kube::{ClusterConfig, FakeKube};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::{Client, CustomResourceExt};
 use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,7 @@ async fn kube_client(fake: &FakeKube) -> Result<Client> {
 
 async fn install(client: &Client) -> Result<()> {
     Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &RunnerPool::crd())
+        .create(&PostParams::default(), &crate::operator::crd::crd())
         .await
         .context("installing the CRD")?;
     let namespace: Namespace = serde_json::from_value(
@@ -193,6 +193,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
                 deletion_grace: Duration::from_secs(60),
             },
             budget: bitbucket::RequestBudget::default(),
+            cluster_id: None,
         },
         stop.clone(),
     ));

@@ -10,8 +10,8 @@ use bitbucket::{Client, Config, RunnerScope};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
 
 use crate::cli::{DoctorArgs, TextFormat};
@@ -102,7 +102,7 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
                 .map(|v| v.name.clone())
                 .collect(),
         );
-        let ours = RunnerPool::crd();
+        let ours = crate::operator::crd::crd();
         let schema = |c: &CustomResourceDefinition| {
             c.spec
                 .versions

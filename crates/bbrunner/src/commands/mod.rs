@@ -39,8 +39,7 @@ fn migrate(args: &crate::cli::MigrateArgs) -> Result<ExitCode> {
 }
 
 fn crd() -> Result<ExitCode> {
-    use kube::CustomResourceExt;
-    let yaml = crate::output::yaml(&crate::operator::crd::RunnerPool::crd())?;
+    let yaml = crate::output::yaml(&crate::operator::crd::crd())?;
     std::io::Write::write_all(&mut std::io::stdout(), yaml.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

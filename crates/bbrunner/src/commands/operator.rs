@@ -2,6 +2,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bbrunner_core::ownership::ClusterId;
 use bbrunner_core::scaling::parse_duration;
 use tokio_util::sync::CancellationToken;
 
@@ -11,8 +12,10 @@ use crate::operator::{self, Options, Settings};
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    // Colour codes only for a person at a terminal, never in a file or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -44,6 +47,12 @@ pub fn options(args: &OperatorArgs) -> Result<Options> {
             requests: args.budget,
             period: Duration::from_secs(3600),
         },
+        cluster_id: args
+            .cluster_id
+            .as_deref()
+            .map(ClusterId::new)
+            .transpose()
+            .context("--cluster-id")?,
     })
 }
 

@@ -7,9 +7,13 @@ use k8s_openapi::api::core::v1::{
     Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
     TopologySpreadConstraint,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    ValidationRule,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -236,17 +240,137 @@ pub struct RunnerPoolStatus {
     /// Whether a step has been running since `occupancyTime`.
     #[serde(default)]
     pub occupied: Option<bool>,
+    /// The credentials Secret this pool holds the `bbrunner.dev/credentials-in-use` finalizer
+    /// on, released when the pool stops using it.
+    #[serde(default)]
+    pub credentials_secret: Option<String>,
+    /// The Bitbucket identity the pool's calls count against (an opaque id) and this
+    /// operator's calls with it in the last hour, to the nearest 10 below: `bbrunner doctor`
+    /// sums them against Bitbucket's 1,000 per hour.
+    #[serde(default)]
+    pub api_identity: Option<String>,
+    #[serde(default)]
+    pub api_calls_last_hour: Option<u32>,
+}
+
+/// The CRD as installed: kube's derive, plus what the API server must enforce so that it
+/// never stores a pool the operator cannot read: a bound on every integer (the API server
+/// ignores `format: int32` and `uint32`) and a floor under the poll interval.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = RunnerPool::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        bound_integers(schema);
+        let poll = ["spec", "scaling", "pollInterval"]
+            .iter()
+            .try_fold(&mut *schema, |s, key| {
+                s.properties.as_mut().and_then(|p| p.get_mut(*key))
+            });
+        if let Some(poll) = poll {
+            poll.x_kubernetes_validations = Some(vec![ValidationRule {
+                rule: "duration(self) >= duration('1s')".to_owned(),
+                message: Some(
+                    "pollInterval is at least 1s, written like 15s, 1m or 1m30s".to_owned(),
+                ),
+                ..Default::default()
+            }]);
+        }
+    }
+    crd
+}
+
+fn bound_integers(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() == Some("integer") {
+        let (min, max) = match schema.format.as_deref() {
+            Some("int32") => (f64::from(i32::MIN), f64::from(i32::MAX)),
+            Some("uint32") => (0.0, f64::from(u32::MAX)),
+            Some("uint64") | Some("uint") => (0.0, i64::MAX as f64),
+            _ => (i64::MIN as f64, i64::MAX as f64),
+        };
+        schema.minimum.get_or_insert(min);
+        schema.maximum.get_or_insert(max);
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.items.iter_mut().flat_map(|i| match i {
+            JSONSchemaPropsOrArray::Schema(s) => std::slice::from_mut(s.as_mut()),
+            JSONSchemaPropsOrArray::Schemas(v) => v.as_mut_slice(),
+        }))
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|a| match a {
+                    JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        )
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten());
+    for child in children {
+        bound_integers(child);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Every integer in the schema, with its path, lacking a minimum or a maximum.
+    fn unbounded(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        if schema["type"] == "integer"
+            && (schema["maximum"].is_null() || schema["minimum"].is_null())
+        {
+            out.push(path.to_owned());
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (k, v) in props {
+                unbounded(v, &format!("{path}.{k}"), out);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if schema[key].is_object() {
+                unbounded(&schema[key], &format!("{path}[]"), out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_integer_of_the_crd_is_bounded_and_the_poll_interval_has_a_floor() {
+        let crd = serde_json::to_value(crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        unbounded(schema, "", &mut missing);
+        assert!(missing.is_empty(), "integers without bounds: {missing:?}");
+        let scaling = &schema["properties"]["spec"]["properties"]["scaling"]["properties"];
+        assert_eq!(
+            scaling["schedules"]["items"]["properties"]["min"]["maximum"],
+            100.0
+        );
+        let rules = scaling["pollInterval"]["x-kubernetes-validations"].to_string();
+        assert!(rules.contains("duration('1s')"), "{rules}");
+    }
+
     #[test]
     fn policy_memory_is_cleared_through_a_merge_patch() {
         // Absent fields survive a merge patch; memory that ended must be sent as null.
         let status = serde_json::to_value(RunnerPoolStatus::default()).unwrap();
-        for key in ["surplusSince", "occupancy", "occupancyTime", "occupied"] {
+        for key in [
+            "surplusSince",
+            "occupancy",
+            "occupancyTime",
+            "occupied",
+            "credentialsSecret",
+        ] {
             assert!(
                 status.get(key).is_some_and(serde_json::Value::is_null),
                 "{key} missing from {status}"

@@ -25,14 +25,42 @@ pub struct Hub {
     base: Config,
     metrics: Arc<Metrics>,
     clients: Mutex<HashMap<u64, Client>>,
-    scopes: Mutex<HashMap<(String, RunnerScope), ScopeRunners>>,
-    /// Serialises list calls per scope so concurrent pools share one.
-    fetching: tokio::sync::Mutex<()>,
+    scopes: Mutex<HashMap<ScopeKey, ScopeRunners>>,
+    /// Serialises list calls per scope so concurrent pools of a scope share one, while other
+    /// scopes go on.
+    fetching: KeyedLocks<ScopeKey>,
+}
+
+/// An identity ([`Client::opaque_id`]) and one of its scopes.
+type ScopeKey = (String, RunnerScope);
+
+/// One async lock per key.
+pub struct KeyedLocks<K> {
+    locks: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K: Eq + std::hash::Hash + Clone> KeyedLocks<K> {
+    pub fn new() -> Self {
+        Self {
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn lock(&self, key: &K) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
 }
 
 fn fingerprint(credentials: &Credentials) -> u64 {
     let mut h = DefaultHasher::new();
-    credentials.identity().hash(&mut h);
+    credentials.opaque_id().hash(&mut h);
     match credentials {
         Credentials::OAuthConsumer { secret, .. } => secret.expose_secret().hash(&mut h),
         Credentials::ApiToken { token, .. } => token.expose_secret().hash(&mut h),
@@ -66,7 +94,7 @@ impl Hub {
             metrics,
             clients: Mutex::new(HashMap::new()),
             scopes: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: KeyedLocks::new(),
         }
     }
 
@@ -89,7 +117,7 @@ impl Hub {
         scope: &RunnerScope,
         max_age: Duration,
     ) -> Result<ScopeRunners, Error> {
-        let key = (client.identity(), scope.clone());
+        let key = (client.opaque_id(), scope.clone());
         let cached = |hub: &Self| {
             hub.scopes
                 .lock()
@@ -101,7 +129,7 @@ impl Hub {
         if let Some(hit) = cached(self) {
             return Ok(hit);
         }
-        let _one_at_a_time = self.fetching.lock().await;
+        let _one_at_a_time = self.fetching.lock(&key).await;
         if let Some(hit) = cached(self) {
             return Ok(hit);
         }
@@ -110,7 +138,7 @@ impl Hub {
         self.metrics
             .budget_remaining
             .get_or_create(&IdentityLabels {
-                identity: client.identity(),
+                identity: client.opaque_id(),
             })
             .set(i64::from(client.remaining_budget()));
         let entry = ScopeRunners {
@@ -130,6 +158,22 @@ impl Hub {
         self.scopes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(client.identity(), scope.clone()));
+            .remove(&(client.opaque_id(), scope.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_scope_lock_does_not_stall_another_scope() {
+        let locks = KeyedLocks::new();
+        let _slow = locks.lock(&"workspace-a").await;
+        let other = tokio::time::timeout(Duration::from_secs(1), locks.lock(&"workspace-b")).await;
+        assert!(other.is_ok(), "scope b waited for scope a");
+        let same =
+            tokio::time::timeout(Duration::from_millis(50), locks.lock(&"workspace-a")).await;
+        assert!(same.is_err(), "scope a's lock was taken twice");
     }
 }

@@ -1,7 +1,8 @@
 //! Prometheus metrics, served on `/metrics` with `/healthz` and `/readyz`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -41,22 +42,29 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+/// `identity` is [`bitbucket::Credentials::opaque_id`]: no e-mail or username in metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IdentityLabels {
     pub identity: String,
 }
 
+/// The states `bbrunner_runners` reports, as the planner counts them.
+pub const RUNNER_STATES: [&str; 6] = ["starting", "online", "busy", "idle", "disabled", "offline"];
+
 pub struct Metrics {
+    /// The runner states `runners` is reported in.
     pub runners: Family<RunnerStateLabels, Gauge>,
     pub desired: Family<PoolLabels, Gauge>,
     pub reconcile_duration: Histogram,
-    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
     pub bitbucket_requests: Family<RequestLabels, Counter>,
     pub budget_remaining: Family<IdentityLabels, Gauge>,
     pub step_queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
     registry: Registry,
     ready: AtomicBool,
+    /// Error series created per pool, so that they can go with the pool.
+    error_series: Mutex<HashSet<ErrorLabels>>,
 }
 
 impl Metrics {
@@ -118,7 +126,43 @@ impl Metrics {
             leader,
             registry,
             ready: AtomicBool::new(false),
+            error_series: Mutex::new(HashSet::new()),
         })
+    }
+
+    pub fn count_error(&self, labels: ErrorLabels) {
+        self.reconcile_errors.get_or_create(&labels).inc();
+        self.error_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(labels);
+    }
+
+    /// Remove every series of a pool that is gone, so that dashboards stop showing it.
+    pub fn forget_pool(&self, namespace: &str, pool: &str) {
+        let labels = PoolLabels {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        };
+        for state in RUNNER_STATES {
+            self.runners.remove(&RunnerStateLabels {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                state: state.to_owned(),
+            });
+        }
+        self.desired.remove(&labels);
+        self.step_queue_wait.remove(&labels);
+        self.error_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|e| {
+                let ours = e.namespace == namespace && e.pool == pool;
+                if ours {
+                    self.reconcile_errors.remove(e);
+                }
+                !ours
+            });
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -12,15 +12,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
+use bbrunner_core::ownership::ClusterId;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use crd::RunnerPool;
 pub use reconcile::Settings;
 
 /// How the operator runs.
@@ -37,6 +38,22 @@ pub struct Options {
     pub settings: Settings,
     /// Bitbucket request budget per identity and hour.
     pub budget: bitbucket::RequestBudget,
+    /// This cluster's name in runner names; `None`: from the kube-system namespace's UID.
+    pub cluster_id: Option<ClusterId>,
+}
+
+/// The cluster's identity: as given, or the first 8 hex digits of kube-system's UID.
+async fn cluster_id(client: &Client, given: Option<ClusterId>) -> Result<ClusterId> {
+    if let Some(id) = given {
+        return Ok(id);
+    }
+    let kube_system = Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+        .context("cannot read the kube-system namespace, whose UID names this cluster in runner names; give --cluster-id instead")?;
+    let uid = kube_system.metadata.uid.unwrap_or_default();
+    ClusterId::from_namespace_uid(&uid)
+        .context("the kube-system namespace has no usable UID; give --cluster-id")
 }
 
 /// Run until `shutdown` is cancelled.
@@ -66,6 +83,8 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         budget: options.budget,
         ..bitbucket::Config::default()
     };
+    let cluster = cluster_id(&client, options.cluster_id.clone()).await?;
+    tracing::info!(cluster = %cluster, "runners this operator creates are named bbrunner.{cluster}.<namespace>.<pool>.<suffix>");
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
         hub: hub::Hub::new(bitbucket, metrics.clone()),
@@ -78,7 +97,8 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
             },
         ),
         settings: options.settings.clone(),
-        pending_since: Default::default(),
+        cluster,
+        queue_waits: Default::default(),
     });
 
     if !options.leader_election {
@@ -152,24 +172,29 @@ async fn controller(
     // Metadata-only Apis: the API server sends no pod specs or Secret data.
     type Pods = Api<PartialObjectMeta<Pod>>;
     type Secrets = Api<PartialObjectMeta<Secret>>;
-    let (pools, pods, secrets): (Api<RunnerPool>, Pods, Secrets) = match &namespace {
+    // Pools are watched untyped and read one by one in the reconcile: one pool that does not
+    // parse as the current type (a value past a bound, a field from an older CRD) must not
+    // break the watch of every pool.
+    let resource = reconcile::pools_resource();
+    let (pools, pods, secrets): (Api<DynamicObject>, Pods, Secrets) = match &namespace {
         Some(ns) => (
-            Api::namespaced(client.clone(), ns),
+            Api::namespaced_with(client.clone(), ns, &resource),
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client, ns),
         ),
         None => (
-            Api::all(client.clone()),
+            Api::all_with(client.clone(), &resource),
             Api::all(client.clone()),
             Api::all(client),
         ),
     };
+    reconcile::release_unused_credentials(&ctx, namespace.as_deref()).await;
     let managed = watcher::Config::default()
         .labels("app.kubernetes.io/managed-by=bbrunner,bbrunner.dev/pool");
     // Pods and Secrets only wake their pool's reconcile, which lists them itself: watch their
     // metadata alone (the owner reference is all the trigger needs), so that the watch
     // streams carry no pod specs or Secret data.
-    Controller::new(pools, watcher::Config::default())
+    Controller::new_with(pools, watcher::Config::default(), resource)
         .owns_stream(watcher(pods, managed.clone()).touched_objects())
         .owns_stream(watcher(secrets, managed).touched_objects())
         .graceful_shutdown_on(async move { stop.cancelled().await })
@@ -177,7 +202,13 @@ async fn controller(
         .for_each(|result| async move {
             match result {
                 Ok((pool, _)) => tracing::debug!(pool = %pool.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+                // Logged with its pool and reason where it happened.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // A reconcile queued just before its pool went.
+                Err(e @ kube::runtime::controller::Error::ObjectNotFound(_)) => {
+                    tracing::debug!(error = %e, "pool gone")
+                }
+                Err(e) => tracing::warn!(error = %e, "controller error"),
             }
         })
         .await;

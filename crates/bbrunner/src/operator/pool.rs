@@ -10,6 +10,7 @@ use bbrunner_core::manifests::{
     self, DindSpec, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_RUNNER_UUID, MANAGER,
     PodPlacement, RunnerPodConfig, RunnerSize,
 };
+use bbrunner_core::ownership::PoolIdentity;
 use bbrunner_core::registration::RunnerRegistration;
 use bbrunner_core::scaling::Scaling;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -21,6 +22,12 @@ use super::crd::RunnerPool;
 pub const LABEL_POOL: &str = "bbrunner.dev/pool";
 pub const ANNOTATION_RAN_STEP: &str = "bbrunner.dev/ran-step";
 pub const FINALIZER: &str = "bbrunner.dev/cleanup";
+/// Held on a managed pool's credentials Secret while a pool uses it, so that deleting both
+/// together (one `kubectl delete -f`, a GitOps prune, the namespace) still lets the operator
+/// delete the pool's runners in Bitbucket first.
+pub const CREDENTIALS_FINALIZER: &str = "bbrunner.dev/credentials-in-use";
+/// Marks the Secrets holding [`CREDENTIALS_FINALIZER`], so that leftovers can be found.
+pub const LABEL_CREDENTIALS: &str = "bbrunner.dev/credentials";
 
 /// A spec the operator cannot act on, naming the field and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +42,26 @@ pub struct ValidPool {
     pub size: RunnerSize,
     pub dind: DindSpec,
     pub runner_image: String,
+}
+
+impl ValidPool {
+    /// What a pool being deleted is cleaned up with when its spec no longer validates: the
+    /// cleanup reads only the scope and credentials, never labels, sizes or images.
+    pub fn for_cleanup() -> Self {
+        Self {
+            labels: Labels::new(std::iter::empty::<&str>()).expect("no custom labels is valid"),
+            scaling: Scaling::default(),
+            size: RunnerSize::default(),
+            dind: DindSpec {
+                image: manifests::DEFAULT_DIND_IMAGE.to_owned(),
+                mtu: manifests::Mtu::Auto,
+                registry_mirrors: Vec::new(),
+                extra_args: Vec::new(),
+                resources: None,
+            },
+            runner_image: manifests::DEFAULT_RUNNER_IMAGE.to_owned(),
+        }
+    }
 }
 
 pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
@@ -86,17 +113,12 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
     Ok(valid)
 }
 
-/// Runners are named `bbrunner.NAMESPACE.POOL.SUFFIX`: namespace and pool names hold no dots,
-/// so the name says which pool a runner belongs to with no local state.
-pub fn runner_name(namespace: &str, pool: &str) -> String {
+/// A new runner's name for this pool of this cluster (see [`bbrunner_core::ownership`]).
+pub fn runner_name(identity: &PoolIdentity<'_>) -> String {
     let suffix: String = std::iter::repeat_with(|| fastrand::alphanumeric().to_ascii_lowercase())
         .take(6)
         .collect();
-    format!("{}{suffix}", runner_prefix(namespace, pool))
-}
-
-pub fn runner_prefix(namespace: &str, pool: &str) -> String {
-    format!("bbrunner.{namespace}.{pool}.")
+    identity.runner_name(&suffix)
 }
 
 /// The pod and Secret name of one runner.

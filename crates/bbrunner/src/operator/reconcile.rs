@@ -1,31 +1,33 @@
 //! One reconcile of one pool: observe (Kubernetes and Bitbucket) → plan (pure, in the core)
 //! → execute → status. Every step is safe to interrupt: the next reconcile observes again.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bbrunner_core::ids::{AccountUuid, RepositoryUuid, RunnerUuid};
 use bbrunner_core::manifests::{LABEL_RUNNER_UUID, secret_keys};
+use bbrunner_core::ownership::{ClusterId, MAX_RUNNER_NAME, PoolIdentity};
 use bbrunner_core::plan::{
-    Action, Counts, Observation, ObservedPod, ObservedRunner, ObservedSecret, PodPhase,
+    Action, Counts, Observation, ObservedPod, ObservedRunner, ObservedSecret, Plan, PodPhase,
     PoolSettings, RunnerStatus, plan, plan_static,
 };
 use bbrunner_core::pool::RUNNERS_PER_SCOPE;
+use bbrunner_core::queue_wait::{QueueWaits, SeenStep};
 use bbrunner_core::registration::RunnerRegistration;
 use bbrunner_core::scaling::{PolicyMemory, reads_queue};
 use bbrunner_core::schedule::overrides_at;
 use bitbucket::{Client, Credentials, Error as BitbucketError, RunnerScope};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::PartialObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, PartialObjectMeta};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use secrecy::SecretString;
 use serde_json::json;
 
-use super::crd::{PoolMode, RunnerPool, RunnerPoolStatus};
+use super::crd::{PoolMode, RunnerPool, RunnerPoolSpec, RunnerPoolStatus};
 use super::hub::{Hub, now_seconds};
 use super::metrics::{ErrorLabels, Metrics, PoolLabels, RunnerStateLabels};
 use super::pod_view::PodView;
@@ -46,8 +48,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub settings: Settings,
-    /// When each step was first seen pending, for the observed queue wait.
-    pub pending_since: std::sync::Mutex<std::collections::HashMap<String, f64>>,
+    /// This cluster's name in runner names.
+    pub cluster: ClusterId,
+    /// The queue-policy pools' pending steps, for the observed queue wait.
+    pub queue_waits: Mutex<QueueWaits>,
 }
 
 /// Why a reconcile could not finish, with the condition reason it reports.
@@ -61,8 +65,6 @@ pub enum ReconcileError {
         message: String,
         retry: Duration,
     },
-    #[error("waiting for busy runners to finish before the pool goes")]
-    Draining,
 }
 
 impl ReconcileError {
@@ -70,7 +72,6 @@ impl ReconcileError {
         match self {
             Self::Kube(_) => "KubernetesApi",
             Self::Degraded { reason, .. } => reason,
-            Self::Draining => "Draining",
         }
     }
 
@@ -126,8 +127,12 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Read API credentials from the pool's Secret.
-async fn credentials(ctx: &Context, pool: &RunnerPool) -> Result<Credentials, ReconcileError> {
+/// The pool's credentials, and whether their Secret is being deleted. While the pool is not
+/// being deleted, the Secret is held with [`pool::CREDENTIALS_FINALIZER`].
+async fn credentials(
+    ctx: &Context,
+    pool: &RunnerPool,
+) -> Result<(Credentials, bool), ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
     let Some(cred) = &pool.spec.credentials else {
         return Err(degraded(
@@ -145,13 +150,174 @@ async fn credentials(ctx: &Context, pool: &RunnerPool) -> Result<Credentials, Re
             Duration::from_secs(30),
         ));
     };
-    credentials_from_secret(&secret).ok_or_else(|| {
+    let credentials = credentials_from_secret(&secret).ok_or_else(|| {
         degraded(
             "CredentialsInvalid",
             format!("Secret {ns}/{name} holds none of oauthClientId+oauthClientSecret, email+apiToken, username+appPassword, accessToken"),
             Duration::from_secs(60),
         )
-    })
+    })?;
+    let terminating = secret.metadata.deletion_timestamp.is_some();
+    if !terminating
+        && pool.metadata.deletion_timestamp.is_none()
+        && !secret
+            .finalizers()
+            .iter()
+            .any(|f| f == pool::CREDENTIALS_FINALIZER)
+    {
+        add_finalizer(&secrets, &secret.metadata, pool::CREDENTIALS_FINALIZER).await?;
+        tracing::info!(namespace = %ns, pool = %pool.name_any(), secret = %name, "holding the credentials Secret until no pool uses it");
+    }
+    Ok((credentials, terminating))
+}
+
+/// Add a finalizer by JSON patch: appended to the list, so that one another controller adds
+/// at the same moment is kept; a list that does not exist yet is created only if the object
+/// is unchanged since it was read. A failed test fails the reconcile, which retries.
+async fn add_finalizer<K>(
+    api: &Api<K>,
+    meta: &ObjectMeta,
+    finalizer: &str,
+) -> Result<(), ReconcileError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut ops = match &meta.finalizers {
+        Some(_) => vec![json!({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer})],
+        None => vec![
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": meta.resource_version}),
+            json!({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}),
+        ],
+    };
+    if finalizer == pool::CREDENTIALS_FINALIZER {
+        let label = format!(
+            "/metadata/labels/{}",
+            pool::LABEL_CREDENTIALS.replace('/', "~1")
+        );
+        match &meta.labels {
+            Some(_) => ops.push(json!({"op": "add", "path": label, "value": "in-use"})),
+            None => ops.push(json!({"op": "add", "path": "/metadata/labels", "value": {pool::LABEL_CREDENTIALS: "in-use"}})),
+        }
+    }
+    patch_json(api, meta, ops).await
+}
+
+/// Remove a finalizer by JSON patch at its index, tested to still be there: other
+/// controllers' finalizers are never dropped, and nothing else of the object need be current.
+async fn remove_finalizer_from<K>(
+    api: &Api<K>,
+    meta: &ObjectMeta,
+    finalizer: &str,
+) -> Result<(), ReconcileError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(index) = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .position(|f| f == finalizer)
+    else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let ops = vec![
+        json!({"op": "test", "path": path, "value": finalizer}),
+        json!({"op": "remove", "path": path}),
+    ];
+    patch_json(api, meta, ops).await
+}
+
+async fn patch_json<K>(
+    api: &Api<K>,
+    meta: &ObjectMeta,
+    ops: Vec<serde_json::Value>,
+) -> Result<(), ReconcileError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch: json_patch::Patch =
+        serde_json::from_value(json!(ops)).expect("well-formed JSON patch");
+    let name = meta.name.as_deref().unwrap_or_default();
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already: nothing to hold or release.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a pool, as stored, still needs the credentials Secret `secret`: it names it and
+/// is not finished with cleanup.
+fn uses_credentials(pool: &DynamicObject, secret: &str) -> bool {
+    let spec = &pool.data["spec"];
+    spec["mode"] != "static"
+        && spec["credentials"]["secretRef"]["name"] == secret
+        && (pool.metadata.deletion_timestamp.is_none()
+            || pool.finalizers().iter().any(|f| f == pool::FINALIZER))
+}
+
+/// Release the credentials Secret `secret` of namespace `ns` unless a pool other than
+/// `except` still uses it.
+async fn release_credentials(
+    ctx: &Context,
+    ns: &str,
+    secret: &str,
+    except: Option<&str>,
+) -> Result<(), ReconcileError> {
+    let pools: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &pools_resource());
+    let still_used = pools
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .any(|p| Some(p.name_any().as_str()) != except && uses_credentials(p, secret));
+    if still_used {
+        return Ok(());
+    }
+    let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(held) = secrets.get_metadata_opt(secret).await?
+        && held
+            .finalizers()
+            .iter()
+            .any(|f| f == pool::CREDENTIALS_FINALIZER)
+    {
+        remove_finalizer_from(&secrets, &held.metadata, pool::CREDENTIALS_FINALIZER).await?;
+        tracing::info!(namespace = %ns, secret = %secret, "released the credentials Secret: no pool uses it");
+    }
+    Ok(())
+}
+
+/// Release every credentials Secret no pool uses any more: those of pools deleted or
+/// changed while no operator ran, or whose finalizer was removed by hand.
+pub async fn release_unused_credentials(ctx: &Context, namespace: Option<&str>) {
+    let secrets: Api<PartialObjectMeta<Secret>> = match namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let held = match secrets
+        .list_metadata(&ListParams::default().labels(pool::LABEL_CREDENTIALS))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the credentials Secrets held by pools");
+            return;
+        }
+    };
+    for secret in held {
+        let ns = secret.namespace().unwrap_or_default();
+        if let Err(e) = release_credentials(ctx, &ns, &secret.name_any(), None).await {
+            tracing::warn!(namespace = %ns, secret = %secret.name_any(), error = %e, "cannot release the credentials Secret");
+        }
+    }
+}
+
+pub fn pools_resource() -> ApiResource {
+    ApiResource::erase::<RunnerPool>(&())
 }
 
 /// API credentials from a Secret's keys.
@@ -280,81 +446,168 @@ async fn publish(
     }
 }
 
+/// A RunnerPool as stored, read as the current type; or, when it cannot be, the field at
+/// fault and a stand-in that keeps what can be read (metadata, status, and each spec field
+/// that parses on its own), enough to report the problem and to clean up a deleted pool.
+pub fn read_pool(object: &DynamicObject) -> Result<RunnerPool, Box<Unreadable>> {
+    let value = serde_json::to_value(object).unwrap_or_default();
+    serde_path_to_error::deserialize::<_, RunnerPool>(value.clone()).map_err(|e| {
+        Box::new(Unreadable {
+            field: format!("{}: {}", e.path(), e.inner()),
+            stand_in: stand_in(object, &value),
+        })
+    })
+}
+
+/// A pool that cannot be read as the current type.
+pub struct Unreadable {
+    /// The field at fault and what is wrong with it.
+    pub field: String,
+    pub stand_in: RunnerPool,
+}
+
+fn stand_in(object: &DynamicObject, value: &serde_json::Value) -> RunnerPool {
+    let spec_of = |fields: &serde_json::Map<String, serde_json::Value>| {
+        let mut fields = fields.clone();
+        fields.entry("workspace").or_insert_with(|| json!(""));
+        serde_json::from_value::<RunnerPoolSpec>(serde_json::Value::Object(fields))
+    };
+    let mut kept = serde_json::Map::new();
+    for (key, field) in value["spec"].as_object().into_iter().flatten() {
+        let mut trial = kept.clone();
+        trial.insert(key.clone(), field.clone());
+        if spec_of(&trial).is_ok() {
+            kept = trial;
+        }
+    }
+    let mut pool = RunnerPool::new(&object.name_any(), spec_of(&kept).unwrap_or_default());
+    pool.metadata = object.metadata.clone();
+    pool.status = serde_json::from_value(value["status"].clone()).ok();
+    pool
+}
+
 /// Entry point for both normal reconciles and finalizer cleanup.
 pub async fn reconcile(
-    pool: Arc<RunnerPool>,
+    object: Arc<DynamicObject>,
     ctx: Arc<Context>,
 ) -> Result<Requeue, ReconcileError> {
     let started = std::time::Instant::now();
-    let result = reconcile_inner(&pool, &ctx).await;
+    let (pool, result) = match read_pool(&object) {
+        Ok(pool) => {
+            let result = reconcile_inner(&pool, &ctx).await;
+            (pool, result)
+        }
+        Err(unreadable) => {
+            let Unreadable { field, stand_in } = *unreadable;
+            let result = reconcile_unreadable(&stand_in, &ctx, field).await;
+            (stand_in, result)
+        }
+    };
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
-        ctx.metrics
-            .reconcile_errors
-            .get_or_create(&ErrorLabels {
-                namespace: pool.namespace().unwrap_or_default(),
-                pool: pool.name_any(),
-                reason: e.reason().to_owned(),
-            })
-            .inc();
+        let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+        tracing::warn!(%namespace, pool = %name, reason = e.reason(), error = %e, "reconcile failed");
         let pool_gone = matches!(e, ReconcileError::Kube(kube::Error::Api(s)) if s.code == 404);
-        if !matches!(e, ReconcileError::Draining) && !pool_gone {
+        if !pool_gone {
+            ctx.metrics.count_error(ErrorLabels {
+                namespace,
+                pool: name,
+                reason: e.reason().to_owned(),
+            });
             write_failure(&ctx, &pool, e).await;
         }
     }
     result
 }
 
+/// A pool that cannot be read as the current type stays local: it is reported Degraded,
+/// naming the field, while every other pool goes on. Deleted, it is still cleaned up with
+/// what can be read of it.
+async fn reconcile_unreadable(
+    stand_in: &RunnerPool,
+    ctx: &Context,
+    field: String,
+) -> Result<Requeue, ReconcileError> {
+    let deleting = stand_in.metadata.deletion_timestamp.is_some();
+    let held = stand_in.finalizers().iter().any(|f| f == pool::FINALIZER);
+    let can_clean_up = stand_in.spec.mode == PoolMode::Static
+        || (stand_in.spec.credentials.is_some() && !stand_in.spec.workspace.trim().is_empty());
+    if deleting && held && can_clean_up {
+        return reconcile_inner(stand_in, ctx).await;
+    }
+    let message = if deleting && held {
+        format!(
+            "{field}; the pool cannot be cleaned up until it is fixed (or remove the finalizer {} to leave its runners in Bitbucket)",
+            pool::FINALIZER
+        )
+    } else {
+        format!("{field}; fix the field with kubectl edit")
+    };
+    Err(degraded("InvalidSpec", message, Duration::from_secs(300)))
+}
+
 async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, ReconcileError> {
-    let api: Api<RunnerPool> =
-        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let ns = pool.namespace().unwrap_or_default();
+    let api: Api<RunnerPool> = Api::namespaced(ctx.client.clone(), &ns);
     let deleting = pool.metadata.deletion_timestamp.is_some();
     let has_finalizer = pool.finalizers().iter().any(|f| f == pool::FINALIZER);
     if deleting && !has_finalizer {
         return Ok(Requeue::await_change());
     }
-    if !deleting && !has_finalizer && pool.spec.mode == PoolMode::Managed {
-        // The finalizer first, so that no runner exists that deletion could forget.
-        let mut finalizers = pool.finalizers().to_vec();
-        finalizers.push(pool::FINALIZER.to_owned());
-        api.patch(
-            &pool.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
-        )
-        .await?;
+    if !deleting && !has_finalizer {
+        // The finalizer first, so that no runner exists that deletion could forget, and so
+        // that the pool's metrics and credentials are released when it goes.
+        add_finalizer(&api, &pool.metadata, pool::FINALIZER).await?;
     }
     let valid = match pool::validate(pool) {
         Ok(v) => v,
         Err(InvalidSpec(message)) if !deleting => {
             return Err(degraded("InvalidSpec", message, Duration::from_secs(300)));
         }
-        Err(_) => return remove_finalizer(&api, pool).await,
+        // A deleted pool is cleaned up whatever its spec says of labels, sizes or images.
+        Err(_) => ValidPool::for_cleanup(),
     };
     match pool.spec.mode {
+        PoolMode::Static if deleting => finish_deletion(ctx, pool, &api).await,
         PoolMode::Static => reconcile_static(pool, ctx, &valid).await,
         PoolMode::Managed => reconcile_managed(pool, ctx, &valid, &api).await,
     }
 }
 
-async fn remove_finalizer(
-    api: &Api<RunnerPool>,
+/// The pool's runners are gone: forget its metrics, release its credentials, let it go.
+async fn finish_deletion(
+    ctx: &Context,
     pool: &RunnerPool,
+    api: &Api<RunnerPool>,
 ) -> Result<Requeue, ReconcileError> {
-    let finalizers: Vec<String> = pool
-        .finalizers()
-        .iter()
-        .filter(|f| *f != pool::FINALIZER)
-        .cloned()
-        .collect();
-    api.patch(
-        &pool.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
-    )
-    .await?;
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    // The pool's finalizer first: while it stays, the pool may need its credentials again.
+    remove_finalizer_from(api, &pool.metadata, pool::FINALIZER).await?;
+    let held = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials_secret.clone());
+    if let Some(secret) = held {
+        // No reconcile of this pool follows: a failure here is retried at once, and what
+        // still fails is released when the operator next starts leading.
+        let mut attempts = 0;
+        while let Err(e) = release_credentials(ctx, &ns, &secret, Some(&name)).await {
+            attempts += 1;
+            if attempts == 3 {
+                tracing::warn!(namespace = %ns, secret = %secret, error = %e, "cannot release the credentials Secret");
+                break;
+            }
+        }
+    }
+    ctx.metrics.forget_pool(&ns, &name);
+    ctx.queue_waits
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .forget(&format!("{ns}/{name}"));
+    tracing::info!(namespace = %ns, pool = %name, "pool deleted: its runners are gone from Bitbucket");
     Ok(Requeue::await_change())
 }
 
@@ -392,24 +645,27 @@ async fn queued_steps(
         .active_steps(&pool.spec.workspace, repository)
         .await
         .ok()?;
-    let now = now_seconds();
-    {
-        let mut pending = ctx.pending_since.lock().unwrap_or_else(|e| e.into_inner());
-        for step in &steps {
-            if step.state == "PENDING" {
-                pending.entry(step.uuid.clone()).or_insert(now);
-            } else if let Some(since) = pending.remove(&step.uuid) {
-                ctx.metrics
-                    .step_queue_wait
-                    .get_or_create(&PoolLabels {
-                        namespace: pool.namespace().unwrap_or_default(),
-                        pool: pool.name_any(),
-                    })
-                    .observe(now - since);
-            }
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let seen: Vec<SeenStep<'_>> = steps
+        .iter()
+        .map(|s| SeenStep {
+            uuid: &s.uuid,
+            pending: s.state == "PENDING",
+        })
+        .collect();
+    let waits = ctx
+        .queue_waits
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .observe(&format!("{namespace}/{name}"), &seen, now_seconds());
+    if !waits.is_empty() {
+        let histogram = ctx.metrics.step_queue_wait.get_or_create(&PoolLabels {
+            namespace,
+            pool: name,
+        });
+        for wait in waits {
+            histogram.observe(wait);
         }
-        // Steps gone from the list finished or were cancelled before we saw them start.
-        pending.retain(|uuid, _| steps.iter().any(|s| &s.uuid == uuid));
     }
     let waiting = steps
         .iter()
@@ -427,22 +683,63 @@ async fn reconcile_managed(
 ) -> Result<Requeue, ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
+    let identity = PoolIdentity {
+        cluster: &ctx.cluster,
+        namespace: &ns,
+        pool: &name,
+    };
+    if identity.runner_name_len() > MAX_RUNNER_NAME {
+        return Err(degraded(
+            "InvalidSpec",
+            format!(
+                "metadata.namespace and metadata.name are too long together: runner names ({}...) would have {} characters, more than the {MAX_RUNNER_NAME} bbrunner allows (Bitbucket's own limit is unknown); shorten the pool's name",
+                identity.prefix(),
+                identity.runner_name_len()
+            ),
+            Duration::from_secs(300),
+        ));
+    }
     let deleting_since = pool
         .metadata
         .deletion_timestamp
         .as_ref()
         .map(|t| t.0.as_millisecond() as f64 / 1000.0);
-    let credentials = match credentials(ctx, pool).await {
+    let (credentials, credentials_deleted) = match credentials(ctx, pool).await {
         Ok(c) => c,
         Err(e)
             if deleting_since
                 .is_some_and(|s| now_seconds() - s > ctx.settings.deletion_grace.as_secs_f64()) =>
         {
-            publish(ctx, pool, EventType::Warning, "CleanupAbandoned", "Delete", format!("cannot reach Bitbucket to delete this pool's runners ({e}); delete them in the UI")).await;
-            return remove_finalizer(api, pool).await;
+            let note = format!(
+                "cannot reach Bitbucket to delete this pool's runners ({e}); delete the runners named {}* in the UI",
+                identity.prefix()
+            );
+            tracing::warn!(namespace = %ns, pool = %name, "{note}");
+            publish(
+                ctx,
+                pool,
+                EventType::Warning,
+                "CleanupAbandoned",
+                "Delete",
+                note,
+            )
+            .await;
+            return finish_deletion(ctx, pool, api).await;
         }
         Err(e) => return Err(e),
     };
+    let credentials_secret = pool
+        .spec
+        .credentials
+        .as_ref()
+        .map(|c| c.secret_ref.name.clone());
+    let status = pool.status.clone().unwrap_or_default();
+    if let Some(previous) = &status.credentials_secret
+        && Some(previous) != credentials_secret.as_ref()
+    {
+        // spec.credentials now names another Secret: let go of the one held before.
+        release_credentials(ctx, &ns, previous, Some(&name)).await?;
+    }
     let client = ctx.hub.client(credentials).map_err(from_bitbucket)?;
     let scope = scope_of(pool);
     let poll = Duration::from_secs_f64(valid.scaling.poll_interval.max(1.0));
@@ -451,30 +748,36 @@ async fn reconcile_managed(
         .runners(&client, &scope, poll / 2)
         .await
         .map_err(from_bitbucket)?;
-    let prefix = pool::runner_prefix(&ns, &name);
+    let (pods, secrets) = pool_objects(ctx, pool).await?;
+    let observed_pods: Vec<ObservedPod> = pods.iter().filter_map(observe_pod).collect();
+    let observed_secrets: Vec<ObservedSecret> = secrets
+        .iter()
+        .filter_map(|s| {
+            let runner = RunnerUuid::parse(s.labels().get(LABEL_RUNNER_UUID)?).ok()?;
+            let created_at =
+                s.metadata.creation_timestamp.as_ref()?.0.as_millisecond() as f64 / 1000.0;
+            Some(ObservedSecret { runner, created_at })
+        })
+        .collect();
+    let held_here = |uuid: &RunnerUuid| {
+        observed_pods.iter().any(|p| &p.runner == uuid)
+            || observed_secrets.iter().any(|s| &s.runner == uuid)
+    };
+    // Only this pool's runners of this cluster: never another cluster's, another pool's, or
+    // one bbrunner did not create.
     let mine: Vec<&bitbucket::Runner> = listed
         .runners
         .iter()
-        .filter(|r| r.name.starts_with(&prefix))
+        .filter(|r| identity.owns(&r.name, held_here(&r.uuid)))
         .collect();
-    let (pods, secrets) = pool_objects(ctx, pool).await?;
     let queued = queued_steps(ctx, pool, &client, valid).await;
 
-    let status = pool.status.clone().unwrap_or_default();
     let observation = Observation {
         now: now_seconds(),
         runners: mine.iter().map(|r| observe_runner(r)).collect(),
         runners_fetched_at: listed.fetched_at,
-        pods: pods.iter().filter_map(observe_pod).collect(),
-        secrets: secrets
-            .iter()
-            .filter_map(|s| {
-                let runner = RunnerUuid::parse(s.labels().get(LABEL_RUNNER_UUID)?).ok()?;
-                let created_at =
-                    s.metadata.creation_timestamp.as_ref()?.0.as_millisecond() as f64 / 1000.0;
-                Some(ObservedSecret { runner, created_at })
-            })
-            .collect(),
+        pods: observed_pods,
+        secrets: observed_secrets,
         memory: PolicyMemory {
             surplus_since: status.surplus_since.as_deref().and_then(parse_time),
             occupancy: status.occupancy.unwrap_or_default(),
@@ -493,7 +796,7 @@ async fn reconcile_managed(
         deletion_grace: ctx.settings.deletion_grace.as_secs_f64(),
     };
     let planned = plan(&settings, &observation);
-    let changed = execute(ctx, pool, valid, &client, &scope, &planned.actions).await;
+    let changed = execute(ctx, pool, valid, &client, &scope, &identity, &planned).await;
     if changed.as_ref().is_ok_and(|n| *n > 0) || changed.is_err() {
         ctx.hub.invalidate(&client, &scope);
     }
@@ -507,22 +810,23 @@ async fn reconcile_managed(
             "every runner of the pool is deleted in Bitbucket".into(),
         )
         .await;
-        return remove_finalizer(api, pool).await;
+        return finish_deletion(ctx, pool, api).await;
     }
     changed?;
     record_metrics(ctx, pool, &planned.counts, planned.decision.desired);
+    let mut report = StatusReport {
+        counts: planned.counts,
+        desired: planned.decision.desired,
+        memory: planned.memory,
+        scaled: None,
+        problem: None,
+        credentials_secret,
+        api_calls: Some((client.opaque_id(), client.calls_last_hour())),
+    };
     if deleting_since.is_some() {
-        write_status(
-            ctx,
-            pool,
-            &planned.counts,
-            planned.decision.desired,
-            planned.memory,
-            None,
-            None,
-        )
-        .await?;
-        return Err(ReconcileError::Draining);
+        // Busy runners are finishing their steps; the pool goes once they are done.
+        write_status(ctx, pool, report).await?;
+        return Ok(Requeue::requeue(poll));
     }
     let creates = planned
         .actions
@@ -534,13 +838,14 @@ async fn reconcile_managed(
         .iter()
         .filter(|a| matches!(a, Action::DisableRunner(_)))
         .count();
-    let scaled = (creates > 0 || drains > 0).then(|| {
+    report.scaled = (creates > 0 || drains > 0).then(|| {
         format!(
             "desired {} ({}): {creates} created, {drains} drained",
             planned.decision.desired, planned.decision.reason
         )
     });
-    if let Some(reason) = &scaled {
+    if let Some(reason) = &report.scaled {
+        tracing::info!(namespace = %ns, pool = %name, desired = planned.decision.desired, creates, drains, reason = planned.decision.reason, "scaling");
         publish(
             ctx,
             pool,
@@ -551,7 +856,15 @@ async fn reconcile_managed(
         )
         .await;
     }
-    let problem = if planned.blocked_by_quota > 0 {
+    report.problem = if credentials_deleted {
+        Some((
+            "CredentialsDeleting",
+            format!(
+                "the credentials Secret {} is being deleted; it is kept until no pool uses it, so that deleting this pool can still remove its runners in Bitbucket. Delete the pool, or point spec.credentials at another Secret",
+                report.credentials_secret.as_deref().unwrap_or_default()
+            ),
+        ))
+    } else if planned.blocked_by_quota > 0 {
         Some((
             "QuotaExceeded",
             format!(
@@ -567,30 +880,26 @@ async fn reconcile_managed(
             )
         })
     };
-    write_status(
-        ctx,
-        pool,
-        &planned.counts,
-        planned.decision.desired,
-        planned.memory,
-        scaled,
-        problem,
-    )
-    .await?;
+    write_status(ctx, pool, report).await?;
     Ok(Requeue::requeue(poll))
 }
 
-/// Carry out planned actions in order; returns how many changed Bitbucket.
+/// Carry out planned actions in order, logging each change with its reason; returns how
+/// many changed Bitbucket.
 async fn execute(
     ctx: &Context,
     pool: &RunnerPool,
     valid: &ValidPool,
     client: &Client,
     scope: &RunnerScope,
-    actions: &[Action],
+    identity: &PoolIdentity<'_>,
+    planned: &Plan,
 ) -> Result<usize, ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
+    let done = |action: &Action, runner: &dyn std::fmt::Display, what: &str| {
+        tracing::info!(namespace = %ns, pool = %name, runner = %runner, reason = planned.reason(action), "{what}");
+    };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let repository_scoped = pool.spec.repository.is_some();
@@ -600,10 +909,10 @@ async fn execute(
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
     };
-    for action in actions {
+    for action in &planned.actions {
         match action {
             Action::CreateRunner => {
-                let runner_name = pool::runner_name(&ns, &name);
+                let runner_name = pool::runner_name(identity);
                 let created = client
                     .create_runner(scope, &runner_name, valid.labels.as_slice())
                     .await
@@ -640,9 +949,19 @@ async fn execute(
                     oauth_client_id: created.oauth_client_id.clone(),
                     oauth_client_secret: created.oauth_client_secret.clone(),
                 };
+                done(
+                    action,
+                    &registration.runner_uuid,
+                    &format!("created runner {runner_name} in Bitbucket"),
+                );
                 let secret = pool::secret(pool, &registration);
                 let secret_name = secret.name_any();
                 secrets.create(&PostParams::default(), &secret).await?;
+                done(
+                    action,
+                    &registration.runner_uuid,
+                    &format!("created its registration Secret {secret_name}"),
+                );
                 pods.create(
                     &PostParams::default(),
                     &pool::pod(
@@ -654,6 +973,7 @@ async fn execute(
                     ),
                 )
                 .await?;
+                done(action, &registration.runner_uuid, "created its pod");
                 publish(
                     ctx,
                     pool,
@@ -676,13 +996,17 @@ async fn execute(
                         other?;
                     }
                 }
+                done(action, uuid, "recreated its pod");
                 publish(
                     ctx,
                     pool,
                     EventType::Normal,
                     "PodRecreated",
                     "Create",
-                    format!("pod of runner {uuid} recreated"),
+                    format!(
+                        "pod of runner {uuid} recreated ({})",
+                        planned.reason(action)
+                    ),
                 )
                 .await;
             }
@@ -692,6 +1016,7 @@ async fn execute(
                         .await
                         .map(drop),
                 )?;
+                done(action, uuid, "deleted its pod");
             }
             Action::DeleteSecret(uuid) => {
                 ignore_missing(
@@ -700,6 +1025,7 @@ async fn execute(
                         .await
                         .map(drop),
                 )?;
+                done(action, uuid, "deleted its registration Secret");
             }
             Action::DisableRunner(uuid) => {
                 client
@@ -707,6 +1033,7 @@ async fn execute(
                     .await
                     .map_err(from_bitbucket)?;
                 bitbucket_changes += 1;
+                done(action, uuid, "disabled the runner in Bitbucket");
                 publish(
                     ctx,
                     pool,
@@ -714,7 +1041,8 @@ async fn execute(
                     "RunnerDisabled",
                     "Disable",
                     format!(
-                        "runner {uuid} disabled: it takes no new step and is deleted once idle"
+                        "runner {uuid} disabled ({}): it takes no new step and is deleted once idle",
+                        planned.reason(action)
                     ),
                 )
                 .await;
@@ -725,13 +1053,14 @@ async fn execute(
                     .await
                     .map_err(from_bitbucket)?;
                 bitbucket_changes += 1;
+                done(action, uuid, "enabled the runner again in Bitbucket");
                 publish(
                     ctx,
                     pool,
                     EventType::Normal,
                     "RunnerEnabled",
                     "Enable",
-                    format!("runner {uuid} enabled again"),
+                    format!("runner {uuid} enabled again ({})", planned.reason(action)),
                 )
                 .await;
             }
@@ -741,13 +1070,17 @@ async fn execute(
                     .await
                     .map_err(from_bitbucket)?;
                 bitbucket_changes += 1;
+                done(action, uuid, "deleted the runner in Bitbucket");
                 publish(
                     ctx,
                     pool,
                     EventType::Normal,
                     "RunnerDeleted",
                     "Delete",
-                    format!("runner {uuid} deleted in Bitbucket"),
+                    format!(
+                        "runner {uuid} deleted in Bitbucket ({})",
+                        planned.reason(action)
+                    ),
                 )
                 .await;
             }
@@ -762,6 +1095,7 @@ async fn execute(
                     .await
                     .map(drop),
                 )?;
+                done(action, uuid, "marked its pod: the runner ran its step");
             }
             Action::RemoveFinalizer => {}
         }
@@ -776,6 +1110,14 @@ async fn reconcile_static(
 ) -> Result<Requeue, ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
+    if let Some(held) = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials_secret.as_deref())
+    {
+        // Managed before: its API credentials are no longer needed.
+        release_credentials(ctx, &ns, held, Some(&name)).await?;
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut wanted: Vec<(RunnerUuid, String, bool)> = Vec::new();
@@ -835,6 +1177,7 @@ async fn reconcile_static(
                         other?;
                     }
                 }
+                tracing::info!(namespace = %ns, pool = %name, runner = %uuid, "created the pod of an imported runner");
             }
             Action::DeletePod(uuid) => {
                 match pods
@@ -846,6 +1189,7 @@ async fn reconcile_static(
                         other?;
                     }
                 }
+                tracing::info!(namespace = %ns, pool = %name, runner = %uuid, "deleted the pod of an imported runner: it ended, or its runner left spec.staticRunners");
             }
             _ => {}
         }
@@ -861,16 +1205,16 @@ async fn reconcile_static(
         ..Counts::default()
     };
     record_metrics(ctx, pool, &counts, wanted.len() as u32);
-    write_status(
-        ctx,
-        pool,
-        &counts,
-        wanted.len() as u32,
-        PolicyMemory::default(),
-        None,
-        None,
-    )
-    .await?;
+    let report = StatusReport {
+        counts,
+        desired: wanted.len() as u32,
+        memory: PolicyMemory::default(),
+        scaled: None,
+        problem: None,
+        credentials_secret: None,
+        api_calls: None,
+    };
+    write_status(ctx, pool, report).await?;
     Ok(Requeue::requeue(Duration::from_secs_f64(
         valid.scaling.poll_interval.max(1.0),
     )))
@@ -930,15 +1274,34 @@ fn condition(
     }
 }
 
+/// What one reconcile found, for the pool's status.
+struct StatusReport {
+    counts: Counts,
+    desired: u32,
+    memory: PolicyMemory,
+    /// The scale decision taken, if any.
+    scaled: Option<String>,
+    /// A Degraded reason and message.
+    problem: Option<(&'static str, String)>,
+    credentials_secret: Option<String>,
+    /// The Bitbucket identity and this operator's calls with it in the last hour.
+    api_calls: Option<(String, u32)>,
+}
+
 async fn write_status(
     ctx: &Context,
     pool: &RunnerPool,
-    counts: &Counts,
-    desired: u32,
-    memory: PolicyMemory,
-    scaled: Option<String>,
-    problem: Option<(&'static str, String)>,
+    report: StatusReport,
 ) -> Result<(), ReconcileError> {
+    let StatusReport {
+        counts,
+        desired,
+        memory,
+        scaled,
+        problem,
+        credentials_secret,
+        api_calls,
+    } = report;
     let previous = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
     let capacity = counts.starting + counts.idle + counts.busy;
@@ -1000,6 +1363,10 @@ async fn write_status(
         occupancy: memory.occupancy_at.map(|_| memory.occupancy),
         occupancy_time: memory.occupancy_at.and_then(format_time),
         occupied: memory.occupancy_at.map(|_| memory.occupied),
+        credentials_secret,
+        api_identity: api_calls.as_ref().map(|(id, _)| id.clone()),
+        // To the nearest 10 below, so that the status (which wakes the pool) rarely changes.
+        api_calls_last_hour: api_calls.map(|(_, calls)| calls / 10 * 10),
     };
     let api: Api<RunnerPool> =
         Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
@@ -1071,7 +1438,12 @@ async fn write_failure(ctx: &Context, pool: &RunnerPool, error: &ReconcileError)
 
 /// Requeue policy on errors: as the error says, but never later than the pool's next poll
 /// for transient failures, so that a pool recovers within a poll once the fault is gone.
-pub fn error_policy(pool: Arc<RunnerPool>, error: &ReconcileError, _ctx: Arc<Context>) -> Requeue {
+pub fn error_policy(
+    object: Arc<DynamicObject>,
+    error: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> Requeue {
+    let pool = read_pool(&object).unwrap_or_else(|unreadable| unreadable.stand_in);
     let poll = pool
         .spec
         .scaling
@@ -1079,7 +1451,7 @@ pub fn error_policy(pool: Arc<RunnerPool>, error: &ReconcileError, _ctx: Arc<Con
         .map(|s| Duration::from_secs_f64(s.poll_interval.max(1.0)))
         .unwrap_or(Duration::from_secs(15));
     let retry = match error {
-        ReconcileError::Kube(_) | ReconcileError::Draining => error.retry().min(poll),
+        ReconcileError::Kube(_) => error.retry().min(poll),
         ReconcileError::Degraded {
             reason: "ApiUnreachable",
             ..

@@ -16,7 +16,18 @@ fn install_manifests_validate_strictly_for_one_and_several_replicas() {
         .success()
         .stdout;
         kubernetes_validate_strict(&out);
-        assert_eq!(out.contains("--leader-election"), replicas != "1");
+        // Never two operators acting: the Lease always, and a single replica replaced only
+        // once the old pod is gone.
+        assert!(out.contains("--leader-election"));
+        let strategy = if replicas == "1" {
+            "Recreate"
+        } else {
+            "RollingUpdate"
+        };
+        assert!(
+            out.contains(&format!("type: {strategy}")),
+            "{replicas} replica(s) without the {strategy} strategy"
+        );
     }
 }
 
@@ -81,7 +92,8 @@ fn rbac_is_exactly_what_the_operator_uses() {
             "bbrunner.dev runnerpools get,list,watch,patch",
             "bbrunner.dev runnerpools/status patch",
             " pods get,list,watch,create,delete,patch",
-            " secrets get,list,watch,create,delete",
+            " secrets get,list,watch,create,delete,patch",
+            " namespaces get",
             "events.k8s.io events create,patch",
         ]
     );

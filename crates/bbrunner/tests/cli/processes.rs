@@ -168,11 +168,14 @@ async fn operator_fakes_and_kubectl_as_separate_processes() {
         .await
         .unwrap();
     assert_eq!(runners.as_array().unwrap().len(), 2);
+    // bbrunner.CLUSTER.ci.builds.SUFFIX, CLUSTER from the kube-system namespace's UID.
     assert!(runners.as_array().unwrap().iter().all(|r| {
-        r["name"]
-            .as_str()
-            .unwrap()
-            .starts_with("bbrunner.ci.builds.")
+        let parts: Vec<&str> = r["name"].as_str().unwrap().split('.').collect();
+        parts.len() == 5
+            && parts[0] == "bbrunner"
+            && parts[1].len() == 8
+            && parts[1].chars().all(|c| c.is_ascii_hexdigit())
+            && parts[2..4] == ["ci", "builds"]
     }));
     std::fs::remove_dir_all(&dir).unwrap();
 }

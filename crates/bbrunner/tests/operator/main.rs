@@ -16,6 +16,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
 mod chaos;
+mod fleet;
 mod rbac;
 
 const NS: &str = "ci";
@@ -29,17 +30,31 @@ impl Drop for Operator {
     }
 }
 
-struct World {
-    bitbucket: FakeBitbucket,
+/// One fake-kube cluster with the CRD, namespace `ci` and the pools' credentials installed.
+struct Cluster {
     _kube: FakeKube,
     client: Client,
     kubeconfig: PathBuf,
     dir: PathBuf,
 }
 
-impl Drop for World {
+impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// fake-bitbucket and one cluster whose runner pods register with it.
+struct World {
+    bitbucket: FakeBitbucket,
+    cluster: Cluster,
+}
+
+impl std::ops::Deref for World {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.cluster
     }
 }
 
@@ -56,17 +71,108 @@ impl World {
     }
 
     async fn start_with(name: &str, configure: impl FnOnce(&mut ClusterConfig)) -> Self {
-        let bitbucket = FakeBitbucket::start(FakeConfig {
-            time_scale: 30.0,
-            workspaces: vec!["acme".into()],
-            repositories: vec![("acme".into(), "app".into())],
-            oauth_consumers: vec![("key".into(), "consumer-secret".into())],
-            ..FakeConfig::default()
+        let bitbucket = start_bitbucket().await;
+        let cluster = Cluster::start(name, bitbucket.url(), configure).await;
+        Self { bitbucket, cluster }
+    }
+
+    /// The operator binary, reaching the cluster through `kubeconfig`.
+    fn operator_with(
+        &self,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+        level: &str,
+        log: Stdio,
+    ) -> Operator {
+        operator_process(self.bitbucket.url(), kubeconfig, extra, level, log)
+    }
+
+    fn operator(&self, extra: &[&str]) -> Operator {
+        self.operator_logging(extra, "info", Stdio::null())
+    }
+
+    fn operator_logging(&self, extra: &[&str], level: &str, log: Stdio) -> Operator {
+        self.operator_with(&self.kubeconfig, extra, level, log)
+    }
+
+    fn runners(&self) -> Vec<Value> {
+        self.bitbucket.with_world(|w, now| {
+            w.runners
+                .iter()
+                .map(|r| json!({"uuid": r.uuid, "name": r.name, "state": fake_bitbucket::world::runner_status(r, now), "step": r.step, "dup": r.duplicate_agent_polls}))
+                .collect()
         })
-        .await
-        .unwrap();
+    }
+
+    fn steps(&self, state: StepState) -> usize {
+        self.bitbucket
+            .with_world(|w, _| w.steps.iter().filter(|s| s.state == state).count())
+    }
+
+    fn submit(&self, n: usize, duration_s: f64) {
+        for _ in 0..n {
+            self.bitbucket
+                .submit_step(&StepRequest {
+                    workspace: "acme".into(),
+                    repository: None,
+                    labels: vec!["self.hosted".into(), "build".into()],
+                    duration_s,
+                    size: None,
+                })
+                .unwrap();
+        }
+    }
+}
+
+async fn start_bitbucket() -> FakeBitbucket {
+    FakeBitbucket::start(FakeConfig {
+        time_scale: 30.0,
+        workspaces: vec!["acme".into()],
+        repositories: vec![("acme".into(), "app".into())],
+        oauth_consumers: vec![("key".into(), "consumer-secret".into())],
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The operator binary against `bitbucket_url`, reaching its cluster through `kubeconfig`.
+fn operator_process(
+    bitbucket_url: &str,
+    kubeconfig: &std::path::Path,
+    extra: &[&str],
+    level: &str,
+    log: Stdio,
+) -> Operator {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bbrunner"));
+    command
+        .args([
+            "operator",
+            "--bitbucket-url",
+            bitbucket_url,
+            "--bitbucket-auth-url",
+            bitbucket_url,
+        ])
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", level)
+        .stdout(Stdio::null())
+        .stderr(log);
+    if level.is_empty() {
+        // The operator's own default level.
+        command.env_remove("RUST_LOG");
+    }
+    Operator(command.spawn().unwrap())
+}
+
+impl Cluster {
+    async fn start(
+        name: &str,
+        bitbucket_url: &str,
+        configure: impl FnOnce(&mut ClusterConfig),
+    ) -> Self {
         let mut cluster = ClusterConfig {
-            bitbucket_url: Some(bitbucket.url().to_owned()),
+            bitbucket_url: Some(bitbucket_url.to_owned()),
             pod_start_latency: Duration::from_millis(300),
             ..ClusterConfig::default()
         };
@@ -94,15 +200,14 @@ impl World {
             .create(&PostParams::default(), &crd)
             .await
             .unwrap();
-        let world = Self {
-            bitbucket,
+        let cluster = Self {
             _kube: kube,
             client,
             kubeconfig,
             dir,
         };
-        world.apply_ns().await;
-        world
+        cluster.apply_ns().await;
+        cluster
     }
 
     async fn apply_ns(&self) {
@@ -126,40 +231,6 @@ impl World {
             .create(&PostParams::default(), &secret)
             .await
             .unwrap();
-    }
-
-    fn operator(&self, extra: &[&str]) -> Operator {
-        self.operator_logging(extra, "info", Stdio::null())
-    }
-
-    fn operator_logging(&self, extra: &[&str], level: &str, log: Stdio) -> Operator {
-        self.operator_with(&self.kubeconfig, extra, level, log)
-    }
-
-    /// The operator binary, reaching the cluster through `kubeconfig`.
-    fn operator_with(
-        &self,
-        kubeconfig: &std::path::Path,
-        extra: &[&str],
-        level: &str,
-        log: Stdio,
-    ) -> Operator {
-        let child = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
-            .args([
-                "operator",
-                "--bitbucket-url",
-                self.bitbucket.url(),
-                "--bitbucket-auth-url",
-                self.bitbucket.url(),
-            ])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", level)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Operator(child)
     }
 
     fn pools(&self) -> Api<DynamicObject> {
@@ -196,34 +267,6 @@ impl World {
             .await
             .map(|p| p.data["status"].clone())
             .unwrap_or(Value::Null)
-    }
-
-    fn runners(&self) -> Vec<Value> {
-        self.bitbucket.with_world(|w, now| {
-            w.runners
-                .iter()
-                .map(|r| json!({"uuid": r.uuid, "name": r.name, "state": fake_bitbucket::world::runner_status(r, now), "step": r.step, "dup": r.duplicate_agent_polls}))
-                .collect()
-        })
-    }
-
-    fn steps(&self, state: StepState) -> usize {
-        self.bitbucket
-            .with_world(|w, _| w.steps.iter().filter(|s| s.state == state).count())
-    }
-
-    fn submit(&self, n: usize, duration_s: f64) {
-        for _ in 0..n {
-            self.bitbucket
-                .submit_step(&StepRequest {
-                    workspace: "acme".into(),
-                    repository: None,
-                    labels: vec!["self.hosted".into(), "build".into()],
-                    duration_s,
-                    size: None,
-                })
-                .unwrap();
-        }
     }
 
     /// Store an OAuth consumer secret Bitbucket rejects as the Secret `wrong`, and point `spec`

@@ -147,7 +147,7 @@ async fn the_operator_needs_exactly_the_installed_rbac() {
         .iter()
         .filter_map(|d| d["rules"].as_array().map(|r| r.len()))
         .sum::<usize>();
-    assert_eq!(rules, 6);
+    assert_eq!(rules, 7);
     for rule in 0..rules {
         assert!(
             !pool_lifecycle_works(Some(rule)).await,

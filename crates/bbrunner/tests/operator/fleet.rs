@@ -1,0 +1,502 @@
+//! The operator as a platform team runs it: several clusters sharing a workspace, runners of
+//! an earlier naming adopted, deletion in any order, and pools that cannot be read.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bbrunner_core::ids::{AccountUuid, RunnerUuid};
+use bbrunner_core::manifests::{self, LABEL_MANAGED_BY, LABEL_RUNNER_UUID};
+use bbrunner_core::registration::RunnerRegistration;
+use k8s_openapi::api::core::v1::Namespace;
+
+use super::*;
+
+/// The cluster id in a runner named `bbrunner.CLUSTER.NAMESPACE.POOL.SUFFIX`.
+fn cluster_of(runner: &Value) -> String {
+    let name = runner["name"].as_str().unwrap_or_default();
+    name.split('.').nth(1).unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_clusters_share_a_workspace_and_keep_their_own_runners() {
+    let bitbucket = start_bitbucket().await;
+    let mut clusters = Vec::new();
+    for name in ["fleet-a", "fleet-b", "fleet-c"] {
+        clusters.push(Cluster::start(name, bitbucket.url(), |_| {}).await);
+    }
+    let _operators: Vec<Operator> = clusters
+        .iter()
+        .map(|c| operator_process(bitbucket.url(), &c.kubeconfig, &[], "info", Stdio::null()))
+        .collect();
+    for c in &clusters {
+        // The same namespace and pool name in every cluster.
+        c.pool("builds", managed(2, 3)).await;
+    }
+    let runners = || {
+        bitbucket.with_world(|w, now| {
+            w.runners
+                .iter()
+                .map(|r| json!({"uuid": r.uuid, "name": r.name, "state": fake_bitbucket::world::runner_status(r, now)}))
+                .collect::<Vec<Value>>()
+        })
+    };
+    let mut ever: BTreeSet<String> = BTreeSet::new();
+    eventually("two runners online per cluster", 40, || {
+        let now = runners();
+        ever.extend(now.iter().map(|r| r["uuid"].as_str().unwrap().to_owned()));
+        let mut per_cluster: BTreeMap<String, usize> = BTreeMap::new();
+        for r in now.iter().filter(|r| r["state"] == "ONLINE") {
+            *per_cluster.entry(cluster_of(r)).or_default() += 1;
+        }
+        async move { per_cluster.len() == 3 && per_cluster.values().all(|n| *n == 2) }
+    })
+    .await;
+    // Steady: nobody deletes anybody's runners (before, the clusters deleted each other's
+    // runners as "without a Secret" and created their own, over and over).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        ever.extend(
+            runners()
+                .iter()
+                .map(|r| r["uuid"].as_str().unwrap().to_owned()),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ever.len(),
+        6,
+        "runners were replaced while steady: {ever:?}"
+    );
+
+    // Steps run on every cluster's runners.
+    for _ in 0..9 {
+        bitbucket
+            .submit_step(&StepRequest {
+                workspace: "acme".into(),
+                repository: None,
+                labels: vec!["self.hosted".into(), "build".into()],
+                duration_s: 90.0,
+                size: None,
+            })
+            .unwrap();
+    }
+    let names: BTreeMap<String, String> = runners()
+        .iter()
+        .map(|r| (r["uuid"].as_str().unwrap().to_owned(), cluster_of(r)))
+        .collect();
+    let mut ran_on: BTreeMap<String, String> = BTreeMap::new();
+    eventually("every step done", 60, || {
+        let now = runners();
+        let (done, failed, started) = bitbucket.with_world(|w, _| {
+            (
+                w.steps
+                    .iter()
+                    .filter(|s| s.state == StepState::Completed)
+                    .count(),
+                w.steps
+                    .iter()
+                    .filter(|s| s.state == StepState::Failed)
+                    .count(),
+                w.steps
+                    .iter()
+                    .filter_map(|s| s.runner_uuid.clone())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        for uuid in started {
+            let cluster = now
+                .iter()
+                .find(|r| r["uuid"] == uuid.as_str())
+                .map(cluster_of)
+                .or_else(|| names.get(&uuid).cloned())
+                .unwrap_or_default();
+            if !cluster.is_empty() {
+                ran_on.insert(uuid, cluster);
+            }
+        }
+        assert_eq!(failed, 0, "a step failed");
+        async move { done == 9 }
+    })
+    .await;
+    let clusters_used: BTreeSet<&String> = ran_on.values().collect();
+    assert_eq!(
+        clusters_used.len(),
+        3,
+        "steps ran only on {clusters_used:?}"
+    );
+
+    // Deleting the pool in one cluster removes that cluster's runners only.
+    let index = 0;
+    let kube_system = Api::<Namespace>::all(clusters[index].client.clone())
+        .get("kube-system")
+        .await
+        .unwrap();
+    let gone = bbrunner_core::ownership::ClusterId::from_namespace_uid(
+        kube_system.metadata.uid.as_deref().unwrap(),
+    )
+    .unwrap()
+    .to_string();
+    assert!(
+        clusters_used.contains(&gone),
+        "{gone} is not among {clusters_used:?}"
+    );
+    clusters[index]
+        .pools()
+        .delete("builds", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the deleted pool's runners gone, the others kept",
+        30,
+        || {
+            let now = runners();
+            let mut per_cluster: BTreeMap<String, usize> = BTreeMap::new();
+            for r in now.iter().filter(|r| r["state"] == "ONLINE") {
+                *per_cluster.entry(cluster_of(r)).or_default() += 1;
+            }
+            let left_behind = now.iter().any(|r| cluster_of(r) == gone);
+            async move {
+                !left_behind && per_cluster.len() == 2 && per_cluster.values().all(|n| *n >= 2)
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runners_of_the_earlier_naming_are_adopted_and_others_left_alone() {
+    let world = World::start("adopt").await;
+    // A runner the operator made before cluster identities: named bbrunner.NS.POOL.SUFFIX,
+    // with its registration Secret in this cluster.
+    let client = bitbucket::Client::new(
+        bitbucket::Config {
+            api_url: world.bitbucket.url().parse().unwrap(),
+            auth_url: world.bitbucket.url().parse().unwrap(),
+            ..bitbucket::Config::default()
+        },
+        bitbucket::Credentials::OAuthConsumer {
+            key: "key".into(),
+            secret: "consumer-secret".into(),
+        },
+    )
+    .unwrap();
+    let scope = bitbucket::RunnerScope::Workspace("acme".into());
+    let labels = ["self.hosted", "linux", "build"].map(String::from);
+    let adopted = client
+        .create_runner(&scope, "bbrunner.ci.builds.old001", &labels)
+        .await
+        .unwrap();
+    // Another cluster's runner of the same naming: no Secret or pod here.
+    let foreign = client
+        .create_runner(&scope, "bbrunner.ci.builds.old002", &labels)
+        .await
+        .unwrap();
+    let registration = RunnerRegistration {
+        account_uuid: AccountUuid::parse(&world.bitbucket.workspace_uuid("acme").unwrap()).unwrap(),
+        repository_uuid: None,
+        runner_uuid: adopted.runner.uuid.clone(),
+        oauth_client_id: adopted.oauth_client_id.clone(),
+        oauth_client_secret: adopted.oauth_client_secret.clone(),
+    };
+    let uuid: &RunnerUuid = &registration.runner_uuid;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("builds-{}", uuid.bare()),
+            "labels": {LABEL_MANAGED_BY: manifests::MANAGER, "bbrunner.dev/pool": "builds", LABEL_RUNNER_UUID: uuid.bare()},
+        },
+        "stringData": manifests::registration_secret_data(&registration, &[]),
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(world.client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let _op = world.operator(&[]);
+    world.pool("builds", managed(1, 2)).await;
+    eventually("the old runner runs again", 30, || {
+        let runners = world.runners();
+        async move {
+            runners.len() == 2
+                && runners
+                    .iter()
+                    .any(|r| r["name"] == "bbrunner.ci.builds.old001" && r["state"] == "ONLINE")
+        }
+    })
+    .await;
+    // Held for a while: no new runner, the other cluster's runner untouched.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names: BTreeSet<String> = world
+        .runners()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "bbrunner.ci.builds.old001".to_owned(),
+            "bbrunner.ci.builds.old002".to_owned()
+        ]),
+        "the operator recreated or deleted a runner it should have adopted or left alone"
+    );
+    let status = world.status("builds").await;
+    assert_eq!(status["online"], 1, "{status}");
+    assert!(
+        world
+            .runners()
+            .iter()
+            .any(|r| r["uuid"] == foreign.runner.uuid.braced())
+    );
+}
+
+/// A pool of `min` runners, online, in a fresh world with the operator running.
+async fn pool_online(name: &str, min: u32) -> (World, Operator) {
+    let world = World::start(name).await;
+    let op = world.operator(&[]);
+    world.pool("builds", managed(min, min + 1)).await;
+    eventually("runners online", 30, || {
+        let n = online(&world.runners());
+        async move { n == min as usize }
+    })
+    .await;
+    (world, op)
+}
+
+async fn credentials_secret(world: &World) -> Option<Secret> {
+    Api::<Secret>::namespaced(world.client.clone(), NS)
+        .get_opt("bitbucket-credentials")
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_deleted_together_with_its_credentials_removes_its_runners() {
+    let (world, _op) = pool_online("delete-together", 2).await;
+    let held = credentials_secret(&world).await.unwrap();
+    assert!(
+        held.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "bbrunner.dev/credentials-in-use"),
+        "the credentials Secret is not held"
+    );
+    // As `kubectl delete -f` of one file holding both: the Secret first.
+    Api::<Secret>::namespaced(world.client.clone(), NS)
+        .delete("bitbucket-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
+    world
+        .pools()
+        .delete("builds", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("runners, pool and Secret all gone", 30, || async {
+        world.runners().is_empty()
+            && world.pools().get_opt("builds").await.unwrap().is_none()
+            && credentials_secret(&world).await.is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_namespace_removes_its_pools_runners() {
+    let (world, _op) = pool_online("delete-namespace", 2).await;
+    Api::<Namespace>::all(world.client.clone())
+        .delete(NS, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("runners and namespace gone", 40, || async {
+        world.runners().is_empty()
+            && Api::<Namespace>::all(world.client.clone())
+                .get_opt(NS)
+                .await
+                .unwrap()
+                .is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_deleted_first_is_kept_until_its_pool_goes_and_the_pool_says_why() {
+    let (world, _op) = pool_online("delete-secret-first", 1).await;
+    Api::<Secret>::namespaced(world.client.clone(), NS)
+        .delete("bitbucket-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the pool says why it is degraded", 20, || async {
+        let status = world.status("builds").await;
+        status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "Degraded"
+                    && c["status"] == "True"
+                    && c["reason"] == "CredentialsDeleting"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("bitbucket-credentials"))
+            })
+    })
+    .await;
+    // Still held, and the runner still serves steps.
+    assert!(credentials_secret(&world).await.is_some());
+    assert_eq!(online(&world.runners()), 1);
+    world
+        .pools()
+        .delete("builds", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("runners, pool and Secret gone", 30, || async {
+        world.runners().is_empty()
+            && world.pools().get_opt("builds").await.unwrap().is_none()
+            && credentials_secret(&world).await.is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_that_cannot_be_read_is_degraded_alone() {
+    let world = World::start("unreadable").await;
+    // Values the typed pool cannot hold, stored before the operator starts (an older CRD, or
+    // an API server that does not enforce the bounds).
+    let mut too_big = managed(1, 2);
+    too_big["scaling"]["schedules"] =
+        json!([{"cron": "0 8 * * *", "duration": "1h", "min": 4_294_967_296_u64}]);
+    world.pool("too-big", too_big).await;
+    let mut bad_size = managed(1, 2);
+    bad_size["runner"] = json!({"size": "16x"});
+    world.pool("bad-size", bad_size).await;
+    world.pool("builds", managed(1, 2)).await;
+    let _op = world.operator(&[]);
+    eventually("the good pool reconciles", 30, || async {
+        world.status("builds").await["online"] == 1
+    })
+    .await;
+    for (pool, field) in [
+        ("too-big", "spec.scaling.schedules[0].min"),
+        ("bad-size", "spec.runner.size"),
+    ] {
+        eventually(&format!("{pool} degraded naming {field}"), 20, || async {
+            let status = world.status(pool).await;
+            status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["type"] == "Degraded"
+                        && c["reason"] == "InvalidSpec"
+                        && c["message"].as_str().is_some_and(|m| m.contains(field))
+                })
+        })
+        .await;
+    }
+    // Deleting an unreadable pool still works (it never got runners).
+    world
+        .pools()
+        .delete("bad-size", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the unreadable pool is gone", 20, || async {
+        world.pools().get_opt("bad-size").await.unwrap().is_none()
+    })
+    .await;
+}
+
+/// One JSON log line per change and per failure at the default level, and a deleted pool's
+/// metric series gone with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_logs_every_change_and_failure_and_forgets_deleted_pools() {
+    let world = World::start("logs").await;
+    let log_path = world.dir.join("operator.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let addr = free_local_addr();
+    let _op = world.operator_logging(
+        &["--metrics-addr", &addr, "--log-format", "json"],
+        "",
+        Stdio::from(log),
+    );
+    world.pool("builds", managed(1, 2)).await;
+    let mut broken = managed(1, 1);
+    world.use_wrong_credentials(&mut broken, "nope").await;
+    world.pool("broken", broken).await;
+    eventually("a runner online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    // A busy runner, so that the deletion below drains.
+    world.submit(1, 150.0);
+    eventually("the runner busy", 10, || async {
+        world.runners().iter().any(|r| !r["step"].is_null())
+    })
+    .await;
+    world
+        .pools()
+        .delete("builds", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the pool gone after its step", 30, || async {
+        world.pools().get_opt("builds").await.unwrap().is_none()
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains(r#"pool="builds""#),
+        "the deleted pool's series remain:\n{metrics}"
+    );
+    assert!(metrics.contains(r#"pool="broken""#));
+    assert!(
+        !metrics.contains("Draining"),
+        "draining counted as an error"
+    );
+    // The identity label is opaque: no consumer key, e-mail or username.
+    assert!(!metrics.contains("OAuth consumer"), "{metrics}");
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let has = |level: &str, message: &str, keys: &[&str]| {
+        lines.iter().any(|l| {
+            l["level"] == level
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(message))
+                && keys.iter().all(|k| !l["fields"][*k].is_null())
+        })
+    };
+    let change = ["namespace", "pool", "runner", "reason"];
+    for message in [
+        "created runner",
+        "created its pod",
+        "disabled the runner",
+        "deleted the runner in Bitbucket",
+    ] {
+        assert!(
+            has("INFO", message, &change),
+            "no info line for {message:?}:\n{text}"
+        );
+    }
+    assert!(
+        has("INFO", "scaling", &["namespace", "pool", "reason"]),
+        "{text}"
+    );
+    assert!(
+        has("INFO", "pool deleted", &["namespace", "pool"]),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["fields"]["pool"] == "broken"
+            && l["fields"]["reason"] == "CredentialsInvalid"),
+        "no warning for the failing pool:\n{text}"
+    );
+    assert!(!text.contains("consumer-secret"));
+}
