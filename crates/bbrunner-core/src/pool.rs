@@ -10,6 +10,9 @@ use crate::scaling::{DurationError, PolicyKind, Scaling, parse_duration};
 /// Bitbucket's limit of runners per workspace and per repository.
 pub const RUNNERS_PER_SCOPE: u32 = 100;
 
+/// The shortest poll interval, in seconds: below it a pool would poll in a tight loop.
+pub const MIN_POLL_INTERVAL: f64 = 1.0;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PoolError {
     #[error("spec.scaling: min ({min}) is greater than max ({max}); lower min or raise max")]
@@ -22,6 +25,10 @@ pub enum PoolError {
     MaxAboveQuota(u32),
     #[error("spec.scaling.{0}")]
     Duration(#[from] DurationError),
+    #[error(
+        "spec.scaling.pollInterval {0:?} is under 1s; poll at least a second apart (15s is the default)"
+    )]
+    PollTooShort(String),
     #[error("spec.labels: {0}")]
     Labels(#[from] LabelError),
     #[error("{0}")]
@@ -78,6 +85,12 @@ impl ScalingSpec {
             Some(v) => parse_duration(field, v),
             None => Ok(default),
         };
+        let poll_interval = duration("pollInterval", &self.poll_interval, defaults.poll_interval)?;
+        if poll_interval < MIN_POLL_INTERVAL {
+            return Err(PoolError::PollTooShort(
+                self.poll_interval.clone().unwrap_or_default(),
+            ));
+        }
         Ok(Scaling {
             min,
             max,
@@ -88,7 +101,7 @@ impl ScalingSpec {
                 &self.scale_down_delay,
                 defaults.scale_down_delay,
             )?,
-            poll_interval: duration("pollInterval", &self.poll_interval, defaults.poll_interval)?,
+            poll_interval,
             atlassian: defaults.atlassian,
             schedules: self
                 .schedules
@@ -166,6 +179,16 @@ mod tests {
             })
             .starts_with("spec.scaling.pollInterval \"often\" is not a duration")
         );
+        for too_short in ["0s", "500ms"] {
+            assert!(
+                err(ScalingSpec {
+                    poll_interval: Some(too_short.into()),
+                    ..Default::default()
+                })
+                .contains("is under 1s"),
+                "{too_short} accepted"
+            );
+        }
         let labels = PoolManifestSpec {
             labels: vec!["Bad".into()],
             ..Default::default()

@@ -348,9 +348,18 @@ fn deployments(cluster: &Cluster) {
         }) {
             let _ = store.delete(&pod_type, &ns, &key(p).1, Some(0));
         }
-        for p in &old {
-            if p["metadata"]["deletionTimestamp"].is_null() {
-                let _ = store.delete(&pod_type, &ns, &key(p).1, None);
+        // Recreate: old pods go first. RollingUpdate: they go once the new ones run, so that
+        // old and new overlap as they do in a real rollout (the surge here is all replicas
+        // at once, where the API server's default is 25%).
+        let new_running = current
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count();
+        if recreate || new_running >= replicas {
+            for p in &old {
+                if p["metadata"]["deletionTimestamp"].is_null() {
+                    let _ = store.delete(&pod_type, &ns, &key(p).1, None);
+                }
             }
         }
         // Recreate: no new pod while an old one still exists.

@@ -7,6 +7,7 @@ use bbrunner_core::ids::{AccountUuid, RunnerUuid};
 use bbrunner_core::manifests::{self, LABEL_MANAGED_BY, LABEL_RUNNER_UUID};
 use bbrunner_core::registration::RunnerRegistration;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 
 use super::*;
 
@@ -25,7 +26,16 @@ async fn three_clusters_share_a_workspace_and_keep_their_own_runners() {
     }
     let _operators: Vec<Operator> = clusters
         .iter()
-        .map(|c| operator_process(bitbucket.url(), &c.kubeconfig, &[], "info", Stdio::null()))
+        .map(|c| {
+            operator_process(
+                bitbucket.url(),
+                &c.kubeconfig,
+                &[],
+                &[],
+                "info",
+                Stdio::null(),
+            )
+        })
         .collect();
     for c in &clusters {
         // The same namespace and pool name in every cluster.
@@ -499,4 +509,158 @@ async fn the_operator_logs_every_change_and_failure_and_forgets_deleted_pools() 
         "no warning for the failing pool:\n{text}"
     );
     assert!(!text.contains("consumer-secret"));
+}
+
+/// A kubelet for the operator's own pods: every Running operator pod of the install's
+/// Deployment is a real operator process (named as the pod, as HOSTNAME is in a container);
+/// a pod marked for deletion or gone gets SIGTERM, as a kubelet sends it, and its process
+/// runs on until it has shut down.
+struct OperatorKubelet {
+    processes: BTreeMap<String, Operator>,
+    stopping: Vec<Operator>,
+    most_at_once: usize,
+}
+
+impl OperatorKubelet {
+    async fn sync(&mut self, world: &World) {
+        let pods = Api::<Pod>::namespaced(world.client.clone(), "bbrunner-system")
+            .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+            .await
+            .unwrap()
+            .items;
+        for pod in &pods {
+            let name = pod.name_any();
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if running
+                && pod.metadata.deletion_timestamp.is_none()
+                && !self.processes.contains_key(&name)
+            {
+                let container = &pod.spec.as_ref().unwrap().containers[0];
+                // The pod's own arguments, but metrics on no port (several share loopback).
+                let args: Vec<String> = container
+                    .args
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|a| a != "operator" && !a.starts_with("--metrics-addr"))
+                    .collect();
+                assert!(args.iter().any(|a| a == "--leader-election"), "{args:?}");
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                self.processes.insert(
+                    name.clone(),
+                    operator_process(
+                        world.bitbucket.url(),
+                        &world.kubeconfig,
+                        &args,
+                        &[("HOSTNAME", &name), ("POD_NAMESPACE", "bbrunner-system")],
+                        "info",
+                        Stdio::null(),
+                    ),
+                );
+            }
+        }
+        let stopped: Vec<String> = self
+            .processes
+            .keys()
+            .filter(|name| {
+                !pods
+                    .iter()
+                    .any(|p| p.name_any() == **name && p.metadata.deletion_timestamp.is_none())
+            })
+            .cloned()
+            .collect();
+        for name in stopped {
+            let op = self.processes.remove(&name).unwrap();
+            let _ = Command::new("kill")
+                .args(["-TERM", &op.0.id().to_string()])
+                .status();
+            self.stopping.push(op);
+        }
+        self.stopping
+            .retain_mut(|op| op.0.try_wait().ok().flatten().is_none());
+        self.most_at_once = self
+            .most_at_once
+            .max(self.processes.len() + self.stopping.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_upgrade_of_the_operator_neither_overshoots_nor_duplicates_runners() {
+    let world = World::start("upgrade").await;
+    let out = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+        .args(["install", "--replicas", "2"])
+        .output()
+        .unwrap();
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    for doc in &docs {
+        super::rbac::apply(&world.client, doc).await;
+    }
+    let mut kubelet = OperatorKubelet {
+        processes: BTreeMap::new(),
+        stopping: Vec::new(),
+        most_at_once: 0,
+    };
+    let mut spec = managed(3, 5);
+    spec["scaling"]["minIdle"] = json!(0);
+    world.pool("builds", spec).await;
+    let mut ever: BTreeSet<String> = BTreeSet::new();
+    let mut most = 0;
+    let mut watch = |kubelet_runners: Vec<Value>| {
+        most = most.max(kubelet_runners.len());
+        ever.extend(
+            kubelet_runners
+                .iter()
+                .map(|r| r["uuid"].as_str().unwrap().to_owned()),
+        );
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while online(&world.runners()) < 3 {
+        assert!(Instant::now() < deadline, "the pool never came up");
+        kubelet.sync(&world).await;
+        watch(world.runners());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The upgrade: a new pod template, as a new image would make.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(world.client.clone(), "bbrunner-system");
+    deployments
+        .patch(
+            "bbrunner-operator",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"bbrunner.dev/upgraded": "v2"}}}}})),
+        )
+        .await
+        .unwrap();
+    // Through the rollout and until a new operator has taken over and held the pool.
+    let old_pods: BTreeSet<String> = kubelet.processes.keys().cloned().collect();
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut new_pods_ran = false;
+    while Instant::now() < until {
+        kubelet.sync(&world).await;
+        watch(world.runners());
+        new_pods_ran |=
+            kubelet.processes.len() == 2 && kubelet.processes.keys().all(|p| !old_pods.contains(p));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        kubelet.most_at_once >= 3,
+        "old and new operators never overlapped (at most {} at once)",
+        kubelet.most_at_once
+    );
+    assert!(new_pods_ran, "the new operator pods never took over");
+    // A new operator still acts: a runner deleted in Bitbucket is replaced.
+    let first = world.runners()[0]["uuid"].as_str().unwrap().to_owned();
+    world
+        .bitbucket
+        .with_world(|w, _| w.runners.retain(|r| r.uuid != first));
+    eventually("the new leader repairs the pool", 30, || {
+        let runners = world.runners();
+        async move { online(&runners) == 3 }
+    })
+    .await;
+    watch(world.runners());
+    assert!(most <= 3, "{most} runners at once: max 3 overshot");
+    // Three at the start, and one replacing the runner removed by hand: nothing duplicated.
+    assert_eq!(ever.len(), 4, "runners created: {ever:?}");
 }

@@ -84,7 +84,7 @@ impl World {
         level: &str,
         log: Stdio,
     ) -> Operator {
-        operator_process(self.bitbucket.url(), kubeconfig, extra, level, log)
+        operator_process(self.bitbucket.url(), kubeconfig, extra, &[], level, log)
     }
 
     fn operator(&self, extra: &[&str]) -> Operator {
@@ -141,6 +141,7 @@ fn operator_process(
     bitbucket_url: &str,
     kubeconfig: &std::path::Path,
     extra: &[&str],
+    env: &[(&str, &str)],
     level: &str,
     log: Stdio,
 ) -> Operator {
@@ -154,6 +155,7 @@ fn operator_process(
             bitbucket_url,
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", level)
         .stdout(Stdio::null())

@@ -44,7 +44,7 @@ fn rbac_objects(drop_rule: Option<usize>) -> Vec<Value> {
         .collect()
 }
 
-async fn apply(client: &Client, doc: &Value) {
+pub(super) async fn apply(client: &Client, doc: &Value) {
     let kind = doc["kind"].as_str().unwrap();
     let (group, version) = doc["apiVersion"]
         .as_str()
