@@ -75,6 +75,38 @@ pub struct Observations {
     pub credentials: Vec<(String, Result<(), String>)>,
     /// Runner pods that cannot be scheduled: (namespace/name, scheduler message).
     pub unschedulable: Vec<(String, String)>,
+    /// Pools the operator cannot run as written: (namespace/name, the field and the fix).
+    pub invalid_pools: Vec<(String, String)>,
+    /// Bitbucket calls in the last hour per identity (opaque id), as this cluster's operator
+    /// reports them in its pools' status, with the pools using the identity.
+    pub api_calls: Vec<ApiCalls>,
+}
+
+/// One Bitbucket identity's calls from this cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiCalls {
+    pub identity: String,
+    pub calls_last_hour: u32,
+    pub pools: Vec<String>,
+}
+
+/// Bitbucket's limit per identity and rolling hour, shared by everything that uses it.
+pub const BITBUCKET_REQUESTS_PER_HOUR: u32 = 1000;
+
+/// Group pools' reports by identity; every pool of an identity reports the same operator-wide
+/// count, so the highest (the freshest) stands for it.
+pub fn api_calls_by_identity(reports: &[(String, String, u32)]) -> Vec<ApiCalls> {
+    let mut by: std::collections::BTreeMap<&str, ApiCalls> = std::collections::BTreeMap::new();
+    for (pool, identity, calls) in reports {
+        let entry = by.entry(identity).or_insert_with(|| ApiCalls {
+            identity: identity.clone(),
+            calls_last_hour: 0,
+            pools: Vec::new(),
+        });
+        entry.calls_last_hour = entry.calls_last_hour.max(*calls);
+        entry.pools.push(pool.clone());
+    }
+    by.into_values().collect()
 }
 
 /// `containerd://1.4.3` → (runtime, major, minor, patch).
@@ -293,6 +325,32 @@ pub fn evaluate(o: &Observations) -> Vec<Check> {
         }
     }
 
+    for (pool, why) in &o.invalid_pools {
+        checks.push(check(
+            format!("spec/{pool}"),
+            Verdict::Fail,
+            format!("the operator cannot run this pool: {why}"),
+            format!("kubectl edit runnerpool -n {}", pool.replace('/', " ")),
+        ));
+    }
+
+    for calls in &o.api_calls {
+        let name = format!("api-budget/{}", calls.identity);
+        let share = f64::from(calls.calls_last_hour) / f64::from(BITBUCKET_REQUESTS_PER_HOUR);
+        let detail = format!(
+            "~{} Bitbucket calls in the last hour from this cluster ({:.0}% of the {BITBUCKET_REQUESTS_PER_HOUR}/hour per identity), pools {}; other clusters and tools using the same credentials count against the same limit",
+            calls.calls_last_hour,
+            share * 100.0,
+            calls.pools.join(", ")
+        );
+        let fix = "give each cluster sharing these credentials `bbrunner operator --budget` of 900 / the number of clusters, raise pollInterval, or give clusters their own OAuth consumer";
+        if share >= 0.7 {
+            checks.push(check(name, Verdict::Warn, detail, fix));
+        } else {
+            checks.push(check(name, Verdict::Pass, detail, ""));
+        }
+    }
+
     if o.unschedulable.is_empty() {
         checks.push(check(
             "scheduling",
@@ -342,6 +400,8 @@ mod tests {
             scope_runners: vec![("acme".into(), 3)],
             credentials: vec![("ci/builds".into(), Ok(()))],
             unschedulable: vec![],
+            invalid_pools: vec![],
+            api_calls: api_calls_by_identity(&[("ci/builds".into(), "9f3a".into(), 120)]),
         }
     }
 
@@ -386,6 +446,14 @@ mod tests {
             "ci/builds-x".into(),
             "0/3 nodes are available: 3 Insufficient memory.".into(),
         )];
+        o.invalid_pools = vec![(
+            "ci/odd".into(),
+            "spec.runner.size: unknown variant `16x`".into(),
+        )];
+        o.api_calls = api_calls_by_identity(&[
+            ("ci/builds".into(), "9f3a".into(), 700),
+            ("ci/more".into(), "9f3a".into(), 690),
+        ]);
         let checks = evaluate(&o);
         for (prefix, expected) in [
             ("crd", Verdict::Fail),
@@ -397,6 +465,8 @@ mod tests {
             ("quota/acme", Verdict::Fail),
             ("credentials/ci/builds", Verdict::Fail),
             ("scheduling/ci/builds-x", Verdict::Fail),
+            ("spec/ci/odd", Verdict::Fail),
+            ("api-budget/9f3a", Verdict::Warn),
         ] {
             assert_eq!(verdict(&checks, prefix), expected, "{prefix}: {checks:#?}");
         }
@@ -411,6 +481,30 @@ mod tests {
             dind.detail.contains("floats") && dind.detail.contains("OOM score"),
             "{}",
             dind.detail
+        );
+    }
+
+    #[test]
+    fn api_calls_are_grouped_by_identity() {
+        let grouped = api_calls_by_identity(&[
+            ("ci/a".into(), "id1".into(), 300),
+            ("ci/b".into(), "id2".into(), 40),
+            ("ci/c".into(), "id1".into(), 310),
+        ]);
+        assert_eq!(
+            grouped,
+            [
+                ApiCalls {
+                    identity: "id1".into(),
+                    calls_last_hour: 310,
+                    pools: vec!["ci/a".into(), "ci/c".into()],
+                },
+                ApiCalls {
+                    identity: "id2".into(),
+                    calls_last_hour: 40,
+                    pools: vec!["ci/b".into()],
+                },
+            ]
         );
     }
 

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bbrunner_core::doctor::{Observations, PoolFacts, Verdict, evaluate};
+use bbrunner_core::doctor::{Observations, PoolFacts, Verdict, api_calls_by_identity, evaluate};
 use bbrunner_core::labels::Labels;
 use bbrunner_core::manifests::{DEFAULT_DIND_IMAGE, Mtu};
 use bitbucket::{Client, Config, RunnerScope};
@@ -11,12 +11,22 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams};
 use serde_json::json;
 
 use crate::cli::{DoctorArgs, TextFormat};
 use crate::operator::crd::RunnerPool;
-use crate::operator::reconcile::credentials_from_secret;
+use crate::operator::reconcile::{credentials_from_secret, pools_resource, read_pool};
+
+/// The message of a pool the operator reported InvalidSpec.
+fn invalid_spec(pool: &RunnerPool) -> Option<String> {
+    pool.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "InvalidSpec")
+        .map(|c| c.message.clone())
+}
 
 fn scope_key(pool: &RunnerPool) -> String {
     match &pool.spec.repository {
@@ -129,25 +139,47 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
         Some((holder, age.max(0.0)))
     });
 
-    let pools: Vec<RunnerPool> = if o.crd_versions.is_some() {
-        match &args.namespace {
-            Some(ns) => {
-                Api::<RunnerPool>::namespaced(client.clone(), ns)
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-            }
-            None => {
-                Api::<RunnerPool>::all(client.clone())
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-            }
-        }
+    // Untyped, then read one by one: one pool that does not parse must not hide the others.
+    let stored: Vec<DynamicObject> = if o.crd_versions.is_some() {
+        let resource = pools_resource();
+        let api: Api<DynamicObject> = match &args.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        api.list(&ListParams::default()).await?.items
     } else {
         Vec::new()
     };
+    let mut pools: Vec<RunnerPool> = Vec::new();
+    for object in &stored {
+        let id = format!(
+            "{}/{}",
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        );
+        match read_pool(object) {
+            Ok(pool) => {
+                if let Some(why) = invalid_spec(&pool) {
+                    o.invalid_pools.push((id, why));
+                }
+                pools.push(pool);
+            }
+            Err(unreadable) => o.invalid_pools.push((id, unreadable.field)),
+        }
+    }
     o.pools = pools.iter().map(facts).collect();
+    let reports: Vec<(String, String, u32)> = pools
+        .iter()
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            Some((
+                format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                status.api_identity.clone()?,
+                status.api_calls_last_hour?,
+            ))
+        })
+        .collect();
+    o.api_calls = api_calls_by_identity(&reports);
 
     let namespaces: BTreeSet<String> = pools
         .iter()

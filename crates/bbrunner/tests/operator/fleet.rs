@@ -401,6 +401,21 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
         })
         .await;
     }
+    // doctor reads the other pools and fails the unreadable ones, naming the field.
+    let (code, checks) = doctor(&world);
+    assert_eq!(code, 1);
+    for (pool, field) in [
+        ("too-big", "spec.scaling.schedules[0].min"),
+        ("bad-size", "spec.runner.size"),
+    ] {
+        let check = checks
+            .iter()
+            .find(|c| c["name"] == format!("spec/ci/{pool}"))
+            .unwrap_or_else(|| panic!("no spec check for {pool}: {checks:#?}"));
+        assert_eq!(check["verdict"], "fail");
+        assert!(check["detail"].as_str().unwrap().contains(field), "{check}");
+    }
+    assert!(checks.iter().any(|c| c["name"] == "dind/ci/builds"));
     // Deleting an unreadable pool still works (it never got runners).
     world
         .pools()

@@ -722,6 +722,16 @@ async fn doctor_passes_a_healthy_setup() {
     assert!(bad.is_empty(), "{bad:#?}");
     assert_eq!(code, 0);
     assert!(checks.iter().any(|c| c["name"] == "mtu/ci/builds" && c["detail"].as_str().unwrap().contains("1450")));
+    // The operator's Bitbucket calls per identity, as its pools' status reports them.
+    assert!(
+        checks.iter().any(|c| c["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("api-budget/"))
+            && c["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("calls in the last hour") && d.contains("ci/builds"))),
+        "{checks:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
