@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::labels::Labels;
-use crate::manifests::{Mtu, is_floating_dind_tag};
+use crate::manifests::{Mtu, dind_networks_mtu_warning, docker_major, is_floating_dind_tag};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,13 +124,6 @@ fn runtime_version(raw: &str) -> Option<(&str, u32, u32, u32)> {
     ))
 }
 
-/// The Docker major of a `docker:<tag>` image, when the tag says.
-fn dind_major(image: &str) -> Option<u32> {
-    let last = image.rsplit('/').next()?;
-    let tag = last.split_once(':')?.1;
-    tag.split(['.', '-']).next()?.parse().ok()
-}
-
 /// Judge everything observed.
 pub fn evaluate(o: &Observations) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -213,7 +206,15 @@ pub fn evaluate(o: &Observations) -> Vec<Check> {
                 "pin spec.dind.image, e.g. docker:28.5-dind".to_owned(),
             ));
         }
-        if dind_major(&pool.dind_image).is_some_and(|m| m >= 29) {
+        if let Some(warning) = dind_networks_mtu_warning(&pool.dind_image, pool.mtu) {
+            problems.push((
+                Verdict::Warn,
+                warning,
+                "set spec.dind.image to a Docker 24 or later dind, e.g. docker:28.5-dind"
+                    .to_owned(),
+            ));
+        }
+        if docker_major(&pool.dind_image).is_some_and(|m| m >= 29) {
             problems.push((
                 Verdict::Warn,
                 format!(
@@ -485,6 +486,20 @@ mod tests {
     }
 
     #[test]
+    fn a_dind_before_docker_24_is_warned_about_for_its_step_networks() {
+        let mut o = healthy();
+        o.pools[0].dind_image = "docker:20.10.7-dind".into();
+        let checks = evaluate(&o);
+        let dind = checks.iter().find(|c| c.name == "dind/ci/builds").unwrap();
+        assert_eq!(dind.verdict, Verdict::Warn);
+        assert!(
+            dind.detail.contains("--default-network-opt"),
+            "{}",
+            dind.detail
+        );
+    }
+
+    #[test]
     fn api_calls_are_grouped_by_identity() {
         let grouped = api_calls_by_identity(&[
             ("ci/a".into(), "id1".into(), 300),
@@ -519,8 +534,6 @@ mod tests {
             Some(("docker", 20, 10, 7))
         );
         assert_eq!(runtime_version("cri-o://1.30.2"), Some(("cri-o", 1, 30, 2)));
-        assert_eq!(dind_major("docker:29.1-dind"), Some(29));
-        assert_eq!(dind_major("registry/docker:28.5-dind"), Some(28));
-        assert_eq!(dind_major("docker:dind"), None);
+        assert_eq!(docker_major("registry/docker:28.5-dind"), Some(28));
     }
 }

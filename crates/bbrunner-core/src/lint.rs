@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::labels::{Labels, MAX_LABELS, validate_label};
-use crate::manifests::{Mtu, RunnerSize};
+use crate::manifests::{Mtu, RunnerSize, dind_networks_mtu_warning};
 use yaml::{Document, Pos, escape};
 
 /// Atlassian's schema, vendored (MIT; license beside it).
@@ -46,6 +46,66 @@ pub struct LintPool {
     pub labels: Labels,
     pub size: RunnerSize,
     pub mtu: Mtu,
+    pub dind_image: String,
+}
+
+/// bbrunner's image for a step's `docker` service: a dind whose entrypoint passes
+/// `DOCKER_OPTS` to dockerd and, without `--mtu` there, uses its own `eth0` MTU
+/// (`deploy/docker-service/`).
+pub const DOCKER_SERVICE_IMAGE: &str = "ghcr.io/bbrunner/docker-service:28.5";
+
+/// Images known to read `DOCKER_OPTS` for a step's `docker` service: the ones the user
+/// declares (`lint --docker-service-image`), then bbrunner's. `--fix` writes the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerServiceImages(Vec<String>);
+
+impl Default for DockerServiceImages {
+    fn default() -> Self {
+        Self(vec![DOCKER_SERVICE_IMAGE.to_owned()])
+    }
+}
+
+/// An image reference without its tag or digest.
+fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        // A colon after the last slash is a tag; before it, a registry port.
+        Some(colon) if !image[colon..].contains('/') => &image[..colon],
+        _ => image,
+    }
+}
+
+impl DockerServiceImages {
+    pub fn with_declared(declared: &[String]) -> Self {
+        let mut images = declared.to_vec();
+        images.push(DOCKER_SERVICE_IMAGE.to_owned());
+        Self(images)
+    }
+
+    /// Whether `image` (any tag of a known repository) reads `DOCKER_OPTS`.
+    pub fn read_docker_opts(&self, image: &str) -> bool {
+        self.0
+            .iter()
+            .any(|known| repository(known) == repository(image))
+    }
+
+    /// The image `--fix` writes.
+    pub fn preferred(&self) -> &str {
+        &self.0[0]
+    }
+}
+
+/// Why `--fix` left a file as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotFixed {
+    #[error("its docker service sets DOCKER_OPTS already")]
+    DockerOptsSet,
+    #[error(
+        "its docker service image {0} is not known to read DOCKER_OPTS, so an --mtu there would be ignored"
+    )]
+    ImageIgnoresDockerOpts(String),
+    #[error("its layout is one --fix does not edit")]
+    Layout,
 }
 
 /// The smallest fixed MTU below 1500 among `pools`.
@@ -213,8 +273,13 @@ fn size_of(raw: Option<&Value>) -> Option<u32> {
 const PLATFORMS: [&str; 5] = ["linux", "linux.arm64", "linux.shell", "windows", "macos"];
 
 /// Lint a pipelines file. `Err` is a YAML syntax error (exit 2 at the edge).
-pub fn lint(text: &str, pools: &[LintPool]) -> Result<Vec<Diagnostic>, yaml::YamlError> {
+pub fn lint(
+    text: &str,
+    pools: &[LintPool],
+    images: &DockerServiceImages,
+) -> Result<Vec<Diagnostic>, yaml::YamlError> {
     let doc = yaml::load(text)?;
+    let mut step_networks_warned: BTreeSet<&str> = BTreeSet::new();
     let mut out = schema_diagnostics(&doc);
     let root = &doc.value;
     let options = &root["options"];
@@ -415,22 +480,51 @@ pub fn lint(text: &str, pools: &[LintPool]) -> Result<Vec<Diagnostic>, yaml::Yam
             ));
         }
 
+        // The step's own network, on a dind that cannot give it the pod's MTU (one note a pool).
+        for pool in &serving {
+            if let Some(warning) = dind_networks_mtu_warning(&pool.dind_image, pool.mtu)
+                && step_networks_warned.insert(&pool.name)
+            {
+                out.push(diag(
+                    doc.position(p),
+                    Severity::Warning,
+                    "step-network-mtu",
+                    format!("pool {} serves this step: {warning}", pool.name),
+                    Some(format!(
+                        "set spec.dind.image of pool {} to a Docker 24 or later dind",
+                        pool.name
+                    )),
+                ));
+            }
+        }
+
         // Nested Docker networks must fit the pod network's MTU.
         if services.iter().any(|(n, _)| n == "docker") {
             let docker = &definitions["docker"];
             let opts = docker["variables"]["DOCKER_OPTS"].as_str().unwrap_or("");
-            let passes_mtu = opts.contains("--mtu");
-            let stock_image = docker["image"].as_str().is_some_and(|i| {
-                let last = i.rsplit('/').next().unwrap_or(i);
-                last.starts_with("docker:") && last.contains("dind")
-            });
-            if passes_mtu && stock_image {
+            let image = docker["image"].as_str();
+            let reads_opts = image.is_some_and(|i| images.read_docker_opts(i));
+            let passes_mtu = opts.contains("--mtu") && reads_opts;
+            if !opts.is_empty() && !reads_opts {
+                let (at, whose) = match image {
+                    Some(i) => (
+                        "/definitions/services/docker/image",
+                        format!(
+                            "the image {i} is not known to read DOCKER_OPTS (stock docker:dind does not)"
+                        ),
+                    ),
+                    None => (
+                        "/definitions/services/docker/variables/DOCKER_OPTS",
+                        "Bitbucket's default docker service image is not known to read DOCKER_OPTS"
+                            .to_owned(),
+                    ),
+                };
                 out.push(diag(
-                    doc.position("/definitions/services/docker/image"),
+                    doc.position(at),
                     Severity::Warning,
                     "docker-opts-ignored",
-                    "the stock docker:dind image does not read DOCKER_OPTS, so the --mtu you pass is ignored".into(),
-                    Some("drop image: to keep Bitbucket's docker service image, or use an image whose entrypoint passes DOCKER_OPTS to dockerd".into()),
+                    format!("{whose}, so what you pass there may be ignored"),
+                    Some(format!("set definitions.services.docker.image to {} (an image whose entrypoint passes DOCKER_OPTS to dockerd), or declare yours with --docker-service-image", images.preferred())),
                 ));
             }
             // The pool's MTU is known only from the pools given.
@@ -449,7 +543,7 @@ pub fn lint(text: &str, pools: &[LintPool]) -> Result<Vec<Diagnostic>, yaml::Yam
                     if small.is_some() { Severity::Error } else { Severity::Warning },
                     "docker-mtu",
                     format!("this step's docker service runs its own daemon with MTU 1500 while {why}: TLS and downloads in it can hang until the step times out"),
-                    Some(format!("add to the file (bbrunner lint --fix does):\ndefinitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu={mtu}\"")),
+                    Some(format!("add to the file (bbrunner lint --fix does):\ndefinitions:\n  services:\n    docker:\n      type: docker\n      image: {}\n      variables:\n        DOCKER_OPTS: \"--mtu={mtu}\"", images.preferred())),
                 ));
             }
         }
@@ -479,12 +573,17 @@ pub fn lint(text: &str, pools: &[LintPool]) -> Result<Vec<Diagnostic>, yaml::Yam
     Ok(out)
 }
 
-/// Insert the docker service definition with `DOCKER_OPTS: "--mtu=N"`, touching nothing else
-/// of the file. `None` when the file already sets `DOCKER_OPTS` or has a shape we do not edit.
-pub fn fix_docker_mtu(text: &str, mtu: u16) -> Option<String> {
-    let doc = yaml::load(text).ok()?;
-    // Each level we may add to must be absent or a mapping, and an existing DOCKER_OPTS is the
-    // user's: we never replace a value.
+/// Make the step's `docker` service pass `--mtu=N` to its daemon: write whatever is missing of
+/// `type: docker`, an image that reads `DOCKER_OPTS` (`images.preferred()`) and
+/// `DOCKER_OPTS: "--mtu=N"`, touching nothing else of the file. A fix that would not take
+/// effect is never made: an image not known to read `DOCKER_OPTS` is the user's to change.
+pub fn fix_docker_mtu(
+    text: &str,
+    mtu: u16,
+    images: &DockerServiceImages,
+) -> Result<String, NotFixed> {
+    let doc = yaml::load(text).map_err(|_| NotFixed::Layout)?;
+    // Each level we may add to must be absent or a mapping.
     let definitions = &doc.value["definitions"];
     let services = &definitions["services"];
     let docker = &services["docker"];
@@ -494,99 +593,164 @@ pub fn fix_docker_mtu(text: &str, mtu: u16) -> Option<String> {
         || ![definitions, services, docker, variables]
             .into_iter()
             .all(mapping_or_absent)
-        || !variables["DOCKER_OPTS"].is_null()
     {
-        return None;
+        return Err(NotFixed::Layout);
     }
-    let opts = format!("--mtu={mtu}");
-    let fixed = insert_docker_opts(text, &doc, &opts)?;
+    match &docker["image"] {
+        Value::Null => {}
+        Value::String(image) if images.read_docker_opts(image) => {}
+        Value::String(image) => return Err(NotFixed::ImageIgnoresDockerOpts(image.clone())),
+        _ => return Err(NotFixed::Layout),
+    }
+    if !matches!(&docker["type"], Value::Null | Value::String(_))
+        || docker["type"].as_str().is_some_and(|t| t != "docker")
+    {
+        return Err(NotFixed::Layout);
+    }
+    // An existing DOCKER_OPTS is the user's: kept if it passes an MTU, never rewritten.
+    let opts_value = &variables["DOCKER_OPTS"];
+    if !opts_value.is_null() && !opts_value.as_str().is_some_and(|o| o.contains("--mtu")) {
+        return Err(NotFixed::DockerOptsSet);
+    }
+    let mut docker_keys: Vec<(&str, String)> = Vec::new();
+    if docker["type"].is_null() {
+        docker_keys.push(("type", "docker".to_owned()));
+    }
+    if docker["image"].is_null() {
+        docker_keys.push(("image", images.preferred().to_owned()));
+    }
+    let opts = opts_value.is_null().then(|| format!("\"--mtu={mtu}\""));
+    if docker_keys.is_empty() && opts.is_none() {
+        return Err(NotFixed::DockerOptsSet);
+    }
+    let fixed =
+        insert_docker_service(text, &doc, &docker_keys, opts.as_deref()).ok_or(NotFixed::Layout)?;
     // Text edits guess at indentation; keep one only if it means the old document plus the
-    // one variable, so that an unusual layout is left alone rather than broken.
+    // keys written, so that an unusual layout is left alone rather than broken.
     let mut expected = doc.value.clone();
-    expected["definitions"]["services"]["docker"]["variables"]["DOCKER_OPTS"] = Value::from(opts);
-    let reloaded = yaml::load(&fixed).ok()?;
-    (reloaded.value == expected).then_some(fixed)
+    let target = &mut expected["definitions"]["services"]["docker"];
+    for (key, value) in &docker_keys {
+        target[*key] = Value::from(value.as_str());
+    }
+    if opts.is_some() {
+        target["variables"]["DOCKER_OPTS"] = Value::from(format!("--mtu={mtu}"));
+    }
+    let reloaded = yaml::load(&fixed).map_err(|_| NotFixed::Layout)?;
+    if reloaded.value == expected {
+        Ok(fixed)
+    } else {
+        Err(NotFixed::Layout)
+    }
 }
 
-fn insert_docker_opts(text: &str, doc: &Document, opts: &str) -> Option<String> {
+/// Write `docker_keys` under `definitions.services.docker` and `DOCKER_OPTS: <opts>` under
+/// its `variables`, creating the levels that are missing. Block-style files only.
+fn insert_docker_service(
+    text: &str,
+    doc: &Document,
+    docker_keys: &[(&str, String)],
+    opts: Option<&str>,
+) -> Option<String> {
     let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let insert_after = |line: usize, block: Vec<String>| -> String {
-        let mut out = String::new();
-        for (i, l) in lines.iter().enumerate() {
-            out.push_str(l);
-            if i + 1 == line {
-                if !l.ends_with('\n') {
-                    out.push_str(newline);
-                }
-                for b in &block {
-                    out.push_str(b);
-                    out.push_str(newline);
-                }
-            }
-        }
-        out
-    };
-    let opts = format!("DOCKER_OPTS: \"{opts}\"");
-    // Block-style keys only: the position of a key is where its line starts.
-    let key_line = |pointer: &str| doc.keys.get(pointer).copied();
-    // Under the deepest of definitions/services/docker/variables that exists, write the
-    // levels still missing and the variable.
-    const PATH: [&str; 4] = ["definitions", "services", "docker", "variables"];
-    let nested = |missing: &[&str], indent: usize| -> Vec<String> {
-        let depth = missing.len();
-        missing
+    let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+    // The position of a key is where its line starts (block style).
+    let key = |pointer: &str| doc.keys.get(pointer).copied();
+    // Children of a mapping are indented as its existing children are, else two more.
+    let child_indent = |pointer: &str, parent_column: usize| {
+        let prefix = format!("{pointer}/");
+        doc.keys
             .iter()
-            .enumerate()
-            .map(|(d, key)| format!("{}{key}:", " ".repeat(indent + 2 * d)))
-            .chain(std::iter::once(format!(
-                "{}{opts}",
-                " ".repeat(indent + 2 * depth)
-            )))
-            .collect()
+            .filter(|(k, _)| {
+                k.strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+            })
+            .map(|(_, pos)| pos.column - 1)
+            .min()
+            .unwrap_or(parent_column - 1 + 2)
     };
-    for depth in (1..=PATH.len()).rev() {
-        let pointer: String = PATH[..depth].iter().map(|k| format!("/{k}")).collect();
-        let Some(level) = doc.value.pointer(&pointer) else {
-            continue;
-        };
-        if !level.is_object() {
-            return None;
-        }
-        let at = key_line(&pointer)?;
-        return Some(insert_after(
+    let opts_line = |indent: usize| opts.map(|o| format!("{}DOCKER_OPTS: {o}", " ".repeat(indent)));
+    // (line after which to insert, lines), applied bottom-up so line numbers stay valid.
+    let mut inserts: Vec<(usize, Vec<String>)> = Vec::new();
+    let docker_ptr = "/definitions/services/docker";
+    let variables_ptr = "/definitions/services/docker/variables";
+    let variables_exist = doc.value.pointer(variables_ptr).is_some();
+    if variables_exist && opts.is_some() {
+        let at = key(variables_ptr)?;
+        inserts.push((
             at.line,
-            nested(&PATH[depth..], at.column - 1 + 2),
+            opts_line(child_indent(variables_ptr, at.column))
+                .into_iter()
+                .collect(),
         ));
     }
-    // No definitions: add them before `pipelines:` (or at the end).
-    let block = nested(&PATH, 0);
-    match key_line("/pipelines") {
-        Some(at) if at.column == 1 => {
-            let mut out = String::new();
-            for (i, l) in lines.iter().enumerate() {
-                if i + 1 == at.line {
-                    for b in &block {
-                        out.push_str(b);
-                        out.push_str(newline);
-                    }
-                }
-                out.push_str(l);
-            }
-            Some(out)
+    // The docker level's own additions, at indent `i`.
+    let docker_block = |i: usize| -> Vec<String> {
+        let mut block: Vec<String> = docker_keys
+            .iter()
+            .map(|(k, v)| format!("{}{k}: {v}", " ".repeat(i)))
+            .collect();
+        if !variables_exist && opts.is_some() {
+            block.push(format!("{}variables:", " ".repeat(i)));
+            block.extend(opts_line(i + 2));
         }
-        _ => {
-            let mut out = text.to_owned();
-            if !out.ends_with('\n') {
-                out.push_str(newline);
+        block
+    };
+    if doc.value.pointer(docker_ptr).is_some() {
+        let at = key(docker_ptr)?;
+        let block = docker_block(child_indent(docker_ptr, at.column));
+        if !block.is_empty() {
+            inserts.push((at.line, block));
+        }
+    } else {
+        // Under the deepest of definitions/services that exists, the missing levels.
+        const PATH: [&str; 2] = ["definitions", "services"];
+        let existing = (1..=PATH.len()).rev().find_map(|depth| {
+            let pointer: String = PATH[..depth].iter().map(|k| format!("/{k}")).collect();
+            doc.value.pointer(&pointer).map(|_| (depth, pointer))
+        });
+        let (missing, indent, after) = match existing {
+            Some((depth, pointer)) => {
+                let at = key(&pointer)?;
+                (
+                    &PATH[depth..],
+                    child_indent(&pointer, at.column),
+                    Some(at.line),
+                )
             }
-            for b in &block {
-                out.push_str(b);
-                out.push_str(newline);
-            }
-            Some(out)
+            None => (&PATH[..], 0, None),
+        };
+        let mut block: Vec<String> = missing
+            .iter()
+            .enumerate()
+            .map(|(d, k)| format!("{}{k}:", " ".repeat(indent + 2 * d)))
+            .collect();
+        let docker_indent = indent + 2 * missing.len();
+        block.push(format!("{}docker:", " ".repeat(docker_indent)));
+        block.extend(docker_block(docker_indent + 2));
+        let after = match after {
+            Some(line) => line,
+            // No definitions: before `pipelines:` if it starts a line, else at the end.
+            None => match key("/pipelines") {
+                Some(at) if at.column == 1 => at.line - 1,
+                _ => lines.len(),
+            },
+        };
+        inserts.push((after, block));
+    }
+    inserts.sort_by(|a, b| b.0.cmp(&a.0));
+    for (after, block) in inserts {
+        let at = after.min(lines.len());
+        // Lines go after a line that may be the file's last, without its newline.
+        if let Some(before) = at.checked_sub(1).and_then(|i| lines.get_mut(i))
+            && !before.ends_with('\n')
+        {
+            before.push_str(newline);
+        }
+        for (i, line) in block.into_iter().enumerate() {
+            lines.insert(at + i, format!("{line}{newline}"));
         }
     }
+    Some(lines.concat())
 }
 
 #[cfg(test)]

@@ -258,6 +258,34 @@ pub fn is_floating_dind_tag(image: &str) -> bool {
     }
 }
 
+/// The Docker major of a `docker:<tag>` image, when the tag says.
+pub fn docker_major(image: &str) -> Option<u32> {
+    let last = image.rsplit('/').next()?;
+    let tag = last.split_once(':')?.1;
+    tag.split(['.', '-']).next()?.parse().ok()
+}
+
+/// The first Docker whose dockerd takes `--default-network-opt`, the only way the user-defined
+/// networks the runner puts each step on follow the pod's MTU.
+pub const DOCKER_NETWORK_OPTS_SINCE: u32 = 24;
+
+/// Why steps on this dind image get a larger MTU than `mtu`, when its tag says so: the
+/// warning `render`, the operator, `doctor` and `lint` give. The daemon itself decides at
+/// start by testing the flag; this reads the tag only to warn before anything runs.
+pub fn dind_networks_mtu_warning(image: &str, mtu: Mtu) -> Option<String> {
+    let major = docker_major(image)?;
+    if major >= DOCKER_NETWORK_OPTS_SINCE || mtu == Mtu::Fixed(1500) {
+        return None;
+    }
+    let pod = match mtu {
+        Mtu::Auto => "the pod network's MTU".to_owned(),
+        Mtu::Fixed(n) => format!("MTU {n}"),
+    };
+    Some(format!(
+        "{image} is Docker {major}, whose dockerd has no --default-network-opt (it came in Docker {DOCKER_NETWORK_OPTS_SINCE}): only docker0 follows {pod}, while the user-defined network the runner puts each step on keeps 1500, so downloads and TLS in steps can hang. Use a dind image of Docker {DOCKER_NETWORK_OPTS_SINCE} or later (default {DEFAULT_DIND_IMAGE}); if the nodes need Docker 20.10 (the OOM-score error), set memory requests instead, which bbrunner does by default"
+    ))
+}
+
 fn quantity(s: impl Into<String>) -> Quantity {
     Quantity(s.into())
 }
@@ -344,10 +372,23 @@ const VOLUME_DOCKER_RUN: &str = "docker-run";
 const VOLUME_DOCKER_CONTAINERS: &str = "docker-containers";
 const VOLUME_DOCKER_DATA: &str = "docker-data";
 
-/// Reads the pod's own MTU at start so nested networks never exceed it, whatever the CNI.
-const DIND_AUTO_MTU_SCRIPT: &str = r#"mtu="$(cat /sys/class/net/eth0/mtu)" || exit 1
-echo "bbrunner: pod eth0 MTU is $mtu; Docker networks in this pod get the same"
-exec dockerd-entrypoint.sh dockerd --host=unix:///var/run/docker.sock --mtu="$mtu" --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@""#;
+/// dind's start, for every Docker users pin (20.10 to 29). Its first argument is the MTU, or
+/// `auto` for the pod's own `eth0` (whatever the CNI); the rest go to dockerd. The MTU is
+/// passed with `--mtu` (docker0) and, where this dockerd takes it, with
+/// `--default-network-opt` (the user-defined networks the runner puts each step on). The flag
+/// is tested, not guessed from the tag: Docker 20.10 refuses it and would never start.
+pub const DIND_START_SCRIPT: &str = r#"mtu="$1"; shift
+if [ "$mtu" = auto ]; then
+  mtu="$(cat /sys/class/net/eth0/mtu)" || exit 1
+  echo "bbrunner: pod eth0 MTU is $mtu"
+fi
+if dockerd --help 2>&1 | grep -q -- --default-network-opt; then
+  set -- --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@"
+  echo "bbrunner: Docker networks in this pod get MTU $mtu"
+else
+  echo "bbrunner: WARNING: this dockerd has no --default-network-opt (Docker before 24): docker0 gets MTU $mtu, but the user-defined networks the runner puts each step on keep 1500, so downloads and TLS in steps can hang; use a dind image of Docker 24 or later" >&2
+fi
+exec dockerd-entrypoint.sh dockerd --host=unix:///var/run/docker.sock --mtu="$mtu" "$@""#;
 
 fn dind_container(config: &RunnerPodConfig) -> Container {
     let dind = &config.dind;
@@ -359,27 +400,13 @@ fn dind_container(config: &RunnerPodConfig) -> Container {
     extra.extend(dind.extra_args.iter().cloned());
     // Naming `dockerd` explicitly keeps the entrypoint from also listening on TCP 2375,
     // unauthenticated, on the pod IP.
-    let (command, args) = match dind.mtu {
-        Mtu::Auto => (
-            Some(vec![
-                "/bin/sh".to_owned(),
-                "-c".to_owned(),
-                DIND_AUTO_MTU_SCRIPT.to_owned(),
-                "dind".to_owned(),
-            ]),
-            extra,
-        ),
-        Mtu::Fixed(n) => {
-            let mut args = vec![
-                "dockerd".to_owned(),
-                format!("--host=unix://{DOCKER_SOCKET}"),
-                format!("--mtu={n}"),
-                format!("--default-network-opt=bridge=com.docker.network.driver.mtu={n}"),
-            ];
-            args.extend(extra);
-            (None, args)
-        }
-    };
+    let command = Some(vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        DIND_START_SCRIPT.to_owned(),
+        "dind".to_owned(),
+    ]);
+    let args: Vec<String> = std::iter::once(dind.mtu.to_string()).chain(extra).collect();
     let docker_answers = |period, failures| Probe {
         exec: Some(ExecAction {
             command: Some(vec!["docker".to_owned(), "version".to_owned()]),
@@ -675,6 +702,10 @@ pub fn render_runner(
             pod_config.dind.image
         ));
     }
+    warnings.extend(dind_networks_mtu_warning(
+        &pod_config.dind.image,
+        pod_config.dind.mtu,
+    ));
     if !options.create_namespace {
         warnings.push(format!(
             "namespace {:?} must allow privileged pods (Pod Security level `privileged`); pass --create-namespace or label it pod-security.kubernetes.io/enforce=privileged",

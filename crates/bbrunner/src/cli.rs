@@ -108,6 +108,11 @@ pub struct LintArgs {
     /// Insert the docker service MTU fix into the file, keeping the rest as it is.
     #[arg(long)]
     pub fix: bool,
+    /// An image for a step's docker service whose entrypoint passes DOCKER_OPTS to dockerd
+    /// (any tag of its repository counts); the first given is what --fix writes. bbrunner's
+    /// own (deploy/docker-service/) is always known.
+    #[arg(long = "docker-service-image", value_name = "IMAGE")]
+    pub docker_service_images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

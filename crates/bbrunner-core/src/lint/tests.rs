@@ -6,7 +6,17 @@ fn pool(name: &str, labels: &[&str], size: RunnerSize, mtu: Mtu) -> LintPool {
         labels: Labels::new(labels).unwrap(),
         size,
         mtu,
+        dind_image: crate::manifests::DEFAULT_DIND_IMAGE.into(),
     }
+}
+
+/// Lint with only bbrunner's own docker service image known to read DOCKER_OPTS.
+fn lint(text: &str, pools: &[LintPool]) -> Result<Vec<Diagnostic>, yaml::YamlError> {
+    super::lint(text, pools, &DockerServiceImages::default())
+}
+
+fn fix(text: &str, mtu: u16) -> Result<String, NotFixed> {
+    fix_docker_mtu(text, mtu, &DockerServiceImages::default())
 }
 
 fn codes(diags: &[Diagnostic]) -> Vec<(&'static str, usize, usize)> {
@@ -157,7 +167,7 @@ pipelines:
     .unwrap();
     assert!(!big.iter().any(|d| d.code == "docker-mtu"));
 
-    let fixed = fix_docker_mtu(text, 1400).unwrap();
+    let fixed = fix(text, 1400).unwrap();
     let after = lint(
         &fixed,
         &[pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1400))],
@@ -183,13 +193,19 @@ fn fix_leaves_documents_it_cannot_extend_alone() {
         "definitions: 16x\npipelines:\n  default: []\n",
         "definitions:\n  services: none\npipelines:\n  default: []\n",
         "definitions:\n  services:\n    docker:\n      variables: x\n",
-        // Children indented deeper than the block we would add beside them.
-        "definitions:\n        caches: {}\npipelines:\n  default: []\n",
-        // The user's own DOCKER_OPTS stays theirs.
-        "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: --debug\n",
+        // Flow style.
+        "definitions: {services: {docker: {memory: 2048}}}\npipelines:\n  default: []\n",
     ] {
-        assert_eq!(fix_docker_mtu(text, 1400), None, "{text:?}");
+        assert_eq!(fix(text, 1400), Err(NotFixed::Layout), "{text:?}");
     }
+    // The user's own DOCKER_OPTS stays theirs.
+    assert_eq!(
+        fix(
+            "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: --debug\n",
+            1400
+        ),
+        Err(NotFixed::DockerOptsSet)
+    );
 }
 
 #[test]
@@ -207,10 +223,10 @@ pipelines:
         services: [docker, db]
         script: [make]
 ";
-    let fixed = fix_docker_mtu(text, 1300).unwrap();
+    let fixed = fix(text, 1300).unwrap();
     assert_eq!(
         fixed,
-        text.replace("  services:   # our services\n", "  services:   # our services\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n")
+        text.replace("  services:   # our services\n", &format!("  services:   # our services\n    docker:\n      type: docker\n      image: {DOCKER_SERVICE_IMAGE}\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n"))
     );
     let any_pool = [pool("any", &[], RunnerSize::X1, Mtu::Auto)];
     assert!(
@@ -226,11 +242,11 @@ pipelines:
             .any(|d| d.code == "docker-mtu" || d.code == "schema")
     );
     // Already passing an MTU: nothing to do.
-    assert_eq!(fix_docker_mtu(&fixed, 1300), None);
+    assert_eq!(fix(&fixed, 1300), Err(NotFixed::DockerOptsSet));
 
     let with_docker = "definitions:\n  services:\n    docker:\n      memory: 2048\npipelines:\n  default:\n    - step:\n        services: [docker]\n        script: [make]\n";
-    let fixed = fix_docker_mtu(with_docker, 1300).unwrap();
-    assert!(fixed.contains("    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n      memory: 2048\n"), "{fixed}");
+    let fixed = fix(with_docker, 1300).unwrap();
+    assert!(fixed.contains(&format!("    docker:\n      type: docker\n      image: {DOCKER_SERVICE_IMAGE}\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n      memory: 2048\n")), "{fixed}");
 }
 
 #[test]
@@ -317,7 +333,7 @@ mod never_panics {
                     prop_assert!(d.line >= 1 && d.column >= 1);
                 }
             }
-            if let Some(fixed) = fix_docker_mtu(&text, mtu) {
+            if let Ok(fixed) = fix(&text, mtu) {
                 prop_assert!(yaml::load(&fixed).is_ok(), "the fix broke the YAML:\n{fixed}");
             }
         }
@@ -341,26 +357,85 @@ fn nested_mtu_is_the_smallest_fixed_pool_mtu_else_the_safe_default() {
 fn fix_writes_only_the_levels_that_are_missing() {
     let tail =
         "pipelines:\n  default:\n    - step:\n        services: [docker]\n        script: [make]\n";
+    let image = DOCKER_SERVICE_IMAGE;
     let cases = [
         (
-            "definitions:\n  services:\n    docker:\n      variables:\n        A: b\n",
-            "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n        A: b\n",
+            "definitions:\n  services:\n    docker:\n      variables:\n        A: b\n".to_owned(),
+            format!("definitions:\n  services:\n    docker:\n      type: docker\n      image: {image}\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n        A: b\n"),
         ),
         (
-            "definitions:\n  caches:\n    x: y\n",
-            "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n  caches:\n    x: y\n",
+            "definitions:\n  caches:\n    x: y\n".to_owned(),
+            format!("definitions:\n  services:\n    docker:\n      type: docker\n      image: {image}\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n  caches:\n    x: y\n"),
         ),
         (
-            "",
-            "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n",
+            String::new(),
+            format!("definitions:\n  services:\n    docker:\n      type: docker\n      image: {image}\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n"),
+        ),
+        // Four-space indentation is followed.
+        (
+            "definitions:\n    services:\n        db:\n            image: postgres\n".to_owned(),
+            format!("definitions:\n    services:\n        docker:\n          type: docker\n          image: {image}\n          variables:\n            DOCKER_OPTS: \"--mtu=1300\"\n        db:\n            image: postgres\n"),
+        ),
+        // An image known to read DOCKER_OPTS is kept; only the variable is added.
+        (
+            format!("definitions:\n  services:\n    docker:\n      type: docker\n      image: {image}\n"),
+            format!("definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1300\"\n      type: docker\n      image: {image}\n"),
+        ),
+        // DOCKER_OPTS with an MTU but no image that reads it: the image is added.
+        (
+            "definitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: --mtu=1200\n".to_owned(),
+            format!("definitions:\n  services:\n    docker:\n      type: docker\n      image: {image}\n      variables:\n        DOCKER_OPTS: --mtu=1200\n"),
         ),
     ];
     for (head, fixed_head) in cases {
         let text = format!("{head}{tail}");
         assert_eq!(
-            fix_docker_mtu(&text, 1300),
-            Some(format!("{fixed_head}{tail}")),
+            fix(&text, 1300),
+            Ok(format!("{fixed_head}{tail}")),
             "{text:?}"
         );
     }
+}
+
+#[test]
+fn fix_never_claims_what_an_image_would_ignore() {
+    let text = "definitions:\n  services:\n    docker:\n      image: docker:27-dind\npipelines:\n  default:\n    - step:\n        services: [docker]\n        script: [make]\n";
+    assert_eq!(
+        fix(text, 1300),
+        Err(NotFixed::ImageIgnoresDockerOpts("docker:27-dind".into()))
+    );
+    // Unless the user declares that image reads DOCKER_OPTS.
+    let declared = DockerServiceImages::with_declared(&["docker:27-dind".into()]);
+    let fixed = fix_docker_mtu(text, 1300, &declared).unwrap();
+    assert!(fixed.contains("DOCKER_OPTS: \"--mtu=1300\""), "{fixed}");
+    assert!(!fixed.contains(DOCKER_SERVICE_IMAGE));
+    // The image written is the first declared one.
+    let mine = DockerServiceImages::with_declared(&["registry.example:5000/ci/dind-mtu:1".into()]);
+    assert_eq!(mine.preferred(), "registry.example:5000/ci/dind-mtu:1");
+    assert!(mine.read_docker_opts("registry.example:5000/ci/dind-mtu:2"));
+    assert!(mine.read_docker_opts(DOCKER_SERVICE_IMAGE));
+    assert!(!mine.read_docker_opts("registry.example:5000/ci/other:1"));
+}
+
+#[test]
+fn a_dind_before_docker_24_is_noted_once_for_the_steps_it_serves() {
+    let text = "pipelines:\n  default:\n    - step:\n        runs-on: [self.hosted, build]\n        script: [make]\n    - step:\n        runs-on: [self.hosted, build]\n        script: [make]\n";
+    let mut old = pool("old", &["build"], RunnerSize::X1, Mtu::Auto);
+    old.dind_image = "docker:20.10.7-dind".into();
+    let d = lint(text, &[old]).unwrap();
+    let notes: Vec<&Diagnostic> = d.iter().filter(|d| d.code == "step-network-mtu").collect();
+    assert_eq!(notes.len(), 1, "{d:?}");
+    assert_eq!(notes[0].severity, Severity::Warning);
+    assert!(
+        notes[0].message.contains("pool old"),
+        "{}",
+        notes[0].message
+    );
+    let current = pool("new", &["build"], RunnerSize::X1, Mtu::Auto);
+    assert!(
+        !lint(text, &[current])
+            .unwrap()
+            .iter()
+            .any(|d| d.code == "step-network-mtu")
+    );
 }

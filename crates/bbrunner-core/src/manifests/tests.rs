@@ -95,12 +95,16 @@ fn dind_is_a_privileged_native_sidecar_that_must_answer_before_the_runner_starts
 }
 
 #[test]
-fn auto_mtu_reads_eth0_and_applies_to_default_and_user_networks() {
+fn auto_mtu_reads_eth0_and_applies_to_default_and_user_networks_where_dockerd_can() {
     let r = rendered(&options());
-    let args = all_args(dind(pod(&r)));
+    let d = dind(pod(&r));
+    let args = all_args(d);
     assert!(args.contains("cat /sys/class/net/eth0/mtu"));
     assert!(args.contains("--mtu=\"$mtu\""));
     assert!(args.contains("--default-network-opt=\"bridge=com.docker.network.driver.mtu=$mtu\""));
+    // The flag is chosen by asking the daemon, not by the image's tag.
+    assert!(args.contains("dockerd --help 2>&1 | grep -q -- --default-network-opt"));
+    assert_eq!(d.args.as_ref().unwrap(), &["auto"]);
 }
 
 #[test]
@@ -115,14 +119,11 @@ fn fixed_mtu_and_mirrors_are_passed_as_arguments() {
         ..options()
     });
     let d = dind(pod(&r));
-    assert_eq!(d.command, None);
+    assert_eq!(d.command.as_ref().unwrap()[2], DIND_START_SCRIPT);
     assert_eq!(
         d.args.as_ref().unwrap(),
         &[
-            "dockerd",
-            "--host=unix:///var/run/docker.sock",
-            "--mtu=1400",
-            "--default-network-opt=bridge=com.docker.network.driver.mtu=1400",
+            "1400",
             "--registry-mirror=https://mirror.example",
             "--debug"
         ]
@@ -327,6 +328,21 @@ fn floating_dind_tags_are_warned_about() {
         ..options()
     });
     assert!(r.warnings.iter().any(|w| w.contains("floats")));
+    // The seed's pin: a dind whose step networks cannot follow the MTU is named by render.
+    let r = rendered(&RenderOptions {
+        dind: DindSpec {
+            image: "docker:20.10.7-dind".into(),
+            ..DindSpec::default()
+        },
+        ..options()
+    });
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("--default-network-opt")),
+        "{:?}",
+        r.warnings
+    );
 }
 
 #[test]
@@ -350,4 +366,19 @@ fn size_and_mtu_parse_with_clear_errors() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn dind_images_before_docker_24_are_warned_about_unless_the_mtu_is_1500() {
+    let warning = dind_networks_mtu_warning("docker:20.10.7-dind", Mtu::Auto).unwrap();
+    assert!(
+        warning.contains("Docker 20") && warning.contains("keeps 1500"),
+        "{warning}"
+    );
+    assert!(dind_networks_mtu_warning("registry/docker:23.0-dind", Mtu::Fixed(1400)).is_some());
+    assert!(dind_networks_mtu_warning("docker:20.10-dind", Mtu::Fixed(1500)).is_none());
+    assert!(dind_networks_mtu_warning(DEFAULT_DIND_IMAGE, Mtu::Auto).is_none());
+    assert!(dind_networks_mtu_warning("docker:dind", Mtu::Auto).is_none());
+    assert_eq!(docker_major("docker:29.1-dind"), Some(29));
+    assert_eq!(docker_major("docker:dind"), None);
 }

@@ -3,11 +3,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use bbrunner_core::labels::Labels;
-use bbrunner_core::lint::{Diagnostic, LintPool, Severity, fix_docker_mtu, lint, nested_mtu};
+use bbrunner_core::lint::{
+    Diagnostic, DockerServiceImages, LintPool, NotFixed, Severity, fix_docker_mtu, lint, nested_mtu,
+};
+use bbrunner_core::manifests::DEFAULT_DIND_IMAGE;
 use serde::Serialize;
 
 use crate::cli::{LintArgs, TextFormat};
 use crate::operator::crd::RunnerPool;
+use crate::operator::reconcile::{pools_resource, read_pool};
 
 /// Exit code when the input cannot be read or parsed.
 const UNREADABLE: u8 = 2;
@@ -26,7 +30,25 @@ fn lint_pool(pool: &RunnerPool) -> Result<LintPool> {
         labels,
         size,
         mtu,
+        dind_image: pool
+            .spec
+            .dind
+            .image
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DIND_IMAGE.to_owned()),
     })
+}
+
+/// The image the fixed file's docker service runs.
+fn fixed_image(fixed: &str, images: &DockerServiceImages) -> String {
+    serde_saphyr::from_str::<serde_json::Value>(fixed)
+        .ok()
+        .and_then(|v| {
+            v["definitions"]["services"]["docker"]["image"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| images.preferred().to_owned())
 }
 
 fn pool_files(path: &Path) -> Result<Vec<PathBuf>> {
@@ -69,15 +91,32 @@ fn pools_from_files(paths: &[PathBuf]) -> Result<Vec<LintPool>> {
     Ok(pools)
 }
 
+/// The cluster's RunnerPools; one the operator could not run either is skipped, named.
 async fn pools_from_cluster() -> Result<Vec<LintPool>> {
+    use kube::ResourceExt;
     let client = kube::Client::try_default()
         .await
         .context("cannot configure the Kubernetes client")?;
-    let pools = kube::Api::<RunnerPool>::all(client)
+    let stored = kube::Api::<kube::api::DynamicObject>::all_with(client, &pools_resource())
         .list(&Default::default())
         .await
         .context("cannot list RunnerPools (is the CRD installed?)")?;
-    pools.items.iter().map(lint_pool).collect()
+    let mut pools = Vec::new();
+    for object in &stored.items {
+        let id = format!(
+            "{}/{}",
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        );
+        match read_pool(object)
+            .map_err(|unreadable| anyhow!("{}", unreadable.field))
+            .and_then(|pool| lint_pool(&pool))
+        {
+            Ok(pool) => pools.push(pool),
+            Err(e) => eprintln!("warning: skipping RunnerPool {id}: {e:#}"),
+        }
+    }
+    Ok(pools)
 }
 
 #[derive(Serialize)]
@@ -151,7 +190,8 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
             Err(e) => return unreadable(e),
         }
     }
-    let mut diagnostics = match lint(&text, &pools) {
+    let images = DockerServiceImages::with_declared(&args.docker_service_images);
+    let mut diagnostics = match lint(&text, &pools, &images) {
         Ok(d) => d,
         Err(e) => {
             return unreadable(anyhow!(
@@ -163,29 +203,51 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
             ));
         }
     };
+    let mut refused = false;
     if args.fix && diagnostics.iter().any(|d| d.code == "docker-mtu") {
         let mtu = nested_mtu(&pools);
-        if let Some(fixed) = fix_docker_mtu(&text, mtu) {
-            std::fs::write(&args.file, &fixed)
-                .with_context(|| format!("cannot write {}", args.file.display()))?;
-            eprintln!(
-                "fixed: {} now passes --mtu={mtu} to its docker service",
-                args.file.display()
-            );
-            diagnostics =
-                lint(&fixed, &pools).map_err(|e| anyhow!("the fix broke the YAML at {e}"))?;
-        } else {
-            eprintln!(
-                "not fixed: {} sets DOCKER_OPTS already or has a layout --fix does not edit; \
-                 add `DOCKER_OPTS: \"--mtu={mtu}\"` under definitions.services.docker.variables \
-                 by hand",
-                args.file.display()
-            );
+        match fix_docker_mtu(&text, mtu, &images) {
+            Ok(fixed) => {
+                let after = lint(&fixed, &pools, &images)
+                    .map_err(|e| anyhow!("the fix broke the YAML at {e}"))?;
+                // Only a fix that takes effect is written, and said to be made.
+                if after.iter().any(|d| d.code == "docker-mtu") {
+                    return Err(anyhow!(
+                        "the fix would not clear docker-mtu; {} left as it was",
+                        args.file.display()
+                    ));
+                }
+                std::fs::write(&args.file, &fixed)
+                    .with_context(|| format!("cannot write {}", args.file.display()))?;
+                eprintln!(
+                    "fixed: {} now runs its docker service on {} with --mtu={mtu}",
+                    args.file.display(),
+                    fixed_image(&fixed, &images)
+                );
+                diagnostics = after;
+            }
+            Err(why) => {
+                refused = true;
+                let what = match &why {
+                    NotFixed::ImageIgnoresDockerOpts(_) => format!(
+                        "set definitions.services.docker.image to {} (an image whose entrypoint passes DOCKER_OPTS to dockerd; see deploy/docker-service/) with `DOCKER_OPTS: \"--mtu={mtu}\"` under its variables, or, if your image does read DOCKER_OPTS, declare it with --docker-service-image",
+                        images.preferred()
+                    ),
+                    _ => format!(
+                        "under definitions.services.docker add `type: docker`, `image: {}` and, under variables, `DOCKER_OPTS: \"--mtu={mtu}\"`",
+                        images.preferred()
+                    ),
+                };
+                eprintln!(
+                    "not fixed: {} was left as it was: {why}; {what}",
+                    args.file.display()
+                );
+            }
         }
     }
     print(&args.file, &diagnostics, args.format)?;
     let errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
-    Ok(if errors {
+    Ok(if errors || refused {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bbrunner_core::ids::{AccountUuid, RepositoryUuid, RunnerUuid};
-use bbrunner_core::manifests::{LABEL_RUNNER_UUID, secret_keys};
+use bbrunner_core::manifests::{LABEL_RUNNER_UUID, dind_networks_mtu_warning, secret_keys};
 use bbrunner_core::ownership::{ClusterId, MAX_RUNNER_NAME, PoolIdentity};
 use bbrunner_core::plan::{
     Action, Counts, Observation, ObservedPod, ObservedRunner, ObservedSecret, Plan, PodPhase,
@@ -822,6 +822,7 @@ async fn reconcile_managed(
         problem: None,
         credentials_secret,
         api_calls: Some((client.opaque_id(), client.calls_last_hour())),
+        step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
     };
     if deleting_since.is_some() {
         // Busy runners are finishing their steps; the pool goes once they are done.
@@ -1213,6 +1214,7 @@ async fn reconcile_static(
         problem: None,
         credentials_secret: None,
         api_calls: None,
+        step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
     };
     write_status(ctx, pool, report).await?;
     Ok(Requeue::requeue(Duration::from_secs_f64(
@@ -1286,6 +1288,8 @@ struct StatusReport {
     credentials_secret: Option<String>,
     /// The Bitbucket identity and this operator's calls with it in the last hour.
     api_calls: Option<(String, u32)>,
+    /// Why steps' networks cannot follow the pod's MTU with this dind image, if they cannot.
+    step_network_mtu: Option<String>,
 }
 
 async fn write_status(
@@ -1301,6 +1305,7 @@ async fn write_status(
         problem,
         credentials_secret,
         api_calls,
+        step_network_mtu,
     } = report;
     let previous = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
@@ -1352,6 +1357,20 @@ async fn write_status(
                 degraded_message,
                 generation,
             ),
+            condition(
+                &previous.conditions,
+                STEP_NETWORK_MTU,
+                step_network_mtu.is_none(),
+                if step_network_mtu.is_some() {
+                    DIND_BEFORE_24
+                } else {
+                    "FollowsPodNetwork"
+                },
+                step_network_mtu.clone().unwrap_or_else(|| {
+                    "the Docker networks steps run on follow the pod's MTU".to_owned()
+                }),
+                generation,
+            ),
         ],
         last_scale_time: if scaled.is_some() {
             Some(jiff::Timestamp::now().to_string())
@@ -1376,8 +1395,30 @@ async fn write_status(
         &Patch::Merge(json!({"status": status})),
     )
     .await?;
+    let warned_before = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == STEP_NETWORK_MTU && c.reason == DIND_BEFORE_24);
+    if let Some(warning) = step_network_mtu
+        && !warned_before
+    {
+        tracing::warn!(namespace = %pool.namespace().unwrap_or_default(), pool = %pool.name_any(), "{warning}");
+        publish(
+            ctx,
+            pool,
+            EventType::Warning,
+            DIND_BEFORE_24,
+            "Validate",
+            warning,
+        )
+        .await;
+    }
     Ok(())
 }
+
+/// The condition saying whether steps' Docker networks follow the pod's MTU.
+const STEP_NETWORK_MTU: &str = "StepNetworkMTU";
+const DIND_BEFORE_24: &str = "DindBeforeDocker24";
 
 /// Report a failed reconcile in the status: Degraded with the error's reason.
 async fn write_failure(ctx: &Context, pool: &RunnerPool, error: &ReconcileError) {

@@ -110,7 +110,12 @@ fn json_output_and_fix() {
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["diagnostics"], serde_json::json!([]));
     let fixed = std::fs::read_to_string(&file).unwrap();
-    assert!(fixed.starts_with("# deploys on merge\ndefinitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: \"--mtu=1400\"\npipelines:\n"), "{fixed}");
+    assert!(fixed.starts_with("# deploys on merge\ndefinitions:\n  services:\n    docker:\n      type: docker\n      image: ghcr.io/bbrunner/docker-service:28.5\n      variables:\n        DOCKER_OPTS: \"--mtu=1400\"\npipelines:\n"), "{fixed}");
+    assert!(
+        run.stderr.contains("fixed:") && run.stderr.contains("ghcr.io/bbrunner/docker-service"),
+        "{}",
+        run.stderr
+    );
     assert!(fixed.contains("services: [docker]   # builds images"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -145,6 +150,61 @@ fn fix_leaves_a_file_it_cannot_edit_and_says_what_to_add() {
         run.stderr
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The seed's third Docker level with a stock dind image: --fix must not claim an MTU the image
+/// would ignore. It refuses, leaves the file, fails and says what to add; an image the user
+/// declares reads DOCKER_OPTS is fixed in place.
+#[test]
+fn fix_refuses_a_docker_service_image_that_ignores_docker_opts() {
+    let dir = temp("stock-dind");
+    let file = dir.join("bitbucket-pipelines.yml");
+    let text = PIPELINES.replace("gpu", "build").replace(
+        "# deploys on merge\n",
+        "# deploys on merge\ndefinitions:\n  services:\n    docker:\n      image: docker:27-dind\n",
+    );
+    std::fs::write(&file, &text).unwrap();
+    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
+    let pools = dir.join("pools.yaml");
+    let args = [
+        "lint",
+        file.to_str().unwrap(),
+        "--pools",
+        pools.to_str().unwrap(),
+        "--fix",
+    ];
+    let run = bbrunner(&args, "").failure();
+    assert!(
+        !run.stderr.lines().any(|l| l.starts_with("fixed:")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("not fixed")
+            && run
+                .stderr
+                .contains("docker:27-dind is not known to read DOCKER_OPTS")
+            && run.stderr.contains("ghcr.io/bbrunner/docker-service")
+            && run.stderr.contains("--docker-service-image"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+
+    let mut declared = args.to_vec();
+    declared.extend(["--docker-service-image", "docker:27-dind"]);
+    let run = bbrunner(&declared, "").success();
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("fixed:")),
+        "{}",
+        run.stderr
+    );
+    let fixed: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let docker = &fixed["definitions"]["services"]["docker"];
+    assert_eq!(docker["image"], "docker:27-dind", "{fixed}");
+    assert_eq!(docker["variables"]["DOCKER_OPTS"], "--mtu=1400", "{fixed}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -935,3 +935,44 @@ async fn malformed_specs_past_crd_validation_degrade_the_pool_naming_the_field()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dind_before_docker_24_is_shown_in_status_and_events() {
+    let world = World::start("dind-20").await;
+    let _op = world.operator(&[]);
+    let mut spec = managed(1, 2);
+    spec["dind"] = json!({"image": "docker:20.10.7-dind", "mtu": 1400});
+    world.pool("builds", spec).await;
+    eventually("the condition and the event", 20, || async {
+        let status = world.status("builds").await;
+        let condition = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "StepNetworkMTU"
+                    && c["status"] == "False"
+                    && c["reason"] == "DindBeforeDocker24"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("keeps 1500"))
+            });
+        let event = world
+            .events()
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.items.iter().any(|e| {
+                    e.data["reason"] == "DindBeforeDocker24" && e.data["type"] == "Warning"
+                })
+            })
+            .unwrap_or(false);
+        condition && event
+    })
+    .await;
+    // The pool still runs: the warning is advice, the daemon decides at start.
+    eventually("a runner online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+}
