@@ -737,7 +737,7 @@ fn insert_docker_service(
         };
         inserts.push((after, block));
     }
-    inserts.sort_by(|a, b| b.0.cmp(&a.0));
+    inserts.sort_by_key(|insert| std::cmp::Reverse(insert.0));
     for (after, block) in inserts {
         let at = after.min(lines.len());
         // Lines go after a line that may be the file's last, without its newline.
