@@ -330,9 +330,12 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             continue;
         };
 
+        // Bitbucket's clock is not ours: a status change "in the future" is skew, and the
+        // pod's creation (our cluster's clock) is what can be trusted then.
         let age_in_state = now
             - runner
                 .status_since
+                .filter(|since| *since <= now)
                 .unwrap_or(pod.created_at)
                 .max(pod.created_at);
         match runner.status {

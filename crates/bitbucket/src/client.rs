@@ -80,27 +80,6 @@ pub enum RunnerScope {
     },
 }
 
-impl RunnerScope {
-    fn segments(&self) -> Vec<&str> {
-        match self {
-            Self::Workspace(ws) => {
-                vec!["internal", "workspaces", ws, "pipelines-config", "runners"]
-            }
-            Self::Repository {
-                workspace,
-                repository,
-            } => vec![
-                "internal",
-                "repositories",
-                workspace,
-                repository,
-                "pipelines-config",
-                "runners",
-            ],
-        }
-    }
-}
-
 impl std::fmt::Display for RunnerScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -206,7 +185,7 @@ impl Client {
 
     /// Every runner of a scope, following `next` pages.
     pub async fn list_runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, Error> {
-        let mut url = self.api_url(&scope.segments());
+        let mut url = self.api_url(&self.runners_path(scope).await?);
         url.query_pairs_mut().append_pair("pagelen", "100");
         self.list_all(
             "list_runners",
@@ -224,7 +203,8 @@ impl Client {
         let what = format!("runner {runner} of {scope}");
         let response = self
             .call(
-                self.runner_request(Method::GET, scope, runner, None, &what),
+                self.runner_request(Method::GET, scope, runner, None, &what)
+                    .await?,
                 true,
             )
             .await?;
@@ -242,7 +222,7 @@ impl Client {
         let request = Request {
             endpoint: "create_runner",
             method: Method::POST,
-            url: self.api_url(&scope.segments()),
+            url: self.api_url(&self.runners_path(scope).await?),
             body: Some(json!({ "name": name, "labels": labels })),
             what: what.clone(),
         };
@@ -280,13 +260,15 @@ impl Client {
     ) -> Result<(), Error> {
         let status = if enabled { "ENABLED" } else { "DISABLED" };
         let what = format!("setting runner {runner} of {scope} {status}");
-        let mut request = self.runner_request(
-            Method::PUT,
-            scope,
-            runner,
-            Some(json!({ "status": status })),
-            &what,
-        );
+        let mut request = self
+            .runner_request(
+                Method::PUT,
+                scope,
+                runner,
+                Some(json!({ "status": status })),
+                &what,
+            )
+            .await?;
         request
             .url
             .path_segments_mut()
@@ -302,13 +284,10 @@ impl Client {
         runner: &RunnerUuid,
     ) -> Result<(), Error> {
         let what = format!("deleting runner {runner} of {scope}");
-        match self
-            .call(
-                self.runner_request(Method::DELETE, scope, runner, None, &what),
-                true,
-            )
-            .await
-        {
+        let request = self
+            .runner_request(Method::DELETE, scope, runner, None, &what)
+            .await?;
+        match self.call(request, true).await {
             Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -430,7 +409,7 @@ impl Client {
 
     // ---- plumbing ------------------------------------------------------------------------
 
-    fn api_url(&self, segments: &[&str]) -> Url {
+    fn api_url(&self, segments: &[impl AsRef<str>]) -> Url {
         let mut url = self.inner.config.api_url.clone();
         url.path_segments_mut()
             .expect("API URL is a base URL")
@@ -439,17 +418,45 @@ impl Client {
         url
     }
 
-    fn runner_request(
+    /// The internal runners API of a scope, addressed by `{uuid}` (resolved from a slug once,
+    /// then cached) as Atlassian's own autoscaler addresses it: the only form a working
+    /// client is known to use on this undocumented API.
+    async fn runners_path(&self, scope: &RunnerScope) -> Result<Vec<String>, Error> {
+        let workspace = match scope {
+            RunnerScope::Workspace(ws) | RunnerScope::Repository { workspace: ws, .. } => ws,
+        };
+        let workspace_uuid = self.workspace_uuid(workspace).await?;
+        let mut path = match scope {
+            RunnerScope::Workspace(_) => vec![
+                "internal".to_owned(),
+                "workspaces".to_owned(),
+                workspace_uuid,
+            ],
+            RunnerScope::Repository { repository, .. } => {
+                let repository_uuid = self.repository_uuid(workspace, repository).await?;
+                vec![
+                    "internal".to_owned(),
+                    "repositories".to_owned(),
+                    workspace_uuid,
+                    repository_uuid,
+                ]
+            }
+        };
+        path.extend(["pipelines-config".to_owned(), "runners".to_owned()]);
+        Ok(path)
+    }
+
+    async fn runner_request(
         &self,
         method: Method,
         scope: &RunnerScope,
         runner: &RunnerUuid,
         body: Option<Value>,
         what: &str,
-    ) -> Request {
-        let mut segments = scope.segments();
-        segments.push(runner.braced());
-        Request {
+    ) -> Result<Request, Error> {
+        let mut segments = self.runners_path(scope).await?;
+        segments.push(runner.braced().to_owned());
+        Ok(Request {
             endpoint: match method {
                 Method::GET => "get_runner",
                 Method::PUT => "set_runner_state",
@@ -459,7 +466,7 @@ impl Client {
             url: self.api_url(&segments),
             body,
             what: what.to_owned(),
-        }
+        })
     }
 
     async fn list_all<T: DeserializeOwned>(

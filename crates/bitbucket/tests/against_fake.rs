@@ -51,6 +51,11 @@ fn ws() -> RunnerScope {
     RunnerScope::Workspace("acme".into())
 }
 
+/// The workspace by `{uuid}`: no lookup call, for tests that count calls.
+fn ws_by_uuid(fake: &FakeBitbucket) -> RunnerScope {
+    RunnerScope::Workspace(fake.workspace_uuid("acme").unwrap())
+}
+
 fn labels(custom: &[&str]) -> Vec<String> {
     ["self.hosted", "linux"]
         .iter()
@@ -215,7 +220,10 @@ async fn missing_scopes_are_named() {
         c.limited_scopes = HashMap::from([("key".to_owned(), vec!["repository:read".to_owned()])]);
     })
     .await;
-    let err = client(&fake).list_runners(&ws()).await.unwrap_err();
+    let err = client(&fake)
+        .list_runners(&ws_by_uuid(&fake))
+        .await
+        .unwrap_err();
     match &err {
         Error::Forbidden { missing_scopes, .. } => assert_eq!(missing_scopes, &["runner:write"]),
         other => panic!("{other:?}"),
@@ -244,9 +252,9 @@ async fn bitbucket_rate_limit_gives_retry_after() {
     let mut cfg = config(&fake);
     cfg.retry.max_retries = 0;
     let client = Client::new(cfg, oauth("key", "consumer-secret")).unwrap();
-    client.list_runners(&ws()).await.unwrap();
-    client.list_runners(&ws()).await.unwrap();
-    match client.list_runners(&ws()).await.unwrap_err() {
+    client.list_runners(&ws_by_uuid(&fake)).await.unwrap();
+    client.list_runners(&ws_by_uuid(&fake)).await.unwrap();
+    match client.list_runners(&ws_by_uuid(&fake)).await.unwrap_err() {
         Error::RateLimited { retry_after } => {
             assert!(retry_after > Duration::from_secs(3000), "{retry_after:?}")
         }
@@ -264,12 +272,12 @@ async fn own_budget_stops_before_bitbucket_does_and_reports_remaining() {
     };
     let client = Client::new(cfg, oauth("key", "consumer-secret")).unwrap();
     assert_eq!(client.remaining_budget(), 3);
-    client.list_runners(&ws()).await.unwrap();
+    client.list_runners(&ws_by_uuid(&fake)).await.unwrap();
     assert_eq!(client.remaining_budget(), 2);
-    client.list_runners(&ws()).await.unwrap();
-    client.list_runners(&ws()).await.unwrap();
+    client.list_runners(&ws_by_uuid(&fake)).await.unwrap();
+    client.list_runners(&ws_by_uuid(&fake)).await.unwrap();
     assert_eq!(client.remaining_budget(), 0);
-    let err = client.list_runners(&ws()).await.unwrap_err();
+    let err = client.list_runners(&ws_by_uuid(&fake)).await.unwrap_err();
     assert!(matches!(err, Error::BudgetExhausted { .. }), "{err:?}");
     // Nothing was sent for the refused call.
     assert_eq!(

@@ -53,10 +53,38 @@ fn runner(i: usize) -> Value {
     })
 }
 
-const RUNNERS: &str = "/internal/workspaces/acme/pipelines-config/runners";
+const WORKSPACE_UUID: &str = "{0b4a1c2e-8f3d-4e5a-9b6c-7d8e9f0a1b2c}";
+/// The runners API addressed by `{uuid}`, braces URL-encoded.
+const RUNNERS: &str =
+    "/internal/workspaces/%7B0b4a1c2e-8f3d-4e5a-9b6c-7d8e9f0a1b2c%7D/pipelines-config/runners";
 
 fn ws() -> RunnerScope {
-    RunnerScope::Workspace("acme".into())
+    RunnerScope::Workspace(WORKSPACE_UUID.into())
+}
+
+#[tokio::test]
+async fn a_workspace_slug_is_resolved_to_its_uuid_once_and_the_runners_api_addressed_by_it() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/2.0/workspaces/acme"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"uuid": WORKSPACE_UUID, "slug": "acme"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(RUNNERS))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"values": [runner(1)]})))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let client = bearer_client(&server);
+    let slug = RunnerScope::Workspace("acme".into());
+    for _ in 0..2 {
+        assert_eq!(client.list_runners(&slug).await.unwrap().len(), 1);
+    }
 }
 
 #[tokio::test]

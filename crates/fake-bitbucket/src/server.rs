@@ -173,6 +173,10 @@ pub(crate) fn seed(config: &FakeConfig, url: &str) -> World {
     let mut world = World {
         base_url: url.to_owned(),
         time_scale: config.time_scale.max(1e-6),
+        epoch: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
         workspaces: Vec::new(),
         repositories: Vec::new(),
         consumers: HashMap::new(),
@@ -508,7 +512,7 @@ async fn list_runners(
     let identity = authorize(&app, &headers, "runner:write")?;
     let now = app.now();
     let world = app.world();
-    let scope = world.scope(&path.ws, path.repo.as_deref())?;
+    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
     let items: Vec<Value> = world
         .runners_of(&scope)
         .map(|r| world.runner_json(r, now, false))
@@ -534,7 +538,7 @@ async fn create_runner(
     };
     let now = app.now();
     let mut world = app.world();
-    let scope = world.scope(&path.ws, path.repo.as_deref())?;
+    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
     let created = world.create_runner(scope, &body, now)?;
     Ok(served(&identity, (StatusCode::CREATED, Json(created))))
 }
@@ -547,7 +551,7 @@ async fn get_runner(
     let identity = authorize(&app, &headers, "runner:write")?;
     let now = app.now();
     let world = app.world();
-    let scope = world.scope(&path.ws, path.repo.as_deref())?;
+    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
     let runner = world.get_runner(&scope, path.runner.as_deref().unwrap_or(""), now)?;
     Ok(served(&identity, Json(runner)))
 }
@@ -562,7 +566,7 @@ async fn set_runner_state(
     let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
     let now = app.now();
     let mut world = app.world();
-    let scope = world.scope(&path.ws, path.repo.as_deref())?;
+    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
     let runner =
         world.set_runner_state(&scope, path.runner.as_deref().unwrap_or(""), &body, now)?;
     Ok(served(&identity, Json(runner)))
@@ -576,7 +580,7 @@ async fn delete_runner(
     let identity = authorize(&app, &headers, "runner:write")?;
     let now = app.now();
     let mut world = app.world();
-    let scope = world.scope(&path.ws, path.repo.as_deref())?;
+    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
     world.delete_runner(&scope, path.runner.as_deref().unwrap_or(""), now)?;
     Ok(served(&identity, StatusCode::NO_CONTENT))
 }

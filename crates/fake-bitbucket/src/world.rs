@@ -160,6 +160,9 @@ impl ApiError {
 pub struct World {
     pub base_url: String,
     pub time_scale: f64,
+    /// Wall-clock Unix seconds when the fake clock read 0: timestamps are this plus the fake
+    /// clock, so the time scale stretches durations and the epoch stays the real one.
+    pub epoch: f64,
     pub workspaces: Vec<Workspace>,
     pub repositories: Vec<Repository>,
     /// OAuth consumers by key.
@@ -312,6 +315,29 @@ impl World {
         })
     }
 
+    /// The scope of an internal runners path. Only the form a working client is known to use
+    /// is accepted: `{uuid}`s (Atlassian's autoscaler resolves slugs first). Whether
+    /// Bitbucket takes slugs there too is unknown, so a client relying on it fails here.
+    pub fn runner_scope(
+        &self,
+        workspace: &str,
+        repository: Option<&str>,
+    ) -> Result<ScopeKey, ApiError> {
+        let braced = |s: &str| s.starts_with('{') && s.ends_with('}');
+        if let Some(slug) = std::iter::once(workspace)
+            .chain(repository)
+            .find(|s| !braced(s))
+        {
+            return Err(ApiError::new(
+                404,
+                format!(
+                    "{slug} is not a {{uuid}}: the runners API is addressed by workspace and repository UUIDs"
+                ),
+            ));
+        }
+        self.scope(workspace, repository)
+    }
+
     // ---- runners API ---------------------------------------------------------------------
 
     pub fn runner_json(&self, r: &RunnerRecord, now: f64, with_secret: bool) -> Value {
@@ -345,12 +371,10 @@ impl World {
         })
     }
 
-    /// An ISO timestamp for a reading of the fake clock (epoch 2026-01-01).
+    /// A reading of the fake clock as Bitbucket writes times: UTC with microseconds,
+    /// `2021-09-29T23:28:04.683210Z`.
     fn timestamp(&self, at: f64) -> String {
-        let secs = at.max(0.0) as u64;
-        let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-        let (days, h) = (h / 24, h % 24);
-        format!("2026-01-{:02}T{h:02}:{m:02}:{s:02}.000Z", (days % 28) + 1)
+        timestamp(self.epoch + at.max(0.0))
     }
 
     pub fn runners_of(&self, scope: &ScopeKey) -> impl Iterator<Item = &RunnerRecord> {
@@ -727,3 +751,12 @@ pub struct StepRequest {
 
 #[cfg(test)]
 mod tests;
+
+/// Unix seconds as Bitbucket writes times.
+pub fn timestamp(unix_seconds: f64) -> String {
+    let micros = (unix_seconds * 1e6).round() as i64;
+    jiff::Timestamp::from_microsecond(micros)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}

@@ -59,9 +59,34 @@ async fn wait_for(mut check: impl AsyncFnMut() -> bool) {
 async fn a_runner_agent_process_registers_and_runs_a_step() {
     let (_fake, url) = start_fake();
     let http = reqwest::Client::new();
+    // The runners API takes the workspace's {uuid}, as Atlassian's client sends it; a slug is
+    // refused.
+    let workspace: Value = http
+        .get(format!("{url}/2.0/workspaces/acme"))
+        .basic_auth("dev@acme.test", Some("tok"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uuid = workspace["uuid"]
+        .as_str()
+        .unwrap()
+        .replace('{', "%7B")
+        .replace('}', "%7D");
+    let by_slug = http
+        .get(format!(
+            "{url}/internal/workspaces/acme/pipelines-config/runners"
+        ))
+        .basic_auth("dev@acme.test", Some("tok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_slug.status(), 404);
     let created: Value = http
         .post(format!(
-            "{url}/internal/workspaces/acme/pipelines-config/runners"
+            "{url}/internal/workspaces/{uuid}/pipelines-config/runners"
         ))
         .basic_auth("dev@acme.test", Some("tok"))
         .json(&json!({"name": "bbrunner-test", "labels": ["self.hosted", "linux", "build"]}))

@@ -312,14 +312,34 @@ fn parse_body(body: &Bytes, headers: &HeaderMap) -> Result<Value, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if content_type.contains("yaml") {
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if media_type.contains("yaml") {
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::new(400, "BadRequest", "body is not UTF-8"))?;
         serde_saphyr::from_str(text)
             .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid YAML: {e}")))
-    } else {
+    } else if media_type == "application/vnd.kubernetes.protobuf" {
+        crate::protobuf::decode(body).map_err(|e| {
+            let status = if e.contains("send JSON") { 415 } else { 400 };
+            let reason = if status == 415 {
+                "UnsupportedMediaType"
+            } else {
+                "BadRequest"
+            };
+            ApiError::new(status, reason, format!("protobuf body: {e}"))
+        })
+    } else if media_type.is_empty() || media_type.ends_with("json") {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid JSON: {e}")))
+    } else {
+        // CBOR and others: a real server that cannot decode a media type answers 415.
+        Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml, application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json (got {media_type})"
+            ),
+        ))
     }
 }
 

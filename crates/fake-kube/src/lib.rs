@@ -6,6 +6,7 @@
 mod api;
 mod cluster;
 mod controllers;
+mod protobuf;
 mod rbac;
 mod selector;
 mod store;

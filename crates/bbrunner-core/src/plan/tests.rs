@@ -589,3 +589,30 @@ fn every_planned_action_carries_the_reason_the_operator_logs() {
         "pool deleted: disabled first, deleted once still idle"
     );
 }
+
+#[test]
+fn a_status_time_from_a_skewed_clock_falls_back_to_the_pod_s_age() {
+    let settings = PoolSettings {
+        registration_ttl: 100.0,
+        ..pool()
+    };
+    // Unregistered since "the future" per Bitbucket's clock; the pod is 500 s old here.
+    let mut r = runner(1, RunnerStatus::Unregistered, false);
+    r.status_since = Some(5000.0);
+    let p = plan(
+        &settings,
+        &world(vec![(r.clone(), pod(1, PodPhase::Running), secret(1))]),
+    );
+    assert!(
+        p.actions.contains(&Action::DeleteRunner(uuid(1))),
+        "{:?}",
+        p.actions
+    );
+    // A real recent change still counts: not yet past the TTL.
+    r.status_since = Some(950.0);
+    let p = plan(
+        &settings,
+        &world(vec![(r, pod(1, PodPhase::Running), secret(1))]),
+    );
+    assert!(!p.actions.contains(&Action::DeleteRunner(uuid(1))));
+}

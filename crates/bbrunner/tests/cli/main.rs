@@ -4,6 +4,7 @@ mod crd;
 mod demo;
 mod import;
 mod install;
+mod kubectl;
 mod lint;
 mod live;
 mod migrate;

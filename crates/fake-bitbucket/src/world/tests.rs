@@ -253,3 +253,24 @@ fn oauth_tokens_expire_and_wrong_secrets_get_none() {
     );
     assert!(w.identity_for_bearer(token, TOKEN_LIFETIME_S).is_none());
 }
+
+#[test]
+fn timestamps_are_wall_clock_utc_with_microseconds_and_durations_are_the_fake_clock_s() {
+    let mut w = world();
+    w.epoch = 1_632_958_084.683_21; // 2021-09-29T23:28:04.683210Z
+    let (uuid, _, _) = create(&mut w, &["self.hosted", "linux"], 0.0);
+    let created = w.get_runner(&ws(&w), &uuid, 0.0).unwrap();
+    assert_eq!(created["created_on"], "2021-09-29T23:28:04.683210Z");
+    // A fake minute later (however fast the fake runs), the runner comes online.
+    let later = w.get_runner(&ws(&w), &uuid, 60.0).unwrap();
+    assert_eq!(later["created_on"], created["created_on"]);
+    // A fresh world's epoch is now.
+    let fresh = world();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((fresh.epoch - now).abs() < 60.0, "{} vs {now}", fresh.epoch);
+    assert_eq!(timestamp(0.5), "1970-01-01T00:00:00.500000Z");
+    assert_eq!(timestamp(90.0), "1970-01-01T00:01:30.000000Z");
+}
