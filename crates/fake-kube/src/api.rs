@@ -260,9 +260,50 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         "delete" => delete(&cluster, &target, &body, &query),
         _ => Err(ApiError::new(405, "MethodNotAllowed", "method not allowed")),
     };
+    if let Ok((_, written)) = &result
+        && target.rt.kind == "Event"
+        && matches!(verb, "create" | "update" | "patch" | "delete")
+    {
+        mirror_event(&cluster, &target, verb, written);
+    }
     match result {
         Ok((status, value)) => (status, axum::Json(value)).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// Write an Event written through one API into the other's storage, converted, so that both
+/// serve it (see `events.rs`).
+fn mirror_event(cluster: &Cluster, target: &Target, verb: &str, written: &Value) {
+    let (group, convert): (&str, fn(&Value) -> Value) = if target.rt.group.is_empty() {
+        ("events.k8s.io", crate::events::to_events_v1)
+    } else {
+        ("", crate::events::to_core)
+    };
+    let mut store = cluster.store();
+    let Some(other) = store.find_type(group, "events").cloned() else {
+        return;
+    };
+    let namespace = namespace_of(target);
+    let Some(name) = written["metadata"]["name"].as_str().map(str::to_owned) else {
+        return;
+    };
+    if verb == "delete" {
+        let _ = store.delete(&other, &namespace, &name, None);
+        return;
+    }
+    let mut mirrored = convert(written);
+    // The server sets these for each stored copy.
+    if let Some(meta) = mirrored["metadata"].as_object_mut() {
+        for server_set in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"] {
+            meta.remove(server_set);
+        }
+    }
+    let version = other.versions[0].clone();
+    if store.get(&other, &namespace, &name).is_ok() {
+        let _ = store.replace(&other, &version, &namespace, &name, mirrored, false);
+    } else {
+        let _ = store.create(&other, &version, &namespace, mirrored);
     }
 }
 

@@ -6,6 +6,7 @@
 mod api;
 mod cluster;
 mod controllers;
+mod events;
 mod protobuf;
 mod rbac;
 mod selector;

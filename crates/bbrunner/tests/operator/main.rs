@@ -977,3 +977,40 @@ async fn a_dind_before_docker_24_is_shown_in_status_and_events() {
     })
     .await;
 }
+
+/// The operator records events.k8s.io/v1 Events; users read them with `kubectl get events`
+/// and `kubectl describe`, which go through core/v1. Both must show them.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_events_show_in_kubectl_get_events_and_describe() {
+    let world = World::start("kubectl-events").await;
+    let _op = world.operator(&[]);
+    world.pool("builds", managed(1, 2)).await;
+    eventually("a runner created", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &world.kubeconfig)
+            .output()
+            .expect("kubectl is part of the machine image");
+        assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut listed = Value::Null;
+    eventually("kubectl get events shows the operator's", 10, || {
+        listed = serde_json::from_str(&kubectl(&["get", "events", "-n", NS, "-o", "json"])).unwrap();
+        let found = listed["items"].as_array().into_iter().flatten().any(|e| {
+            e["reason"] == "RunnerCreated"
+                && e["involvedObject"]["kind"] == "RunnerPool"
+                && e["involvedObject"]["name"] == "builds"
+                && e["source"]["component"] == "bbrunner"
+        });
+        async move { found }
+    })
+    .await;
+    let described = kubectl(&["describe", "runnerpool", "builds", "-n", NS]);
+    assert!(described.contains("RunnerCreated"), "{described}");
+    assert!(described.contains("Scaled"), "{described}");
+}
