@@ -75,6 +75,7 @@ fn builtin_types() -> Vec<ResourceType> {
         ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, false),
         ResourceType::builtin("", "v1", "Service", "services", true, true),
         ResourceType::builtin("apps", "v1", "Deployment", "deployments", true, true),
+        ResourceType::builtin("batch", "v1", "Job", "jobs", true, true),
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, false),
         ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, false),
         ResourceType::builtin(

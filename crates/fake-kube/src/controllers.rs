@@ -181,6 +181,7 @@ pub fn tick(cluster: &Cluster) {
     garbage_collect(cluster);
     namespaces(cluster);
     deployments(cluster);
+    jobs(cluster);
     schedule(cluster);
     kubelet(cluster);
     // The version seen before this pass: if the pass itself wrote, the next one runs too.
@@ -412,6 +413,101 @@ fn deployments(cluster: &Cluster) {
             "conditions": [{"type": "Available", "status": if ready >= replicas { "True" } else { "False" }, "reason": "MinimumReplicasAvailable"}],
         }});
         let _ = store.replace(&deploy_type, "v1", &ns, &name, status, true);
+    }
+}
+
+/// The Job controller: pods from the template until `completions` succeed, at most
+/// `parallelism` at a time, and no more once `backoffLimit` pods have failed.
+fn jobs(cluster: &Cluster) {
+    let job_type = types(cluster, "batch", "jobs");
+    let pod_type = types(cluster, "", "pods");
+    let all = LabelSelector::default();
+    let any = FieldSelector::default();
+    let mut store = cluster.store();
+    for job in store.list(&job_type, None, &all, &any) {
+        if !job["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let (ns, name) = key(&job);
+        let uid = job["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+        let spec = &job["spec"];
+        let count = |field: &str, default: i64| spec[field].as_i64().unwrap_or(default).max(0);
+        let (completions, parallelism, backoff_limit) =
+            (count("completions", 1), count("parallelism", 1), count("backoffLimit", 6));
+        let pods: Vec<Value> = store
+            .list(&pod_type, Some(&ns), &all, &any)
+            .into_iter()
+            .filter(|p| owned_by(p, &uid))
+            .collect();
+        let phase = |p: &Value| p["status"]["phase"].as_str().unwrap_or("Pending").to_owned();
+        let live = |p: &&Value| {
+            p["metadata"]["deletionTimestamp"].is_null()
+                && matches!(phase(p).as_str(), "Pending" | "Running")
+        };
+        let active = pods.iter().filter(live).count() as i64;
+        let ready = pods
+            .iter()
+            .filter(live)
+            .filter(|p| phase(p) == "Running")
+            .count() as i64;
+        let succeeded = pods.iter().filter(|p| phase(p) == "Succeeded").count() as i64;
+        let failed = pods.iter().filter(|p| phase(p) == "Failed").count() as i64;
+        let finished = job["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True");
+        let mut conditions = job["status"]["conditions"].clone();
+        let mut completion_time = job["status"]["completionTime"].clone();
+        if !finished && succeeded >= completions {
+            let at = now();
+            conditions = json!([{"type": "Complete", "status": "True", "lastProbeTime": at, "lastTransitionTime": at}]);
+            completion_time = json!(at);
+        } else if !finished && failed > backoff_limit {
+            let at = now();
+            conditions = json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit", "lastProbeTime": at, "lastTransitionTime": at}]);
+            for p in pods.iter().filter(live) {
+                let _ = store.delete(&pod_type, &ns, &key(p).1, None);
+            }
+        } else if !finished && spec["suspend"] != true {
+            let wanted = parallelism.min(completions - succeeded) - active;
+            for _ in 0..wanted.max(0) {
+                let template = &spec["template"];
+                let mut pod = json!({
+                    "metadata": {
+                        "generateName": format!("{name}-"),
+                        "labels": template["metadata"]["labels"].clone(),
+                        "annotations": template["metadata"]["annotations"].clone(),
+                        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}],
+                    },
+                    "spec": template["spec"].clone(),
+                });
+                if pod["metadata"]["annotations"].is_null() {
+                    pod["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+                }
+                let _ = store.create(&pod_type, "v1", &ns, pod);
+            }
+        }
+        let start_time = match &job["status"]["startTime"] {
+            Value::Null => json!(now()),
+            at => at.clone(),
+        };
+        let mut status = json!({"startTime": start_time, "active": active, "ready": ready,
+            "succeeded": succeeded, "failed": failed, "terminating": 0,
+            "uncountedTerminatedPods": {}});
+        if !conditions.is_null() {
+            status["conditions"] = conditions;
+        }
+        if !completion_time.is_null() {
+            status["completionTime"] = completion_time;
+        }
+        let changed = ["active", "ready", "succeeded", "failed", "conditions", "completionTime"]
+            .iter()
+            .any(|f| job["status"][*f] != status[*f]);
+        if changed {
+            let _ = store.replace(&job_type, "v1", &ns, &name, json!({"status": status}), true);
+        }
     }
 }
 
@@ -725,7 +821,8 @@ fn kubelet(cluster: &Cluster) {
             // No containers run here: a pod meant to run to completion (restartPolicy Never)
             // and carrying no runner finishes at once.
             let runs_runner = envs.iter().any(|e| e.contains_key("RUNNER_UUID"));
-            if pod["spec"]["restartPolicy"] == "Never" && !runs_runner {
+            let runs_to_completion = pod["spec"]["restartPolicy"] != "Always";
+            if runs_to_completion && !runs_runner {
                 status["phase"] = json!("Succeeded");
                 status["conditions"][3]["status"] = json!("False");
                 status["containerStatuses"] = json!(pod["spec"]["containers"].as_array().into_iter().flatten().map(|c| json!({

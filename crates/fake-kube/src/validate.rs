@@ -197,6 +197,23 @@ pub fn object(rt: &ResourceType, object: &mut Value) -> Result<(), Causes> {
                 ));
             }
         }
+        "Job" => {
+            let template = &object["spec"]["template"];
+            pod_spec("spec.template.spec", &template["spec"], &mut causes);
+            let restart = template["spec"]["restartPolicy"].as_str().unwrap_or("");
+            if !matches!(restart, "OnFailure" | "Never") {
+                causes.push((
+                    "spec.template.spec.restartPolicy".into(),
+                    format!("Unsupported value: \"{restart}\": supported values: \"OnFailure\", \"Never\""),
+                ));
+            }
+            if object["spec"]["manualSelector"] == true {
+                causes.push((
+                    "spec.manualSelector".into(),
+                    "Unsupported value: true: this server selects a Job's pods itself".into(),
+                ));
+            }
+        }
         "Secret" => {
             // stringData is write-only: merged into data, base64-encoded.
             if let Some(string_data) = object.as_object_mut().and_then(|m| m.remove("stringData")) {
@@ -270,6 +287,39 @@ pub fn on_create(rt: &ResourceType, object: &mut Value) {
         }
         "Namespace" => object["status"] = json!({"phase": "Active"}),
         "Secret" if object["type"].is_null() => object["type"] = json!("Opaque"),
+        "Job" => {
+            // The API server's defaults, and the selector it generates from the Job's uid.
+            let uid = object["metadata"]["uid"].clone();
+            let name = object["metadata"]["name"].clone();
+            let spec = &mut object["spec"];
+            for (field, default) in [
+                ("completions", json!(1)),
+                ("parallelism", json!(1)),
+                ("backoffLimit", json!(6)),
+                ("completionMode", json!("NonIndexed")),
+                ("suspend", json!(false)),
+                ("manualSelector", json!(false)),
+                ("podReplacementPolicy", json!("TerminatingOrFailed")),
+            ] {
+                if spec[field].is_null() {
+                    spec[field] = default;
+                }
+            }
+            let generated = json!({
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "job-name": name,
+            });
+            spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+            let labels = &mut spec["template"]["metadata"]["labels"];
+            if !labels.is_object() {
+                *labels = json!({});
+            }
+            for (k, v) in generated.as_object().expect("an object") {
+                labels[k] = v.clone();
+            }
+        }
         "Deployment" => {
             if object["spec"]["replicas"].is_null() {
                 object["spec"]["replicas"] = json!(1);

@@ -12,49 +12,112 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::util::{bbrunner, kubectl};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rendered_runner_applied_with_kubectl_comes_online() {
-    let bitbucket = FakeBitbucket::start(FakeConfig {
-        time_scale: 60.0,
-        workspaces: vec!["acme".into()],
-        api_tokens: vec![("ops@acme.test".into(), "token".into())],
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
-    let kube = FakeKube::start(
-        "127.0.0.1:0".parse().unwrap(),
-        ClusterConfig {
-            bitbucket_url: Some(bitbucket.url().to_owned()),
-            pod_start_latency: Duration::from_millis(200),
-            ..ClusterConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("bbrunner-live-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+/// fake-bitbucket, fake-kube whose runner pods register with it, and a runner created as a
+/// user creates one in the UI.
+struct Live {
+    _bitbucket: FakeBitbucket,
+    kube: FakeKube,
+    client: Client,
+    scope: RunnerScope,
+    created: bitbucket::CreatedRunner,
+    account: String,
+    kubeconfig: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
 
-    // A runner, as a user creates it in the UI.
-    let client = Client::new(
-        Config {
-            api_url: bitbucket.url().parse().unwrap(),
-            auth_url: bitbucket.url().parse().unwrap(),
-            ..Config::default()
-        },
-        Credentials::ApiToken {
-            email: "ops@acme.test".into(),
-            token: SecretString::from("token"),
-        },
-    )
-    .unwrap();
-    let scope = RunnerScope::Workspace("acme".into());
-    let created = client
-        .create_runner(&scope, "ui-runner", &["self.hosted".into(), "linux".into()])
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Live {
+    async fn start(name: &str) -> Self {
+        let bitbucket = FakeBitbucket::start(FakeConfig {
+            time_scale: 60.0,
+            workspaces: vec!["acme".into()],
+            api_tokens: vec![("ops@acme.test".into(), "token".into())],
+            ..FakeConfig::default()
+        })
         .await
         .unwrap();
-    let account = client.workspace_uuid("acme").await.unwrap();
+        let kube = FakeKube::start(
+            "127.0.0.1:0".parse().unwrap(),
+            ClusterConfig {
+                bitbucket_url: Some(bitbucket.url().to_owned()),
+                pod_start_latency: Duration::from_millis(200),
+                ..ClusterConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("bbrunner-live-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+        let client = Client::new(
+            Config {
+                api_url: bitbucket.url().parse().unwrap(),
+                auth_url: bitbucket.url().parse().unwrap(),
+                ..Config::default()
+            },
+            Credentials::ApiToken {
+                email: "ops@acme.test".into(),
+                token: SecretString::from("token"),
+            },
+        )
+        .unwrap();
+        let scope = RunnerScope::Workspace("acme".into());
+        let created = client
+            .create_runner(&scope, "ui-runner", &["self.hosted".into(), "linux".into()])
+            .await
+            .unwrap();
+        let account = client.workspace_uuid("acme").await.unwrap();
+        Self {
+            _bitbucket: bitbucket,
+            kube,
+            client,
+            scope,
+            created,
+            account,
+            kubeconfig,
+            dir,
+        }
+    }
+
+    async fn status(&self) -> RunnerStatus {
+        self.client
+            .get_runner(&self.scope, &self.created.runner.uuid)
+            .await
+            .unwrap()
+            .state
+            .status
+    }
+
+    async fn comes_online(&self) -> bool {
+        for _ in 0..200 {
+            if self.status().await == RunnerStatus::Online {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    async fn agents_stop(&self) -> bool {
+        for _ in 0..200 {
+            if self.kube.cluster().agents().is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rendered_runner_applied_with_kubectl_comes_online() {
+    let live = Live::start("render").await;
+    let (kubeconfig, created, account) = (&live.kubeconfig, &live.created, &live.account);
     let command = format!(
         "docker container run -it -v /tmp:/tmp \\\n  -e ACCOUNT_UUID={account} \\\n  -e RUNNER_UUID={} \\\n  -e RUNTIME_PREREQUISITES_ENABLED=true \\\n  -e OAUTH_CLIENT_ID={} \\\n  -e OAUTH_CLIENT_SECRET={} \\\n  -e WORKING_DIRECTORY=/tmp \\\n  docker-public.packages.atlassian.com/sox/atlassian/bitbucket-pipelines-runner:1\n",
         created.runner.uuid,
@@ -75,19 +138,7 @@ async fn rendered_runner_applied_with_kubectl_comes_online() {
         String::from_utf8_lossy(&applied.stderr)
     );
 
-    let mut online = false;
-    for _ in 0..200 {
-        let runner = client
-            .get_runner(&scope, &created.runner.uuid)
-            .await
-            .unwrap();
-        if runner.state.status == RunnerStatus::Online {
-            online = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(online, "the runner never came online");
+    assert!(live.comes_online().await, "the runner never came online");
     let pods = kubectl(
         &kubeconfig,
         &[
@@ -119,14 +170,63 @@ async fn rendered_runner_applied_with_kubectl_comes_online() {
         "{}",
         String::from_utf8_lossy(&deleted.stderr)
     );
-    let mut stopped = false;
-    for _ in 0..200 {
-        if kube.cluster().agents().is_empty() {
-            stopped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(stopped, "the runner agent outlived its pod");
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(live.agents_stop().await, "the runner agent outlived its pod");
+}
+
+/// Base64 as the classic recipe writes it (`echo -n VALUE | base64 -w0`).
+fn b64(value: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(value)
+}
+
+/// The hand-written Secret and Job bbrunner replaces (`examples/manual-runner-job.yaml`),
+/// filled in and applied with kubectl, bring the runner online: a batch/v1 Job controller
+/// runs its pod, whose runner registers.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hand_written_secret_and_job_bring_the_runner_online() {
+    let live = Live::start("manual-job").await;
+    let uuid = &live.created.runner.uuid;
+    let manifest = std::fs::read_to_string(crate::util::example("manual-runner-job.yaml"))
+        .unwrap()
+        .replace("${RUNNER_UUID_BARE}", uuid.bare())
+        .replace("${ACCOUNT_UUID_B64}", &b64(&live.account))
+        .replace("${RUNNER_UUID_B64}", &b64(uuid.braced()))
+        .replace("${OAUTH_CLIENT_ID_B64}", &b64(&live.created.oauth_client_id))
+        .replace(
+            "${OAUTH_CLIENT_SECRET_B64}",
+            &b64(live.created.oauth_client_secret.expose_secret()),
+        );
+    let kubectl_ok = |args: &[&str], stdin: &str| {
+        let out = kubectl(&live.kubeconfig, args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    kubectl_ok(&["create", "namespace", "runners"], "");
+    kubectl_ok(&["apply", "-n", "runners", "-f", "-"], &manifest);
+    assert!(live.comes_online().await, "the runner never came online");
+    let job: serde_json::Value = serde_json::from_str(&kubectl_ok(
+        &["get", "job", "-n", "runners", &format!("runner-{}", uuid.bare()), "-o", "json"],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(job["status"]["active"], 1, "{job}");
+    assert_eq!(job["spec"]["backoffLimit"], 6);
+    let pods: serde_json::Value = serde_json::from_str(&kubectl_ok(
+        &["get", "pods", "-n", "runners", "-l", &format!("job-name=runner-{}", uuid.bare()), "-o", "json"],
+        "",
+    ))
+    .unwrap();
+    let pod = &pods["items"][0];
+    assert_eq!(pod["status"]["phase"], "Running", "{pods}");
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Job");
+    // Deleting the Job (kubectl cascades in the background) stops the runner.
+    kubectl_ok(
+        &["delete", "job", "-n", "runners", &format!("runner-{}", uuid.bare())],
+        "",
+    );
+    assert!(live.agents_stop().await, "the runner agent outlived its Job");
 }
