@@ -148,7 +148,7 @@ fn percent_decode(s: &str) -> String {
 fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> &'static str {
     match *method {
         Method::GET if target.name.is_none() => {
-            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+            if query.get("watch").is_some_and(|w| parse_bool(w)) {
                 "watch"
             } else {
                 "list"
@@ -161,6 +161,12 @@ fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> &'
         Method::DELETE => "delete",
         _ => "other",
     }
+}
+
+/// A boolean query parameter as the API server reads it (Go's `strconv.ParseBool`): the Python
+/// client sends `watch=True`.
+fn parse_bool(value: &str) -> bool {
+    matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
 /// Every Kubernetes API request comes through here.
@@ -295,7 +301,13 @@ fn mirror_event(cluster: &Cluster, target: &Target, verb: &str, written: &Value)
     let mut mirrored = convert(written);
     // The server sets these for each stored copy.
     if let Some(meta) = mirrored["metadata"].as_object_mut() {
-        for server_set in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"] {
+        for server_set in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+        ] {
             meta.remove(server_set);
         }
     }
@@ -704,7 +716,7 @@ fn watch(
         };
     let bookmarks = query
         .get("allowWatchBookmarks")
-        .is_some_and(|b| b == "true");
+        .is_some_and(|b| parse_bool(b));
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())

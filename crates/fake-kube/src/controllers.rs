@@ -432,14 +432,22 @@ fn jobs(cluster: &Cluster) {
         let uid = job["metadata"]["uid"].as_str().unwrap_or("").to_owned();
         let spec = &job["spec"];
         let count = |field: &str, default: i64| spec[field].as_i64().unwrap_or(default).max(0);
-        let (completions, parallelism, backoff_limit) =
-            (count("completions", 1), count("parallelism", 1), count("backoffLimit", 6));
+        let (completions, parallelism, backoff_limit) = (
+            count("completions", 1),
+            count("parallelism", 1),
+            count("backoffLimit", 6),
+        );
         let pods: Vec<Value> = store
             .list(&pod_type, Some(&ns), &all, &any)
             .into_iter()
             .filter(|p| owned_by(p, &uid))
             .collect();
-        let phase = |p: &Value| p["status"]["phase"].as_str().unwrap_or("Pending").to_owned();
+        let phase = |p: &Value| {
+            p["status"]["phase"]
+                .as_str()
+                .unwrap_or("Pending")
+                .to_owned()
+        };
         let live = |p: &&Value| {
             p["metadata"]["deletionTimestamp"].is_null()
                 && matches!(phase(p).as_str(), "Pending" | "Running")
@@ -484,7 +492,9 @@ fn jobs(cluster: &Cluster) {
                     "spec": template["spec"].clone(),
                 });
                 if pod["metadata"]["annotations"].is_null() {
-                    pod["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+                    pod["metadata"]
+                        .as_object_mut()
+                        .map(|m| m.remove("annotations"));
                 }
                 let _ = store.create(&pod_type, "v1", &ns, pod);
             }
@@ -502,9 +512,16 @@ fn jobs(cluster: &Cluster) {
         if !completion_time.is_null() {
             status["completionTime"] = completion_time;
         }
-        let changed = ["active", "ready", "succeeded", "failed", "conditions", "completionTime"]
-            .iter()
-            .any(|f| job["status"][*f] != status[*f]);
+        let changed = [
+            "active",
+            "ready",
+            "succeeded",
+            "failed",
+            "conditions",
+            "completionTime",
+        ]
+        .iter()
+        .any(|f| job["status"][*f] != status[*f]);
         if changed {
             let _ = store.replace(&job_type, "v1", &ns, &name, json!({"status": status}), true);
         }

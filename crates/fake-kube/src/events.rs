@@ -42,10 +42,17 @@ pub fn to_core(event: &Value) -> Value {
     for (new, old) in RENAMED {
         copy(event, &mut core, new, old);
     }
-    copy(event, &mut core, "reportingController", "reportingComponent");
+    copy(
+        event,
+        &mut core,
+        "reportingController",
+        "reportingComponent",
+    );
     let source = match event.get("deprecatedSource").filter(|s| !s.is_null()) {
         Some(source) => source.clone(),
-        None => json!({"component": event.get("reportingController").cloned().unwrap_or(Value::Null)}),
+        None => {
+            json!({"component": event.get("reportingController").cloned().unwrap_or(Value::Null)})
+        }
     };
     if source.get("component").is_some_and(|c| !c.is_null()) {
         core.insert("source".into(), source);
@@ -104,7 +111,16 @@ mod tests {
         assert_eq!(core["reportingComponent"], "bbrunner");
         assert_eq!(core["lastTimestamp"], "2026-12-01T10:05:00.000000Z");
         let back = to_events_v1(&core);
-        for field in ["regarding", "note", "reason", "type", "action", "eventTime", "reportingController", "series"] {
+        for field in [
+            "regarding",
+            "note",
+            "reason",
+            "type",
+            "action",
+            "eventTime",
+            "reportingController",
+            "series",
+        ] {
             assert_eq!(back[field], recorded[field], "{field}");
         }
     }

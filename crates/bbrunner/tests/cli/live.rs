@@ -170,7 +170,10 @@ async fn rendered_runner_applied_with_kubectl_comes_online() {
         "{}",
         String::from_utf8_lossy(&deleted.stderr)
     );
-    assert!(live.agents_stop().await, "the runner agent outlived its pod");
+    assert!(
+        live.agents_stop().await,
+        "the runner agent outlived its pod"
+    );
 }
 
 /// Base64 as the classic recipe writes it (`echo -n VALUE | base64 -w0`).
@@ -191,7 +194,10 @@ async fn the_hand_written_secret_and_job_bring_the_runner_online() {
         .replace("${RUNNER_UUID_BARE}", uuid.bare())
         .replace("${ACCOUNT_UUID_B64}", &b64(&live.account))
         .replace("${RUNNER_UUID_B64}", &b64(uuid.braced()))
-        .replace("${OAUTH_CLIENT_ID_B64}", &b64(&live.created.oauth_client_id))
+        .replace(
+            "${OAUTH_CLIENT_ID_B64}",
+            &b64(&live.created.oauth_client_id),
+        )
         .replace(
             "${OAUTH_CLIENT_SECRET_B64}",
             &b64(live.created.oauth_client_secret.expose_secret()),
@@ -209,14 +215,31 @@ async fn the_hand_written_secret_and_job_bring_the_runner_online() {
     kubectl_ok(&["apply", "-n", "runners", "-f", "-"], &manifest);
     assert!(live.comes_online().await, "the runner never came online");
     let job: serde_json::Value = serde_json::from_str(&kubectl_ok(
-        &["get", "job", "-n", "runners", &format!("runner-{}", uuid.bare()), "-o", "json"],
+        &[
+            "get",
+            "job",
+            "-n",
+            "runners",
+            &format!("runner-{}", uuid.bare()),
+            "-o",
+            "json",
+        ],
         "",
     ))
     .unwrap();
     assert_eq!(job["status"]["active"], 1, "{job}");
     assert_eq!(job["spec"]["backoffLimit"], 6);
     let pods: serde_json::Value = serde_json::from_str(&kubectl_ok(
-        &["get", "pods", "-n", "runners", "-l", &format!("job-name=runner-{}", uuid.bare()), "-o", "json"],
+        &[
+            "get",
+            "pods",
+            "-n",
+            "runners",
+            "-l",
+            &format!("job-name=runner-{}", uuid.bare()),
+            "-o",
+            "json",
+        ],
         "",
     ))
     .unwrap();
@@ -225,8 +248,60 @@ async fn the_hand_written_secret_and_job_bring_the_runner_online() {
     assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Job");
     // Deleting the Job (kubectl cascades in the background) stops the runner.
     kubectl_ok(
-        &["delete", "job", "-n", "runners", &format!("runner-{}", uuid.bare())],
+        &[
+            "delete",
+            "job",
+            "-n",
+            "runners",
+            &format!("runner-{}", uuid.bare()),
+        ],
         "",
     );
-    assert!(live.agents_stop().await, "the runner agent outlived its Job");
+    assert!(
+        live.agents_stop().await,
+        "the runner agent outlived its Job"
+    );
+}
+
+/// The official Python client, as Atlassian's runners-autoscaler uses it against a real
+/// cluster: create a Secret and a Job per runner, watch its pod, list, delete. The Job's pod
+/// runs a live runner. `./scripts/test` installs the client into target/pytools.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_python_client_runs_a_runner_job_as_atlassian_s_autoscaler_does() {
+    let live = Live::start("python").await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/autoscaler_like.py");
+    let python = |phase: &str| {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(phase)
+            .env("KUBECONFIG", &live.kubeconfig)
+            .env("NAMESPACE", "runners")
+            .env("ACCOUNT_UUID", &live.account)
+            .env("RUNNER_UUID", live.created.runner.uuid.braced())
+            .env("OAUTH_CLIENT_ID", &live.created.oauth_client_id)
+            .env(
+                "OAUTH_CLIENT_SECRET",
+                live.created.oauth_client_secret.expose_secret(),
+            )
+            .output()
+            .expect("python3");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("No module named 'kubernetes'"),
+            "the Python client is not installed; run the README's test command, which installs it into target/pytools"
+        );
+        assert!(out.status.success(), "{phase}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(python("create").contains("RUNNING"));
+    assert!(
+        live.comes_online().await,
+        "the Job's runner never came online"
+    );
+    assert!(python("delete").contains("DELETED"));
+    assert!(
+        live.agents_stop().await,
+        "the runner agent outlived its Job"
+    );
 }

@@ -1000,7 +1000,8 @@ async fn operator_events_show_in_kubectl_get_events_and_describe() {
     };
     let mut listed = Value::Null;
     eventually("kubectl get events shows the operator's", 10, || {
-        listed = serde_json::from_str(&kubectl(&["get", "events", "-n", NS, "-o", "json"])).unwrap();
+        listed =
+            serde_json::from_str(&kubectl(&["get", "events", "-n", NS, "-o", "json"])).unwrap();
         let found = listed["items"].as_array().into_iter().flatten().any(|e| {
             e["reason"] == "RunnerCreated"
                 && e["involvedObject"]["kind"] == "RunnerPool"
