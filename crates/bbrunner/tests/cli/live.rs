@@ -131,7 +131,7 @@ async fn rendered_runner_applied_with_kubectl_comes_online() {
     )
     .success()
     .stdout;
-    let applied = kubectl(&kubeconfig, &["apply", "-f", "-"], &manifests);
+    let applied = kubectl(kubeconfig, &["apply", "-f", "-"], &manifests);
     assert!(
         applied.status.success(),
         "{}",
@@ -140,7 +140,7 @@ async fn rendered_runner_applied_with_kubectl_comes_online() {
 
     assert!(live.comes_online().await, "the runner never came online");
     let pods = kubectl(
-        &kubeconfig,
+        kubeconfig,
         &[
             "-n",
             "bitbucket-runners",
@@ -155,7 +155,7 @@ async fn rendered_runner_applied_with_kubectl_comes_online() {
 
     // Deleting the Deployment stops the pod, and with it the runner's heartbeat.
     let deleted = kubectl(
-        &kubeconfig,
+        kubeconfig,
         &[
             "-n",
             "bitbucket-runners",
