@@ -16,7 +16,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::cluster::Cluster;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{ApiError, PatchKind, ResourceType, WatchEvent};
+use crate::store::{ApiError, FieldValidation, PatchKind, ResourceType, WatchEvent};
 
 /// Fault injection on the Kubernetes API (not on `/_fake/`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -253,11 +253,17 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         Ok(b) => b,
         Err(_) => return ApiError::new(400, "BadRequest", "unreadable body").into_response(),
     };
+    if verb == "watch" {
+        return watch(cluster, target, query, wants_metadata(&parts.headers));
+    }
     if verb == "get" && target.subresource.as_deref() == Some("log") && target.rt.kind == "Pod" {
         return pod_log(&cluster, &target);
     }
-    let result = match verb {
-        "watch" => return watch(cluster, target, query, wants_metadata(&parts.headers)),
+    let mode = match FieldValidation::parse(query.get("fieldValidation").map(String::as_str)) {
+        Ok(mode) => mode,
+        Err(e) => return e.into_response(),
+    };
+    let (result, warnings) = crate::structural::with_request(mode, || match verb {
         "list" => list(&cluster, &target, &query, &parts.headers),
         "get" => get(&cluster, &target, &parts.headers),
         "create" => create(&cluster, &target, &body, &parts.headers),
@@ -265,17 +271,26 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         "patch" => patch(&cluster, &target, &body, &parts.headers, &query),
         "delete" => delete(&cluster, &target, &body, &query),
         _ => Err(ApiError::new(405, "MethodNotAllowed", "method not allowed")),
-    };
+    });
     if let Ok((_, written)) = &result
         && target.rt.kind == "Event"
         && matches!(verb, "create" | "update" | "patch" | "delete")
     {
         mirror_event(&cluster, &target, verb, written);
     }
-    match result {
+    let mut response = match result {
         Ok((status, value)) => (status, axum::Json(value)).into_response(),
         Err(e) => e.into_response(),
+    };
+    for warning in warnings {
+        // As the API server writes them: code 299, no agent.
+        if let Ok(value) =
+            header::HeaderValue::from_str(&format!("299 - \"{}\"", warning.replace('"', "\\\"")))
+        {
+            response.headers_mut().append(header::WARNING, value);
+        }
     }
+    response
 }
 
 /// Write an Event written through one API into the other's storage, converted, so that both
@@ -590,14 +605,19 @@ fn update(cluster: &Cluster, target: &Target, body: &Bytes, headers: &HeaderMap)
     let name = target.name.as_deref().unwrap_or("");
     let status_only = target.subresource.as_deref() == Some("status");
     let updated = cluster.with_store(|s| {
-        s.replace(
+        let updated = s.replace(
             &target.rt,
             &target.version,
             &namespace_of(target),
             name,
             value,
             status_only,
-        )
+        )?;
+        // A replaced CRD serves its new versions and schema, as a patched one does.
+        if target.rt.kind == "CustomResourceDefinition" && !status_only {
+            s.register_crd(&updated);
+        }
+        Ok::<_, ApiError>(updated)
     })?;
     Ok((StatusCode::OK, updated))
 }

@@ -12,6 +12,7 @@ mod rbac;
 mod selector;
 mod store;
 mod strategic;
+mod structural;
 mod validate;
 
 use std::net::SocketAddr;

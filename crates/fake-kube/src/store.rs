@@ -24,6 +24,35 @@ pub struct ResourceType {
     pub short_names: Vec<String>,
     /// Printer columns of a CRD (name, type, JSONPath), for `kubectl get`.
     pub printer_columns: Vec<(String, String, String)>,
+    /// A CRD's structural schema (`openAPIV3Schema`), enforced on every write.
+    pub schema: Option<Value>,
+}
+
+/// What the API server does with fields a schema does not declare (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Refuse the request.
+    Strict,
+    /// Drop them and say so in a `Warning` header (the server's default).
+    #[default]
+    Warn,
+    /// Drop them silently.
+    Ignore,
+}
+
+impl FieldValidation {
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        match raw {
+            None | Some("") | Some("Warn") => Ok(Self::Warn),
+            Some("Strict") => Ok(Self::Strict),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some(other) => Err(ApiError::new(
+                400,
+                "BadRequest",
+                format!("fieldValidation must be Ignore, Warn or Strict, got {other:?}"),
+            )),
+        }
+    }
 }
 
 impl ResourceType {
@@ -45,6 +74,7 @@ impl ResourceType {
             status_subresource: status,
             short_names: Vec::new(),
             printer_columns: Vec::new(),
+            schema: None,
         }
     }
 
@@ -193,6 +223,57 @@ impl Store {
             log: VecDeque::new(),
             log_len: log_len.max(1),
             events,
+        }
+    }
+
+    /// A custom resource against its CRD's schema: pruned and defaulted in place; unknown
+    /// fields refused, warned about or ignored as the request asks; violations refused.
+    /// On an update, a violation the stored object already had passes (the API server's
+    /// validation ratcheting, on by default since Kubernetes 1.30): a CRD tightened later
+    /// must not block status writes to objects stored before.
+    fn structural(
+        &self,
+        rt: &ResourceType,
+        name: &str,
+        object: &mut Value,
+        current: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let Some(schema) = &rt.schema else {
+            return Ok(());
+        };
+        let mut report = crate::structural::apply(schema, object);
+        if let Some(current) = current {
+            let before = crate::structural::apply(schema, &mut current.clone());
+            report.invalid.retain(|v| !before.invalid.contains(v));
+        }
+        if !report.invalid.is_empty() {
+            return Err(ApiError::invalid(rt, name, report.invalid));
+        }
+        if report.unknown.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> = report
+            .unknown
+            .iter()
+            .map(|field| format!("unknown field \"{field}\""))
+            .collect();
+        match crate::structural::field_validation() {
+            FieldValidation::Strict => Err(ApiError::new(
+                400,
+                "BadRequest",
+                format!(
+                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                    rt.kind,
+                    rt.api_version(&rt.versions[0]),
+                    rt.kind,
+                    named.join(", ")
+                ),
+            )),
+            FieldValidation::Warn => {
+                crate::structural::warn(named);
+                Ok(())
+            }
+            FieldValidation::Ignore => Ok(()),
         }
     }
 
@@ -386,6 +467,7 @@ impl Store {
             m.remove("namespace");
         }
         validate::object(rt, &mut body).map_err(|causes| ApiError::invalid(rt, &name, causes))?;
+        self.structural(rt, &name, &mut body, None)?;
         let rv = self.next_rv();
         let meta = body["metadata"].as_object_mut().expect("set above");
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -481,6 +563,7 @@ impl Store {
         if let Some(meta) = next["metadata"].as_object_mut() {
             meta.retain(|_, v| !v.is_null());
         }
+        self.structural(rt, name, &mut next, Some(&current))?;
         if !status_only {
             validate::object(rt, &mut next)
                 .map_err(|causes| ApiError::invalid(rt, name, causes))?;
@@ -693,6 +776,9 @@ impl Store {
                 })
                 .unwrap_or_default(),
             printer_columns: columns,
+            schema: first["schema"]["openAPIV3Schema"]
+                .is_object()
+                .then(|| first["schema"]["openAPIV3Schema"].clone()),
         };
         self.types
             .retain(|t| !(t.group == rt.group && t.plural == rt.plural));

@@ -368,8 +368,31 @@ async fn a_secret_deleted_first_is_kept_until_its_pool_goes_and_the_pool_says_wh
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pool_that_cannot_be_read_is_degraded_alone() {
     let world = World::start("unreadable").await;
-    // Values the typed pool cannot hold, stored before the operator starts (an older CRD, or
-    // an API server that does not enforce the bounds).
+    // Values the typed pool cannot hold, stored under an older CRD that did not bound them;
+    // the API server keeps such objects when the CRD is tightened.
+    let crds: Api<CustomResourceDefinition> = Api::all(world.client.clone());
+    let current = crds.get("runnerpools.bbrunner.dev").await.unwrap();
+    let mut older = serde_json::to_value(&current).unwrap();
+    let spec = &mut older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"];
+    spec["scaling"]["properties"]["schedules"]["items"]["properties"]["min"]
+        .as_object_mut()
+        .unwrap()
+        .remove("maximum");
+    spec["runner"]["properties"]["size"]
+        .as_object_mut()
+        .unwrap()
+        .remove("enum");
+    let replace = |crd: Value| {
+        let crds = crds.clone();
+        async move {
+            let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
+            crds.replace("runnerpools.bbrunner.dev", &PostParams::default(), &crd)
+                .await
+                .unwrap();
+        }
+    };
+    replace(older).await;
     let mut too_big = managed(1, 2);
     too_big["scaling"]["schedules"] =
         json!([{"cron": "0 8 * * *", "duration": "1h", "min": 4_294_967_296_u64}]);
@@ -377,6 +400,27 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
     let mut bad_size = managed(1, 2);
     bad_size["runner"] = json!({"size": "16x"});
     world.pool("bad-size", bad_size).await;
+    let mut tightened =
+        serde_json::to_value(crds.get("runnerpools.bbrunner.dev").await.unwrap()).unwrap();
+    tightened["spec"] = serde_json::to_value(&current.spec).unwrap();
+    replace(tightened).await;
+    // The current CRD refuses such a pool at the door.
+    let mut refused = managed(1, 2);
+    refused["runner"] = json!({"size": "16x"});
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "bbrunner.dev/v1alpha1", "kind": "RunnerPool",
+        "metadata": {"name": "refused"}, "spec": refused,
+    }))
+    .unwrap();
+    let err = world
+        .pools()
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("spec.runner.size")),
+        "{err}"
+    );
     world.pool("builds", managed(1, 2)).await;
     let _op = world.operator(&[]);
     eventually("the good pool reconciles", 30, || async {
