@@ -429,28 +429,27 @@ impl Cluster {
                     );
                 }
             }
+            // Always marked, as the API server does; the garbage collector drops the finalizer
+            // once no dependent blocks it, at once when there is none.
             "Foreground" => {
-                let has_dependents = store.all().any(|(_, v)| owned_by(v, &uid));
-                if has_dependents {
-                    let mut finalizers: Vec<Value> = current["metadata"]["finalizers"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    if !finalizers.iter().any(|f| f == "foregroundDeletion") {
-                        finalizers.push(json!("foregroundDeletion"));
-                    }
-                    let version = rt.versions[0].clone();
-                    store.patch(
-                        rt,
-                        &version,
-                        namespace,
-                        name,
-                        PatchKind::Merge,
-                        json!({"metadata": {"finalizers": finalizers}}),
-                        false,
-                        None,
-                    )?;
+                let mut finalizers: Vec<Value> = current["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if !finalizers.iter().any(|f| f == "foregroundDeletion") {
+                    finalizers.push(json!("foregroundDeletion"));
                 }
+                let version = rt.versions[0].clone();
+                store.patch(
+                    rt,
+                    &version,
+                    namespace,
+                    name,
+                    PatchKind::Merge,
+                    json!({"metadata": {"finalizers": finalizers}}),
+                    false,
+                    None,
+                )?;
             }
             _ => {}
         }

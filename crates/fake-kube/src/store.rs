@@ -78,6 +78,17 @@ impl ResourceType {
         }
     }
 
+    /// Whether objects of this kind carry `metadata.generation`: custom resources (every CRD
+    /// version has a schema) and the built-in kinds whose spec a controller acts on; not
+    /// Secrets, ConfigMaps, Namespaces, Events or Leases.
+    pub fn has_generation(&self) -> bool {
+        self.schema.is_some()
+            || matches!(
+                self.kind.as_str(),
+                "Deployment" | "Job" | "CustomResourceDefinition"
+            )
+    }
+
     pub fn api_version(&self, version: &str) -> String {
         if self.group.is_empty() {
             version.to_owned()
@@ -473,7 +484,9 @@ impl Store {
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
-        meta.insert("generation".into(), json!(1));
+        if rt.has_generation() {
+            meta.insert("generation".into(), json!(1));
+        }
         meta.remove("deletionTimestamp");
         // Status is written only through /status (a kubelet registers its Node with one).
         if rt.status_subresource
@@ -567,7 +580,7 @@ impl Store {
         if !status_only {
             validate::object(rt, &mut next)
                 .map_err(|causes| ApiError::invalid(rt, name, causes))?;
-            if generation_part(&next) != generation_part(&current) {
+            if rt.has_generation() && generation_part(&next) != generation_part(&current) {
                 let generation = current["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
                 next["metadata"]["generation"] = json!(generation);
             }
@@ -686,9 +699,14 @@ impl Store {
         if has_finalizers || graceful_pod || rt.kind == "Namespace" {
             if current["metadata"]["deletionTimestamp"].is_null() {
                 current["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-                let grace = grace_seconds
-                    .or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64())
-                    .unwrap_or(if rt.kind == "Pod" { 30 } else { 0 });
+                // Only pods have a grace period; everything else waits for its finalizers.
+                let grace = if rt.kind == "Pod" {
+                    grace_seconds
+                        .or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64())
+                        .unwrap_or(30)
+                } else {
+                    0
+                };
                 current["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
                 if rt.kind == "Namespace" {
                     current["status"]["phase"] = json!("Terminating");

@@ -660,3 +660,41 @@ async fn paging_generate_name_node_loss_and_kills() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn shapes_as_the_api_server_writes_them() {
+    use k8s_openapi::api::core::v1::Secret;
+    let (_fake, client) = fast().await;
+    // No generation on kinds without a spec a controller acts on.
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "shapes"}})).unwrap();
+    let ns = Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    assert_eq!(ns.metadata.generation, None);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "shapes");
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}}))
+            .unwrap();
+    let created = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.generation, None);
+    // A foreground delete marks the object and answers with it, then it goes.
+    let deleted = secrets
+        .delete("s", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let marked = deleted.left().expect("the marked object, not a Status");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        marked.metadata.finalizers.as_deref(),
+        Some(&["foregroundDeletion".to_owned()][..])
+    );
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(0));
+    eventually("the Secret gone", || async {
+        secrets.get_opt("s").await.unwrap().is_none()
+    })
+    .await;
+}
