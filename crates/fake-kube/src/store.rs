@@ -660,7 +660,23 @@ impl Store {
                         "a strategic merge patch must be a JSON object",
                     ));
                 }
-                crate::strategic::apply(&mut next, &patch);
+                // Custom resources have no Go types to read patch strategies from.
+                if rt.schema.is_some() {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        format!(
+                            "strategic merge patch is not supported for {}: use a merge patch, a JSON patch or server-side apply",
+                            rt.key()
+                        ),
+                    ));
+                }
+                // A built-in kind not in the vendored metadata merges its lists atomically.
+                crate::strategic::apply(
+                    &mut next,
+                    &patch,
+                    crate::strategic::definition_of(&rt.kind),
+                );
             }
         }
         if kind == PatchKind::Apply {
