@@ -263,7 +263,23 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         Ok(mode) => mode,
         Err(e) => return e.into_response(),
     };
-    let (result, warnings) = crate::structural::with_request(mode, || match verb {
+    // The API server names an update's manager by `fieldManager`, else by the client's
+    // User-Agent up to its first '/'.
+    let manager = query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| ua.split('/').next().unwrap_or(ua).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let force = query.get("force").is_some_and(|f| parse_bool(f));
+    let request = crate::structural::Request::new(mode, manager, force);
+    let (result, warnings) = crate::structural::with_request(request, || match verb {
         "list" => list(&cluster, &target, &query, &parts.headers),
         "get" => get(&cluster, &target, &parts.headers),
         "create" => create(&cluster, &target, &body, &parts.headers),

@@ -4,6 +4,7 @@
 //! against it unchanged. What it models and what it does not is in the README.
 
 mod api;
+mod apply;
 mod cluster;
 mod controllers;
 mod events;

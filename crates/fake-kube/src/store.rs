@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::selector::{FieldSelector, LabelSelector};
@@ -87,6 +87,14 @@ impl ResourceType {
                 self.kind.as_str(),
                 "Deployment" | "Job" | "CustomResourceDefinition"
             )
+    }
+
+    /// What server-side apply knows of this kind's fields.
+    pub fn shape(&self) -> crate::apply::Shape<'_> {
+        match &self.schema {
+            Some(schema) => crate::apply::Shape::Crd(schema),
+            None => crate::apply::Shape::Builtin(crate::strategic::definition_of(&self.kind)),
+        }
     }
 
     pub fn api_version(&self, version: &str) -> String {
@@ -191,7 +199,7 @@ pub enum PatchKind {
     Json,
     /// Strategic merge patch (see `strategic`).
     Strategic,
-    /// Server-side apply, approximated as create-or-merge with the field manager recorded.
+    /// Server-side apply (see `apply`).
     Apply,
 }
 
@@ -479,6 +487,19 @@ impl Store {
         }
         validate::object(rt, &mut body).map_err(|causes| ApiError::invalid(rt, &name, causes))?;
         self.structural(rt, &name, &mut body, None)?;
+        // A client's create is an update by its manager (an apply recorded its own already).
+        if let Some(request) = crate::structural::request()
+            && body["metadata"]["managedFields"].is_null()
+        {
+            crate::apply::record_update(
+                None,
+                &mut body,
+                &request.manager,
+                None,
+                rt.shape(),
+                &now_rfc3339(),
+            );
+        }
         let rv = self.next_rv();
         let meta = body["metadata"].as_object_mut().expect("set above");
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -529,6 +550,21 @@ impl Store {
                 ),
                 details: Some(json!({"name": name, "kind": rt.plural})),
             });
+        }
+        let mut body = body;
+        if let Some(request) = crate::structural::request() {
+            // An update by a client: what it changed is its manager's.
+            let mut merged = body.clone();
+            merged["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
+            crate::apply::record_update(
+                Some(&current),
+                &mut merged,
+                &request.manager,
+                status_only.then_some("status"),
+                rt.shape(),
+                &now_rfc3339(),
+            );
+            body["metadata"]["managedFields"] = merged["metadata"]["managedFields"].clone();
         }
         self.commit(rt, version, namespace, name, current, body, status_only)
     }
@@ -618,12 +654,29 @@ impl Store {
         status_only: bool,
         field_manager: Option<&str>,
     ) -> Result<Value, ApiError> {
+        let request = crate::structural::request();
+        let manager = field_manager
+            .map(str::to_owned)
+            .or_else(|| request.as_ref().map(|r| r.manager.clone()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let force = request.as_ref().is_some_and(|r| r.force);
+        let subresource = status_only.then_some("status");
         let current = match self.get(rt, namespace, name) {
             Ok(c) => c,
             Err(e) if kind == PatchKind::Apply && !status_only => {
-                let mut body = patch;
+                let mut body = crate::apply::apply(
+                    None,
+                    &patch,
+                    &manager,
+                    force,
+                    None,
+                    rt.shape(),
+                    &now_rfc3339(),
+                )
+                .map_err(|message| ApiError::new(409, "Conflict", message))?;
+                body["apiVersion"] = patch["apiVersion"].clone();
+                body["kind"] = patch["kind"].clone();
                 body["metadata"]["name"] = json!(name);
-                record_manager(&mut body, field_manager, "Apply");
                 return self.create(rt, version, namespace, body).map_err(|_| e);
             }
             Err(e) => return Err(e),
@@ -642,7 +695,7 @@ impl Store {
                     )
                 })?;
             }
-            PatchKind::Merge | PatchKind::Apply => {
+            PatchKind::Merge => {
                 if !patch.is_object() {
                     return Err(ApiError::new(
                         400,
@@ -651,6 +704,25 @@ impl Store {
                     ));
                 }
                 json_patch::merge(&mut next, &patch);
+            }
+            PatchKind::Apply => {
+                if !patch.is_object() {
+                    return Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        "an apply configuration must be an object",
+                    ));
+                }
+                next = crate::apply::apply(
+                    Some(&current),
+                    &patch,
+                    &manager,
+                    force,
+                    subresource,
+                    rt.shape(),
+                    &now_rfc3339(),
+                )
+                .map_err(|message| ApiError::new(409, "Conflict", message))?;
             }
             PatchKind::Strategic => {
                 if !patch.is_object() {
@@ -679,8 +751,15 @@ impl Store {
                 );
             }
         }
-        if kind == PatchKind::Apply {
-            record_manager(&mut next, field_manager, "Apply");
+        if kind != PatchKind::Apply && request.is_some() {
+            crate::apply::record_update(
+                Some(&current),
+                &mut next,
+                &manager,
+                subresource,
+                rt.shape(),
+                &now_rfc3339(),
+            );
         }
         // A patch carrying a stale resourceVersion is a conflict too.
         if let Some(rv) = patch_rv(&next, &current) {
@@ -840,31 +919,6 @@ impl Store {
         self.types
             .retain(|t| !(t.group == group && t.plural == plural));
     }
-}
-
-fn record_manager(object: &mut Value, manager: Option<&str>, operation: &str) {
-    let manager = manager.unwrap_or("unknown");
-    let entry = json!({
-        "manager": manager,
-        "operation": operation,
-        "apiVersion": object["apiVersion"].clone(),
-        "time": now_rfc3339(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": {},
-    });
-    let fields = object["metadata"]["managedFields"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut kept: Vec<Value> = fields
-        .into_iter()
-        .filter(|f| f["manager"] != manager)
-        .collect();
-    kept.push(entry);
-    if !object["metadata"].is_object() {
-        object["metadata"] = Value::Object(Map::new());
-    }
-    object["metadata"]["managedFields"] = json!(kept);
 }
 
 /// The resourceVersion a patch asked for, when it differs from the current one.

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
-fn metadata() -> &'static Value {
+pub(crate) fn metadata() -> &'static Value {
     static METADATA: OnceLock<Value> = OnceLock::new();
     METADATA.get_or_init(|| {
         serde_json::from_str(include_str!("../data/patch-metadata.json"))

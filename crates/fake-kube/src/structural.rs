@@ -15,30 +15,56 @@ thread_local! {
     /// The request being served on this thread: its `fieldValidation` and the warnings it
     /// gathers. Store writes run without an await in between, so a request's writes and its
     /// settings share a thread.
-    static REQUEST: RefCell<Option<(FieldValidation, Vec<String>)>> = const { RefCell::new(None) };
+    static REQUEST: RefCell<Option<Request>> = const { RefCell::new(None) };
 }
 
-/// Run `write` as one request with `mode`; returns its result and its warnings.
-pub fn with_request<T>(mode: FieldValidation, write: impl FnOnce() -> T) -> (T, Vec<String>) {
-    REQUEST.with(|r| *r.borrow_mut() = Some((mode, Vec::new())));
+/// What a client's request says of how its writes are made.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub field_validation: FieldValidation,
+    /// `fieldManager`, else the client's name from its User-Agent, as the API server takes it.
+    pub manager: String,
+    /// `force`, for server-side apply.
+    pub force: bool,
+    warnings: Vec<String>,
+}
+
+impl Request {
+    pub fn new(field_validation: FieldValidation, manager: String, force: bool) -> Self {
+        Self {
+            field_validation,
+            manager,
+            force,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Run `write` as `request`; returns its result and its warnings.
+pub fn with_request<T>(request: Request, write: impl FnOnce() -> T) -> (T, Vec<String>) {
+    REQUEST.with(|r| *r.borrow_mut() = Some(request));
     let result = write();
     let warnings = REQUEST
         .with(|r| r.borrow_mut().take())
-        .map(|(_, w)| w)
+        .map(|r| r.warnings)
         .unwrap_or_default();
     (result, warnings)
 }
 
-/// The mode of the request being served; writes of the fake's own controllers get the
-/// server's default.
+/// The request being served; `None` for writes of the fake's own controllers.
+pub fn request() -> Option<Request> {
+    REQUEST.with(|r| r.borrow().clone())
+}
+
+/// The mode of the request being served; the fake's own controllers get the server's default.
 pub fn field_validation() -> FieldValidation {
-    REQUEST.with(|r| r.borrow().as_ref().map(|(m, _)| *m).unwrap_or_default())
+    request().map(|r| r.field_validation).unwrap_or_default()
 }
 
 pub fn warn(warnings: Vec<String>) {
     REQUEST.with(|r| {
-        if let Some((_, gathered)) = r.borrow_mut().as_mut() {
-            gathered.extend(warnings);
+        if let Some(request) = r.borrow_mut().as_mut() {
+            request.warnings.extend(warnings);
         }
     });
 }

@@ -698,3 +698,62 @@ async fn shapes_as_the_api_server_writes_them() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn server_side_apply_tracks_managers_conflicts_and_forces() {
+    let (_fake, client) = fast().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let config = |data: serde_json::Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": data});
+    let ci = PatchParams::apply("ci");
+    api.patch(
+        "ssa",
+        &ci,
+        &Patch::Apply(config(json!({"a": "1", "b": "2"}))),
+    )
+    .await
+    .unwrap();
+    // Another client changes a field ci owns.
+    api.patch(
+        "ssa",
+        &PatchParams {
+            field_manager: Some("editor".into()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(json!({"data": {"a": "9"}})),
+    )
+    .await
+    .unwrap();
+    let err = api
+        .patch(
+            "ssa",
+            &ci,
+            &Patch::Apply(config(json!({"a": "1", "b": "2"}))),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409 && s.message.contains("conflict with \"editor\"") && s.message.contains(".data.a")),
+        "{err:?}"
+    );
+    // Forced, ci takes the field back; dropping b from its configuration removes it.
+    let forced = api
+        .patch(
+            "ssa",
+            &ci.clone().force(),
+            &Patch::Apply(config(json!({"a": "1"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        forced.data.unwrap(),
+        BTreeMap::from([("a".to_owned(), "1".to_owned())])
+    );
+    let managers: Vec<String> = forced
+        .metadata
+        .managed_fields
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, ["ci"]);
+}
