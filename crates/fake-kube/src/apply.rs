@@ -321,6 +321,19 @@ fn disown(fields: &mut Value, path: &[String]) {
     }
 }
 
+/// Drop from every manager's field set the fields the object no longer has (a field removed
+/// by any write is owned by no one), and the entries left empty.
+fn prune_to_object(managed: &mut Vec<Value>, object: &Value) {
+    for entry in managed.iter_mut() {
+        for path in leaf_paths(&entry["fieldsV1"]) {
+            if value_at(object, &path).is_none() {
+                disown(&mut entry["fieldsV1"], &path);
+            }
+        }
+    }
+    managed.retain(|e| e["fieldsV1"].as_object().is_some_and(|f| !f.is_empty()));
+}
+
 /// One entry of `managedFields`.
 fn entries(object: &Value) -> Vec<Value> {
     object["metadata"]["managedFields"]
@@ -357,6 +370,7 @@ pub fn apply(
     let applied = object_fields(config, shape);
     let applied_leaves = leaf_paths(&applied);
     let mut managed = entries(&object);
+    prune_to_object(&mut managed, &object);
     let same = |e: &Value| {
         e["manager"] == manager
             && e["operation"] == "Apply"
@@ -427,7 +441,7 @@ pub fn apply(
         let last = managed.len() - 1;
         managed[last]["subresource"] = json!(sub);
     }
-    managed.retain(|e| e["fieldsV1"].as_object().is_some_and(|f| !f.is_empty()));
+    prune_to_object(&mut managed, &object);
     object["metadata"]["managedFields"] = json!(managed);
     Ok(object)
 }
@@ -447,6 +461,7 @@ pub fn record_update(
         .filter(|p| before.is_none_or(|b| value_at(b, p) != value_at(after, p)))
         .collect();
     let mut managed = before.map(entries).unwrap_or_default();
+    prune_to_object(&mut managed, after);
     if changed.is_empty() {
         after["metadata"]["managedFields"] = json!(managed);
         return;
@@ -485,7 +500,7 @@ pub fn record_update(
         entry["subresource"] = json!(sub);
     }
     managed.push(entry);
-    managed.retain(|e| e["fieldsV1"].as_object().is_some_and(|f| !f.is_empty()));
+    prune_to_object(&mut managed, after);
     after["metadata"]["managedFields"] = json!(managed);
 }
 
@@ -530,6 +545,24 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn a_field_removed_by_an_update_is_owned_by_no_one() {
+        // As a Lease is released: the holder sets its fields to null, and the next candidate's
+        // apply must not conflict with the old holder.
+        let lease = Shape::Builtin(crate::strategic::definition_of("Lease"));
+        let lock = |who: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"holderIdentity": who}});
+        let held = apply(None, &lock("a"), "a", false, None, lease, T).unwrap();
+        assert!(apply(Some(&held), &lock("b"), "b", false, None, lease, T).is_err());
+        let mut released = held.clone();
+        released["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("holderIdentity");
+        record_update(Some(&held), &mut released, "a", None, lease, T);
+        let taken = apply(Some(&released), &lock("b"), "b", false, None, lease, T).unwrap();
+        assert_eq!(taken["spec"]["holderIdentity"], "b");
     }
 
     #[test]

@@ -1389,10 +1389,16 @@ async fn write_status(
     };
     let api: Api<RunnerPool> =
         Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    // Server-side apply under the operator's own field manager: the status is the operator's,
+    // and what it stops reporting goes (no need to send nulls to clear a field).
     api.patch_status(
         &pool.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(json!({
+            "apiVersion": RunnerPool::api_version(&()),
+            "kind": RunnerPool::kind(&()),
+            "status": status,
+        })),
     )
     .await?;
     let warned_before = previous
@@ -1415,6 +1421,9 @@ async fn write_status(
     }
     Ok(())
 }
+
+/// The field manager of everything the operator applies.
+const FIELD_MANAGER: &str = "bbrunner";
 
 /// The condition saying whether steps' Docker networks follow the pod's MTU.
 const STEP_NETWORK_MTU: &str = "StepNetworkMTU";

@@ -299,7 +299,11 @@ fn busybox_tar(dir: &Path) -> PathBuf {
     for tool in ["sh", "cat", "ls", "sleep", "ip"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
     }
-    let tar = dir.join("busybox.tar");
+    tar_of(&root, &dir.join("busybox.tar"))
+}
+
+/// A tar of a root directory, for `docker import`.
+fn tar_of(root: &Path, tar: &Path) -> PathBuf {
     ok(
         "tar",
         &[
@@ -310,7 +314,7 @@ fn busybox_tar(dir: &Path) -> PathBuf {
             ".",
         ],
     );
-    tar
+    tar.to_path_buf()
 }
 
 /// bbrunner's docker-service entrypoint on Debian's Docker binaries and busybox: the image of
@@ -364,18 +368,7 @@ fn docker_service_tar(dir: &Path) -> PathBuf {
         root.join("usr/local/bin/bbrunner-docker-service"),
     )
     .unwrap();
-    let tar = dir.join("service.tar");
-    ok(
-        "tar",
-        &[
-            "-C",
-            root.to_str().unwrap(),
-            "-cf",
-            tar.to_str().unwrap(),
-            ".",
-        ],
-    );
-    tar
+    tar_of(&root, &dir.join("service.tar"))
 }
 
 /// The dind container's command and arguments in rendered YAML.

@@ -271,6 +271,21 @@ async fn pool_online(name: &str, min: u32) -> (World, Operator) {
     (world, op)
 }
 
+/// Delete pool `builds`: its runners, the pool and its credentials Secret all go.
+async fn delete_pool_and_see_everything_go(world: &World) {
+    world
+        .pools()
+        .delete("builds", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("runners, pool and Secret all gone", 30, || async {
+        world.runners().is_empty()
+            && world.pools().get_opt("builds").await.unwrap().is_none()
+            && credentials_secret(world).await.is_none()
+    })
+    .await;
+}
+
 async fn credentials_secret(world: &World) -> Option<Secret> {
     Api::<Secret>::namespaced(world.client.clone(), NS)
         .get_opt("bitbucket-credentials")
@@ -295,17 +310,7 @@ async fn a_pool_deleted_together_with_its_credentials_removes_its_runners() {
         .delete("bitbucket-credentials", &DeleteParams::default())
         .await
         .unwrap();
-    world
-        .pools()
-        .delete("builds", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("runners, pool and Secret all gone", 30, || async {
-        world.runners().is_empty()
-            && world.pools().get_opt("builds").await.unwrap().is_none()
-            && credentials_secret(&world).await.is_none()
-    })
-    .await;
+    delete_pool_and_see_everything_go(&world).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -352,17 +357,7 @@ async fn a_secret_deleted_first_is_kept_until_its_pool_goes_and_the_pool_says_wh
     // Still held, and the runner still serves steps.
     assert!(credentials_secret(&world).await.is_some());
     assert_eq!(online(&world.runners()), 1);
-    world
-        .pools()
-        .delete("builds", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("runners, pool and Secret gone", 30, || async {
-        world.runners().is_empty()
-            && world.pools().get_opt("builds").await.unwrap().is_none()
-            && credentials_secret(&world).await.is_none()
-    })
-    .await;
+    delete_pool_and_see_everything_go(&world).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -477,22 +472,8 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_logs_every_change_and_failure_and_forgets_deleted_pools() {
     let world = World::start("logs").await;
-    let log_path = world.dir.join("operator.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let addr = free_local_addr();
-    let _op = world.operator_logging(
-        &["--metrics-addr", &addr, "--log-format", "json"],
-        "",
-        Stdio::from(log),
-    );
-    world.pool("builds", managed(1, 2)).await;
-    let mut broken = managed(1, 1);
-    world.use_wrong_credentials(&mut broken, "nope").await;
-    world.pool("broken", broken).await;
-    eventually("a runner online", 20, || async {
-        online(&world.runners()) == 1
-    })
-    .await;
+    // At the operator's default level.
+    let (_op, log_path, addr) = logged_operator_with_a_broken_pool(&world, "", "nope").await;
     // A busy runner, so that the deletion below drains.
     world.submit(1, 150.0);
     eventually("the runner busy", 10, || async {

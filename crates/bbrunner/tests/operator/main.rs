@@ -292,6 +292,33 @@ impl Cluster {
     }
 }
 
+/// The operator logging JSON at `level` (empty: its default) to a file and serving metrics;
+/// pool `builds`, and pool `broken` whose OAuth secret Bitbucket rejects. Returns once a
+/// runner is online, with the log's path and the metrics address.
+async fn logged_operator_with_a_broken_pool(
+    world: &World,
+    level: &str,
+    oauth_secret: &str,
+) -> (Operator, PathBuf, String) {
+    let log_path = world.dir.join("operator.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let addr = free_local_addr();
+    let op = world.operator_logging(
+        &["--metrics-addr", &addr, "--log-format", "json"],
+        level,
+        Stdio::from(log),
+    );
+    world.pool("builds", managed(1, 3)).await;
+    let mut broken = managed(1, 1);
+    world.use_wrong_credentials(&mut broken, oauth_secret).await;
+    world.pool("broken", broken).await;
+    eventually("a runner online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    (op, log_path, addr)
+}
+
 async fn eventually<F, Fut>(what: &str, seconds: u64, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -813,24 +840,8 @@ async fn lint_reads_pools_from_the_cluster() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_reaches_logs_events_status_or_metrics_even_at_trace_level() {
     let world = World::start("secrets").await;
-    let log_path = world.dir.join("operator.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let addr = free_local_addr();
-    let op = world.operator_logging(
-        &["--metrics-addr", &addr, "--log-format", "json"],
-        "trace",
-        Stdio::from(log),
-    );
-    world.pool("builds", managed(1, 3)).await;
-    let mut broken = managed(1, 1);
-    world
-        .use_wrong_credentials(&mut broken, "wrong-secret-value-7f3a")
-        .await;
-    world.pool("broken", broken).await;
-    eventually("a runner online", 20, || async {
-        online(&world.runners()) == 1
-    })
-    .await;
+    let (op, log_path, addr) =
+        logged_operator_with_a_broken_pool(&world, "trace", "wrong-secret-value-7f3a").await;
     world.submit(3, 60.0);
     eventually("scaled up", 20, || async { world.runners().len() >= 2 }).await;
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
