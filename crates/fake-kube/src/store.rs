@@ -261,9 +261,15 @@ impl Store {
             return Ok(());
         };
         let mut report = crate::structural::apply(schema, object);
+        if report.invalid.is_empty() {
+            // CEL rules run on an object that is otherwise valid, as the API server runs them.
+            report.invalid = crate::structural::cel(schema, object, current);
+        }
         if let Some(current) = current {
-            let before = crate::structural::apply(schema, &mut current.clone());
-            report.invalid.retain(|v| !before.invalid.contains(v));
+            let mut before = current.clone();
+            let mut violations = crate::structural::apply(schema, &mut before).invalid;
+            violations.extend(crate::structural::cel(schema, &before, None));
+            report.invalid.retain(|v| !violations.contains(v));
         }
         if !report.invalid.is_empty() {
             return Err(ApiError::invalid(rt, name, report.invalid));

@@ -1,9 +1,9 @@
 //! A custom resource against its CRD's structural schema, as the API server treats it on every
 //! write: defaults applied, unknown fields pruned (and reported, for `fieldValidation`),
-//! `null` dropped where the schema is not nullable, and types, enums, bounds, lengths,
-//! patterns and required fields enforced, with the API server's messages. Not done here:
-//! CEL rules (`x-kubernetes-validations`) and `format`, which the API server does not enforce
-//! either for most formats.
+//! `null` dropped where the schema is not nullable, types, enums, bounds, lengths, patterns
+//! and required fields enforced, and CEL rules (`x-kubernetes-validations`, evaluated by
+//! kube-rs' `kube-cel`), with the API server's messages. `format` is not enforced, as the API
+//! server does not for most formats.
 
 use std::cell::RefCell;
 
@@ -75,6 +75,35 @@ pub struct Report {
     pub unknown: Vec<String>,
     /// (path, message) of each violation.
     pub invalid: Vec<(String, String)>,
+}
+
+/// The CEL rules `object` breaks, as (path, message); transition rules see `old`.
+pub fn cel(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<(String, String)> {
+    thread_local! {
+        static VALIDATOR: kube_cel::Validator = kube_cel::Validator::new();
+    }
+    let result = VALIDATOR.with(|v| v.validate(schema, object, old));
+    match result {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_vec()
+            .into_iter()
+            .map(|e| {
+                let at = if e.field_path.is_empty() {
+                    object
+                } else {
+                    e.field_path
+                        .split('.')
+                        .try_fold(object, |node, key| node.get(key))
+                        .unwrap_or(&Value::Null)
+                };
+                (
+                    e.field_path.clone(),
+                    format!("Invalid value: \"{}\": {}", type_name(at), e.message),
+                )
+            })
+            .collect(),
+    }
 }
 
 /// Apply `schema` (a version's `openAPIV3Schema`) to a custom resource in place.
@@ -316,6 +345,36 @@ mod tests {
             }},
             "status": {"type": "object", "properties": {"desired": {"type": "integer"}}},
         }})
+    }
+
+    #[test]
+    fn cel_rules_are_evaluated_with_the_api_server_s_message() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "x-kubernetes-validations": [{"rule": "self.min <= self.max", "message": "min must not exceed max"}],
+            "properties": {"min": {"type": "integer"}, "max": {"type": "integer"},
+                "poll": {"type": "string", "x-kubernetes-validations": [{"rule": "duration(self) >= duration('1s')", "message": "pollInterval is at least 1s"}]}}}}});
+        let broken = json!({"spec": {"min": 5, "max": 2, "poll": "0s"}});
+        assert_eq!(
+            cel(&schema, &broken, None),
+            [
+                (
+                    "spec".to_owned(),
+                    "Invalid value: \"object\": min must not exceed max".to_owned()
+                ),
+                (
+                    "spec.poll".to_owned(),
+                    "Invalid value: \"string\": pollInterval is at least 1s".to_owned()
+                ),
+            ]
+        );
+        assert!(
+            cel(
+                &schema,
+                &json!({"spec": {"min": 1, "max": 2, "poll": "15s"}}),
+                None
+            )
+            .is_empty()
+        );
     }
 
     #[test]

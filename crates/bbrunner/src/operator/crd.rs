@@ -165,7 +165,7 @@ pub struct DindContainerSpec {
     pub image: Option<String>,
     /// `auto` (default: the pod's eth0 MTU) or a number from 576 to 9216.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("type(self) == int ? (self >= 576 && self <= 9216) : self == 'auto'").message("mtu is auto or a number from 576 to 9216"))]
+    #[x_kube(validation = Rule::new("self == 'auto' || (int(self) >= 576 && int(self) <= 9216)").message("mtu is auto or a number from 576 to 9216"))]
     pub mtu: Option<IntOrString>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registry_mirrors: Vec<String>,

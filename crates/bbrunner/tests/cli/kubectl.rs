@@ -299,3 +299,55 @@ mod strategic_merge {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The CRD's CEL rules are evaluated at the door, as a real API server does: min above max
+/// and a poll interval under a second are refused with the rule's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_crd_s_cel_rules_refuse_what_the_operator_cannot_hold() {
+    let kube = FakeKube::start("127.0.0.1:0".parse().unwrap(), ClusterConfig::default())
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("bbrunner-kubectl-cel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+    let crd = crate::util::bbrunner(&["crd"], "").success().stdout;
+    assert!(
+        kubectl(&kubeconfig, &["apply", "-f", "-"], &crd)
+            .status
+            .success()
+    );
+    let pool = |name: &str, scaling: &str| {
+        format!(
+            "apiVersion: bbrunner.dev/v1alpha1\nkind: RunnerPool\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  workspace: acme\n  credentials: {{secretRef: {{name: c}}}}\n  dind: {{mtu: auto}}\n  scaling: {scaling}\n"
+        )
+    };
+    for (scaling, message) in [
+        (
+            "{min: 5, max: 2}",
+            "spec.scaling.min must not exceed spec.scaling.max",
+        ),
+        ("{pollInterval: 0s}", "pollInterval is at least 1s"),
+    ] {
+        let refused = kubectl(&kubeconfig, &["apply", "-f", "-"], &pool("bad", scaling));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{scaling} accepted");
+        assert!(stderr.contains(message), "{scaling}: {stderr}");
+    }
+    let bad_mtu = pool("bad", "{}").replace("mtu: auto", "mtu: 100");
+    let refused = kubectl(&kubeconfig, &["apply", "-f", "-"], &bad_mtu);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("mtu is auto or a number from 576 to 9216")
+    );
+    let accepted = kubectl(
+        &kubeconfig,
+        &["apply", "-f", "-"],
+        &pool("good", "{min: 1, max: 3, pollInterval: 15s}"),
+    );
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
