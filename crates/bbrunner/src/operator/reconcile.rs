@@ -957,7 +957,15 @@ async fn execute(
                 );
                 let secret = pool::secret(pool, &registration);
                 let secret_name = secret.name_any();
-                secrets.create(&PostParams::default(), &secret).await?;
+                // Applied rather than created: a retry after a lost response converges instead
+                // of failing on AlreadyExists, and the Secret's fields are the operator's.
+                secrets
+                    .patch(
+                        &secret_name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&secret),
+                    )
+                    .await?;
                 done(
                     action,
                     &registration.runner_uuid,

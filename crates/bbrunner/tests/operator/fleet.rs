@@ -704,3 +704,58 @@ async fn a_rolling_upgrade_of_the_operator_neither_overshoots_nor_duplicates_run
     // Three at the start, and one replacing the runner removed by hand: nothing duplicated.
     assert_eq!(ever.len(), 4, "runners created: {ever:?}");
 }
+
+/// Another controller's finalizer on a pool is never dropped: the operator appends its own and
+/// removes only its own (JSON patches, not a merge of the whole list).
+#[tokio::test(flavor = "multi_thread")]
+async fn another_controller_s_finalizer_on_a_pool_is_kept() {
+    let world = World::start("other-finalizer").await;
+    let mut spec = managed(1, 2);
+    spec["scaling"]["minIdle"] = json!(0);
+    let pool: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "bbrunner.dev/v1alpha1", "kind": "RunnerPool",
+        "metadata": {"name": "builds", "finalizers": ["example.com/backup"]}, "spec": spec,
+    }))
+    .unwrap();
+    world
+        .pools()
+        .create(&PostParams::default(), &pool)
+        .await
+        .unwrap();
+    let _op = world.operator(&[]);
+    let finalizers = || async {
+        world
+            .pools()
+            .get_opt("builds")
+            .await
+            .unwrap()
+            .map(|p| p.metadata.finalizers.unwrap_or_default())
+    };
+    eventually("both finalizers", 20, || async {
+        finalizers().await
+            == Some(vec![
+                "example.com/backup".to_owned(),
+                "bbrunner.dev/cleanup".to_owned(),
+            ])
+    })
+    .await;
+    eventually("a runner online", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    world
+        .pools()
+        .delete("builds", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The operator cleans up and lets go of its own; the other controller's stays.
+    eventually(
+        "the operator's finalizer gone, the other kept",
+        30,
+        || async {
+            world.runners().is_empty()
+                && finalizers().await == Some(vec!["example.com/backup".to_owned()])
+        },
+    )
+    .await;
+}
