@@ -365,29 +365,19 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
     let world = World::start("unreadable").await;
     // Values the typed pool cannot hold, stored under an older CRD that did not bound them;
     // the API server keeps such objects when the CRD is tightened.
-    let crds: Api<CustomResourceDefinition> = Api::all(world.client.clone());
-    let current = crds.get("runnerpools.bbrunner.dev").await.unwrap();
-    let mut older = serde_json::to_value(&current).unwrap();
-    let spec = &mut older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        ["properties"];
-    spec["scaling"]["properties"]["schedules"]["items"]["properties"]["min"]
-        .as_object_mut()
-        .unwrap()
-        .remove("maximum");
-    spec["runner"]["properties"]["size"]
-        .as_object_mut()
-        .unwrap()
-        .remove("enum");
-    let replace = |crd: Value| {
-        let crds = crds.clone();
-        async move {
-            let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
-            crds.replace("runnerpools.bbrunner.dev", &PostParams::default(), &crd)
-                .await
-                .unwrap();
-        }
-    };
-    replace(older).await;
+    let current = world
+        .loosen_crd(|schema| {
+            let spec = &mut schema["properties"]["spec"]["properties"];
+            spec["scaling"]["properties"]["schedules"]["items"]["properties"]["min"]
+                .as_object_mut()
+                .unwrap()
+                .remove("maximum");
+            spec["runner"]["properties"]["size"]
+                .as_object_mut()
+                .unwrap()
+                .remove("enum");
+        })
+        .await;
     let mut too_big = managed(1, 2);
     too_big["scaling"]["schedules"] =
         json!([{"cron": "0 8 * * *", "duration": "1h", "min": 4_294_967_296_u64}]);
@@ -395,10 +385,7 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
     let mut bad_size = managed(1, 2);
     bad_size["runner"] = json!({"size": "16x"});
     world.pool("bad-size", bad_size).await;
-    let mut tightened =
-        serde_json::to_value(crds.get("runnerpools.bbrunner.dev").await.unwrap()).unwrap();
-    tightened["spec"] = serde_json::to_value(&current.spec).unwrap();
-    replace(tightened).await;
+    world.restore_crd(&current).await;
     // The current CRD refuses such a pool at the door.
     let mut refused = managed(1, 2);
     refused["runner"] = json!({"size": "16x"});

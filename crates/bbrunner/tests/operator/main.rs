@@ -236,6 +236,33 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Replace the installed CRD's schema as `edit` changes it (an older CRD that did not
+    /// check what the current one does); returns the CRD as it was, for `restore_crd`.
+    async fn loosen_crd(&self, edit: impl FnOnce(&mut Value)) -> CustomResourceDefinition {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let current = crds.get("runnerpools.bbrunner.dev").await.unwrap();
+        let mut older = serde_json::to_value(&current).unwrap();
+        edit(&mut older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]);
+        crds.replace(
+            "runnerpools.bbrunner.dev",
+            &PostParams::default(),
+            &serde_json::from_value(older).unwrap(),
+        )
+        .await
+        .unwrap();
+        current
+    }
+
+    /// Put back a CRD `loosen_crd` replaced; the API server keeps the objects stored meanwhile.
+    async fn restore_crd(&self, previous: &CustomResourceDefinition) {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let mut now = crds.get("runnerpools.bbrunner.dev").await.unwrap();
+        now.spec = previous.spec.clone();
+        crds.replace("runnerpools.bbrunner.dev", &PostParams::default(), &now)
+            .await
+            .unwrap();
+    }
+
     fn pools(&self) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), NS, &pools_resource())
     }
@@ -903,7 +930,13 @@ async fn no_secret_reaches_logs_events_status_or_metrics_even_at_trace_level() {
 async fn malformed_specs_past_crd_validation_degrade_the_pool_naming_the_field() {
     let world = World::start("malformed").await;
     let _op = world.operator(&[]);
-    // fake-kube applies no CRD schema, like a cluster where validation was bypassed.
+    // Stored under a CRD that checked nothing of the spec, as where validation was bypassed.
+    let current = world
+        .loosen_crd(|schema| {
+            schema["properties"]["spec"] =
+                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+        })
+        .await;
     for (name, patch, field) in [
         (
             "bad-labels",
@@ -941,6 +974,7 @@ async fn malformed_specs_past_crd_validation_degrade_the_pool_naming_the_field()
     }
     // Nothing was created for them, and the operator is still serving a good pool.
     assert!(world.runners().is_empty());
+    world.restore_crd(&current).await;
     world.pool("good", managed(1, 2)).await;
     eventually("the good pool works", 20, || async {
         online(&world.runners()) == 1
