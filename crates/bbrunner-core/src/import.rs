@@ -51,12 +51,17 @@ pub enum ImportError {
         variable: &'static str,
         at: Position,
     },
-    #[error("{source} (at {at})")]
-    InvalidUuid {
-        #[source]
-        source: InvalidUuid,
-        at: Position,
-    },
+    // Not a `source`: an error chain would print the message twice.
+    #[error("{reason} (at {at})")]
+    InvalidUuid { reason: InvalidUuid, at: Position },
+    #[error(
+        "a NUL byte at {at}: no variable value can hold one; copy the command again from the UI"
+    )]
+    NulByte { at: Position },
+    #[error(
+        "a second `docker run` command at {at}: paste one runner's command at a time (the first one would have been used silently)"
+    )]
+    SecondCommand { at: Position },
     #[error("OAUTH_CLIENT_ID at {at} contains white space; copy it again from the UI")]
     InvalidClientId { at: Position },
     #[error("WORKING_DIRECTORY at {at} must be an absolute path such as /tmp")]
@@ -123,6 +128,10 @@ impl ImportedCommand {
 pub fn parse_docker_command(input: &str) -> Result<ImportedCommand, ImportError> {
     let words = split_words(input)?;
     let args = docker_run_args(&words).ok_or(ImportError::NoDockerRun)?;
+    if let Some(second) = docker_run_args(args) {
+        let at = args[args.len() - second.len() - 1].at;
+        return Err(ImportError::SecondCommand { at });
+    }
     let parsed = parse_run_options(args)?;
     build(parsed)
 }
@@ -184,6 +193,9 @@ fn split_words(input: &str) -> Result<Vec<Word>, ImportError> {
 
     while let Some(c) = cur.peek() {
         let at = cur.pos;
+        if c == '\0' {
+            return Err(ImportError::NulByte { at });
+        }
         match c {
             ' ' | '\t' | '\n' => {
                 cur.next();
@@ -220,6 +232,9 @@ fn split_words(input: &str) -> Result<Vec<Word>, ImportError> {
                     at,
                 });
                 loop {
+                    if cur.peek() == Some('\0') {
+                        return Err(ImportError::NulByte { at: cur.pos });
+                    }
                     match cur.next() {
                         None => return Err(ImportError::UnterminatedQuote { quote: c, at }),
                         Some(q) if q == c => break,
@@ -414,8 +429,11 @@ const KNOWN_VARIABLES: &[&str] = &[
 ];
 
 fn build(parsed: RunOptions) -> Result<ImportedCommand, ImportError> {
-    // As with docker itself, a variable set twice takes its last value.
-    let lookup = |name: &str| parsed.env.iter().rev().find(|e| e.name == name);
+    // As with docker itself, a variable set twice takes its last value. One pass, so that a
+    // command with very many -e options stays linear.
+    let last: std::collections::HashMap<&str, &EnvSetting> =
+        parsed.env.iter().map(|e| (e.name.as_str(), e)).collect();
+    let lookup = |name: &str| last.get(name).copied();
     let required = |variable: &'static str| -> Result<(String, Position), ImportError> {
         let setting = lookup(variable).ok_or(ImportError::MissingVariable { variable })?;
         match &setting.value {
@@ -426,7 +444,7 @@ fn build(parsed: RunOptions) -> Result<ImportedCommand, ImportError> {
             }),
         }
     };
-    let uuid_err = |at| move |source| ImportError::InvalidUuid { source, at };
+    let uuid_err = |at| move |reason| ImportError::InvalidUuid { reason, at };
 
     let (raw, at) = required(AccountUuid::VARIABLE)?;
     let account_uuid = AccountUuid::parse(&raw).map_err(uuid_err(at))?;
@@ -457,10 +475,9 @@ fn build(parsed: RunOptions) -> Result<ImportedCommand, ImportError> {
     };
 
     let mut extra_env: Vec<ExtraEnv> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for setting in &parsed.env {
-        if KNOWN_VARIABLES.contains(&setting.name.as_str())
-            || extra_env.iter().any(|e| e.name == setting.name)
-        {
+        if KNOWN_VARIABLES.contains(&setting.name.as_str()) || !seen.insert(setting.name.as_str()) {
             continue;
         }
         // `-e NAME` alone copies the variable from the user's shell, which we cannot see.

@@ -385,3 +385,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn nul_bytes_and_a_second_command_are_refused_with_their_position() {
+    let with_nul = UI_COMMAND.replace(SECRET, "ATOA-sec\0ret");
+    match err(&with_nul) {
+        ImportError::NulByte { at } => assert_eq!((at.line, at.column), (7, 34), "{at}"),
+        other => panic!("{other:?}"),
+    }
+    let quoted_nul = UI_COMMAND.replace(SECRET, "\"ATOA\0\"");
+    assert!(matches!(err(&quoted_nul), ImportError::NulByte { .. }));
+    let twice = format!("{UI_COMMAND}\n{UI_COMMAND}");
+    match err(&twice) {
+        ImportError::SecondCommand { at } => assert!(at.line > 10, "{at}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!format!("{}", err(&twice)).contains(SECRET));
+}
+
+#[test]
+fn a_malformed_uuid_is_described_once() {
+    let bad = UI_COMMAND.replace(ACCOUNT, "{not-a-uuid}");
+    let e = err(&bad);
+    // The whole chain, as the CLI prints it with `{:#}`.
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert_eq!(chain.matches("is not a UUID").count(), 1, "{chain}");
+}
+
+#[test]
+fn many_variables_keep_their_first_order_and_last_value() {
+    // Tens of thousands of -e options: the extra variables are collected in one pass.
+    let mut command = UI_COMMAND.replace(" \\\n  --name", "");
+    let extra: String = (0..50_000)
+        .map(|i| format!(" -e V{}={i}", i % 25_000))
+        .collect();
+    command = command.replacen("-e ACCOUNT_UUID", &format!("{extra} -e ACCOUNT_UUID"), 1);
+    let cmd = parse_docker_command(&command).unwrap();
+    assert_eq!(cmd.extra_env.len(), 25_000);
+    assert_eq!(cmd.extra_env[0].name, "V0");
+    assert_eq!(cmd.extra_env[0].value.expose_secret(), "25000");
+    assert_eq!(cmd.extra_env[24_999].name, "V24999");
+}

@@ -382,3 +382,44 @@ fn dind_images_before_docker_24_are_warned_about_unless_the_mtu_is_1500() {
     assert_eq!(docker_major("docker:29.1-dind"), Some(29));
     assert_eq!(docker_major("docker:dind"), None);
 }
+
+#[test]
+fn dind_extra_args_may_not_open_the_docker_api_on_tcp_without_tls() {
+    let config = |args: &[&str]| {
+        let mut c = RunnerPodConfig {
+            secret_name: "runner-registration".into(),
+            repository_scoped: false,
+            runner_image: DEFAULT_RUNNER_IMAGE.into(),
+            runner_resources: None,
+            working_directory: "/tmp".into(),
+            runner_env: Vec::new(),
+            secret_env: Vec::new(),
+            size: RunnerSize::X1,
+            dind: DindSpec::default(),
+            placement: PodPlacement::default(),
+        };
+        c.dind.extra_args = args.iter().map(|a| a.to_string()).collect();
+        c.validate()
+    };
+    for open in [
+        &["--host=tcp://0.0.0.0:2375"][..],
+        &["-H", "tcp://0.0.0.0:2375"],
+        &["-Htcp://0.0.0.0:2375"],
+        &["--host", "TCP://[::]:2375"],
+        &["--debug", "-H=tcp://127.0.0.1:2375"],
+    ] {
+        assert!(
+            matches!(config(open), Err(ManifestError::OpenDockerTcp(_))),
+            "{open:?} accepted"
+        );
+    }
+    assert!(config(&["--host=tcp://0.0.0.0:2376", "--tlsverify"]).is_ok());
+    assert!(config(&["--host=unix:///var/run/docker.sock", "--debug"]).is_ok());
+    let message = config(&["-H", "tcp://0.0.0.0:2375"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("dind.extraArgs") && message.contains("--tlsverify"),
+        "{message}"
+    );
+}

@@ -175,6 +175,14 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
         eprintln!("error: {e:#}");
         Ok(ExitCode::from(UNREADABLE))
     };
+    // --fix rewrites the file in place: a pipe, device or directory would swallow the edit
+    // (`--fix /dev/stdin` wrote into its own input) or hang.
+    if args.fix && !std::fs::metadata(&args.file).is_ok_and(|m| m.is_file()) {
+        return unreadable(anyhow!(
+            "--fix edits a regular file in place, and {} is not one (a pipe, device, directory or missing); give the path of bitbucket-pipelines.yml",
+            args.file.display()
+        ));
+    }
     let text = match std::fs::read_to_string(&args.file) {
         Ok(t) => t,
         Err(e) => return unreadable(anyhow!("cannot read {}: {e}", args.file.display())),
@@ -217,8 +225,10 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
                         args.file.display()
                     ));
                 }
-                std::fs::write(&args.file, &fixed)
-                    .with_context(|| format!("cannot write {}", args.file.display()))?;
+                if let Err(e) = std::fs::write(&args.file, &fixed) {
+                    // Trouble, not findings: exit 2, and nothing claimed fixed.
+                    return unreadable(anyhow!("cannot write {}: {e}", args.file.display()));
+                }
                 eprintln!(
                     "fixed: {} now runs its docker service on {} with --mtu={mtu}",
                     args.file.display(),

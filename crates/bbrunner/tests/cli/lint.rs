@@ -294,3 +294,32 @@ fn corpus_schema_verdicts_agree_with_check_jsonschema() {
     }
     assert!(disagreements.is_empty(), "{disagreements:#?}");
 }
+
+/// `--fix` on standard input (a pipe) used to write into its own input: it now refuses
+/// anything that is not a regular file, as trouble (exit 2), and claims nothing.
+#[test]
+fn fix_refuses_what_is_not_a_regular_file() {
+    let dir = temp("fix-stdin");
+    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
+    let pools = dir.join("pools.yaml");
+    let run = bbrunner(
+        &[
+            "lint",
+            "/dev/stdin",
+            "--pools",
+            pools.to_str().unwrap(),
+            "--fix",
+        ],
+        &PIPELINES.replace("gpu", "build"),
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("regular file"), "{}", run.stderr);
+    assert!(
+        !run.stderr.lines().any(|l| l.starts_with("fixed:")),
+        "{}",
+        run.stderr
+    );
+    let run = bbrunner(&["lint", dir.to_str().unwrap(), "--fix"], "");
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
