@@ -439,3 +439,24 @@ fn a_dind_before_docker_24_is_noted_once_for_the_steps_it_serves() {
             .any(|d| d.code == "step-network-mtu")
     );
 }
+
+#[test]
+fn a_yaml_bomb_is_refused_without_expanding_it() {
+    // "Billion laughs": each level repeats the previous nine times.
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    let names = ["b", "c", "d", "e", "f", "g", "h", "i"];
+    let mut previous = "a";
+    for name in names {
+        let refs = vec![format!("*{previous}"); 9].join(",");
+        bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        previous = name;
+    }
+    bomb.push_str("pipelines:\n  default:\n    - step:\n        script: [*i]\n");
+    let err = lint(&bomb, &[]).unwrap_err();
+    assert!(err.message.contains("YAML bomb"), "{err:?}");
+    // Aliases a real file uses are fine.
+    let anchors = "definitions:\n  steps:\n    - step: &build\n        script: [make]\npipelines:\n  default:\n    - step: *build\n    - step: *build\n";
+    assert!(lint(anchors, &[]).is_ok());
+}

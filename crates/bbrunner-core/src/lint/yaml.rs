@@ -113,9 +113,25 @@ fn plain(text: &str) -> Value {
     Value::String(text.to_owned())
 }
 
+/// The most nodes aliases may add to a document: far above any real pipelines file (the
+/// corpus' largest has a few thousand), far below what a "billion laughs" file expands to.
+pub const MAX_ALIAS_NODES: usize = 200_000;
+
+/// The nodes of a value, counting itself.
+fn node_count(value: &Value) -> usize {
+    1 + match value {
+        Value::Array(items) => items.iter().map(node_count).sum(),
+        Value::Object(map) => map.values().map(node_count).sum(),
+        _ => 0,
+    }
+}
+
 struct Loader {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, (Value, String)>,
+    /// Each anchor's value, where it was defined, and its size in nodes.
+    anchors: HashMap<usize, (Value, String, usize)>,
+    /// Nodes added by aliases so far, against [`MAX_ALIAS_NODES`].
+    alias_nodes: usize,
     doc: Document,
     root: Option<Value>,
 }
@@ -137,8 +153,9 @@ impl Loader {
     /// Attach a finished node to its parent (or make it the root).
     fn attach(&mut self, value: Value, anchor: usize, pointer: &str) {
         if anchor > 0 {
+            let size = node_count(&value);
             self.anchors
-                .insert(anchor, (value.clone(), pointer.to_owned()));
+                .insert(anchor, (value.clone(), pointer.to_owned(), size));
         }
         match self.stack.last_mut() {
             None => self.root = Some(value),
@@ -187,6 +204,7 @@ pub fn load(text: &str) -> Result<Document, YamlError> {
     let mut loader = Loader {
         stack: Vec::new(),
         anchors: HashMap::new(),
+        alias_nodes: 0,
         doc: Document::default(),
         root: None,
     };
@@ -218,7 +236,7 @@ pub fn load(text: &str) -> Result<Document, YamlError> {
                     continue;
                 }
                 Event::Alias(id) => {
-                    let k = loader.anchors.get(id).map(|(v, _)| match v {
+                    let k = loader.anchors.get(id).map(|(v, _, _)| match v {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     });
@@ -254,11 +272,22 @@ pub fn load(text: &str) -> Result<Document, YamlError> {
                 let Some(pointer) = loader.child_pointer() else {
                     continue;
                 };
-                let (value, from) = loader.anchors.get(&id).cloned().ok_or_else(|| YamlError {
-                    line: pos.line,
-                    column: pos.column,
-                    message: "alias to an unknown anchor".into(),
-                })?;
+                let (value, from, size) =
+                    loader.anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                        line: pos.line,
+                        column: pos.column,
+                        message: "alias to an unknown anchor".into(),
+                    })?;
+                loader.alias_nodes += size;
+                if loader.alias_nodes > MAX_ALIAS_NODES {
+                    return Err(YamlError {
+                        line: pos.line,
+                        column: pos.column,
+                        message: format!(
+                            "aliases expand the document past {MAX_ALIAS_NODES} nodes; refusing it (a YAML bomb?)"
+                        ),
+                    });
+                }
                 loader.copy_positions(&from, &pointer);
                 loader.doc.nodes.insert(pointer.clone(), pos);
                 loader.attach(value, 0, &pointer);
