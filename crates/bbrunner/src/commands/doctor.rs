@@ -97,9 +97,7 @@ async fn probe_mtu(client: &kube::Client, namespace: &str, image: &str) -> Optio
 }
 
 async fn observe(args: &DoctorArgs) -> Result<Observations> {
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot configure the Kubernetes client")?;
+    let client = super::kube_client().await?;
     let mut o = Observations::default();
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());

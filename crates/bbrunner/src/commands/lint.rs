@@ -94,9 +94,7 @@ fn pools_from_files(paths: &[PathBuf]) -> Result<Vec<LintPool>> {
 /// The cluster's RunnerPools; one the operator could not run either is skipped, named.
 async fn pools_from_cluster() -> Result<Vec<LintPool>> {
     use kube::ResourceExt;
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot configure the Kubernetes client")?;
+    let client = super::kube_client().await?;
     let stored = kube::Api::<kube::api::DynamicObject>::all_with(client, &pools_resource())
         .list(&Default::default())
         .await

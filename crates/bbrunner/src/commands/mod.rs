@@ -12,6 +12,22 @@ mod operator;
 mod render;
 mod simulate;
 
+/// The Kubernetes client of the current kubeconfig or the in-cluster configuration, with an
+/// error that says what is wrong once (kube's own repeats itself through its cause chain).
+pub async fn kube_client() -> Result<kube::Client> {
+    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty())
+        && std::env::split_paths(&path).all(|p| !p.exists())
+    {
+        anyhow::bail!(
+            "KUBECONFIG names {}, which does not exist; point it at a kubeconfig file",
+            std::path::PathBuf::from(&path).display()
+        );
+    }
+    kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))
+}
+
 fn install(args: &crate::cli::InstallArgs) -> Result<ExitCode> {
     bbrunner_core::manifests::validate_dns_label("--namespace", &args.namespace)?;
     anyhow::ensure!(args.replicas >= 1, "--replicas must be 1 or more");

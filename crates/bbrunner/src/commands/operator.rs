@@ -78,9 +78,7 @@ pub fn run(args: &OperatorArgs) -> Result<ExitCode> {
     let options = options(args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("cannot configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
+        let client = super::kube_client().await?;
         let shutdown = shutdown_on_signals()?;
         operator::run(client, options, shutdown).await
     })?;

@@ -61,3 +61,28 @@ fn missing_file_is_named() {
         run.stderr
     );
 }
+
+/// A missing kubeconfig is said once, its path not double-quoted (kube's own error repeats
+/// itself three times through its cause chain).
+#[test]
+fn a_missing_kubeconfig_is_said_once() {
+    let pipelines = std::env::temp_dir().join(format!("bbrunner-kc-{}.yml", std::process::id()));
+    std::fs::write(&pipelines, "pipelines: {}\n").unwrap();
+    let lint = ["lint", "--from-cluster", pipelines.to_str().unwrap()];
+    for args in [&["doctor"][..], &lint] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+            .args(args)
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(
+            stderr.matches("/nonexistent/kubeconfig").count(),
+            1,
+            "{stderr}"
+        );
+        assert!(!stderr.contains("\"/nonexistent"), "{stderr}");
+    }
+    std::fs::remove_file(&pipelines).unwrap();
+}
