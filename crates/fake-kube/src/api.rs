@@ -533,8 +533,8 @@ fn list(
 fn table(rt: &ResourceType, items: &[Value], metadata: Value) -> Value {
     let mut columns =
         vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name"})];
-    for (name, kind, _) in &rt.printer_columns {
-        columns.push(json!({"name": name, "type": kind, "format": "", "description": name}));
+    for c in &rt.printer_columns {
+        columns.push(json!({"name": c.name, "type": c.kind, "format": "", "description": c.name, "priority": c.priority}));
     }
     let pod = rt.kind == "Pod";
     if pod {
@@ -544,22 +544,19 @@ fn table(rt: &ResourceType, items: &[Value], metadata: Value) -> Value {
         columns
             .push(json!({"name": "Node", "type": "string", "format": "", "description": "node"}));
     }
-    if !rt.printer_columns.iter().any(|(n, _, _)| n == "Age") {
+    if !rt.printer_columns.iter().any(|c| c.name == "Age") {
         columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "age"}));
     }
     let rows: Vec<Value> = items
         .iter()
         .map(|item| {
             let mut cells = vec![item["metadata"]["name"].clone()];
-            for (name, _, path) in &rt.printer_columns {
-                if name == "Age" {
+            for c in &rt.printer_columns {
+                if c.name == "Age" {
                     cells.push(json!(age(item)));
                     continue;
                 }
-                let mut node = item;
-                for segment in path.trim_start_matches('.').split('.') {
-                    node = &node[segment];
-                }
+                let node = json_path(item, &c.json_path);
                 cells.push(if node.is_null() { json!("") } else { node.clone() });
             }
             if pod {
@@ -571,13 +568,60 @@ fn table(rt: &ResourceType, items: &[Value], metadata: Value) -> Value {
                 cells.push(phase);
                 cells.push(item["spec"]["nodeName"].clone());
             }
-            if !rt.printer_columns.iter().any(|(n, _, _)| n == "Age") {
+            if !rt.printer_columns.iter().any(|c| c.name == "Age") {
                 cells.push(json!(age(item)));
             }
             json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": item["metadata"]}})
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": columns, "rows": rows})
+}
+
+/// The value a printer column's JSONPath names: fields, `[N]` and `[?(@.key=="value")]`.
+fn json_path<'a>(item: &'a Value, path: &str) -> &'a Value {
+    static NULL: Value = Value::Null;
+    // Split on the dots outside brackets.
+    let mut segments = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    let path = path.trim_start_matches('.');
+    for (i, ch) in path.char_indices() {
+        match ch {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            '.' if depth == 0 => {
+                segments.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    segments.push(&path[start..]);
+    let mut node = item;
+    for segment in segments {
+        let (field, filters) = segment.split_at(segment.find('[').unwrap_or(segment.len()));
+        if !field.is_empty() {
+            node = &node[field];
+        }
+        for filter in filters.split_inclusive(']').filter(|f| !f.is_empty()) {
+            let inner = filter.trim_start_matches('[').trim_end_matches(']');
+            node = if let Some(condition) =
+                inner.strip_prefix("?(@.").and_then(|c| c.strip_suffix(')'))
+            {
+                let Some((key, value)) = condition.split_once("==") else {
+                    return &NULL;
+                };
+                let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+                node.as_array()
+                    .and_then(|items| items.iter().find(|i| i[key.trim()] == value))
+                    .unwrap_or(&NULL)
+            } else if let Ok(index) = inner.parse::<usize>() {
+                &node[index]
+            } else {
+                &NULL
+            };
+        }
+    }
+    node
 }
 
 fn age(item: &Value) -> String {

@@ -510,7 +510,7 @@ impl Cluster {
         for t in types {
             resources.push(json!({
                 "name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
-                "kind": t.kind, "verbs": verbs, "shortNames": t.short_names,
+                "kind": t.kind, "verbs": verbs, "shortNames": t.short_names, "categories": t.categories,
             }));
             if t.status_subresource {
                 resources.push(json!({

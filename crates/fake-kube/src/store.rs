@@ -22,10 +22,22 @@ pub struct ResourceType {
     pub namespaced: bool,
     pub status_subresource: bool,
     pub short_names: Vec<String>,
-    /// Printer columns of a CRD (name, type, JSONPath), for `kubectl get`.
-    pub printer_columns: Vec<(String, String, String)>,
+    /// A CRD's categories: `kubectl get CATEGORY` lists every kind in it.
+    pub categories: Vec<String>,
+    /// Printer columns of a CRD, for `kubectl get`.
+    pub printer_columns: Vec<PrinterColumn>,
     /// A CRD's structural schema (`openAPIV3Schema`), enforced on every write.
     pub schema: Option<Value>,
+}
+
+/// One of a CRD's `additionalPrinterColumns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrinterColumn {
+    pub name: String,
+    pub kind: String,
+    pub json_path: String,
+    /// Above 0: shown by `kubectl get -o wide` only.
+    pub priority: i64,
 }
 
 /// What the API server does with fields a schema does not declare (`fieldValidation`).
@@ -73,6 +85,7 @@ impl ResourceType {
             namespaced,
             status_subresource: status,
             short_names: Vec::new(),
+            categories: Vec::new(),
             printer_columns: Vec::new(),
             schema: None,
         }
@@ -868,12 +881,11 @@ impl Store {
             .as_array()
             .map(|cols| {
                 cols.iter()
-                    .map(|c| {
-                        (
-                            c["name"].as_str().unwrap_or("").to_owned(),
-                            c["type"].as_str().unwrap_or("string").to_owned(),
-                            c["jsonPath"].as_str().unwrap_or("").to_owned(),
-                        )
+                    .map(|c| PrinterColumn {
+                        name: c["name"].as_str().unwrap_or("").to_owned(),
+                        kind: c["type"].as_str().unwrap_or("string").to_owned(),
+                        json_path: c["jsonPath"].as_str().unwrap_or("").to_owned(),
+                        priority: c["priority"].as_i64().unwrap_or(0),
                     })
                     .collect()
             })
@@ -890,6 +902,14 @@ impl Store {
                 .as_array()
                 .map(|s| {
                     s.iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            categories: spec["names"]["categories"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
                         .filter_map(|n| n.as_str().map(str::to_owned))
                         .collect()
                 })

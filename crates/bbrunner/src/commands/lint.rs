@@ -189,6 +189,17 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
         Ok(p) => p,
         Err(e) => return unreadable(e),
     };
+    if !args.pools.is_empty() && pools.is_empty() {
+        // The pool-dependent rules would pass silently for want of pools.
+        eprintln!(
+            "warning: no RunnerPool in {}; the rules that need pools (unserved-labels, size-exceeds-pool, docker-mtu) do not run",
+            args.pools
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if args.from_cluster {
         let runtime = tokio::runtime::Runtime::new()?;
         match runtime.block_on(pools_from_cluster()) {

@@ -25,13 +25,17 @@ use serde::{Deserialize, Serialize};
     kind = "RunnerPool",
     namespaced,
     shortname = "rp",
+    category = "bbrunner",
+    doc = "Bitbucket Pipelines self-hosted runners with these labels, between min and max, kept ready by the bbrunner operator.",
     status = "RunnerPoolStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Min","type":"integer","jsonPath":".spec.scaling.min"}"#,
     printcolumn = r#"{"name":"Max","type":"integer","jsonPath":".spec.scaling.max"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desired"}"#,
     printcolumn = r#"{"name":"Online","type":"integer","jsonPath":".status.online"}"#,
     printcolumn = r#"{"name":"Busy","type":"integer","jsonPath":".status.busy"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","priority":1,"jsonPath":".spec.scaling.policy"}"#,
     validation = Rule::new("size(self.metadata.name) <= 40 && !self.metadata.name.contains('.')").message("a RunnerPool name is at most 40 characters, without dots (runner and pod names are derived from it)"),
 )]
 #[x_kube(validation = Rule::new("!has(self.scaling) || !has(self.scaling.min) || !has(self.scaling.max) || self.scaling.min <= self.scaling.max").message("spec.scaling.min must not exceed spec.scaling.max"))]

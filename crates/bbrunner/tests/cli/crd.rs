@@ -19,6 +19,9 @@ fn the_crd_carries_its_validation_rules_and_columns() {
         "name: Desired",
         "name: Busy",
         "status: {}",
+        "name: Ready",
+        "- bbrunner",
+        "Bitbucket Pipelines self-hosted runners with these labels",
     ] {
         assert!(crd.contains(needle), "{needle}");
     }

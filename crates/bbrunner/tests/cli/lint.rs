@@ -323,3 +323,31 @@ fn fix_refuses_what_is_not_a_regular_file() {
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn pools_that_hold_no_pool_are_warned_about() {
+    let dir = temp("no-pools");
+    let file = dir.join("bitbucket-pipelines.yml");
+    std::fs::write(&file, "pipelines: {}\n").unwrap();
+    std::fs::write(
+        dir.join("other.yaml"),
+        "kind: ConfigMap\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let run = bbrunner(
+        &[
+            "lint",
+            file.to_str().unwrap(),
+            "--pools",
+            dir.join("other.yaml").to_str().unwrap(),
+        ],
+        "",
+    )
+    .success();
+    assert!(
+        run.stderr.contains("warning: no RunnerPool in"),
+        "{}",
+        run.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

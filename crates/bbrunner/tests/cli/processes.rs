@@ -149,18 +149,27 @@ async fn operator_fakes_and_kubectl_as_separate_processes() {
             "",
         );
         let fields: Vec<&str> = columns.split_whitespace().collect();
-        // NAME MIN MAX DESIRED ONLINE BUSY AGE
-        if fields.get(4) == Some(&"2") {
+        // NAME READY MIN MAX DESIRED ONLINE BUSY AGE
+        if fields.get(5) == Some(&"2") {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     let fields: Vec<&str> = columns.split_whitespace().collect();
     assert_eq!(
-        &fields[..5],
-        ["builds", "2", "4", "2", "2"],
+        &fields[..6],
+        ["builds", "True", "2", "4", "2", "2"],
         "kubectl get rp: {columns}"
     );
+    // The policy shows with -o wide (priority 1), and the category lists pools.
+    let wide = kubectl_ok(
+        kubeconfig,
+        &["-n", "ci", "get", "rp", "builds", "-o", "wide"],
+        "",
+    );
+    assert!(wide.contains("POLICY"), "{wide}");
+    let by_category = kubectl_ok(kubeconfig, &["-n", "ci", "get", "bbrunner"], "");
+    assert!(by_category.contains("builds"), "{by_category}");
     let runners: Value = reqwest::get(format!("{bitbucket_url}/_fake/runners"))
         .await
         .unwrap()
