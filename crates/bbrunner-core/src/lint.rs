@@ -191,6 +191,106 @@ fn leaves<'a>(
     out.push(error);
 }
 
+/// Every property name the official schema knows, anywhere.
+fn schema_vocabulary() -> &'static BTreeSet<String> {
+    static WORDS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    WORDS.get_or_init(|| {
+        fn collect(node: &Value, out: &mut BTreeSet<String>) {
+            match node {
+                Value::Object(map) => {
+                    if let Some(Value::Object(props)) = map.get("properties") {
+                        out.extend(props.keys().cloned());
+                    }
+                    map.values().for_each(|v| collect(v, out));
+                }
+                Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        let schema: Value = serde_json::from_str(SCHEMA).expect("the vendored schema is JSON");
+        let mut words = BTreeSet::new();
+        collect(&schema, &mut words);
+        words
+    })
+}
+
+/// Edit distance with adjacent transpositions (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Maps whose keys are the user's own names (branches, custom pipelines, services, caches,
+/// variables, and `definitions`, where files keep anchors under names of their own): their keys
+/// are not checked for typos.
+const USER_NAMED: [&str; 9] = [
+    "definitions",
+    "branches",
+    "tags",
+    "bookmarks",
+    "custom",
+    "pull-requests",
+    "caches",
+    "services",
+    "variables",
+];
+
+/// Keys one edit away from a key the schema knows: Bitbucket ignores them silently, and
+/// `runs_on` for `runs-on` sends a step to Atlassian's cloud instead of your runners.
+fn typo_diagnostics(doc: &Document) -> Vec<Diagnostic> {
+    let vocabulary = schema_vocabulary();
+    let mut out = Vec::new();
+    for (pointer, pos) in &doc.keys {
+        let Some((parent, raw)) = pointer.rsplit_once('/') else {
+            continue;
+        };
+        let key = raw.replace("~1", "/").replace("~0", "~");
+        let under_user_names = parent
+            .rsplit('/')
+            .next()
+            .is_some_and(|p| USER_NAMED.contains(&p));
+        if under_user_names || key.len() < 4 || vocabulary.contains(&key) {
+            continue;
+        }
+        let Some(known) = vocabulary.iter().find(|w| edit_distance(&key, w) == 1) else {
+            continue;
+        };
+        let consequence = if known == "runs-on" {
+            ": without runs-on the step runs in Bitbucket's cloud, not on your runners"
+        } else {
+            ""
+        };
+        out.push(diag(
+            *pos,
+            Severity::Warning,
+            "unknown-key",
+            format!(
+                "unknown key {key:?}, which Bitbucket ignores; did you mean {known:?}{consequence}"
+            ),
+            Some(format!("rename {key} to {known}")),
+        ));
+    }
+    out
+}
+
 /// Schema violations, each at the position of the offending node (or unexpected key).
 fn schema_diagnostics(doc: &Document) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -281,6 +381,7 @@ pub fn lint(
     let doc = yaml::load(text)?;
     let mut step_networks_warned: BTreeSet<&str> = BTreeSet::new();
     let mut out = schema_diagnostics(&doc);
+    out.extend(typo_diagnostics(&doc));
     let root = &doc.value;
     let options = &root["options"];
     let definitions = &root["definitions"]["services"];

@@ -55,6 +55,11 @@ pub enum Command {
     Install(InstallArgs),
     /// Turn an Atlassian runners-autoscaler config into RunnerPool manifests.
     Migrate(MigrateArgs),
+    /// Print a shell completion script: `bbrunner completion bash > /etc/bash_completion.d/bbrunner`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]

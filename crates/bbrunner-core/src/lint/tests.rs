@@ -460,3 +460,32 @@ fn a_yaml_bomb_is_refused_without_expanding_it() {
     let anchors = "definitions:\n  steps:\n    - step: &build\n        script: [make]\npipelines:\n  default:\n    - step: *build\n    - step: *build\n";
     assert!(lint(anchors, &[]).is_ok());
 }
+
+#[test]
+fn keys_one_edit_from_a_known_key_are_warned_about() {
+    let text = "pipelines:\n  defualt:\n    - step:\n        runs_on: [self.hosted, build]\n        sise: 2x\n        script: [make]\n  branches:\n    mian:\n      - step:\n          script: [make]\ndefinitions:\n  scripts: [a]\n  caches:\n    node: ~/.npm\n";
+    let d = lint(text, &[]).unwrap();
+    let typos: Vec<(&str, usize, usize)> = codes(&d)
+        .into_iter()
+        .filter(|(c, _, _)| *c == "unknown-key")
+        .collect();
+    assert_eq!(
+        typos,
+        [
+            ("unknown-key", 2, 3),
+            ("unknown-key", 4, 9),
+            ("unknown-key", 5, 9)
+        ],
+        "{d:?}"
+    );
+    let runs_on = d.iter().find(|d| d.line == 4).unwrap();
+    assert!(
+        runs_on.message.contains("Bitbucket's cloud"),
+        "{}",
+        runs_on.message
+    );
+    assert_eq!(edit_distance("defualt", "default"), 1);
+    assert_eq!(edit_distance("runs_on", "runs-on"), 1);
+    assert_eq!(edit_distance("size", "sized"), 1);
+    assert_eq!(edit_distance("step", "steps"), 1);
+}

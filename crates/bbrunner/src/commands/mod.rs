@@ -76,5 +76,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Migrate(args) => migrate(&args),
         Command::Doctor(args) => tokio::runtime::Runtime::new()?.block_on(doctor::run(&args)),
         Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(demo::run(&args)),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "bbrunner", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -86,3 +86,19 @@ fn a_missing_kubeconfig_is_said_once() {
     }
     std::fs::remove_file(&pipelines).unwrap();
 }
+
+#[test]
+fn completion_scripts_name_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = crate::util::bbrunner(&["completion", shell], "")
+            .success()
+            .stdout;
+        for sub in [
+            "import", "render", "operator", "lint", "doctor", "simulate", "demo",
+        ] {
+            assert!(out.contains(sub), "{shell}: {sub} missing");
+        }
+    }
+    let bad = crate::util::bbrunner(&["completion", "tcsh"], "").failure();
+    assert!(bad.stderr.contains("possible values"), "{}", bad.stderr);
+}
