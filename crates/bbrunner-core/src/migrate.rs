@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::labels::{SYSTEM_LABELS, validate_label};
 use crate::lint::yaml::{self, Document};
+use crate::manifests::{Mtu, dind_networks_mtu_warning};
 use crate::pool::RUNNERS_PER_SCOPE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -119,6 +120,21 @@ fn duration(seconds: f64) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// Words of `text` in lines of at most `width` characters, for YAML comments.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.len() + 1 + word.len() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
 }
 
 fn yaml_string(s: &str) -> String {
@@ -314,6 +330,12 @@ pub fn migrate(config: &str, template: Option<&str>) -> Result<String, MigrateEr
         out.push_str("  # the pool's namespace with oauthClientId and oauthClientSecret (or email and apiToken).\n");
         out.push_str("  credentials:\n    secretRef:\n      name: bitbucket-credentials\n");
         out.push_str("  scaling:\n");
+        if min < 1.0 {
+            out.push_str("    # WARNING: min 0 leaves no runner online when the pool is idle, and Bitbucket fails a\n");
+            out.push_str(
+                "    # step at once when no online runner has its labels. Keep min at 1 or more.\n",
+            );
+        }
         let _ = writeln!(out, "    min: {}\n    max: {}", min as u32, max as u32);
         out.push_str("    # percentageRunnersIdle");
         if !ratio_settings.is_empty() {
@@ -364,6 +386,12 @@ pub fn migrate(config: &str, template: Option<&str>) -> Result<String, MigrateEr
             out.push_str("  dind:\n");
             if let Some(image) = &facts.dind_image {
                 out.push_str("    # From the job template's docker image.\n");
+                let mtu = facts.mtu.map_or(Mtu::Auto, Mtu::Fixed);
+                if let Some(warning) = dind_networks_mtu_warning(image, mtu) {
+                    for line in wrap(&format!("WARNING: {warning}."), 88) {
+                        let _ = writeln!(out, "    # {line}");
+                    }
+                }
                 let _ = writeln!(out, "    image: {}", yaml_string(image));
             }
             match facts.mtu {
@@ -431,6 +459,13 @@ groups:
         ));
         assert!(docs[1].contains("name: repo-runners\n  namespace: default"));
         assert!(docs[1].contains("repository: \"app\"") && docs[1].contains("labels: [big]"));
+        // The group with min 0 is warned about; the other is not.
+        assert_eq!(
+            docs.iter()
+                .filter(|d| d.contains("# WARNING: min 0 leaves no runner online"))
+                .count(),
+            1
+        );
         // Every document loads back as the YAML it claims to be.
         for d in docs {
             let loaded = crate::lint::yaml::load(d).unwrap();
@@ -444,6 +479,11 @@ groups:
         let template = "spec:\n  containers:\n    - name: runner\n      image: docker-public.packages.atlassian.com/sox/atlassian/bitbucket-pipelines-runner:1\n    - name: docker\n      image: docker:20.10.7-dind\n      args: [\"--mtu=1400\"]\n    - name: x\n      image: \"{{ image }}\"\n";
         let out = migrate(ATLASSIAN, Some(template)).unwrap();
         assert!(out.contains("image: \"docker:20.10.7-dind\""));
+        // The seed's pin is kept, with why its step networks keep MTU 1500.
+        assert!(
+            out.contains("# WARNING: docker:20.10.7-dind is Docker 20"),
+            "{out}"
+        );
         assert!(out.contains("mtu: 1400"));
         assert!(out.contains("bitbucket-pipelines-runner:1"));
     }
