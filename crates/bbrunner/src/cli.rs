@@ -18,6 +18,9 @@ pub struct Cli {
 pub enum DataFormat {
     Json,
     Yaml,
+    /// A Secret manifest for a static RunnerPool's `staticRunners[].secretRef` (needs
+    /// --reveal-secret: it holds the OAuth secret).
+    Secret,
 }
 
 #[derive(Debug, Subcommand)]

@@ -102,3 +102,34 @@ fn completion_scripts_name_every_subcommand() {
     let bad = crate::util::bbrunner(&["completion", "tcsh"], "").failure();
     assert!(bad.stderr.contains("possible values"), "{}", bad.stderr);
 }
+
+/// A ready Secret for a static pool, from the pasted command: valid, with the keys a static
+/// pool reads, and only on explicit request since it holds the OAuth secret.
+#[test]
+fn import_prints_a_secret_for_a_static_pool() {
+    let command = std::fs::read_to_string(crate::util::example("docker-command.txt")).unwrap();
+    let refused = crate::util::bbrunner(&["import", "--format", "secret"], &command).failure();
+    assert!(refused.stdout.is_empty());
+    assert!(
+        refused.stderr.contains("--reveal-secret"),
+        "{}",
+        refused.stderr
+    );
+    let out = crate::util::bbrunner(
+        &["import", "--format", "secret", "--reveal-secret"],
+        &command,
+    )
+    .success()
+    .stdout;
+    crate::util::kubernetes_validate_strict(&out);
+    let secret: serde_json::Value = serde_saphyr::from_str(&out).unwrap();
+    for key in [
+        "account_uuid",
+        "runner_uuid",
+        "oauth_client_id",
+        "oauth_client_secret",
+    ] {
+        assert!(secret["stringData"][key].is_string(), "{key} in {out}");
+    }
+    assert_eq!(secret["kind"], "Secret");
+}
