@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 use crate::labels::Labels;
-use crate::manifests::{Mtu, dind_networks_mtu_warning, docker_major, is_floating_dind_tag};
+use crate::manifests::{
+    Mtu, dind_client_api_warning, dind_networks_mtu_warning, is_floating_dind_tag,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -214,13 +216,10 @@ pub fn evaluate(o: &Observations) -> Vec<Check> {
                     .to_owned(),
             ));
         }
-        if docker_major(&pool.dind_image).is_some_and(|m| m >= 29) {
+        if let Some(warning) = dind_client_api_warning(&pool.dind_image) {
             problems.push((
                 Verdict::Warn,
-                format!(
-                    "{} refuses Docker clients older than API 1.44, which older runner images ship",
-                    pool.dind_image
-                ),
+                warning,
                 "use docker:28.5-dind until your runner image is current".to_owned(),
             ));
         }

@@ -321,6 +321,23 @@ pub fn dind_networks_mtu_warning(image: &str, mtu: Mtu) -> Option<String> {
     ))
 }
 
+/// Docker 29 refuses clients older than API 1.44, which older runner images ship.
+pub fn dind_client_api_warning(image: &str) -> Option<String> {
+    docker_major(image).filter(|m| *m >= 29).map(|_| {
+        format!(
+            "{image} refuses Docker clients older than API 1.44, which older runner images ship; use {DEFAULT_DIND_IMAGE} until your runner image is current"
+        )
+    })
+}
+
+/// Whether a variable is a proxy setting, which dind needs too: it pulls the steps' images.
+fn is_proxy_variable(name: &str) -> bool {
+    matches!(
+        name.to_ascii_uppercase().as_str(),
+        "HTTP_PROXY" | "HTTPS_PROXY" | "NO_PROXY"
+    )
+}
+
 fn quantity(s: impl Into<String>) -> Quantity {
     Quantity(s.into())
 }
@@ -458,8 +475,32 @@ fn dind_container(config: &RunnerPodConfig) -> Container {
         args: (!args.is_empty()).then_some(args),
         // Native sidecar: started before, and kept running alongside, the runner.
         restart_policy: Some("Always".to_owned()),
-        // TLS certificates only matter for TCP, which we do not open.
-        env: Some(vec![env("DOCKER_TLS_CERTDIR", "")]),
+        // TLS certificates only matter for TCP, which we do not open. The runner's proxies go to
+        // dind as well, since dind pulls the steps' images.
+        env: Some(
+            std::iter::once(env("DOCKER_TLS_CERTDIR", ""))
+                .chain(
+                    config
+                        .secret_env
+                        .iter()
+                        .filter(|name| is_proxy_variable(name))
+                        .map(|name| {
+                            secret_env(
+                                name,
+                                &config.secret_name,
+                                &format!("{}{name}", secret_keys::ENV_PREFIX),
+                            )
+                        }),
+                )
+                .chain(
+                    config
+                        .runner_env
+                        .iter()
+                        .filter(|e| is_proxy_variable(&e.name))
+                        .cloned(),
+                )
+                .collect(),
+        ),
         security_context: Some(SecurityContext {
             privileged: Some(true),
             ..Default::default()
@@ -672,6 +713,8 @@ pub struct RenderOptions {
     pub dind: DindSpec,
     /// Overrides the image of the pasted command.
     pub runner_image: Option<String>,
+    /// Node selector, tolerations, image pull secrets: as a RunnerPool's `podTemplate`.
+    pub placement: PodPlacement,
 }
 
 pub const DEFAULT_NAMESPACE: &str = "bitbucket-runners";
@@ -726,7 +769,7 @@ pub fn render_runner(
         secret_env: command.extra_env.iter().map(|e| e.name.clone()).collect(),
         size: options.size,
         dind: options.dind.clone(),
-        placement: PodPlacement::default(),
+        placement: options.placement.clone(),
     };
     pod_config.validate()?;
 
@@ -741,6 +784,7 @@ pub fn render_runner(
         &pod_config.dind.image,
         pod_config.dind.mtu,
     ));
+    warnings.extend(dind_client_api_warning(&pod_config.dind.image));
     if !options.create_namespace {
         warnings.push(format!(
             "namespace {:?} must allow privileged pods (Pod Security level `privileged`); pass --create-namespace or label it pod-security.kubernetes.io/enforce=privileged",

@@ -257,4 +257,16 @@ pub struct RenderArgs {
     /// Largest step size this runner serves: sizes dind's memory.
     #[arg(long, default_value = "1x", value_name = "1x|2x|4x|8x")]
     pub size: String,
+    /// Schedule only on nodes with this label (repeatable).
+    #[arg(long = "node-selector", value_name = "KEY=VALUE")]
+    pub node_selectors: Vec<String>,
+    /// Tolerate this taint (repeatable): `KEY[=VALUE]:EFFECT`, or `KEY` for any effect.
+    #[arg(long = "toleration", value_name = "KEY[=VALUE][:EFFECT]")]
+    pub tolerations: Vec<String>,
+    /// A Secret to pull the runner and dind images with (repeatable).
+    #[arg(long = "image-pull-secret", value_name = "NAME")]
+    pub image_pull_secrets: Vec<String>,
+    /// A registry mirror for dind's pulls of step images (repeatable).
+    #[arg(long = "registry-mirror", value_name = "URL")]
+    pub registry_mirrors: Vec<String>,
 }

@@ -20,6 +20,7 @@ fn options() -> RenderOptions {
         size: RunnerSize::X1,
         dind: DindSpec::default(),
         runner_image: None,
+        placement: PodPlacement::default(),
     }
 }
 

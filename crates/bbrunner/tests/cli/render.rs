@@ -113,3 +113,66 @@ fn bad_options_name_the_flag() {
         run.stderr
     );
 }
+
+/// Parity with a RunnerPool's podTemplate where users asked for it, proxies passed to dind
+/// (it pulls the steps' images), and the dind 29 warning doctor gives.
+#[test]
+fn render_places_the_pod_mirrors_pulls_and_proxies_as_a_pool_does() {
+    let command = std::fs::read_to_string(example("docker-command.txt"))
+        .unwrap()
+        .replace(
+            "-e WORKING_DIRECTORY=/tmp",
+            "-e WORKING_DIRECTORY=/tmp -e HTTPS_PROXY=http://proxy:3128",
+        );
+    let run = bbrunner(
+        &[
+            "render",
+            "--node-selector",
+            "pool=ci",
+            "--toleration",
+            "dedicated=ci:NoSchedule",
+            "--image-pull-secret",
+            "regcred",
+            "--registry-mirror",
+            "https://mirror.example",
+            "--dind-image",
+            "docker:29.0-dind",
+        ],
+        &command,
+    )
+    .success();
+    assert!(
+        run.stderr
+            .contains("refuses Docker clients older than API 1.44"),
+        "{}",
+        run.stderr
+    );
+    kubernetes_validate_strict(&run.stdout);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&run.stdout).unwrap();
+    let pod = &docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeSelector"]["pool"], "ci");
+    assert_eq!(pod["tolerations"][0]["key"], "dedicated");
+    assert_eq!(pod["tolerations"][0]["effect"], "NoSchedule");
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
+    let dind = &pod["initContainers"][0];
+    assert!(
+        dind["args"]
+            .to_string()
+            .contains("--registry-mirror=https://mirror.example")
+    );
+    assert!(
+        dind["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "HTTPS_PROXY"),
+        "{dind}"
+    );
+    let bad = bbrunner(&["render", "--toleration", "x:Sometimes"], &command).failure();
+    assert!(
+        bad.stderr
+            .contains("NoSchedule, PreferNoSchedule or NoExecute"),
+        "{}",
+        bad.stderr
+    );
+}
