@@ -533,6 +533,9 @@ mod tests {
             Some(("docker", 20, 10, 7))
         );
         assert_eq!(runtime_version("cri-o://1.30.2"), Some(("cri-o", 1, 30, 2)));
-        assert_eq!(docker_major("registry/docker:28.5-dind"), Some(28));
+        assert_eq!(
+            crate::manifests::docker_major("registry/docker:28.5-dind"),
+            Some(28)
+        );
     }
 }
