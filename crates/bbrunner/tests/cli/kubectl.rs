@@ -7,14 +7,48 @@ use serde_json::Value;
 
 use crate::util::kubectl;
 
+/// A fake-kube and a kubeconfig for it in a directory of the test's own; with `crd`, the
+/// RunnerPool CRD applied through kubectl.
+struct Cluster {
+    _kube: FakeKube,
+    dir: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Cluster {
+    async fn start(name: &str, crd: bool) -> Self {
+        let kube = FakeKube::start("127.0.0.1:0".parse().unwrap(), ClusterConfig::default())
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("bbrunner-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+        if crd {
+            let crd = crate::util::bbrunner(&["crd"], "").success().stdout;
+            assert!(
+                kubectl(&kubeconfig, &["apply", "-f", "-"], &crd)
+                    .status
+                    .success()
+            );
+        }
+        Self {
+            _kube: kube,
+            dir,
+            kubeconfig,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_create_namespace_secret_configmap_and_serviceaccount_work() {
-    let kube = FakeKube::start("127.0.0.1:0".parse().unwrap(), ClusterConfig::default())
-        .await
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("bbrunner-kubectl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+    let cluster = Cluster::start("kubectl", false).await;
+    let (dir, kubeconfig) = (&cluster.dir, &cluster.kubeconfig);
     // Bytes that are not UTF-8, and a secret with the punctuation Bitbucket's have.
     let binary = dir.join("key.bin");
     std::fs::write(&binary, [0u8, 159, 146, 150, 255]).unwrap();
@@ -71,7 +105,6 @@ async fn kubectl_create_namespace_secret_configmap_and_serviceaccount_work() {
             }
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// RunnerPools through kubectl against the CRD's structural schema, as a real API server
@@ -79,18 +112,8 @@ async fn kubectl_create_namespace_secret_configmap_and_serviceaccount_work() {
 /// warning under `--validate=warn`; a value of the wrong type is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_crd_schema_is_enforced_as_a_real_api_server_does() {
-    let kube = FakeKube::start("127.0.0.1:0".parse().unwrap(), ClusterConfig::default())
-        .await
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("bbrunner-kubectl-crd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
-    let crd = crate::util::bbrunner(&["crd"], "").success().stdout;
-    assert!(
-        kubectl(&kubeconfig, &["apply", "-f", "-"], &crd)
-            .status
-            .success()
-    );
+    let cluster = Cluster::start("kubectl-crd", true).await;
+    let kubeconfig = &cluster.kubeconfig;
     let pool = |scaling: &str| {
         format!(
             "apiVersion: bbrunner.dev/v1alpha1\nkind: RunnerPool\nmetadata: {{name: builds, namespace: default}}\nspec:\n  workspace: acme\n  credentials: {{secretRef: {{name: c}}}}\n  scaling: {scaling}\n"
@@ -132,7 +155,6 @@ async fn the_crd_schema_is_enforced_as_a_real_api_server_does() {
         stderr.contains("spec.scaling.scaleDownDelay in body must be of type string"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 mod strategic_merge {
@@ -304,18 +326,8 @@ mod strategic_merge {
 /// and a poll interval under a second are refused with the rule's message.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_crd_s_cel_rules_refuse_what_the_operator_cannot_hold() {
-    let kube = FakeKube::start("127.0.0.1:0".parse().unwrap(), ClusterConfig::default())
-        .await
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("bbrunner-kubectl-cel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
-    let crd = crate::util::bbrunner(&["crd"], "").success().stdout;
-    assert!(
-        kubectl(&kubeconfig, &["apply", "-f", "-"], &crd)
-            .status
-            .success()
-    );
+    let cluster = Cluster::start("kubectl-cel", true).await;
+    let kubeconfig = &cluster.kubeconfig;
     let pool = |name: &str, scaling: &str| {
         format!(
             "apiVersion: bbrunner.dev/v1alpha1\nkind: RunnerPool\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  workspace: acme\n  credentials: {{secretRef: {{name: c}}}}\n  dind: {{mtu: auto}}\n  scaling: {scaling}\n"
@@ -349,5 +361,4 @@ async fn the_crd_s_cel_rules_refuse_what_the_operator_cannot_hold() {
         "{}",
         String::from_utf8_lossy(&accepted.stderr)
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
