@@ -78,13 +78,13 @@ async fn kubectl_create_namespace_secret_configmap_and_serviceaccount_work() {
     ];
     for command in &commands {
         let rendered = kubectl(
-            &kubeconfig,
+            kubeconfig,
             &[command.as_slice(), &["--dry-run=client", "-o", "json"]].concat(),
             "",
         );
         assert!(rendered.status.success(), "{command:?}: {rendered:?}");
         let expected: Value = serde_json::from_slice(&rendered.stdout).unwrap();
-        let created = kubectl(&kubeconfig, command, "");
+        let created = kubectl(kubeconfig, command, "");
         assert!(
             created.status.success(),
             "{command:?}: {}",
@@ -96,7 +96,7 @@ async fn kubectl_create_namespace_secret_configmap_and_serviceaccount_work() {
         if let Some(ns) = expected["metadata"]["namespace"].as_str() {
             get.extend(["-n", ns]);
         }
-        let stored = kubectl(&kubeconfig, &get, "");
+        let stored = kubectl(kubeconfig, &get, "");
         assert!(stored.status.success(), "{get:?}: {stored:?}");
         let stored: Value = serde_json::from_slice(&stored.stdout).unwrap();
         for field in ["data", "type", "spec"] {
@@ -120,7 +120,7 @@ async fn the_crd_schema_is_enforced_as_a_real_api_server_does() {
         )
     };
     let typo = pool("{min: 1, minIdel: 2}");
-    let strict = kubectl(&kubeconfig, &["apply", "-f", "-"], &typo);
+    let strict = kubectl(kubeconfig, &["apply", "-f", "-"], &typo);
     let stderr = String::from_utf8_lossy(&strict.stderr);
     assert!(!strict.status.success());
     assert!(
@@ -128,14 +128,14 @@ async fn the_crd_schema_is_enforced_as_a_real_api_server_does() {
             && stderr.contains("unknown field \"spec.scaling.minIdel\""),
         "{stderr}"
     );
-    let warned = kubectl(&kubeconfig, &["apply", "--validate=warn", "-f", "-"], &typo);
+    let warned = kubectl(kubeconfig, &["apply", "--validate=warn", "-f", "-"], &typo);
     let stderr = String::from_utf8_lossy(&warned.stderr);
     assert!(warned.status.success(), "{stderr}");
     assert!(
         stderr.contains("unknown field \"spec.scaling.minIdel\""),
         "{stderr}"
     );
-    let stored = kubectl(&kubeconfig, &["get", "rp", "builds", "-o", "json"], "");
+    let stored = kubectl(kubeconfig, &["get", "rp", "builds", "-o", "json"], "");
     let stored: Value = serde_json::from_slice(&stored.stdout).unwrap();
     assert_eq!(
         stored["spec"]["scaling"],
@@ -145,7 +145,7 @@ async fn the_crd_schema_is_enforced_as_a_real_api_server_does() {
     // Defaults from the schema are stored, as the API server applies them.
     assert_eq!(stored["spec"]["mode"], "managed", "{stored}");
     let wrong_type = kubectl(
-        &kubeconfig,
+        kubeconfig,
         &["apply", "-f", "-"],
         &pool("{scaleDownDelay: 90}"),
     );
@@ -340,19 +340,19 @@ async fn the_crd_s_cel_rules_refuse_what_the_operator_cannot_hold() {
         ),
         ("{pollInterval: 0s}", "pollInterval is at least 1s"),
     ] {
-        let refused = kubectl(&kubeconfig, &["apply", "-f", "-"], &pool("bad", scaling));
+        let refused = kubectl(kubeconfig, &["apply", "-f", "-"], &pool("bad", scaling));
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success(), "{scaling} accepted");
         assert!(stderr.contains(message), "{scaling}: {stderr}");
     }
     let bad_mtu = pool("bad", "{}").replace("mtu: auto", "mtu: 100");
-    let refused = kubectl(&kubeconfig, &["apply", "-f", "-"], &bad_mtu);
+    let refused = kubectl(kubeconfig, &["apply", "-f", "-"], &bad_mtu);
     assert!(
         String::from_utf8_lossy(&refused.stderr)
             .contains("mtu is auto or a number from 576 to 9216")
     );
     let accepted = kubectl(
-        &kubeconfig,
+        kubeconfig,
         &["apply", "-f", "-"],
         &pool("good", "{min: 1, max: 3, pollInterval: 15s}"),
     );
