@@ -119,11 +119,16 @@ fn merge_list(
     key: &str,
     definition: Option<&str>,
 ) -> Vec<Value> {
+    // As apimachinery does: delete directives act on the object first, so an item both deleted
+    // and given by the patch starts afresh, and takes the place of an item the object lacked.
+    let is_delete = |item: &Value| item.get("$patch").and_then(Value::as_str) == Some("delete");
+    let current: Vec<Value> = current
+        .iter()
+        .filter(|c| !patch.iter().any(|p| is_delete(p) && p[key] == c[key]))
+        .cloned()
+        .collect();
     let mut from_patch = Vec::new();
-    for item in patch {
-        if item.get("$patch").and_then(Value::as_str) == Some("delete") {
-            continue;
-        }
+    for item in patch.iter().filter(|item| !is_delete(item)) {
         let mut merged = current
             .iter()
             .find(|c| c[key] == item[key])
@@ -137,7 +142,7 @@ fn merge_list(
         .filter(|c| !patch.iter().any(|p| p[key] == c[key]))
         .cloned()
         .collect();
-    interleave(server_only, from_patch, current, |v| v[key].clone())
+    interleave(server_only, from_patch, &current, |v| v[key].clone())
 }
 
 /// The order the API server gives a merged list (apimachinery's `mergeSortedSlice`): the
@@ -211,6 +216,20 @@ mod tests {
         assert_eq!(
             pod["spec"]["containers"][0]["volumeMounts"],
             json!([{"name": "v", "mountPath": "/b"}, {"name": "v", "mountPath": "/a"}])
+        );
+    }
+
+    #[test]
+    fn an_item_deleted_and_given_in_one_patch_starts_afresh_in_front() {
+        // Found by the kubectl-oracle property test in `bbrunner`'s CLI tests.
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "env": [
+            {"name": "X", "value": "x"}, {"name": "Y", "value": "old"}]}]}});
+        let patch = json!({"spec": {"containers": [{"name": "c", "env": [
+            {"name": "Y"}, {"name": "Y", "$patch": "delete"}]}]}});
+        apply(&mut pod, &patch, definition_of("Pod"));
+        assert_eq!(
+            pod["spec"]["containers"][0]["env"],
+            json!([{"name": "Y"}, {"name": "X", "value": "x"}])
         );
     }
 
