@@ -13,9 +13,10 @@ use std::fmt;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    LocalObjectReference, Namespace, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
-    SecretKeySelector, SecurityContext, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    LocalObjectReference, Namespace, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -550,6 +551,7 @@ fn runner_container(config: &RunnerPodConfig) -> Container {
         name: RUNNER_CONTAINER.to_owned(),
         image: Some(config.runner_image.clone()),
         env: Some(vars),
+        security_context: Some(runner_security_context()),
         resources: config
             .runner_resources
             .clone()
@@ -563,6 +565,32 @@ fn runner_container(config: &RunnerPodConfig) -> Container {
         ..Default::default()
     }
 }
+
+/// The runner only talks to Bitbucket and to dind's socket, so it needs no privilege. It runs as
+/// root, and removes what step containers (any uid) leave in the shared working directory, so
+/// it keeps the three file capabilities root needs for that; everything else is dropped.
+fn runner_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: Some(
+                RUNNER_CAPABILITIES
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .collect(),
+            ),
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The capabilities the runner container keeps (see `runner_security_context`).
+const RUNNER_CAPABILITIES: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER"];
 
 /// The one runner pod spec: runner container plus dind sidecar, volumes and placement.
 pub fn runner_pod_spec(config: &RunnerPodConfig) -> PodSpec {

@@ -96,6 +96,28 @@ fn dind_is_a_privileged_native_sidecar_that_must_answer_before_the_runner_starts
 }
 
 #[test]
+fn only_dind_is_privileged_the_runner_keeps_three_file_capabilities_and_no_escalation() {
+    let r = rendered(&options());
+    let p = pod(&r);
+    let runner = &p.containers[0];
+    let sc = runner.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, None);
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert_eq!(
+        caps.add.as_deref().unwrap(),
+        ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
+    );
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    // A privileged container gets no seccomp filter anyway; setting one there would mislead.
+    assert_eq!(
+        dind(p).security_context.as_ref().unwrap().seccomp_profile,
+        None
+    );
+}
+
+#[test]
 fn auto_mtu_reads_eth0_and_applies_to_default_and_user_networks_where_dockerd_can() {
     let r = rendered(&options());
     let d = dind(pod(&r));
