@@ -113,6 +113,22 @@ pub enum Action {
     RemoveFinalizer,
 }
 
+impl Action {
+    /// The existing runner the action is about.
+    pub fn runner(&self) -> Option<&RunnerUuid> {
+        match self {
+            Action::CreatePod(u)
+            | Action::DeletePod(u)
+            | Action::DeleteSecret(u)
+            | Action::DisableRunner(u)
+            | Action::EnableRunner(u)
+            | Action::DeleteRunner(u)
+            | Action::MarkRanStep(u) => Some(u),
+            Action::CreateRunner | Action::RemoveFinalizer => None,
+        }
+    }
+}
+
 /// Counts for the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counts {
@@ -144,13 +160,10 @@ impl Plan {
         match action {
             Action::CreateRunner => self.decision.reason,
             Action::RemoveFinalizer => "every runner of the deleted pool is gone",
-            Action::CreatePod(u)
-            | Action::DeletePod(u)
-            | Action::DeleteSecret(u)
-            | Action::DisableRunner(u)
-            | Action::EnableRunner(u)
-            | Action::DeleteRunner(u)
-            | Action::MarkRanStep(u) => self.why.get(u).copied().unwrap_or("repair"),
+            runner_action => runner_action
+                .runner()
+                .and_then(|u| self.why.get(u).copied())
+                .unwrap_or("repair"),
         }
     }
 }

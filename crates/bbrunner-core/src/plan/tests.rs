@@ -442,25 +442,12 @@ fn arbitrary_pool() -> impl Strategy<Value = PoolSettings> {
         })
 }
 
-fn targets(action: &Action) -> Option<&RunnerUuid> {
-    match action {
-        Action::CreatePod(u)
-        | Action::DeletePod(u)
-        | Action::DeleteSecret(u)
-        | Action::DisableRunner(u)
-        | Action::EnableRunner(u)
-        | Action::DeleteRunner(u)
-        | Action::MarkRanStep(u) => Some(u),
-        Action::CreateRunner | Action::RemoveFinalizer => None,
-    }
-}
-
 proptest! {
     #[test]
     fn busy_runners_are_never_disabled_deleted_or_left_without_their_pod(pool in arbitrary_pool(), o in arbitrary_observation()) {
         let p = plan(&pool, &o);
         for r in o.runners.iter().filter(|r| r.busy) {
-            for a in p.actions.iter().filter(|a| targets(a) == Some(&r.uuid)) {
+            for a in p.actions.iter().filter(|a| a.runner() == Some(&r.uuid)) {
                 prop_assert!(
                     matches!(a, Action::EnableRunner(_) | Action::MarkRanStep(_)),
                     "{a:?} on busy runner"

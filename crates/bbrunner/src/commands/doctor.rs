@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bbrunner_core::doctor::{Observations, PoolFacts, Verdict, api_calls_by_identity, evaluate};
 use bbrunner_core::labels::Labels;
-use bbrunner_core::manifests::{DEFAULT_DIND_IMAGE, Mtu};
+use bbrunner_core::manifests::Mtu;
 use bitbucket::{Client, Config, RunnerScope};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
@@ -49,12 +49,7 @@ fn facts(pool: &RunnerPool) -> PoolFacts {
         scope: scope_key(pool),
         labels: Labels::new(&pool.spec.labels)
             .unwrap_or_else(|_| Labels::new::<_, &str>([]).expect("system labels")),
-        dind_image: pool
-            .spec
-            .dind
-            .image
-            .clone()
-            .unwrap_or_else(|| DEFAULT_DIND_IMAGE.to_owned()),
+        dind_image: pool.spec.dind_image(),
         // An invalid MTU is the operator's InvalidSpec to report; the doctor judges the rest.
         mtu: pool.spec.mtu().unwrap_or(Mtu::Auto),
         best_effort: is_empty(&pool.spec.runner.resources) && is_empty(&pool.spec.dind.resources),

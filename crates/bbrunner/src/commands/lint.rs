@@ -6,7 +6,6 @@ use bbrunner_core::labels::Labels;
 use bbrunner_core::lint::{
     Diagnostic, DockerServiceImages, LintPool, NotFixed, Severity, fix_docker_mtu, lint, nested_mtu,
 };
-use bbrunner_core::manifests::DEFAULT_DIND_IMAGE;
 use serde::Serialize;
 
 use crate::cli::{LintArgs, TextFormat};
@@ -30,12 +29,7 @@ fn lint_pool(pool: &RunnerPool) -> Result<LintPool> {
         labels,
         size,
         mtu,
-        dind_image: pool
-            .spec
-            .dind
-            .image
-            .clone()
-            .unwrap_or_else(|| DEFAULT_DIND_IMAGE.to_owned()),
+        dind_image: pool.spec.dind_image(),
     })
 }
 

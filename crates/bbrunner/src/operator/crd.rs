@@ -135,6 +135,14 @@ impl RunnerPoolSpec {
         self.runner.size.unwrap_or_default().into()
     }
 
+    /// dind's image, defaulted.
+    pub fn dind_image(&self) -> String {
+        self.dind
+            .image
+            .clone()
+            .unwrap_or_else(|| bbrunner_core::manifests::DEFAULT_DIND_IMAGE.to_owned())
+    }
+
     /// dind's MTU, defaulted; the error names `spec.dind.mtu`.
     pub fn mtu(&self) -> Result<bbrunner_core::manifests::Mtu, String> {
         use bbrunner_core::manifests::Mtu;

@@ -74,11 +74,7 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
     let mtu = spec.mtu().map_err(InvalidSpec)?;
     let size = spec.size();
     let dind = DindSpec {
-        image: spec
-            .dind
-            .image
-            .clone()
-            .unwrap_or_else(|| manifests::DEFAULT_DIND_IMAGE.to_owned()),
+        image: spec.dind_image(),
         mtu,
         registry_mirrors: spec.dind.registry_mirrors.clone(),
         extra_args: spec.dind.extra_args.clone(),
