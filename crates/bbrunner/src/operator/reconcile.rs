@@ -165,7 +165,13 @@ async fn credentials(
             .iter()
             .any(|f| f == pool::CREDENTIALS_FINALIZER)
     {
-        add_finalizer(&secrets, &secret.metadata, pool::CREDENTIALS_FINALIZER).await?;
+        add_finalizer(
+            &secrets,
+            &secret.metadata,
+            pool::CREDENTIALS_FINALIZER,
+            Some((pool::LABEL_CREDENTIALS, "in-use")),
+        )
+        .await?;
         tracing::info!(namespace = %ns, pool = %pool.name_any(), secret = %name, "holding the credentials Secret until no pool uses it");
     }
     Ok((credentials, terminating))
@@ -173,11 +179,13 @@ async fn credentials(
 
 /// Add a finalizer by JSON patch: appended to the list, so that one another controller adds
 /// at the same moment is kept; a list that does not exist yet is created only if the object
-/// is unchanged since it was read. A failed test fails the reconcile, which retries.
+/// is unchanged since it was read. A failed test fails the reconcile, which retries. `label`,
+/// if given, is set in the same patch, so that the two never disagree.
 async fn add_finalizer<K>(
     api: &Api<K>,
     meta: &ObjectMeta,
     finalizer: &str,
+    label: Option<(&str, &str)>,
 ) -> Result<(), ReconcileError>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -189,15 +197,14 @@ where
             json!({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}),
         ],
     };
-    if finalizer == pool::CREDENTIALS_FINALIZER {
-        let label = format!(
-            "/metadata/labels/{}",
-            pool::LABEL_CREDENTIALS.replace('/', "~1")
-        );
-        match &meta.labels {
-            Some(_) => ops.push(json!({"op": "add", "path": label, "value": "in-use"})),
-            None => ops.push(json!({"op": "add", "path": "/metadata/labels", "value": {pool::LABEL_CREDENTIALS: "in-use"}})),
-        }
+    if let Some((key, value)) = label {
+        ops.push(match &meta.labels {
+            Some(_) => {
+                let path = format!("/metadata/labels/{}", key.replace('/', "~1"));
+                json!({"op": "add", "path": path, "value": value})
+            }
+            None => json!({"op": "add", "path": "/metadata/labels", "value": {key: value}}),
+        });
     }
     patch_json(api, meta, ops).await
 }
@@ -559,7 +566,7 @@ async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, Re
     if !deleting && !has_finalizer {
         // The finalizer first, so that no runner exists that deletion could forget, and so
         // that the pool's metrics and credentials are released when it goes.
-        add_finalizer(&api, &pool.metadata, pool::FINALIZER).await?;
+        add_finalizer(&api, &pool.metadata, pool::FINALIZER, None).await?;
     }
     let valid = match pool::validate(pool) {
         Ok(v) => v,
