@@ -149,11 +149,7 @@ async fn three_clusters_share_a_workspace_and_keep_their_own_runners() {
         clusters_used.contains(&gone),
         "{gone} is not among {clusters_used:?}"
     );
-    clusters[index]
-        .pools()
-        .delete("builds", &DeleteParams::default())
-        .await
-        .unwrap();
+    clusters[index].delete_pool("builds").await;
     eventually(
         "the deleted pool's runners gone, the others kept",
         30,
@@ -273,14 +269,10 @@ async fn pool_online(name: &str, min: u32) -> (World, Operator) {
 
 /// Delete pool `builds`: its runners, the pool and its credentials Secret all go.
 async fn delete_pool_and_see_everything_go(world: &World) {
-    world
-        .pools()
-        .delete("builds", &DeleteParams::default())
-        .await
-        .unwrap();
+    world.delete_pool("builds").await;
     eventually("runners, pool and Secret all gone", 30, || async {
         world.runners().is_empty()
-            && world.pools().get_opt("builds").await.unwrap().is_none()
+            && world.pool_gone("builds").await
             && credentials_secret(world).await.is_none()
     })
     .await;
@@ -339,19 +331,15 @@ async fn a_secret_deleted_first_is_kept_until_its_pool_goes_and_the_pool_says_wh
         .await
         .unwrap();
     eventually("the pool says why it is degraded", 20, || async {
-        let status = world.status("builds").await;
-        status["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| {
-                c["type"] == "Degraded"
-                    && c["status"] == "True"
-                    && c["reason"] == "CredentialsDeleting"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("bitbucket-credentials"))
-            })
+        world
+            .has_condition(
+                "builds",
+                "Degraded",
+                "True",
+                "CredentialsDeleting",
+                "bitbucket-credentials",
+            )
+            .await
     })
     .await;
     // Still held, and the runner still serves steps.
@@ -414,16 +402,9 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
         ("bad-size", "spec.runner.size"),
     ] {
         eventually(&format!("{pool} degraded naming {field}"), 20, || async {
-            let status = world.status(pool).await;
-            status["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| {
-                    c["type"] == "Degraded"
-                        && c["reason"] == "InvalidSpec"
-                        && c["message"].as_str().is_some_and(|m| m.contains(field))
-                })
+            world
+                .has_condition(pool, "Degraded", "True", "InvalidSpec", field)
+                .await
         })
         .await;
     }
@@ -443,13 +424,9 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
     }
     assert!(checks.iter().any(|c| c["name"] == "dind/ci/builds"));
     // Deleting an unreadable pool still works (it never got runners).
-    world
-        .pools()
-        .delete("bad-size", &DeleteParams::default())
-        .await
-        .unwrap();
+    world.delete_pool("bad-size").await;
     eventually("the unreadable pool is gone", 20, || async {
-        world.pools().get_opt("bad-size").await.unwrap().is_none()
+        world.pool_gone("bad-size").await
     })
     .await;
 }
@@ -467,13 +444,9 @@ async fn the_operator_logs_every_change_and_failure_and_forgets_deleted_pools() 
         world.runners().iter().any(|r| !r["step"].is_null())
     })
     .await;
-    world
-        .pools()
-        .delete("builds", &DeleteParams::default())
-        .await
-        .unwrap();
+    world.delete_pool("builds").await;
     eventually("the pool gone after its step", 30, || async {
-        world.pools().get_opt("builds").await.unwrap().is_none()
+        world.pool_gone("builds").await
     })
     .await;
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
@@ -730,11 +703,7 @@ async fn another_controller_s_finalizer_on_a_pool_is_kept() {
         online(&world.runners()) == 1
     })
     .await;
-    world
-        .pools()
-        .delete("builds", &DeleteParams::default())
-        .await
-        .unwrap();
+    world.delete_pool("builds").await;
     // The operator cleans up and lets go of its own; the other controller's stays.
     eventually(
         "the operator's finalizer gone, the other kept",

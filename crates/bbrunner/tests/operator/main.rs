@@ -291,6 +291,39 @@ impl Cluster {
         )
     }
 
+    async fn delete_pool(&self, name: &str) {
+        self.pools()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    async fn pool_gone(&self, name: &str) -> bool {
+        self.pools().get_opt(name).await.unwrap().is_none()
+    }
+
+    /// Whether pool `name` has condition `kind` with this status and reason, its message
+    /// containing `part`.
+    async fn has_condition(
+        &self,
+        name: &str,
+        kind: &str,
+        status: &str,
+        reason: &str,
+        part: &str,
+    ) -> bool {
+        self.status(name).await["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == kind
+                    && c["status"] == status
+                    && c["reason"] == reason
+                    && c["message"].as_str().is_some_and(|m| m.contains(part))
+            })
+    }
+
     async fn status(&self, name: &str) -> Value {
         self.pools()
             .get(name)
@@ -469,13 +502,9 @@ async fn repairs_deleting_a_pool_and_a_runner_deleted_in_bitbucket() {
     .await;
 
     // Deleting the pool deletes every runner in Bitbucket, then the pool.
-    world
-        .pools()
-        .delete("builds", &DeleteParams::default())
-        .await
-        .unwrap();
+    world.delete_pool("builds").await;
     eventually("no runner left and the pool gone", 20, || async {
-        world.runners().is_empty() && world.pools().get_opt("builds").await.unwrap().is_none()
+        world.runners().is_empty() && world.pool_gone("builds").await
     })
     .await;
     eventually("pods and Secrets cascade", 10, || async {
@@ -498,14 +527,9 @@ async fn invalid_credentials_degrade_the_pool_and_create_nothing() {
         .await;
     world.pool("builds", spec).await;
     eventually("Degraded/CredentialsInvalid", 20, || async {
-        let status = world.status("builds").await;
-        status["conditions"].as_array().is_some_and(|c| {
-            c.iter().any(|c| {
-                c["type"] == "Degraded"
-                    && c["status"] == "True"
-                    && c["reason"] == "CredentialsInvalid"
-            })
-        })
+        world
+            .has_condition("builds", "Degraded", "True", "CredentialsInvalid", "")
+            .await
     })
     .await;
     assert!(world.runners().is_empty());
@@ -961,14 +985,9 @@ async fn malformed_specs_past_crd_validation_degrade_the_pool_naming_the_field()
         }
         world.pool(name, spec).await;
         eventually(&format!("{name} is Degraded/InvalidSpec"), 20, || async {
-            let status = world.status(name).await;
-            status["conditions"].as_array().is_some_and(|c| {
-                c.iter().any(|c| {
-                    c["type"] == "Degraded"
-                        && c["reason"] == "InvalidSpec"
-                        && c["message"].as_str().is_some_and(|m| m.contains(field))
-                })
-            })
+            world
+                .has_condition(name, "Degraded", "True", "InvalidSpec", field)
+                .await
         })
         .await;
     }
@@ -990,19 +1009,15 @@ async fn a_dind_before_docker_24_is_shown_in_status_and_events() {
     spec["dind"] = json!({"image": "docker:20.10.7-dind", "mtu": 1400});
     world.pool("builds", spec).await;
     eventually("the condition and the event", 20, || async {
-        let status = world.status("builds").await;
-        let condition = status["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| {
-                c["type"] == "StepNetworkMTU"
-                    && c["status"] == "False"
-                    && c["reason"] == "DindBeforeDocker24"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("keeps 1500"))
-            });
+        let condition = world
+            .has_condition(
+                "builds",
+                "StepNetworkMTU",
+                "False",
+                "DindBeforeDocker24",
+                "keeps 1500",
+            )
+            .await;
         let event = world
             .events()
             .list(&ListParams::default())

@@ -122,14 +122,10 @@ async fn pool_lifecycle_works(drop_rule: Option<usize>) -> bool {
     if !alive {
         return false;
     }
-    world
-        .pools()
-        .delete("builds", &DeleteParams::default())
-        .await
-        .unwrap();
+    world.delete_pool("builds").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if world.pools().get_opt("builds").await.unwrap().is_none() && world.runners().is_empty() {
+        if world.pool_gone("builds").await && world.runners().is_empty() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
