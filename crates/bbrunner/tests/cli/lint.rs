@@ -9,6 +9,33 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// A temporary directory with `pools.yaml` (POOLS) and, if given, `bitbucket-pipelines.yml`;
+/// removed when dropped, also when the test fails.
+struct Case {
+    dir: PathBuf,
+    file: PathBuf,
+    pools: PathBuf,
+}
+
+impl Case {
+    fn new(name: &str, pipelines: Option<&str>) -> Self {
+        let dir = temp(name);
+        let file = dir.join("bitbucket-pipelines.yml");
+        if let Some(text) = pipelines {
+            std::fs::write(&file, text).unwrap();
+        }
+        let pools = dir.join("pools.yaml");
+        std::fs::write(&pools, POOLS).unwrap();
+        Case { dir, file, pools }
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 const POOLS: &str = "\
 apiVersion: bbrunner.dev/v1alpha1
 kind: RunnerPool
@@ -40,10 +67,8 @@ pipelines:
 
 #[test]
 fn text_output_names_file_line_column_code_and_help_and_fails_on_errors() {
-    let dir = temp("text");
-    std::fs::write(dir.join("bitbucket-pipelines.yml"), PIPELINES).unwrap();
-    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
-    let file = dir.join("bitbucket-pipelines.yml");
+    let case = Case::new("text", Some(PIPELINES));
+    let Case { dir, file, .. } = &case;
     let run = bbrunner(
         &[
             "lint",
@@ -78,16 +103,12 @@ fn text_output_names_file_line_column_code_and_help_and_fails_on_errors() {
         "{}",
         run.stdout
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn json_output_and_fix() {
-    let dir = temp("fix");
-    let file = dir.join("bitbucket-pipelines.yml");
-    std::fs::write(&file, PIPELINES.replace("gpu", "build")).unwrap();
-    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
-    let pools = dir.join("pools.yaml");
+    let case = Case::new("fix", Some(&PIPELINES.replace("gpu", "build")));
+    let Case { file, pools, .. } = &case;
     let args = [
         "lint",
         file.to_str().unwrap(),
@@ -109,7 +130,7 @@ fn json_output_and_fix() {
     let run = bbrunner(&with_fix, "").success();
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["diagnostics"], serde_json::json!([]));
-    let fixed = std::fs::read_to_string(&file).unwrap();
+    let fixed = std::fs::read_to_string(file).unwrap();
     assert!(fixed.starts_with("# deploys on merge\ndefinitions:\n  services:\n    docker:\n      type: docker\n      image: ghcr.io/bbrunner/docker-service:28.5\n      variables:\n        DOCKER_OPTS: \"--mtu=1400\"\npipelines:\n"), "{fixed}");
     assert!(
         run.stderr.contains("fixed:") && run.stderr.contains("ghcr.io/bbrunner/docker-service"),
@@ -117,22 +138,19 @@ fn json_output_and_fix() {
         run.stderr
     );
     assert!(fixed.contains("services: [docker]   # builds images"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A file --fix must not edit (here: the user's own DOCKER_OPTS) is left byte for byte, and
 /// the user is told what to add by hand.
 #[test]
 fn fix_leaves_a_file_it_cannot_edit_and_says_what_to_add() {
-    let dir = temp("nofix");
-    let file = dir.join("bitbucket-pipelines.yml");
+    let case = Case::new("nofix", None);
+    let Case { file, pools, .. } = &case;
     let text = PIPELINES.replace("gpu", "build").replace(
         "# deploys on merge\n",
         "# deploys on merge\ndefinitions:\n  services:\n    docker:\n      variables:\n        DOCKER_OPTS: --debug\n",
     );
-    std::fs::write(&file, &text).unwrap();
-    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
-    let pools = dir.join("pools.yaml");
+    std::fs::write(file, &text).unwrap();
     let run = bbrunner(
         &[
             "lint",
@@ -149,8 +167,7 @@ fn fix_leaves_a_file_it_cannot_edit_and_says_what_to_add() {
         "{}",
         run.stderr
     );
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(std::fs::read_to_string(file).unwrap(), text);
 }
 
 /// The seed's third Docker level with a stock dind image: --fix must not claim an MTU the image
@@ -158,15 +175,13 @@ fn fix_leaves_a_file_it_cannot_edit_and_says_what_to_add() {
 /// declares reads DOCKER_OPTS is fixed in place.
 #[test]
 fn fix_refuses_a_docker_service_image_that_ignores_docker_opts() {
-    let dir = temp("stock-dind");
-    let file = dir.join("bitbucket-pipelines.yml");
+    let case = Case::new("stock-dind", None);
+    let Case { file, pools, .. } = &case;
     let text = PIPELINES.replace("gpu", "build").replace(
         "# deploys on merge\n",
         "# deploys on merge\ndefinitions:\n  services:\n    docker:\n      image: docker:27-dind\n",
     );
-    std::fs::write(&file, &text).unwrap();
-    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
-    let pools = dir.join("pools.yaml");
+    std::fs::write(file, &text).unwrap();
     let args = [
         "lint",
         file.to_str().unwrap(),
@@ -190,7 +205,7 @@ fn fix_refuses_a_docker_service_image_that_ignores_docker_opts() {
         "{}",
         run.stderr
     );
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    assert_eq!(std::fs::read_to_string(file).unwrap(), text);
 
     let mut declared = args.to_vec();
     declared.extend(["--docker-service-image", "docker:27-dind"]);
@@ -201,11 +216,10 @@ fn fix_refuses_a_docker_service_image_that_ignores_docker_opts() {
         run.stderr
     );
     let fixed: serde_json::Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     let docker = &fixed["definitions"]["services"]["docker"];
     assert_eq!(docker["image"], "docker:27-dind", "{fixed}");
     assert_eq!(docker["variables"]["DOCKER_OPTS"], "--mtu=1400", "{fixed}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -299,9 +313,8 @@ fn corpus_schema_verdicts_agree_with_check_jsonschema() {
 /// anything that is not a regular file, as trouble (exit 2), and claims nothing.
 #[test]
 fn fix_refuses_what_is_not_a_regular_file() {
-    let dir = temp("fix-stdin");
-    std::fs::write(dir.join("pools.yaml"), POOLS).unwrap();
-    let pools = dir.join("pools.yaml");
+    let case = Case::new("fix-stdin", None);
+    let Case { dir, pools, .. } = &case;
     let run = bbrunner(
         &[
             "lint",
@@ -321,7 +334,6 @@ fn fix_refuses_what_is_not_a_regular_file() {
     );
     let run = bbrunner(&["lint", dir.to_str().unwrap(), "--fix"], "");
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
