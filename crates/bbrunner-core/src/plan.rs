@@ -166,6 +166,35 @@ impl Plan {
                 .unwrap_or("repair"),
         }
     }
+
+    /// What keeps the pool from working as asked, as a Degraded reason and message, worst
+    /// first. `deleting_credentials` names the pool's credentials Secret when it is being
+    /// deleted.
+    pub fn problem(&self, deleting_credentials: Option<&str>) -> Option<(&'static str, String)> {
+        if let Some(secret) = deleting_credentials {
+            return Some((
+                "CredentialsDeleting",
+                format!(
+                    "the credentials Secret {secret} is being deleted; it is kept until no pool uses it, so that deleting this pool can still remove its runners in Bitbucket. Delete the pool, or point spec.credentials at another Secret"
+                ),
+            ));
+        }
+        if self.blocked_by_quota > 0 {
+            return Some((
+                "QuotaExceeded",
+                format!(
+                    "{} runner(s) wanted, but the scope is at Bitbucket's limit of 100 runners",
+                    self.blocked_by_quota
+                ),
+            ));
+        }
+        self.unschedulable.as_ref().map(|m| {
+            (
+                "Unschedulable",
+                format!("runner pods cannot be scheduled: {m}"),
+            )
+        })
+    }
 }
 
 /// What we know of one runner UUID across the three places.

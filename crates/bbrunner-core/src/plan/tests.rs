@@ -258,6 +258,22 @@ fn the_scope_limit_caps_creation() {
         2
     );
     assert_eq!(p.blocked_by_quota, 4);
+    let (reason, message) = p.problem(None).unwrap();
+    assert_eq!(reason, "QuotaExceeded");
+    assert!(message.starts_with("4 runner(s) wanted"), "{message}");
+}
+
+#[test]
+fn the_worst_problem_is_reported_credentials_then_quota_then_scheduling() {
+    let mut p = plan(&pool(), &observed(vec![], vec![], vec![]));
+    assert_eq!(p.problem(None), None);
+    p.unschedulable = Some("0/3 nodes: Insufficient memory".to_owned());
+    assert_eq!(p.problem(None).unwrap().0, "Unschedulable");
+    p.blocked_by_quota = 1;
+    assert_eq!(p.problem(None).unwrap().0, "QuotaExceeded");
+    let (reason, message) = p.problem(Some("bitbucket-credentials")).unwrap();
+    assert_eq!(reason, "CredentialsDeleting");
+    assert!(message.contains("bitbucket-credentials"), "{message}");
 }
 
 #[test]

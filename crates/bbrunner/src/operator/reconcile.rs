@@ -864,30 +864,9 @@ async fn reconcile_managed(
         )
         .await;
     }
-    report.problem = if credentials_deleted {
-        Some((
-            "CredentialsDeleting",
-            format!(
-                "the credentials Secret {} is being deleted; it is kept until no pool uses it, so that deleting this pool can still remove its runners in Bitbucket. Delete the pool, or point spec.credentials at another Secret",
-                report.credentials_secret.as_deref().unwrap_or_default()
-            ),
-        ))
-    } else if planned.blocked_by_quota > 0 {
-        Some((
-            "QuotaExceeded",
-            format!(
-                "{} runner(s) wanted, but the scope is at Bitbucket's limit of 100 runners",
-                planned.blocked_by_quota
-            ),
-        ))
-    } else {
-        planned.unschedulable.clone().map(|m| {
-            (
-                "Unschedulable",
-                format!("runner pods cannot be scheduled: {m}"),
-            )
-        })
-    };
+    let deleting_credentials =
+        credentials_deleted.then(|| report.credentials_secret.clone().unwrap_or_default());
+    report.problem = planned.problem(deleting_credentials.as_deref());
     write_status(ctx, pool, report).await?;
     Ok(Requeue::requeue(poll))
 }
