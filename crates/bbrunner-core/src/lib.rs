@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod ids;
 pub mod import;
 pub mod labels;
+#[cfg(feature = "lint")]
 pub mod lint;
 pub mod manifests;
 pub mod migrate;
@@ -17,3 +18,4 @@ pub mod registration;
 pub mod scaling;
 pub mod schedule;
 pub mod simulate;
+pub mod yaml;

@@ -1,8 +1,6 @@
 //! `bbrunner lint`: a bitbucket-pipelines.yml against the official schema and against the
 //! pools that will run it. Pure: text and pools in, diagnostics out.
 
-pub mod yaml;
-
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
@@ -11,7 +9,7 @@ use serde_json::Value;
 
 use crate::labels::{Labels, MAX_LABELS, validate_label};
 use crate::manifests::{Mtu, RunnerSize, dind_networks_mtu_warning};
-use yaml::{Document, Pos, escape};
+use crate::yaml::{self, Document, Pos, escape};
 
 /// Atlassian's schema, vendored (MIT; license beside it).
 pub const SCHEMA: &str = include_str!("../schema/bitbucket-pipelines.schema.json");

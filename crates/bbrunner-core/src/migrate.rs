@@ -7,9 +7,9 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::labels::{SYSTEM_LABELS, validate_label};
-use crate::lint::yaml::{self, Document};
 use crate::manifests::{Mtu, dind_networks_mtu_warning};
 use crate::pool::RUNNERS_PER_SCOPE;
+use crate::yaml::{self, Document};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{path} (line {line}, column {column}): {message}")]
@@ -468,7 +468,7 @@ groups:
         );
         // Every document loads back as the YAML it claims to be.
         for d in docs {
-            let loaded = crate::lint::yaml::load(d).unwrap();
+            let loaded = crate::yaml::load(d).unwrap();
             assert_eq!(loaded.value["kind"], "RunnerPool");
             assert!(loaded.value["spec"]["scaling"]["max"].is_number());
         }

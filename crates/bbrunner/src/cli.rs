@@ -48,8 +48,10 @@ pub enum Command {
     Operator(OperatorArgs),
     /// The whole product in one process against simulated Bitbucket and Kubernetes: the
     /// operator scaling a pool through a bursty workload, then a summary.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Check a bitbucket-pipelines.yml against the official schema and the pools that run it.
+    #[cfg(feature = "lint")]
     Lint(LintArgs),
     /// Check the cluster and Bitbucket for what breaks runners: CRD, operator, Pod Security,
     /// dind vs nodes, MTU, overlapping pools, quota, credentials, scheduling.
@@ -100,6 +102,7 @@ pub struct DoctorArgs {
     pub probe_image: String,
 }
 
+#[cfg(feature = "lint")]
 #[derive(Debug, clap::Args)]
 pub struct LintArgs {
     /// The pipelines file.
@@ -129,6 +132,7 @@ pub enum TextFormat {
     Json,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// How long the workload keeps arriving (real time).
@@ -229,6 +233,7 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: TableFormat,
     /// Write an SVG of queued steps and runners over time, one panel per policy.
+    #[cfg(feature = "plot")]
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 }

@@ -7,6 +7,7 @@ mod input;
 mod install;
 mod operator;
 mod output;
+#[cfg(feature = "plot")]
 mod plot;
 
 use std::process::ExitCode;

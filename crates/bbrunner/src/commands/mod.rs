@@ -4,9 +4,11 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 
+#[cfg(feature = "demo")]
 mod demo;
 mod doctor;
 mod import;
+#[cfg(feature = "lint")]
 mod lint;
 mod operator;
 mod render;
@@ -71,10 +73,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate(args) => simulate::run(&args),
         Command::Crd => crd(),
         Command::Operator(args) => operator::run(&args),
+        #[cfg(feature = "lint")]
         Command::Lint(args) => lint::run(&args),
         Command::Install(args) => install(&args),
         Command::Migrate(args) => migrate(&args),
         Command::Doctor(args) => tokio::runtime::Runtime::new()?.block_on(doctor::run(&args)),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(demo::run(&args)),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

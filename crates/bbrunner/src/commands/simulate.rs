@@ -10,7 +10,7 @@ use bbrunner_core::simulate::{
 };
 
 use crate::cli::{SimulateArgs, TableFormat};
-use crate::{input, output, plot};
+use crate::{input, output};
 
 #[derive(serde::Serialize)]
 struct Report<'a> {
@@ -126,8 +126,9 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
         results.push(result);
     }
 
+    #[cfg(feature = "plot")]
     if let Some(path) = &args.plot {
-        plot::write_svg(path, &results)?;
+        crate::plot::write_svg(path, &results)?;
     }
     let text = match args.format {
         TableFormat::Json => output::json(&Report { policies: &results })?,

@@ -20,6 +20,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerError;
 use tokio_util::sync::CancellationToken;
 
 pub use reconcile::Settings;
@@ -42,15 +43,50 @@ pub struct Options {
     pub cluster_id: Option<ClusterId>,
 }
 
+/// Whether a Kubernetes API failure may pass by itself: a server error, throttling, or no
+/// answer at all. Refusals (403, 404, ...) will not, and retrying them only hides them.
+fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs a call the operator cannot start without, retrying transient failures for about a
+/// minute: an API server restarting while the operator starts is no reason to crash-loop.
+async fn at_startup<T, E, Fut>(
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    call: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    use backon::{ExponentialBuilder, Retryable as _};
+    call.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(200))
+            .with_max_delay(std::time::Duration::from_secs(10))
+            .with_max_times(10),
+    )
+    .when(transient)
+    .notify(|error, delay| tracing::warn!(%error, ?delay, "{what} failed; retrying"))
+    .await
+}
+
 /// The cluster's identity: as given, or the first 8 hex digits of kube-system's UID.
 async fn cluster_id(client: &Client, given: Option<ClusterId>) -> Result<ClusterId> {
     if let Some(id) = given {
         return Ok(id);
     }
-    let kube_system = Api::<Namespace>::all(client.clone())
-        .get("kube-system")
-        .await
-        .context("cannot read the kube-system namespace, whose UID names this cluster in runner names; give --cluster-id instead")?;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let kube_system = at_startup("reading the kube-system namespace", is_transient, || {
+        namespaces.get("kube-system")
+    })
+    .await
+    .context("cannot read the kube-system namespace, whose UID names this cluster in runner names; give --cluster-id instead")?;
     let uid = kube_system.metadata.uid.unwrap_or_default();
     ClusterId::from_namespace_uid(&uid)
         .context("the kube-system namespace has no usable UID; give --cluster-id")
@@ -115,14 +151,22 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         .take(6)
         .collect();
     let identity = format!("{host}-{}-{suffix}", std::process::id());
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "bbrunner-operator")
-        .with_namespace(options.lease_namespace.clone())
-        .with_identity(identity.clone())
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .context("cannot set up leader election")?;
+    // Two replicas starting together race to create the Lease: the loser tries again.
+    let lease_transient = |error: &LeaseManagerError| match error {
+        LeaseManagerError::KubeError(error) => is_transient(error),
+        LeaseManagerError::LeaseAlreadyExists(_) => true,
+        _ => false,
+    };
+    let manager = at_startup("setting up leader election", lease_transient, || {
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "bbrunner-operator")
+            .with_namespace(options.lease_namespace.clone())
+            .with_identity(identity.clone())
+            .with_duration(15)
+            .with_grace(5)
+            .build()
+    })
+    .await
+    .context("cannot set up leader election")?;
     let (mut leading, lease_task) = manager.watch().await;
     metrics.set_ready(true);
     loop {
@@ -195,8 +239,17 @@ async fn controller(
     // metadata alone (the owner reference is all the trigger needs), so that the watch
     // streams carry no pod specs or Secret data.
     Controller::new_with(pools, watcher::Config::default(), resource)
-        .owns_stream(watcher(pods, managed.clone()).touched_objects())
-        .owns_stream(watcher(secrets, managed).touched_objects())
+        // Backoff: during an API outage, a watch without it retries in a hot loop.
+        .owns_stream(
+            watcher(pods, managed.clone())
+                .default_backoff()
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(secrets, managed)
+                .default_backoff()
+                .touched_objects(),
+        )
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
@@ -212,4 +265,44 @@ async fn controller(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("injected", "Fault").with_code(code),
+        ))
+    }
+
+    async fn calls_until_done(failures: u32, code: u16) -> (u32, Result<(), kube::Error>) {
+        let calls = AtomicU32::new(0);
+        let result = at_startup("a test call", is_transient, || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if n < failures {
+                Err(api_error(code))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        (calls.load(Ordering::SeqCst), result)
+    }
+
+    #[tokio::test]
+    async fn startup_calls_outlast_server_errors_but_not_refusals() {
+        let (calls, result) = calls_until_done(2, 500).await;
+        assert!(result.is_ok() && calls == 3, "{calls} calls: {result:?}");
+        let (calls, result) = calls_until_done(1, 429).await;
+        assert!(result.is_ok() && calls == 2, "{calls} calls: {result:?}");
+        let (calls, result) = calls_until_done(5, 403).await;
+        assert!(
+            result.is_err() && calls == 1,
+            "a refusal was retried: {calls} calls"
+        );
+    }
 }

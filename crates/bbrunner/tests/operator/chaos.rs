@@ -112,7 +112,17 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let world = World::start_with("chaos", |c| c.nodes = 4).await;
     let operator_args = ["--registration-ttl", "20s"];
-    let mut operator = Some(world.operator(&operator_args));
+    // Every operator appends to one log, shown when the pool does not converge.
+    let log_path = world.dir.join("operator.log");
+    let start_operator = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        world.operator_logging(&operator_args, "info", Stdio::from(log))
+    };
+    let mut operator = Some(start_operator());
     let mut spec = managed(1, 6);
     spec["scaling"]["scaleDownDelay"] = json!("2s");
     world.pool("builds", spec).await;
@@ -173,7 +183,7 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
             drop(operator.take());
             restarted += 1;
             tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
-            operator = Some(world.operator(&operator_args));
+            operator = Some(start_operator());
         }
         if tick.is_multiple_of(45) {
             let pods = pods_despite_faults(&world).await;
@@ -202,12 +212,18 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
         .with_world(|w, _| w.faults = BitbucketFaults::default());
     world._kube.cluster().set_faults(KubeFaults::default());
     let calm = Instant::now();
-    let counted_at = held_after(&world, calm, Convergence::Count)
-        .await
-        .unwrap_or_else(|| panic!("runner count never matched desired within 90 s"));
-    let convergence = held_after(&world, calm, Convergence::Full)
-        .await
-        .unwrap_or_else(|| panic!("no convergence within 90 s after the faults stopped"));
+    let Some(counted_at) = held_after(&world, calm, Convergence::Count).await else {
+        panic!(
+            "runner count never matched desired within 90 s\n{}",
+            diagnosis(&world, &log_path).await
+        )
+    };
+    let Some(convergence) = held_after(&world, calm, Convergence::Full).await else {
+        panic!(
+            "no convergence within 90 s after the faults stopped\n{}",
+            diagnosis(&world, &log_path).await
+        )
+    };
 
     let (
         interrupted_by_us,
@@ -283,6 +299,35 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
         "faults were not injected: {summary}"
     );
     drop(operator);
+}
+
+/// What a failed convergence needs to be understood: the pool's status, Bitbucket's runners,
+/// the pods, and the end of the operators' log.
+async fn diagnosis(world: &World, log_path: &std::path::Path) -> String {
+    let pods: Vec<Value> = world
+        .pods()
+        .await
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.metadata.name,
+                "uuid": p.metadata.labels.as_ref().and_then(|l| l.get("bbrunner.dev/runner-uuid")),
+                "phase": p.status.as_ref().and_then(|s| s.phase.clone()),
+                "node": p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                "deleting": p.metadata.deletion_timestamp.is_some(),
+            })
+        })
+        .collect();
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(80).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!(
+        "status: {}\nrunners: {}\npods: {}\noperator log (last 80 lines):\n{}",
+        world.status("builds").await,
+        json!(world.runners()),
+        json!(pods),
+        tail.join("\n")
+    )
 }
 
 fn runner_uuids(runners: &[Value]) -> BTreeSet<String> {
