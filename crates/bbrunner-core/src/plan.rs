@@ -133,11 +133,34 @@ impl Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counts {
     pub starting: u32,
+    /// Busy, idle, or online and disabled: overlaps the states below.
     pub online: u32,
     pub busy: u32,
     pub idle: u32,
     pub disabled: u32,
     pub offline: u32,
+    /// Being retired by this plan.
+    pub removing: u32,
+}
+
+impl Counts {
+    /// Runners that serve or will: what the policy weighs against its desired count.
+    pub fn capacity(&self) -> u32 {
+        self.starting + self.offline + self.idle + self.busy
+    }
+
+    /// The states every runner is in exactly one of (`online` overlaps them), so that their
+    /// sum is the pool's runners, pods and registrations.
+    pub fn disjoint(&self) -> [(&'static str, u32); 6] {
+        [
+            ("starting", self.starting),
+            ("idle", self.idle),
+            ("busy", self.busy),
+            ("disabled", self.disabled),
+            ("offline", self.offline),
+            ("removing", self.removing),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -283,6 +306,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                     actions.push(Action::DisableRunner(j.uuid.clone()));
                 }
                 _ => {
+                    counts.removing += 1;
                     why.insert(j.uuid.clone(), "pool deleted");
                     retire(&mut actions, &j);
                 }
@@ -294,14 +318,21 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             // Not (or not yet) in Bitbucket.
             match (j.pod, j.secret) {
                 (Some(p), _) if !known_before_list(p.created_at) => {
-                    if !p.terminating {
+                    if p.terminating {
+                        counts.removing += 1;
+                    } else {
                         counts.starting += 1;
                         policy_view.starting += 1;
                     }
                 }
-                (None, Some(s)) if !known_before_list(s.created_at) => {}
+                // Created after the list was read; its pod comes next.
+                (None, Some(s)) if !known_before_list(s.created_at) => {
+                    counts.starting += 1;
+                    policy_view.starting += 1;
+                }
                 // The runner vanished from Bitbucket: its pod and Secret go too.
                 _ => {
+                    counts.removing += 1;
                     why.insert(j.uuid.clone(), "runner gone from Bitbucket");
                     retire(&mut actions, &j);
                 }
@@ -336,11 +367,12 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
         if runner.status == RunnerStatus::Disabled {
             // Disabled at an earlier reconcile and still idle: finish draining, unless the
             // policy below wants it back.
-            counts.disabled += 1;
             let used_up = pool.ephemeral && j.pod.is_some_and(|p| p.ran_step);
             if live_pod.is_some() && !used_up {
+                counts.disabled += 1;
                 revivable.push(j.uuid.clone());
             } else {
+                counts.removing += 1;
                 why.insert(j.uuid.clone(), "drained and still idle");
                 retire(&mut actions, &j);
             }
@@ -366,6 +398,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                 policy_view.starting += 1;
             } else {
                 // No Secret, so no way to run it (a crash right after creating it): delete.
+                counts.removing += 1;
                 why.insert(j.uuid.clone(), "no registration Secret: it can never run");
                 actions.push(Action::DeleteRunner(j.uuid.clone()));
             }
@@ -395,19 +428,22 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                 }
             }
             RunnerStatus::Unregistered | RunnerStatus::Offline | RunnerStatus::Other => {
-                if runner.status == RunnerStatus::Offline {
-                    counts.offline += 1;
-                }
                 let waiting_for_room =
                     pod.phase == PodPhase::Pending && pod.unschedulable.is_some();
                 if waiting_for_room {
                     unschedulable = pod.unschedulable.clone();
                 }
                 if !waiting_for_room && age_in_state > pool.registration_ttl {
+                    counts.removing += 1;
                     why.insert(j.uuid.clone(), "not online within the registration TTL");
                     retire(&mut actions, &j);
                 } else {
-                    counts.starting += 1;
+                    // The policy counts an offline runner as one coming back.
+                    if runner.status == RunnerStatus::Offline {
+                        counts.offline += 1;
+                    } else {
+                        counts.starting += 1;
+                    }
                     policy_view.starting += 1;
                 }
             }

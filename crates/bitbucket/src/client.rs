@@ -33,9 +33,10 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Told of every request sent: its endpoint name and HTTP status (0 when no answer came).
+/// Told of every request sent: its endpoint name, HTTP status (0 when no answer came) and the
+/// time to the answer's headers.
 #[derive(Clone)]
-pub struct RequestObserver(pub Arc<dyn Fn(&'static str, u16) + Send + Sync>);
+pub struct RequestObserver(pub Arc<dyn Fn(&'static str, u16, Duration) + Send + Sync>);
 
 impl std::fmt::Debug for RequestObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -552,12 +553,13 @@ impl Client {
             if let Some(body) = &request.body {
                 builder = builder.json(body);
             }
+            let sent = std::time::Instant::now();
             let response = builder.send().await.map_err(|e| {
-                self.observe(request.endpoint, 0);
+                self.observe(request.endpoint, 0, sent.elapsed());
                 transport(&request.what, &e)
             })?;
             let status = response.status();
-            self.observe(request.endpoint, status.as_u16());
+            self.observe(request.endpoint, status.as_u16(), sent.elapsed());
             let retry_after = retry_after(response.headers());
             let body = response
                 .bytes()
@@ -578,9 +580,9 @@ impl Client {
         }
     }
 
-    fn observe(&self, endpoint: &'static str, status: u16) {
+    fn observe(&self, endpoint: &'static str, status: u16, latency: Duration) {
         if let Some(observer) = &self.inner.config.observer {
-            (observer.0)(endpoint, status);
+            (observer.0)(endpoint, status, latency);
         }
     }
 

@@ -475,7 +475,7 @@ proptest! {
     #[test]
     fn max_is_never_overshot(pool in arbitrary_pool(), o in arbitrary_observation()) {
         let p = plan(&pool, &o);
-        let capacity = p.counts.starting + p.counts.idle + p.counts.busy;
+        let capacity = p.counts.capacity();
         // Re-enabling a busy runner keeps capacity already counted; reviving an idle one adds.
         let busy = |u: &RunnerUuid| o.runners.iter().any(|r| &r.uuid == u && r.busy);
         let added = p
@@ -492,6 +492,19 @@ proptest! {
         }
         let creates = p.actions.iter().filter(|a| **a == Action::CreateRunner).count() as u32;
         prop_assert!(creates <= o.scope_room);
+    }
+
+    #[test]
+    fn every_runner_pod_or_registration_is_in_exactly_one_state(pool in arbitrary_pool(), o in arbitrary_observation()) {
+        let p = plan(&pool, &o);
+        let mut uuids: Vec<&RunnerUuid> = o.runners.iter().map(|r| &r.uuid)
+            .chain(o.pods.iter().map(|p| &p.runner))
+            .chain(o.secrets.iter().map(|s| &s.runner))
+            .collect();
+        uuids.sort();
+        uuids.dedup();
+        let sum: u32 = p.counts.disjoint().iter().map(|(_, n)| n).sum();
+        prop_assert_eq!(sum as usize, uuids.len(), "{:?}", p.counts);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bitbucket::{Client, Config, Credentials, Error, RequestObserver, Runner, RunnerScope};
 use secrecy::ExposeSecret;
 
-use super::metrics::{IdentityLabels, Metrics, RequestLabels};
+use super::metrics::{EndpointLabels, IdentityLabels, Metrics, RequestLabels};
 
 /// A scope's runner list and when it was fetched.
 #[derive(Clone)]
@@ -80,15 +80,23 @@ pub fn now_seconds() -> f64 {
 impl Hub {
     pub fn new(mut base: Config, metrics: Arc<Metrics>) -> Self {
         let observed = metrics.clone();
-        base.observer = Some(RequestObserver(Arc::new(move |endpoint, status| {
-            observed
-                .bitbucket_requests
-                .get_or_create(&RequestLabels {
-                    endpoint: endpoint.to_owned(),
-                    status: status.to_string(),
-                })
-                .inc();
-        })));
+        base.observer = Some(RequestObserver(Arc::new(
+            move |endpoint, status, latency| {
+                observed
+                    .bitbucket_requests
+                    .get_or_create(&RequestLabels {
+                        endpoint: endpoint.to_owned(),
+                        status: status.to_string(),
+                    })
+                    .inc();
+                observed
+                    .bitbucket_request_duration
+                    .get_or_create(&EndpointLabels {
+                        endpoint: endpoint.to_owned(),
+                    })
+                    .observe(latency.as_secs_f64());
+            },
+        )));
         Self {
             base,
             metrics,

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -42,14 +42,22 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    revision: String,
+}
+
 /// `identity` is [`bitbucket::Credentials::opaque_id`]: no e-mail or username in metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IdentityLabels {
     pub identity: String,
 }
-
-/// The states `bbrunner_runners` reports, as the planner counts them.
-pub const RUNNER_STATES: [&str; 6] = ["starting", "online", "busy", "idle", "disabled", "offline"];
 
 pub struct Metrics {
     /// The runner states `runners` is reported in.
@@ -58,6 +66,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     reconcile_errors: Family<ErrorLabels, Counter>,
     pub bitbucket_requests: Family<RequestLabels, Counter>,
+    pub bitbucket_request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     pub budget_remaining: Family<IdentityLabels, Gauge>,
     pub step_queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
@@ -75,6 +84,23 @@ impl Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let bitbucket_requests = Family::<RequestLabels, Counter>::default();
+        let bitbucket_request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 12)));
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                // Set by ./scripts/image; a plain cargo build does not know its commit.
+                revision: option_env!("BBRUNNER_REVISION")
+                    .unwrap_or("unknown")
+                    .to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The operator's version and source revision; always 1",
+            build_info,
+        );
         let budget_remaining = Family::<IdentityLabels, Gauge>::default();
         let leader = Gauge::default();
         let step_queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram> =
@@ -85,9 +111,10 @@ impl Metrics {
             "Runners a pool's policy wants",
             desired.clone(),
         );
-        registry.register(
-            "reconcile_duration_seconds",
+        registry.register_with_unit(
+            "reconcile_duration",
             "Time to reconcile one pool",
+            Unit::Seconds,
             reconcile_duration.clone(),
         );
         registry.register(
@@ -100,9 +127,16 @@ impl Metrics {
             "Bitbucket API requests by endpoint and HTTP status (0: no answer)",
             bitbucket_requests.clone(),
         );
-        registry.register(
+        registry.register_with_unit(
+            "bitbucket_request_duration",
+            "Time from sending a Bitbucket API request to its answer's headers, by endpoint",
+            Unit::Seconds,
+            bitbucket_request_duration.clone(),
+        );
+        registry.register_with_unit(
             "bitbucket_budget_remaining",
             "Requests left in the hourly budget of a Bitbucket identity",
+            Unit::Other("requests".to_owned()),
             budget_remaining.clone(),
         );
         registry.register(
@@ -110,9 +144,10 @@ impl Metrics {
             "1 while this instance holds the leader lease",
             leader.clone(),
         );
-        registry.register(
-            "step_queue_wait_seconds",
+        registry.register_with_unit(
+            "step_queue_wait",
             "Queue wait of steps as the operator observed them (repository pools with the queue policy; to the poll interval)",
+            Unit::Seconds,
             step_queue_wait.clone(),
         );
         Arc::new(Self {
@@ -121,6 +156,7 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             bitbucket_requests,
+            bitbucket_request_duration,
             budget_remaining,
             step_queue_wait,
             leader,
@@ -144,7 +180,7 @@ impl Metrics {
             namespace: namespace.to_owned(),
             pool: pool.to_owned(),
         };
-        for state in RUNNER_STATES {
+        for (state, _) in bbrunner_core::plan::Counts::default().disjoint() {
             self.runners.remove(&RunnerStateLabels {
                 namespace: namespace.to_owned(),
                 pool: pool.to_owned(),

@@ -1219,14 +1219,7 @@ async fn reconcile_static(
 fn record_metrics(ctx: &Context, pool: &RunnerPool, counts: &Counts, desired: u32) {
     let namespace = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
-    for (state, n) in [
-        ("starting", counts.starting),
-        ("online", counts.online),
-        ("busy", counts.busy),
-        ("idle", counts.idle),
-        ("disabled", counts.disabled),
-        ("offline", counts.offline),
-    ] {
+    for (state, n) in counts.disjoint() {
         ctx.metrics
             .runners
             .get_or_create(&RunnerStateLabels {
@@ -1303,7 +1296,7 @@ async fn write_status(
     } = report;
     let previous = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
-    let capacity = counts.starting + counts.idle + counts.busy;
+    let capacity = counts.capacity();
     let ready = problem.is_none() && (desired == 0 || counts.online > 0);
     let (degraded_reason, degraded_message) = match &problem {
         Some((reason, message)) => (*reason, message.clone()),

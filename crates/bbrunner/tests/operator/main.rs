@@ -631,7 +631,7 @@ async fn metrics_and_health_are_served() {
                 .text()
                 .await
                 .unwrap_or_default()
-                .contains(r#"bbrunner_runners{namespace="ci",pool="builds",state="online"} 1"#),
+                .contains(r#"bbrunner_runners{namespace="ci",pool="builds",state="idle"} 1"#),
             None => false,
         }
     })
@@ -641,7 +641,10 @@ async fn metrics_and_health_are_served() {
         "bbrunner_desired_runners",
         "bbrunner_reconcile_duration_seconds",
         "bbrunner_bitbucket_requests_total{endpoint=\"create_runner\",status=\"201\"}",
-        "bbrunner_bitbucket_budget_remaining",
+        "bbrunner_bitbucket_budget_remaining_requests{identity=",
+        "# UNIT bbrunner_bitbucket_budget_remaining_requests requests",
+        "bbrunner_bitbucket_request_duration_seconds_count{endpoint=\"create_runner\"}",
+        "bbrunner_build_info{version=\"0.1.0\",revision=",
         "bbrunner_leader 1",
     ] {
         assert!(text.contains(metric), "{metric} missing from:\n{text}");
