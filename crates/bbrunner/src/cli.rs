@@ -86,6 +86,10 @@ pub struct InstallArgs {
     /// Operator replicas; more than one turns leader election on.
     #[arg(long, default_value_t = 1)]
     pub replicas: i32,
+    /// Let the operator act in these namespaces only, with Roles bound there instead of a
+    /// cluster-wide role (repeated or comma-separated; default: all namespaces).
+    #[arg(long, value_delimiter = ',', value_name = "NS")]
+    pub watch_namespace: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,12 +183,13 @@ pub struct OperatorArgs {
     /// Hold a Lease so that only one replica acts.
     #[arg(long)]
     pub leader_election: bool,
-    /// Namespace of the leader Lease (default: the watched namespace, else `default`).
+    /// Namespace of the leader Lease (default: the first watched namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
-    /// Watch RunnerPools in this namespace only (default: all namespaces).
-    #[arg(long)]
-    pub namespace: Option<String>,
+    /// Watch RunnerPools in these namespaces only, repeated or comma-separated (default: all
+    /// namespaces). With RBAC bound to these namespaces (`install --watch-namespace`).
+    #[arg(long, value_delimiter = ',', value_name = "NS")]
+    pub namespace: Vec<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Replace a runner that stays UNREGISTERED or OFFLINE this long.

@@ -28,6 +28,8 @@ pub struct InstallOptions {
     pub namespace: String,
     pub image: String,
     pub replicas: i32,
+    /// Namespaces the operator may act in, with RBAC bound to them alone; none: all.
+    pub watch_namespaces: Vec<String>,
 }
 
 fn labels() -> BTreeMap<String, String> {
@@ -63,8 +65,17 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// Exactly what the operator calls: each rule is needed by a named part of it.
-pub fn cluster_rules() -> Vec<PolicyRule> {
+/// The cluster's default identity in runner names: the kube-system namespace's UID.
+fn kube_system_rule() -> PolicyRule {
+    PolicyRule {
+        resource_names: Some(vec!["kube-system".to_owned()]),
+        ..rule(&[""], &["namespaces"], &["get"])
+    }
+}
+
+/// Exactly what the operator calls in the namespaces it watches: each rule is needed by a
+/// named part of it.
+fn pool_rules() -> Vec<PolicyRule> {
     vec![
         // The controller watches pools; the finalizer is added and removed by patch.
         rule(
@@ -86,34 +97,35 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["secrets"],
             &["get", "list", "watch", "create", "delete", "patch"],
         ),
-        // The cluster's default identity in runner names: the kube-system namespace's UID.
-        PolicyRule {
-            resource_names: Some(vec!["kube-system".to_owned()]),
-            ..rule(&[""], &["namespaces"], &["get"])
-        },
         // Events of runner creation, draining, deletion and scaling.
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
     ]
 }
 
-/// Leader election, in the operator's namespace only.
-pub fn lease_rules() -> Vec<PolicyRule> {
-    vec![rule(
-        &["coordination.k8s.io"],
-        &["leases"],
-        &["get", "create", "patch"],
-    )]
+/// Leader election, in the operator's namespace only, on its own Lease only (a create
+/// cannot be limited by name).
+fn lease_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+        PolicyRule {
+            resource_names: Some(vec![NAME.to_owned()]),
+            ..rule(&["coordination.k8s.io"], &["leases"], &["get", "patch"])
+        },
+    ]
 }
 
 fn operator_deployment(o: &InstallOptions) -> Deployment {
     // Always the Lease: a rollout, a node that stops answering or a second install must
     // never leave two operators acting, whatever the replica count.
-    let args = vec![
+    let mut args = vec![
         "operator".to_owned(),
         format!("--metrics-addr=0.0.0.0:{METRICS_PORT}"),
         "--log-format=json".to_owned(),
         "--leader-election".to_owned(),
     ];
+    if !o.watch_namespaces.is_empty() {
+        args.push(format!("--namespace={}", o.watch_namespaces.join(",")));
+    }
     let probe = |path: &str, period| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -256,9 +268,18 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         namespace: Some(ns.to_owned()),
         api_group: None,
     };
+    // Bound to a list of namespaces, the cluster-wide role keeps only what cannot be
+    // namespaced: reading kube-system's UID.
+    let cluster_rules = if o.watch_namespaces.is_empty() {
+        let mut rules = pool_rules();
+        rules.push(kube_system_rule());
+        rules
+    } else {
+        vec![kube_system_rule()]
+    };
     let cluster_role = ClusterRole {
         metadata: meta(NAME, None),
-        rules: Some(cluster_rules()),
+        rules: Some(cluster_rules),
         aggregation_rule: None,
     };
     let cluster_binding = ClusterRoleBinding {
@@ -270,6 +291,26 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         },
         subjects: Some(vec![subject.clone()]),
     };
+    let namespaced_rbac = o
+        .watch_namespaces
+        .iter()
+        .flat_map(|watched| {
+            let role = Role {
+                metadata: meta(NAME, Some(watched)),
+                rules: Some(pool_rules()),
+            };
+            let binding = RoleBinding {
+                metadata: meta(NAME, Some(watched)),
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".to_owned(),
+                    kind: "Role".to_owned(),
+                    name: NAME.to_owned(),
+                },
+                subjects: Some(vec![subject.clone()]),
+            };
+            [json(&role), json(&binding)]
+        })
+        .collect::<Vec<_>>();
     let lease_role = Role {
         metadata: meta("bbrunner-leader-election", Some(ns)),
         rules: Some(lease_rules()),
@@ -329,16 +370,20 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         }),
         status: None,
     };
-    vec![
+    let mut objects = vec![
         json(&namespace),
         json(&crate::operator::crd::crd()),
         json(&account),
         json(&cluster_role),
         json(&cluster_binding),
+    ];
+    objects.extend(namespaced_rbac);
+    objects.extend([
         json(&lease_role),
         json(&lease_binding),
         json(&operator_deployment(o)),
         json(&service),
         json(&pdb),
-    ]
+    ]);
+    objects
 }

@@ -186,7 +186,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
             bitbucket_auth_url: bitbucket.url().to_owned(),
             metrics_addr: None,
             leader_election: false,
-            namespace: None,
+            namespace: Vec::new(),
             lease_namespace: "default".into(),
             settings: Settings {
                 registration_ttl: Duration::from_secs(600),

@@ -33,10 +33,14 @@ pub async fn kube_client() -> Result<kube::Client> {
 fn install(args: &crate::cli::InstallArgs) -> Result<ExitCode> {
     bbrunner_core::manifests::validate_dns_label("--namespace", &args.namespace)?;
     anyhow::ensure!(args.replicas >= 1, "--replicas must be 1 or more");
+    for watched in &args.watch_namespace {
+        bbrunner_core::manifests::validate_dns_label("--watch-namespace", watched)?;
+    }
     let manifests = crate::install::manifests(&crate::install::InstallOptions {
         namespace: args.namespace.clone(),
         image: args.image.clone(),
         replicas: args.replicas,
+        watch_namespaces: args.watch_namespace.clone(),
     });
     let yaml = crate::output::yaml_documents(&manifests)?;
     std::io::Write::write_all(&mut std::io::stdout(), yaml.as_bytes())?;

@@ -37,7 +37,7 @@ pub fn options(args: &OperatorArgs) -> Result<Options> {
         lease_namespace: args
             .lease_namespace
             .clone()
-            .or_else(|| args.namespace.clone())
+            .or_else(|| args.namespace.first().cloned())
             .unwrap_or_else(|| "default".to_owned()),
         settings: Settings {
             registration_ttl: seconds("--registration-ttl", &args.registration_ttl)?,

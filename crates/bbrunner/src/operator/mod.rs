@@ -32,8 +32,8 @@ pub struct Options {
     pub bitbucket_auth_url: String,
     pub metrics_addr: Option<SocketAddr>,
     pub leader_election: bool,
-    /// Watch one namespace, or all.
-    pub namespace: Option<String>,
+    /// Watch these namespaces; none: all.
+    pub namespace: Vec<String>,
     /// Where the leader Lease lives.
     pub lease_namespace: String,
     pub settings: Settings,
@@ -140,7 +140,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     if !options.leader_election {
         metrics.leader.set(1);
         metrics.set_ready(true);
-        controller(client, options.namespace.clone(), ctx, shutdown).await;
+        controllers(client, &options.namespace, ctx, shutdown).await;
         return Ok(());
     }
 
@@ -184,12 +184,15 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         tracing::info!(%identity, "leading");
         metrics.leader.set(1);
         let lost = CancellationToken::new();
-        let running = tokio::spawn(controller(
-            client.clone(),
-            options.namespace.clone(),
-            ctx.clone(),
-            lost.clone(),
-        ));
+        let running = tokio::spawn({
+            let (client, namespaces, ctx, lost) = (
+                client.clone(),
+                options.namespace.clone(),
+                ctx.clone(),
+                lost.clone(),
+            );
+            async move { controllers(client, &namespaces, ctx, lost).await }
+        });
         tokio::select! {
             _ = async { while *leading.borrow_and_update() { if leading.changed().await.is_err() { break } } } => {
                 tracing::warn!("lost the leader lease; stopping");
@@ -205,6 +208,25 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
             return Ok(());
         }
     }
+}
+
+/// One controller for all namespaces, or one per watched namespace: a namespaced install's
+/// RBAC allows no cluster-wide list. Their pools are disjoint, so they share the context.
+async fn controllers(
+    client: Client,
+    namespaces: &[String],
+    ctx: Arc<reconcile::Context>,
+    stop: CancellationToken,
+) {
+    if namespaces.is_empty() {
+        return controller(client, None, ctx, stop).await;
+    }
+    futures::future::join_all(
+        namespaces
+            .iter()
+            .map(|ns| controller(client.clone(), Some(ns.clone()), ctx.clone(), stop.clone())),
+    )
+    .await;
 }
 
 async fn controller(

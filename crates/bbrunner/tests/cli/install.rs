@@ -8,13 +8,12 @@ use crate::util::{bbrunner, kubernetes_validate_strict, workspace_root};
 
 #[test]
 fn install_manifests_validate_strictly_for_one_and_several_replicas() {
-    for replicas in ["1", "3"] {
-        let out = bbrunner(
-            &["install", "--replicas", replicas, "--namespace", "ops"],
-            "",
-        )
-        .success()
-        .stdout;
+    for (replicas, watched) in [("1", ""), ("3", "ci,team-b")] {
+        let mut args = vec!["install", "--replicas", replicas, "--namespace", "ops"];
+        if !watched.is_empty() {
+            args.extend(["--watch-namespace", watched]);
+        }
+        let out = bbrunner(&args, "").success().stdout;
         kubernetes_validate_strict(&out);
         // Never two operators acting: the Lease always, and a single replica replaced only
         // once the old pod is gone.
@@ -93,13 +92,16 @@ fn rbac_is_exactly_what_the_operator_uses() {
             "bbrunner.dev runnerpools/status patch",
             " pods get,list,watch,create,delete,patch",
             " secrets get,list,watch,create,delete,patch",
-            " namespaces get",
             "events.k8s.io events create,patch",
+            " namespaces get",
         ]
     );
     assert_eq!(
         rules("Role"),
-        ["coordination.k8s.io leases get,create,patch"]
+        [
+            "coordination.k8s.io leases create",
+            "coordination.k8s.io leases get,patch",
+        ]
     );
 }
 

@@ -5,15 +5,35 @@ use super::*;
 
 const OPERATOR_NS: &str = "bbrunner-system";
 
-/// The install manifests' RBAC objects and ServiceAccount, optionally without one rule
-/// (numbered across the ClusterRole's rules, then the Role's).
-fn rbac_objects(drop_rule: Option<usize>) -> Vec<Value> {
+/// `bbrunner install`'s objects.
+fn install(extra: &[&str]) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
         .args(["install", "--namespace", OPERATOR_NS])
+        .args(extra)
         .output()
         .unwrap();
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+/// The operator arguments of the install's Deployment beyond those the tests set themselves.
+fn deployment_namespace_args(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .filter(|d| d["kind"] == "Deployment")
+        .flat_map(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .filter(|a| a.starts_with("--namespace="))
+        .collect()
+}
+
+/// The install manifests' RBAC objects and ServiceAccount, optionally without one rule
+/// (numbered across the ClusterRole's rules, then the Roles').
+fn rbac_objects(docs: Vec<Value>, drop_rule: Option<usize>) -> Vec<Value> {
     let mut index = 0;
     docs.into_iter()
         .filter(|d| {
@@ -69,13 +89,15 @@ pub(super) async fn apply(client: &Client, doc: &Value) {
 
 /// Run the operator under the ServiceAccount and report whether the pool's whole life works:
 /// a runner online, the status written, an event published, and the pool deleted cleanly.
-async fn pool_lifecycle_works(drop_rule: Option<usize>) -> bool {
+async fn pool_lifecycle_works(install_args: &[&str], drop_rule: Option<usize>) -> bool {
+    let docs = install(install_args);
+    let namespace_args = deployment_namespace_args(&docs);
     let world = World::start_with(
-        &format!("rbac-{drop_rule:?}").replace(['(', ')'], ""),
+        &format!("rbac-{}-{drop_rule:?}", install_args.len()).replace(['(', ')'], ""),
         |c| c.rbac = true,
     )
     .await;
-    for doc in rbac_objects(drop_rule) {
+    for doc in rbac_objects(docs, drop_rule) {
         apply(&world.client, &doc).await;
     }
     let token: Value = reqwest::Client::new()
@@ -95,12 +117,9 @@ async fn pool_lifecycle_works(drop_rule: Option<usize>) -> bool {
         fake_kube::kubeconfig_with_token(world._kube.url(), token["token"].as_str().unwrap()),
     )
     .unwrap();
-    let _op = world.operator_with(
-        &kubeconfig,
-        &["--leader-election", "--lease-namespace", OPERATOR_NS],
-        "info",
-        Stdio::null(),
-    );
+    let mut args = vec!["--leader-election", "--lease-namespace", OPERATOR_NS];
+    args.extend(namespace_args.iter().map(String::as_str));
+    let _op = world.operator_with(&kubeconfig, &args, "info", Stdio::null());
     world.pool("builds", managed(1, 2)).await;
     let events = world.events();
     // A working operator gets here in about two seconds; the margin is for busy CI machines.
@@ -136,18 +155,47 @@ async fn pool_lifecycle_works(drop_rule: Option<usize>) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_needs_exactly_the_installed_rbac() {
     assert!(
-        pool_lifecycle_works(None).await,
+        pool_lifecycle_works(&[], None).await,
         "the operator fails with the installed RBAC"
     );
-    let rules = rbac_objects(None)
+    let rules = rbac_objects(install(&[]), None)
         .iter()
         .filter_map(|d| d["rules"].as_array().map(|r| r.len()))
         .sum::<usize>();
-    assert_eq!(rules, 7);
-    for rule in 0..rules {
-        assert!(
-            !pool_lifecycle_works(Some(rule)).await,
-            "rule {rule} of the installed RBAC is not needed"
-        );
+    assert_eq!(rules, 8);
+    // A few at a time: each failing run waits out its deadline, mostly idle.
+    let drops: Vec<usize> = (0..rules).collect();
+    for batch in drops.chunks(3) {
+        let works = futures::future::join_all(
+            batch
+                .iter()
+                .map(|rule| pool_lifecycle_works(&[], Some(*rule))),
+        )
+        .await;
+        for (rule, works) in batch.iter().zip(works) {
+            assert!(!works, "rule {rule} of the installed RBAC is not needed");
+        }
     }
+}
+
+/// `install --watch-namespace ci`: Roles in `ci` and in the operator's namespace, and of the
+/// cluster only kube-system's UID. The operator runs `ci`'s pools with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespaced_install_runs_the_pools_of_its_namespaces() {
+    let docs = install(&["--watch-namespace", NS]);
+    let cluster_rules: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .flat_map(|d| d["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(cluster_rules.len(), 1, "{cluster_rules:?}");
+    assert_eq!(cluster_rules[0]["resourceNames"], json!(["kube-system"]));
+    assert!(
+        docs.iter()
+            .any(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == NS)
+    );
+    assert!(
+        pool_lifecycle_works(&["--watch-namespace", NS], None).await,
+        "the operator fails with the namespaced RBAC"
+    );
 }
