@@ -1,6 +1,6 @@
 //! Prometheus metrics, served on `/metrics` with `/healthz` and `/readyz`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +43,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DegradedLabels {
+    namespace: String,
+    pool: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: String,
 }
@@ -70,6 +77,9 @@ pub struct Metrics {
     pub budget_remaining: Family<IdentityLabels, Gauge>,
     pub step_queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
+    /// One series per Degraded pool, carrying its reason; none for a healthy pool.
+    pool_degraded: Family<DegradedLabels, Gauge>,
+    degraded_reasons: Mutex<HashMap<PoolLabels, String>>,
     registry: Registry,
     ready: AtomicBool,
     /// Error series created per pool, so that they can go with the pool.
@@ -139,6 +149,12 @@ impl Metrics {
             Unit::Other("requests".to_owned()),
             budget_remaining.clone(),
         );
+        let pool_degraded = Family::<DegradedLabels, Gauge>::default();
+        registry.register(
+            "pool_degraded",
+            "1 while a pool's Degraded condition is true, with its reason",
+            pool_degraded.clone(),
+        );
         registry.register(
             "leader",
             "1 while this instance holds the leader lease",
@@ -160,6 +176,8 @@ impl Metrics {
             budget_remaining,
             step_queue_wait,
             leader,
+            pool_degraded,
+            degraded_reasons: Mutex::new(HashMap::new()),
             registry,
             ready: AtomicBool::new(false),
             error_series: Mutex::new(HashSet::new()),
@@ -174,8 +192,38 @@ impl Metrics {
             .insert(labels);
     }
 
+    /// Show a pool Degraded for `reason`, or not Degraded.
+    pub fn set_degraded(&self, namespace: &str, pool: &str, reason: Option<&str>) {
+        let key = PoolLabels {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        };
+        let mut reasons = self
+            .degraded_reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(previous) = reasons.remove(&key) {
+            self.pool_degraded.remove(&DegradedLabels {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                reason: previous,
+            });
+        }
+        if let Some(reason) = reason {
+            self.pool_degraded
+                .get_or_create(&DegradedLabels {
+                    namespace: namespace.to_owned(),
+                    pool: pool.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .set(1);
+            reasons.insert(key, reason.to_owned());
+        }
+    }
+
     /// Remove every series of a pool that is gone, so that dashboards stop showing it.
     pub fn forget_pool(&self, namespace: &str, pool: &str) {
+        self.set_degraded(namespace, pool, None);
         let labels = PoolLabels {
             namespace: namespace.to_owned(),
             pool: pool.to_owned(),
@@ -236,5 +284,27 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_shows_one_degraded_reason_at_a_time_and_none_once_gone() {
+        let metrics = Metrics::new();
+        metrics.set_degraded("ci", "builds", Some("CredentialsInvalid"));
+        metrics.set_degraded("ci", "builds", Some("RateLimited"));
+        metrics.set_degraded("ci", "other", Some("RateLimited"));
+        let text = metrics.encode();
+        assert!(text.contains(
+            r#"bbrunner_pool_degraded{namespace="ci",pool="builds",reason="RateLimited"} 1"#
+        ));
+        assert!(!text.contains("CredentialsInvalid"), "{text}");
+        metrics.set_degraded("ci", "builds", None);
+        metrics.forget_pool("ci", "other");
+        let text = metrics.encode();
+        assert!(!text.contains("bbrunner_pool_degraded{"), "{text}");
     }
 }

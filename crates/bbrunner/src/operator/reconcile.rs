@@ -1294,6 +1294,11 @@ async fn write_status(
         api_calls,
         step_network_mtu,
     } = report;
+    ctx.metrics.set_degraded(
+        &pool.namespace().unwrap_or_default(),
+        &pool.name_any(),
+        problem.as_ref().map(|(reason, _)| *reason),
+    );
     let previous = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
     let capacity = counts.capacity();
@@ -1418,6 +1423,11 @@ const DIND_BEFORE_24: &str = "DindBeforeDocker24";
 
 /// Report a failed reconcile in the status: Degraded with the error's reason.
 async fn write_failure(ctx: &Context, pool: &RunnerPool, error: &ReconcileError) {
+    ctx.metrics.set_degraded(
+        &pool.namespace().unwrap_or_default(),
+        &pool.name_any(),
+        Some(error.reason()),
+    );
     let previous = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
     let mut conditions: Vec<Condition> = previous

