@@ -269,14 +269,61 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.encode(),
-    )
+/// OpenMetrics to scrapers that ask for it (Prometheus does), the classic text format to the
+/// rest (`curl | promtool check metrics`, older agents).
+async fn serve_metrics(
+    State(metrics): State<Arc<Metrics>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = metrics.encode();
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            classic_text(&text),
+        )
+    }
+}
+
+/// The classic text format of an OpenMetrics exposition: a counter's family takes its
+/// samples' `_total` name, and `# UNIT` and `# EOF` go (the classic format has neither).
+fn classic_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -306,5 +353,25 @@ mod tests {
         metrics.forget_pool("ci", "other");
         let text = metrics.encode();
         assert!(!text.contains("bbrunner_pool_degraded{"), "{text}");
+    }
+
+    #[test]
+    fn the_classic_text_names_counter_families_by_their_samples() {
+        let metrics = Metrics::new();
+        metrics.count_error(ErrorLabels {
+            namespace: "ci".into(),
+            pool: "builds".into(),
+            reason: "RateLimited".into(),
+        });
+        metrics.reconcile_duration.observe(0.1);
+        let classic = classic_text(&metrics.encode());
+        assert!(classic.contains("# TYPE bbrunner_reconcile_errors_total counter\n"));
+        assert!(classic.contains("# HELP bbrunner_reconcile_errors_total Failed reconciles"));
+        assert!(classic.contains("bbrunner_reconcile_errors_total{namespace=\"ci\""));
+        assert!(classic.contains("# TYPE bbrunner_reconcile_duration_seconds histogram\n"));
+        assert!(
+            !classic.contains("# UNIT") && !classic.contains("# EOF"),
+            "{classic}"
+        );
     }
 }

@@ -665,14 +665,14 @@ async fn queued_steps(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .observe(&format!("{namespace}/{name}"), &seen, now_seconds());
-    if !waits.is_empty() {
-        let histogram = ctx.metrics.step_queue_wait.get_or_create(&PoolLabels {
-            namespace,
-            pool: name,
-        });
-        for wait in waits {
-            histogram.observe(wait);
-        }
+    // Created empty at the first read, not at the first wait: a series born with samples
+    // already in it hides them from rate() and increase().
+    let histogram = ctx.metrics.step_queue_wait.get_or_create(&PoolLabels {
+        namespace,
+        pool: name,
+    });
+    for wait in waits {
+        histogram.observe(wait);
     }
     let waiting = steps
         .iter()

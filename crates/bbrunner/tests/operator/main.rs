@@ -19,6 +19,7 @@ mod chaos;
 mod docker;
 mod fleet;
 mod image;
+mod prometheus;
 mod rbac;
 
 const NS: &str = "ci";
@@ -622,9 +623,17 @@ async fn metrics_and_health_are_served() {
         online(&world.runners()) == 1
     })
     .await;
+    // As Prometheus asks: OpenMetrics (the classic text is for other scrapers).
     let get = |path: &str| {
         let url = format!("http://{addr}{path}");
-        async move { reqwest::get(url).await.ok() }
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("accept", "application/openmetrics-text;version=1.0.0")
+                .send()
+                .await
+                .ok()
+        }
     };
     eventually("metrics show the pool", 10, || async {
         match get("/metrics").await {
