@@ -58,6 +58,8 @@ pub struct PoolFacts {
 /// What the CLI observed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observations {
+    /// The API server's `gitVersion` (`v1.33.2`, `v1.29.4-gke.100`), if it answered.
+    pub server_version: Option<String>,
     /// Served versions of runnerpools.bbrunner.dev, if installed.
     pub crd_versions: Option<Vec<String>>,
     /// Whether the installed CRD's schema equals this binary's.
@@ -126,9 +128,50 @@ fn runtime_version(raw: &str) -> Option<(&str, u32, u32, u32)> {
     ))
 }
 
+/// Runner pods run dind as a native sidecar (an init container with `restartPolicy: Always`).
+pub const MIN_KUBERNETES: (u32, u32) = (1, 29);
+
+/// `v1.29.4-gke.100` → (1, 29).
+fn kubernetes_version(git_version: &str) -> Option<(u32, u32)> {
+    let mut parts = git_version.trim_start_matches('v').split(['.', '-', '+']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn kubernetes_check(server_version: Option<&str>) -> Check {
+    let (major, minor) = MIN_KUBERNETES;
+    match server_version.map(|v| (v, kubernetes_version(v))) {
+        Some((v, Some(version))) if version >= MIN_KUBERNETES => check(
+            "kubernetes",
+            Verdict::Pass,
+            format!("API server {v}: native sidecars available"),
+            "",
+        ),
+        Some((v, Some(_))) => check(
+            "kubernetes",
+            Verdict::Fail,
+            format!(
+                "API server {v}: runner pods need Kubernetes {major}.{minor} or later (dind runs as a native sidecar)"
+            ),
+            format!("upgrade the control plane and nodes to {major}.{minor} or later"),
+        ),
+        Some((v, None)) => check(
+            "kubernetes",
+            Verdict::Warn,
+            format!("cannot read a version from the API server's {v:?}"),
+            format!("make sure the cluster runs Kubernetes {major}.{minor} or later"),
+        ),
+        None => check(
+            "kubernetes",
+            Verdict::Warn,
+            "the API server did not say its version",
+            format!("make sure the cluster runs Kubernetes {major}.{minor} or later"),
+        ),
+    }
+}
+
 /// Judge everything observed.
 pub fn evaluate(o: &Observations) -> Vec<Check> {
-    let mut checks = Vec::new();
+    let mut checks = vec![kubernetes_check(o.server_version.as_deref())];
     match &o.crd_versions {
         None => checks.push(check(
             "crd",
@@ -390,6 +433,7 @@ mod tests {
 
     fn healthy() -> Observations {
         Observations {
+            server_version: Some("v1.33.2".into()),
             crd_versions: Some(vec!["v1alpha1".into()]),
             crd_current: true,
             lease: Some(("op-1".into(), 3.0)),
@@ -425,6 +469,7 @@ mod tests {
     #[test]
     fn each_broken_setup_is_reported_with_a_fix() {
         let mut o = healthy();
+        o.server_version = Some("v1.28.9-eks-036c24b".into());
         o.crd_versions = None;
         o.lease = Some(("op-1".into(), 120.0));
         o.namespace_psa = vec![("ci".into(), Some("baseline".into()))];
@@ -456,6 +501,7 @@ mod tests {
         ]);
         let checks = evaluate(&o);
         for (prefix, expected) in [
+            ("kubernetes", Verdict::Fail),
             ("crd", Verdict::Fail),
             ("operator", Verdict::Fail),
             ("pod-security/ci", Verdict::Fail),
@@ -482,6 +528,26 @@ mod tests {
             "{}",
             dind.detail
         );
+    }
+
+    #[test]
+    fn kubernetes_versions_from_1_29_pass_and_vendor_suffixes_parse() {
+        for (version, expected) in [
+            ("v1.29.0", Verdict::Pass),
+            ("v1.33.0-fake", Verdict::Pass),
+            ("v1.29.4-gke.100", Verdict::Pass),
+            ("v2.0.0", Verdict::Pass),
+            ("v1.28.15", Verdict::Fail),
+            ("v1.9.0", Verdict::Fail),
+            ("weird", Verdict::Warn),
+        ] {
+            assert_eq!(
+                kubernetes_check(Some(version)).verdict,
+                expected,
+                "{version}"
+            );
+        }
+        assert_eq!(kubernetes_check(None).verdict, Verdict::Warn);
     }
 
     #[test]

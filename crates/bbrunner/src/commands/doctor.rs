@@ -93,7 +93,10 @@ async fn probe_mtu(client: &kube::Client, namespace: &str, image: &str) -> Optio
 
 async fn observe(args: &DoctorArgs) -> Result<Observations> {
     let client = super::kube_client().await?;
-    let mut o = Observations::default();
+    let mut o = Observations {
+        server_version: client.apiserver_version().await.ok().map(|v| v.git_version),
+        ..Observations::default()
+    };
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     if let Some(crd) = crds.get_opt("runnerpools.bbrunner.dev").await? {
