@@ -145,6 +145,13 @@ impl RunnerSize {
         4 * self.multiplier() + 1
     }
 
+    /// The disk a step may fill by default: 20 GiB per size unit, for Docker's images, layers
+    /// and volumes. A clone and the step's logs get a quarter of that each on top
+    /// ([`DiskBudget`]).
+    pub fn default_disk_gib(self) -> u32 {
+        20 * self.multiplier() as u32
+    }
+
     pub fn parse(raw: &str) -> Result<Self, ManifestError> {
         match raw.trim() {
             "1x" => Ok(Self::X1),
@@ -244,11 +251,21 @@ pub struct RunnerPodConfig {
     /// Names of variables stored in the Secret under `env.NAME`.
     pub secret_env: Vec<String>,
     pub size: RunnerSize,
+    /// Disk for Docker's data in GiB; `None`: the size's default.
+    pub disk_gib: Option<u32>,
     pub dind: DindSpec,
     pub placement: PodPlacement,
 }
 
 impl RunnerPodConfig {
+    pub fn disk(&self) -> DiskBudget {
+        DiskBudget {
+            docker_gib: self
+                .disk_gib
+                .unwrap_or_else(|| self.size.default_disk_gib()),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ManifestError> {
         validate_dns_subdomain("secret name", &self.secret_name)?;
         for (field, image, example) in [
@@ -412,13 +429,77 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn empty_dir(name: &str) -> Volume {
+fn empty_dir(name: &str, size_limit: String) -> Volume {
     Volume {
         name: name.to_owned(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(quantity(size_limit)),
+            medium: None,
+        }),
         ..Default::default()
     }
 }
+
+/// How a step's disk is bounded, so that one step cannot fill its node's disk: each volume
+/// has a `sizeLimit`, and the containers' ephemeral-storage limits add up to all of them
+/// (the kubelet evicts a pod past either). A limit set too low evicts a busy runner, which
+/// is why the pool can raise it (`spec.runner.diskGiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskBudget {
+    /// Docker's images, layers and volumes (`/var/lib/docker`).
+    pub docker_gib: u32,
+}
+
+impl DiskBudget {
+    /// The clone (the working directory), and separately the step containers' logs.
+    fn quarter_gib(self) -> u32 {
+        self.docker_gib.div_ceil(4)
+    }
+
+    /// dind's socket and pid files.
+    const RUN: &str = "64Mi";
+
+    fn volume_limit(self, volume: &str) -> String {
+        match volume {
+            VOLUME_DOCKER_DATA => format!("{}Gi", self.docker_gib),
+            VOLUME_DOCKER_RUN => Self::RUN.to_owned(),
+            _ => format!("{}Gi", self.quarter_gib()),
+        }
+    }
+
+    /// dind writes Docker's data and the step's logs; it asks the scheduler for a quarter.
+    fn dind(self) -> (String, String) {
+        (
+            format!("{}Gi", self.quarter_gib()),
+            format!("{}Gi", self.docker_gib + self.quarter_gib()),
+        )
+    }
+
+    /// The runner writes the clone, plus 1 GiB of its own (temporary files, its log).
+    fn runner(self) -> (String, String) {
+        ("1Gi".to_owned(), format!("{}Gi", self.quarter_gib() + 1))
+    }
+}
+
+/// `resources` with ephemeral-storage added where the user's (or our) requests and limits do
+/// not say it: an explicit value always wins.
+fn with_ephemeral_storage(
+    resources: Option<ResourceRequirements>,
+    (request, limit): (String, String),
+) -> Option<ResourceRequirements> {
+    let mut resources = resources.unwrap_or_default();
+    for (map, value) in [
+        (&mut resources.requests, request),
+        (&mut resources.limits, limit),
+    ] {
+        map.get_or_insert_with(BTreeMap::new)
+            .entry(EPHEMERAL_STORAGE.to_owned())
+            .or_insert_with(|| quantity(value));
+    }
+    Some(resources)
+}
+
+const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 
 const VOLUME_WORK: &str = "work";
 const VOLUME_DOCKER_RUN: &str = "docker-run";
@@ -506,10 +587,12 @@ fn dind_container(config: &RunnerPodConfig) -> Container {
             privileged: Some(true),
             ..Default::default()
         }),
-        resources: dind
-            .resources
-            .clone()
-            .or_else(|| default_dind_resources(config.size)),
+        resources: with_ephemeral_storage(
+            dind.resources
+                .clone()
+                .or_else(|| default_dind_resources(config.size)),
+            config.disk().dind(),
+        ),
         startup_probe: Some(docker_answers(2, 90)),
         readiness_probe: Some(docker_answers(10, 3)),
         volume_mounts: Some(vec![
@@ -552,10 +635,13 @@ fn runner_container(config: &RunnerPodConfig) -> Container {
         image: Some(config.runner_image.clone()),
         env: Some(vars),
         security_context: Some(runner_security_context()),
-        resources: config
-            .runner_resources
-            .clone()
-            .or_else(default_runner_resources),
+        resources: with_ephemeral_storage(
+            config
+                .runner_resources
+                .clone()
+                .or_else(default_runner_resources),
+            config.disk().runner(),
+        ),
         volume_mounts: Some(vec![
             mount(VOLUME_WORK, &config.working_directory, false),
             mount(VOLUME_DOCKER_RUN, "/var/run", false),
@@ -598,12 +684,17 @@ pub fn runner_pod_spec(config: &RunnerPodConfig) -> PodSpec {
     PodSpec {
         init_containers: Some(vec![dind_container(config)]),
         containers: vec![runner_container(config)],
-        volumes: Some(vec![
-            empty_dir(VOLUME_WORK),
-            empty_dir(VOLUME_DOCKER_RUN),
-            empty_dir(VOLUME_DOCKER_DATA),
-            empty_dir(VOLUME_DOCKER_CONTAINERS),
-        ]),
+        volumes: Some(
+            [
+                VOLUME_WORK,
+                VOLUME_DOCKER_RUN,
+                VOLUME_DOCKER_DATA,
+                VOLUME_DOCKER_CONTAINERS,
+            ]
+            .into_iter()
+            .map(|volume| empty_dir(volume, config.disk().volume_limit(volume)))
+            .collect(),
+        ),
         // The runner never talks to Kubernetes; a token beside a privileged daemon is a gift.
         automount_service_account_token: Some(false),
         node_selector: p.node_selector,
@@ -738,6 +829,8 @@ pub struct RenderOptions {
     pub name: Option<String>,
     pub create_namespace: bool,
     pub size: RunnerSize,
+    /// Disk for Docker's data in GiB; `None`: the size's default.
+    pub disk_gib: Option<u32>,
     pub dind: DindSpec,
     /// Overrides the image of the pasted command.
     pub runner_image: Option<String>,
@@ -796,6 +889,7 @@ pub fn render_runner(
         runner_env: Vec::new(),
         secret_env: command.extra_env.iter().map(|e| e.name.clone()).collect(),
         size: options.size,
+        disk_gib: options.disk_gib,
         dind: options.dind.clone(),
         placement: options.placement.clone(),
     };

@@ -264,9 +264,13 @@ pub struct RenderArgs {
     /// Overrides the runner image of the pasted command.
     #[arg(long)]
     pub runner_image: Option<String>,
-    /// Largest step size this runner serves: sizes dind's memory.
+    /// Largest step size this runner serves: sizes dind's memory and disk.
     #[arg(long, default_value = "1x", value_name = "1x|2x|4x|8x")]
     pub size: String,
+    /// Disk for Docker's images and layers, in GiB (default 20 per size unit); the clone and
+    /// the step's logs get a quarter of it each. Past these the kubelet evicts the runner.
+    #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub disk_gib: Option<u32>,
     /// Schedule only on nodes with this label (repeatable).
     #[arg(long = "node-selector", value_name = "KEY=VALUE")]
     pub node_selectors: Vec<String>,

@@ -18,6 +18,7 @@ fn options() -> RenderOptions {
         name: None,
         create_namespace: true,
         size: RunnerSize::X1,
+        disk_gib: None,
         dind: DindSpec::default(),
         runner_image: None,
         placement: PodPlacement::default(),
@@ -418,6 +419,7 @@ fn dind_extra_args_may_not_open_the_docker_api_on_tcp_without_tls() {
             runner_env: Vec::new(),
             secret_env: Vec::new(),
             size: RunnerSize::X1,
+            disk_gib: None,
             dind: DindSpec::default(),
             placement: PodPlacement::default(),
         };
@@ -444,5 +446,90 @@ fn dind_extra_args_may_not_open_the_docker_api_on_tcp_without_tls() {
     assert!(
         message.contains("dind.extraArgs") && message.contains("--tlsverify"),
         "{message}"
+    );
+}
+
+fn quantities(
+    resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+    key: &str,
+) -> (String, String) {
+    let resources = resources.unwrap();
+    (
+        resources.requests.as_ref().unwrap()[key].0.clone(),
+        resources.limits.as_ref().unwrap()[key].0.clone(),
+    )
+}
+
+fn size_limits(spec: &PodSpec) -> Vec<(String, String)> {
+    spec.volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let limit = v.empty_dir.as_ref().unwrap().size_limit.as_ref().unwrap();
+            (v.name.clone(), limit.0.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn every_volume_and_container_has_a_disk_bound_that_grows_with_the_step_size() {
+    let r = rendered(&options());
+    let spec = pod(&r);
+    assert_eq!(
+        size_limits(spec),
+        [
+            ("work".into(), "5Gi".into()),
+            ("docker-run".into(), "64Mi".into()),
+            ("docker-data".into(), "20Gi".into()),
+            ("docker-containers".into(), "5Gi".into()),
+        ]
+    );
+    let storage = "ephemeral-storage";
+    assert_eq!(
+        quantities(dind(spec).resources.as_ref(), storage),
+        ("5Gi".into(), "25Gi".into())
+    );
+    assert_eq!(
+        quantities(spec.containers[0].resources.as_ref(), storage),
+        ("1Gi".into(), "6Gi".into())
+    );
+
+    let r = rendered(&RenderOptions {
+        size: RunnerSize::X4,
+        ..options()
+    });
+    assert!(size_limits(pod(&r)).contains(&("docker-data".into(), "80Gi".into())));
+    let r = rendered(&RenderOptions {
+        disk_gib: Some(50),
+        ..options()
+    });
+    assert!(size_limits(pod(&r)).contains(&("docker-data".into(), "50Gi".into())));
+    assert_eq!(
+        quantities(dind(pod(&r)).resources.as_ref(), storage),
+        ("13Gi".into(), "63Gi".into())
+    );
+}
+
+#[test]
+fn an_ephemeral_storage_of_the_user_s_own_is_kept() {
+    let dind_spec = DindSpec {
+        resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            limits: Some(
+                [("ephemeral-storage".to_owned(), Quantity("100Gi".into()))]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..DindSpec::default()
+    };
+    let r = rendered(&RenderOptions {
+        dind: dind_spec,
+        ..options()
+    });
+    assert_eq!(
+        quantities(dind(pod(&r)).resources.as_ref(), "ephemeral-storage"),
+        ("5Gi".into(), "100Gi".into())
     );
 }

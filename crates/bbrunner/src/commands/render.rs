@@ -69,6 +69,7 @@ pub fn run(args: &RenderArgs) -> Result<ExitCode> {
         name: args.name.clone(),
         create_namespace: args.create_namespace,
         size: RunnerSize::parse(&args.size).context("--size")?,
+        disk_gib: args.disk_gib,
         dind: DindSpec {
             image: args.dind_image.clone(),
             mtu: Mtu::parse(&args.mtu).context("--mtu")?,

@@ -165,9 +165,15 @@ pub struct RunnerContainerSpec {
     /// Extra environment for the runner container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
-    /// Largest step size served (default 1x); sizes dind's memory.
+    /// Largest step size served (default 1x); sizes dind's memory and disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<StepSize>,
+    /// Disk for Docker's images and layers in GiB (default 20 per size unit); the clone and
+    /// the step's logs get a quarter of it each. Past these the kubelet evicts the runner, busy
+    /// or not: raise it for steps with large images.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "diskGiB")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub disk_gib: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

@@ -153,6 +153,7 @@ fn pod_config(
         runner_env: pool.spec.runner.env.clone(),
         secret_env: Vec::new(),
         size: valid.size,
+        disk_gib: pool.spec.runner.disk_gib,
         dind: valid.dind.clone(),
         placement: PodPlacement {
             node_selector: t.node_selector.clone(),
