@@ -2,6 +2,7 @@
 //! The pure domain of bbrunner: no IO, no async, no clock. Everything here is a function of
 //! its inputs, which is what lets the CLI, the operator and the simulator share it.
 
+pub mod admin_policy;
 pub mod doctor;
 pub mod ids;
 pub mod import;

@@ -90,6 +90,37 @@ pub struct InstallArgs {
     /// cluster-wide role (repeated or comma-separated; default: all namespaces).
     #[arg(long, value_delimiter = ',', value_name = "NS")]
     pub watch_namespace: Vec<String>,
+    /// The same policy is passed to the operator and shipped as a ValidatingAdmissionPolicy.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// What the cluster admin lets RunnerPools ask for (a RunnerPool is a privileged pod).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Runner and dind images must match one of these patterns (`*` for any characters;
+    /// repeated or comma-separated), e.g. `docker:*-dind`. Default: any image.
+    #[arg(long, value_delimiter = ',', value_name = "PATTERN")]
+    pub allowed_image: Vec<String>,
+    /// Refuse pools that set podTemplate.serviceAccountName or runtimeClassName, or read runner
+    /// variables from Secrets.
+    #[arg(long)]
+    pub restrict_pod_fields: bool,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Result<bbrunner_core::admin_policy::AdminPolicy, String> {
+        let allowed_images = self
+            .allowed_image
+            .iter()
+            .map(|p| bbrunner_core::admin_policy::ImagePattern::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--allowed-image: {e}"))?;
+        Ok(bbrunner_core::admin_policy::AdminPolicy {
+            allowed_images,
+            restrict_pod_fields: self.restrict_pod_fields,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -192,6 +223,8 @@ pub struct OperatorArgs {
     pub namespace: Vec<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Replace a runner that stays UNREGISTERED or OFFLINE this long.
     #[arg(long, default_value = "10m", value_name = "DUR")]
     pub registration_ttl: String,

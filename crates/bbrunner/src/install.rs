@@ -3,6 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use bbrunner_core::admin_policy::AdminPolicy;
+use bbrunner_core::manifests;
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation,
+};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
@@ -30,6 +37,62 @@ pub struct InstallOptions {
     pub replicas: i32,
     /// Namespaces the operator may act in, with RBAC bound to them alone; none: all.
     pub watch_namespaces: Vec<String>,
+    /// What RunnerPools may ask for: the operator enforces it, and so does a
+    /// ValidatingAdmissionPolicy at admission.
+    pub policy: AdminPolicy,
+}
+
+const POLICY_NAME: &str = "bbrunner-runnerpools";
+
+/// The admin policy at admission: the API server refuses a RunnerPool that breaks it, with
+/// the operator's message. Only changes of `spec` are judged, so that a pool created before
+/// the policy can still have its finalizers removed and be deleted.
+fn admission_policy(policy: &AdminPolicy) -> [Value; 2] {
+    let validations = policy
+        .cel_validations(
+            manifests::DEFAULT_RUNNER_IMAGE,
+            manifests::DEFAULT_DIND_IMAGE,
+        )
+        .into_iter()
+        .map(|(expression, message)| Validation {
+            expression,
+            message: Some(message),
+            reason: Some("Forbidden".to_owned()),
+            message_expression: None,
+        })
+        .collect();
+    let vap = ValidatingAdmissionPolicy {
+        metadata: meta(POLICY_NAME, None),
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".to_owned()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: Some(vec!["bbrunner.dev".to_owned()]),
+                    api_versions: Some(vec!["*".to_owned()]),
+                    operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+                    resources: Some(vec!["runnerpools".to_owned()]),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            match_conditions: Some(vec![MatchCondition {
+                name: "spec-changed".to_owned(),
+                expression: "oldObject == null || object.spec != oldObject.spec".to_owned(),
+            }]),
+            validations: Some(validations),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let binding = ValidatingAdmissionPolicyBinding {
+        metadata: meta(POLICY_NAME, None),
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(POLICY_NAME.to_owned()),
+            validation_actions: Some(vec!["Deny".to_owned()]),
+            ..Default::default()
+        }),
+    };
+    [json(&vap), json(&binding)]
 }
 
 fn labels() -> BTreeMap<String, String> {
@@ -125,6 +188,15 @@ fn operator_deployment(o: &InstallOptions) -> Deployment {
     ];
     if !o.watch_namespaces.is_empty() {
         args.push(format!("--namespace={}", o.watch_namespaces.join(",")));
+    }
+    args.extend(
+        o.policy
+            .allowed_images
+            .iter()
+            .map(|p| format!("--allowed-image={}", p.as_str())),
+    );
+    if o.policy.restrict_pod_fields {
+        args.push("--restrict-pod-fields".to_owned());
     }
     let probe = |path: &str, period| Probe {
         http_get: Some(HTTPGetAction {
@@ -385,5 +457,8 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         json(&service),
         json(&pdb),
     ]);
+    if !o.policy.is_empty() {
+        objects.extend(admission_policy(&o.policy));
+    }
     objects
 }

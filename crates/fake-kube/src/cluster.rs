@@ -79,6 +79,22 @@ fn builtin_types() -> Vec<ResourceType> {
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, false),
         ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, false),
         ResourceType::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies",
+            false,
+            true,
+        ),
+        ResourceType::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+            false,
+            false,
+        ),
+        ResourceType::builtin(
             "apiextensions.k8s.io",
             "v1",
             "CustomResourceDefinition",

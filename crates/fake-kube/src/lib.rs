@@ -3,6 +3,7 @@
 //! real REST protocol so that the `kube` client, `kubectl` and the bbrunner operator run
 //! against it unchanged. What it models and what it does not is in the README.
 
+mod admission;
 mod api;
 mod apply;
 mod cluster;

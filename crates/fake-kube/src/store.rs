@@ -506,6 +506,7 @@ impl Store {
         }
         validate::object(rt, &mut body).map_err(|causes| ApiError::invalid(rt, &name, causes))?;
         self.structural(rt, &name, &mut body, None)?;
+        crate::admission::admit(self, rt, version, "CREATE", &body, None)?;
         // A client's create is an update by its manager (an apply recorded its own already).
         if let Some(request) = crate::structural::request()
             && body["metadata"]["managedFields"].is_null()
@@ -635,6 +636,7 @@ impl Store {
         if !status_only {
             validate::object(rt, &mut next)
                 .map_err(|causes| ApiError::invalid(rt, name, causes))?;
+            crate::admission::admit(self, rt, &rt.versions[0], "UPDATE", &next, Some(&current))?;
             if rt.has_generation() && generation_part(&next) != generation_part(&current) {
                 let generation = current["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
                 next["metadata"]["generation"] = json!(generation);

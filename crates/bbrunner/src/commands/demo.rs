@@ -191,6 +191,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
             settings: Settings {
                 registration_ttl: Duration::from_secs(600),
                 deletion_grace: Duration::from_secs(60),
+                policy: Default::default(),
             },
             budget: bitbucket::RequestBudget::default(),
             cluster_id: None,

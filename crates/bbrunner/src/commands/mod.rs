@@ -41,6 +41,7 @@ fn install(args: &crate::cli::InstallArgs) -> Result<ExitCode> {
         image: args.image.clone(),
         replicas: args.replicas,
         watch_namespaces: args.watch_namespace.clone(),
+        policy: args.policy.policy().map_err(anyhow::Error::msg)?,
     });
     let yaml = crate::output::yaml_documents(&manifests)?;
     std::io::Write::write_all(&mut std::io::stdout(), yaml.as_bytes())?;

@@ -42,6 +42,7 @@ pub fn options(args: &OperatorArgs) -> Result<Options> {
         settings: Settings {
             registration_ttl: seconds("--registration-ttl", &args.registration_ttl)?,
             deletion_grace: seconds("--deletion-grace", &args.deletion_grace)?,
+            policy: args.policy.policy().map_err(anyhow::Error::msg)?,
         },
         budget: bitbucket::RequestBudget {
             requests: args.budget,

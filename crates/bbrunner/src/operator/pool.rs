@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use bbrunner_core::admin_policy::PoolRequest;
 use bbrunner_core::ids::RunnerUuid;
 use bbrunner_core::labels::Labels;
 use bbrunner_core::manifests::{
@@ -107,6 +108,33 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
         .validate()
         .map_err(|e| InvalidSpec(format!("spec: {e}")))?;
     Ok(valid)
+}
+
+/// What the pool asks of the cluster admin's policy: its images (defaults included), and the
+/// fields that reach beyond its own registration.
+pub fn policy_request<'a>(pool: &'a RunnerPool, valid: &'a ValidPool) -> PoolRequest<'a> {
+    let template = &pool.spec.pod_template;
+    PoolRequest {
+        images: vec![
+            ("spec.runner.image", valid.runner_image.as_str()),
+            ("spec.dind.image", valid.dind.image.as_str()),
+        ],
+        service_account_name: template.service_account_name.as_deref(),
+        runtime_class_name: template.runtime_class_name.as_deref(),
+        secret_env: pool
+            .spec
+            .runner
+            .env
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.value_from
+                    .as_ref()
+                    .is_some_and(|from| from.secret_key_ref.is_some())
+            })
+            .map(|(index, _)| index)
+            .collect(),
+    }
 }
 
 /// A new runner's name for this pool of this cluster (see [`bbrunner_core::ownership`]).

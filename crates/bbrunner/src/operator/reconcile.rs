@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bbrunner_core::admin_policy::AdminPolicy;
 use bbrunner_core::ids::{AccountUuid, RepositoryUuid, RunnerUuid};
 use bbrunner_core::manifests::{LABEL_RUNNER_UUID, dind_networks_mtu_warning, secret_keys};
 use bbrunner_core::ownership::{ClusterId, MAX_RUNNER_NAME, PoolIdentity};
@@ -40,6 +41,8 @@ pub struct Settings {
     pub registration_ttl: Duration,
     /// How long a deleted pool waits for busy runners.
     pub deletion_grace: Duration,
+    /// What the cluster admin lets pools ask for.
+    pub policy: AdminPolicy,
 }
 
 pub struct Context {
@@ -576,6 +579,19 @@ async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, Re
         // A deleted pool is cleaned up whatever its spec says of labels, sizes or images.
         Err(_) => ValidPool::for_cleanup(),
     };
+    if !deleting
+        && let Err(violation) = ctx
+            .settings
+            .policy
+            .check(&pool::policy_request(pool, &valid))
+    {
+        // Nothing new is created; runners already serving are left to finish.
+        return Err(degraded(
+            "PolicyViolation",
+            violation.to_string(),
+            Duration::from_secs(300),
+        ));
+    }
     match pool.spec.mode {
         PoolMode::Static if deleting => finish_deletion(ctx, pool, &api).await,
         PoolMode::Static => reconcile_static(pool, ctx, &valid).await,

@@ -81,6 +81,9 @@ fn the_chart_renders_what_install_prints() {
                 "ci,team-b",
                 "--image",
                 "registry.example.com/ops/bbrunner:dev",
+                "--allowed-image",
+                "registry.example.com/ops/*,docker:*-dind",
+                "--restrict-pod-fields",
             ],
             "ops",
             &[
@@ -89,6 +92,8 @@ fn the_chart_renders_what_install_prints() {
                 "rbac.watchNamespaces={ci,team-b}",
                 "image.repository=registry.example.com/ops/bbrunner",
                 "image.tag=dev",
+                "policy.allowedImages={registry.example.com/ops/*,docker:*-dind}",
+                "policy.restrictPodFields=true",
             ],
         ),
     ];
@@ -188,6 +193,7 @@ fn bad_values_are_refused_naming_the_value() {
             "rbac.watchNamespaces",
         ),
         ("image.repositry=typo", "repositry"),
+        ("policy.allowedImages={a b}", "policy.allowedImages"),
     ] {
         let out = helm(&["template", "bbrunner", chart.as_str(), "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -11,10 +11,21 @@ fn install_manifests_validate_strictly_for_one_and_several_replicas() {
     for (replicas, watched) in [("1", ""), ("3", "ci,team-b")] {
         let mut args = vec!["install", "--replicas", replicas, "--namespace", "ops"];
         if !watched.is_empty() {
-            args.extend(["--watch-namespace", watched]);
+            // With the admin policy too: its ValidatingAdmissionPolicy and binding.
+            args.extend([
+                "--watch-namespace",
+                watched,
+                "--allowed-image",
+                "registry.internal/*",
+                "--restrict-pod-fields",
+            ]);
         }
         let out = bbrunner(&args, "").success().stdout;
         kubernetes_validate_strict(&out);
+        assert_eq!(
+            out.contains("kind: ValidatingAdmissionPolicyBinding"),
+            !watched.is_empty()
+        );
         // Never two operators acting: the Lease always, and a single replica replaced only
         // once the old pod is gone.
         assert!(out.contains("--leader-election"));

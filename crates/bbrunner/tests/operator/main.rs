@@ -19,6 +19,7 @@ mod chaos;
 mod docker;
 mod fleet;
 mod image;
+mod policy;
 mod prometheus;
 mod rbac;
 

@@ -74,3 +74,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   - create
   - patch
 {{- end }}
+
+{{/* The operator's default images (bbrunner-core manifests.rs), judged when a pool sets none. */}}
+{{- define "bbrunner.defaultRunnerImage" -}}
+docker-public.packages.atlassian.com/sox/atlassian/bitbucket-pipelines-runner:1
+{{- end }}
+
+{{- define "bbrunner.defaultDindImage" -}}
+docker:28.5-dind
+{{- end }}
