@@ -87,6 +87,13 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
             "metadata.name {name:?}: a RunnerPool name is at most 40 characters, without dots"
         )));
     }
+    if let Some(disk) = spec.runner.disk_gib
+        && !(1..=4096).contains(&disk)
+    {
+        return Err(InvalidSpec(format!(
+            "spec.runner.diskGiB is {disk}; give 1 to 4096 GiB (or leave it out for 20 per size unit)"
+        )));
+    }
     if spec.workspace.trim().is_empty() {
         return Err(InvalidSpec(
             "spec.workspace is empty; give the workspace slug or {uuid}".into(),
