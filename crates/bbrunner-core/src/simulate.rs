@@ -45,6 +45,12 @@ struct TraceLine {
 
 /// Read a JSON Lines trace: one `{"at", "duration", "labels", "size"}` per line; blank lines
 /// and lines starting with `#` are skipped. Every bad line is reported with its number.
+/// The latest arrival a trace may hold: a year, in seconds. A simulation runs in time
+/// proportional to the span it covers.
+pub const MAX_TRACE_AT: f64 = 365.0 * 86_400.0;
+/// The longest step a trace may hold: a day (Bitbucket stops steps at two hours).
+pub const MAX_STEP_DURATION: f64 = 86_400.0;
+
 pub fn parse_trace(text: &str) -> Result<Vec<TraceStep>, Vec<TraceError>> {
     let mut steps = Vec::new();
     let mut errors = Vec::new();
@@ -62,12 +68,18 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceStep>, Vec<TraceError>> {
                 continue;
             }
         };
-        if !(parsed.at.is_finite() && parsed.at >= 0.0) {
-            fail("\"at\" must be a number of seconds, zero or more".into());
+        if !(parsed.at.is_finite() && (0.0..=MAX_TRACE_AT).contains(&parsed.at)) {
+            fail(format!(
+                "\"at\" must be seconds from 0 to {MAX_TRACE_AT} (a year); got {}",
+                parsed.at
+            ));
             continue;
         }
-        if !(parsed.duration.is_finite() && parsed.duration >= 0.0) {
-            fail("\"duration\" must be a number of seconds, zero or more".into());
+        if !(parsed.duration.is_finite() && (0.0..=MAX_STEP_DURATION).contains(&parsed.duration)) {
+            fail(format!(
+                "\"duration\" must be seconds from 0 to {MAX_STEP_DURATION} (a day; Bitbucket stops a step at 2 hours); got {}",
+                parsed.duration
+            ));
             continue;
         }
         let labels = parsed

@@ -84,6 +84,8 @@ pub struct PolicyResult {
     pub busy_runner_hours: f64,
     pub peak_runners: u32,
     pub api_calls_per_hour: f64,
+    /// What makes this policy's result unusable in practice (an API rate Bitbucket refuses).
+    pub errors: Vec<String>,
     #[serde(skip)]
     pub timeline: Vec<Sample>,
 }
@@ -598,6 +600,16 @@ impl Sim<'_> {
         self.waits.sort_by(f64::total_cmp);
         let pct = |p: f64| percentile(&self.waits, p);
         let hours = (self.now / 3600.0).max(1e-9);
+        let api_calls_per_hour = self.api_calls as f64 / hours;
+        let limit = crate::doctor::BITBUCKET_REQUESTS_PER_HOUR;
+        let errors = (api_calls_per_hour > f64::from(limit))
+            .then(|| {
+                format!(
+                    "{api_calls_per_hour:.0} API calls an hour exceed Bitbucket's {limit} per identity: it would answer 429 and the pool would stall; poll less often"
+                )
+            })
+            .into_iter()
+            .collect();
         PolicyResult {
             name: self.config.scaling.policy.name().to_owned(),
             steps: self.steps.len(),
@@ -609,7 +621,8 @@ impl Sim<'_> {
             idle_runner_hours: self.idle_seconds / 3600.0,
             busy_runner_hours: self.busy_seconds / 3600.0,
             peak_runners: self.peak,
-            api_calls_per_hour: self.api_calls as f64 / hours,
+            api_calls_per_hour,
+            errors,
             timeline: self.timeline,
         }
     }

@@ -29,6 +29,11 @@ fn parse_policy(raw: &str) -> Result<PolicyRun> {
         Some((n, p)) => (n, Some(parse_duration("--policy poll interval", p)?)),
         None => (raw, None),
     };
+    if let Some(poll) = poll
+        && poll < 1.0
+    {
+        bail!("--policy {raw}: the poll interval is under 1s; poll at least a second apart");
+    }
     let kind = PolicyKind::parse(name).ok_or_else(|| {
         anyhow!("--policy {name:?} is not a policy; use idle-buffer, queue or atlassian-ratio")
     })?;
@@ -59,8 +64,28 @@ fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling)> {
         return Ok((Labels::new::<_, &str>([])?, Scaling::default()));
     };
     let text = input::read_text(Some(path))?;
-    let manifest: PoolManifest = serde_saphyr::from_str(&text)
-        .with_context(|| format!("{} is not a RunnerPool manifest", path.display()))?;
+    // One document or several (as `migrate` writes): the first RunnerPool is simulated.
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+        .map_err(|e| anyhow!("{} is not YAML: {e}", path.display()))?;
+    let (index, document) = documents
+        .into_iter()
+        .enumerate()
+        .find(|(_, d)| d["kind"] == "RunnerPool" || d.get("kind").is_none())
+        .ok_or_else(|| {
+            anyhow!(
+                "{} holds no RunnerPool (a document with kind: RunnerPool)",
+                path.display()
+            )
+        })?;
+    let manifest: PoolManifest = serde_path_to_error::deserialize(document).map_err(|e| {
+        anyhow!(
+            "{} (document {}): {}: {}",
+            path.display(),
+            index + 1,
+            e.path(),
+            e.inner()
+        )
+    })?;
     manifest
         .spec
         .resolve()
@@ -68,6 +93,17 @@ fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling)> {
 }
 
 pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
+    #[cfg(feature = "plot")]
+    if let Some(path) = &args.plot
+        && !path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        bail!(
+            "--plot {} : the plot is SVG; name the file .svg (convert it to PNG with any SVG tool)",
+            path.display()
+        );
+    }
     let steps = workload(args)?;
     let (labels, scaling) = pool(args)?;
     let mean = parse_duration("--start-latency", &args.start_latency)?;
@@ -130,6 +166,11 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
     if let Some(path) = &args.plot {
         crate::plot::write_svg(path, &results)?;
     }
+    for r in &results {
+        for error in &r.errors {
+            eprintln!("error: {}: {error}", r.name);
+        }
+    }
     let text = match args.format {
         TableFormat::Json => output::json(&Report { policies: &results })?,
         TableFormat::Table => table(&results),
@@ -161,7 +202,12 @@ fn table(results: &[PolicyResult]) -> String {
     for r in results {
         out.push_str(&format!(
             "{:<24} {:>6} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>5} {:>7.1}\n",
-            r.name,
+            // A policy whose result Bitbucket would not allow is marked.
+            if r.errors.is_empty() {
+                r.name.clone()
+            } else {
+                format!("{} (ERROR)", r.name)
+            },
             r.steps,
             r.failed_steps,
             r.p50_wait_s,

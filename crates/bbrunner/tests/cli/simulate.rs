@@ -147,3 +147,127 @@ fn bad_input_is_named() {
     assert!(run.stderr.contains("--trace") && run.stderr.contains("--scenario"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn inputs_that_would_hang_or_mislead_are_refused_or_flagged() {
+    let dir = std::env::temp_dir().join(format!("bbrunner-sim-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+
+    let run = bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--policy",
+            "idle-buffer:0s",
+        ],
+        "",
+    )
+    .failure();
+    assert!(run.stderr.contains("under 1s"), "{}", run.stderr);
+
+    std::fs::write(
+        path("zero-poll.yaml"),
+        "kind: RunnerPool\nspec:\n  scaling:\n    pollInterval: 0s\n",
+    )
+    .unwrap();
+    let run = bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--pool",
+            &path("zero-poll.yaml"),
+        ],
+        "",
+    )
+    .failure();
+    assert!(run.stderr.contains("pollInterval"), "{}", run.stderr);
+
+    for (line, field) in [
+        ("{\"at\": 1e12, \"duration\": 60}", "\"at\""),
+        ("{\"at\": 0, \"duration\": 1e300}", "\"duration\""),
+    ] {
+        std::fs::write(path("far.jsonl"), format!("{line}\n")).unwrap();
+        let run = bbrunner(&["simulate", "--trace", &path("far.jsonl")], "").failure();
+        assert!(run.stderr.contains(field), "{line}: {}", run.stderr);
+    }
+
+    // Polling every second costs more calls than Bitbucket allows: flagged, in both outputs.
+    let run = bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--policy",
+            "atlassian-ratio:1s",
+            "--format",
+            "json",
+        ],
+        "",
+    )
+    .success();
+    assert!(
+        run.stderr.contains("exceed Bitbucket's 1000"),
+        "{}",
+        run.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(
+        report["policies"][0]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("429"),
+        "{report}"
+    );
+    let run = bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--policy",
+            "atlassian-ratio:1s",
+        ],
+        "",
+    )
+    .success();
+    assert!(
+        run.stdout.contains("atlassian-ratio:1s (ERROR)"),
+        "{}",
+        run.stdout
+    );
+
+    // What migrate writes: several documents, comments, a pool after a Secret.
+    std::fs::write(
+        path("migrated.yaml"),
+        "# from migrate\napiVersion: v1\nkind: Secret\nmetadata: {name: creds}\n---\napiVersion: bbrunner.dev/v1alpha1\nkind: RunnerPool\nmetadata: {name: builds}\nspec:\n  workspace: acme\n  scaling: {min: 2, max: 4}\n",
+    )
+    .unwrap();
+    bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--pool",
+            &path("migrated.yaml"),
+        ],
+        "",
+    )
+    .success();
+
+    let run = bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--plot",
+            &path("plot.png"),
+        ],
+        "",
+    )
+    .failure();
+    assert!(run.stderr.contains(".svg"), "{}", run.stderr);
+    assert!(!dir.join("plot.png").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
