@@ -86,6 +86,12 @@ pub struct PolicyResult {
     pub api_calls_per_hour: f64,
     /// What makes this policy's result unusable in practice (an API rate Bitbucket refuses).
     pub errors: Vec<String>,
+    /// p95 wait over the always-warm oracle's (every one of the pool's `max` runners online).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p95_vs_oracle: Option<f64>,
+    /// Idle runner-hours over the oracle's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_vs_oracle: Option<f64>,
     #[serde(skip)]
     pub timeline: Vec<Sample>,
 }
@@ -623,6 +629,8 @@ impl Sim<'_> {
             peak_runners: self.peak,
             api_calls_per_hour,
             errors,
+            p95_vs_oracle: None,
+            idle_vs_oracle: None,
             timeline: self.timeline,
         }
     }

@@ -125,10 +125,29 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
     if steps.is_empty() {
         bail!("the workload has no steps");
     }
+    // The frontier: every one of the pool's max runners online all the time.
+    let oracle_scaling = Scaling {
+        min: scaling.max,
+        min_idle: scaling.max,
+        schedules: Vec::new(),
+        ..scaling.clone()
+    };
+    let runs: Vec<(PolicyRun, Scaling)> = runs
+        .into_iter()
+        .map(|run| (run, scaling.clone()))
+        .chain([(
+            PolicyRun {
+                kind: PolicyKind::IdleBuffer,
+                poll: None,
+                label: "oracle".to_owned(),
+            },
+            oracle_scaling,
+        )])
+        .collect();
 
     let show_progress = std::io::stderr().is_terminal();
     let mut results: Vec<PolicyResult> = Vec::new();
-    for run in &runs {
+    for (run, scaling) in &runs {
         let mut scaling = Scaling {
             policy: run.kind,
             ..scaling.clone()
@@ -161,6 +180,12 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
         result.name = run.label.clone();
         results.push(result);
     }
+    let oracle = results.last().cloned().expect("the oracle ran");
+    let ratio = |ours: f64, theirs: f64| (theirs > 0.0).then(|| ours / theirs);
+    for r in &mut results {
+        r.p95_vs_oracle = ratio(r.p95_wait_s, oracle.p95_wait_s);
+        r.idle_vs_oracle = ratio(r.idle_runner_hours, oracle.idle_runner_hours);
+    }
 
     #[cfg(feature = "plot")]
     if let Some(path) = &args.plot {
@@ -186,7 +211,7 @@ fn bitbucket_budget() -> u32 {
 
 fn table(results: &[PolicyResult]) -> String {
     let mut out = format!(
-        "{:<24} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7}\n",
+        "{:<24} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>10} {:>11}\n",
         "policy",
         "steps",
         "failed",
@@ -197,11 +222,14 @@ fn table(results: &[PolicyResult]) -> String {
         "idle h",
         "busy h",
         "peak",
-        "API/h"
+        "API/h",
+        "p95/oracle",
+        "idle/oracle"
     );
+    let times = |r: Option<f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into());
     for r in results {
         out.push_str(&format!(
-            "{:<24} {:>6} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>5} {:>7.1}\n",
+            "{:<24} {:>6} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>5} {:>7.1} {:>10} {:>11}\n",
             // A policy whose result Bitbucket would not allow is marked.
             if r.errors.is_empty() {
                 r.name.clone()
@@ -217,7 +245,9 @@ fn table(results: &[PolicyResult]) -> String {
             r.idle_runner_hours,
             r.busy_runner_hours,
             r.peak_runners,
-            r.api_calls_per_hour
+            r.api_calls_per_hour,
+            times(r.p95_vs_oracle),
+            times(r.idle_vs_oracle)
         ));
     }
     out

@@ -9,9 +9,19 @@ fn json_report_has_every_policy_and_field() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["idle-buffer", "queue", "atlassian-ratio"]);
+    // The always-warm oracle closes every run, and every row is measured against it.
+    assert_eq!(names, ["idle-buffer", "queue", "atlassian-ratio", "oracle"]);
+    let oracle = &policies[3];
+    assert_eq!(oracle["peak_runners"], 10, "{oracle}");
+    assert_eq!(oracle["p95_vs_oracle"], 1.0);
     for p in policies {
+        let ratio = p["p95_wait_s"].as_f64().unwrap() / oracle["p95_wait_s"].as_f64().unwrap();
+        assert!(
+            (p["p95_vs_oracle"].as_f64().unwrap() - ratio).abs() < 1e-9,
+            "{p}"
+        );
         for key in [
+            "idle_vs_oracle",
             "steps",
             "failed_steps",
             "p50_wait_s",
