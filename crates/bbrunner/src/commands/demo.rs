@@ -137,8 +137,16 @@ fn bar(n: usize, c: char) -> String {
 
 pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
     let duration = parse_duration("--duration", &args.duration)?;
-    if args.time_scale <= 0.0 || args.time_scale.is_nan() {
-        bail!("--time-scale must be a positive number");
+    if duration < 1.0 {
+        bail!(
+            "--duration {} sends no workload; give 1s or more (30s is the default)",
+            args.duration
+        );
+    }
+    if !(args.time_scale.is_finite() && (1.0..=1000.0).contains(&args.time_scale)) {
+        bail!(
+            "--time-scale must be from 1 to 1000 (how much faster simulated time runs; 30 is the default)"
+        );
     }
     let live = args.format == TextFormat::Text || std::io::stderr().is_terminal();
     let say = |line: String| {

@@ -22,3 +22,15 @@ fn demo_runs_the_operator_through_a_workload_and_leaves_nothing_behind() {
         assert!(summary[key].is_number(), "{key}");
     }
 }
+
+#[test]
+fn a_demo_with_nothing_to_show_is_refused() {
+    for (args, named) in [
+        (&["demo", "--duration", "0s"][..], "--duration"),
+        (&["demo", "--time-scale", "0"], "--time-scale"),
+        (&["demo", "--time-scale", "1e9"], "--time-scale"),
+    ] {
+        let run = bbrunner(args, "").failure();
+        assert!(run.stderr.contains(named), "{args:?}: {}", run.stderr);
+    }
+}

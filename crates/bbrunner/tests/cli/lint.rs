@@ -363,3 +363,57 @@ fn pools_that_hold_no_pool_are_warned_about() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The examples the README points newcomers at stay true: the pipelines file passes against
+/// the pools, and the same file without its docker service fix is the README's finding.
+#[test]
+fn the_examples_lint_clean_and_the_readme_s_finding_is_real() {
+    let pipelines = crate::util::example("bitbucket-pipelines.yml");
+    let pools = crate::util::example("pools.yaml");
+    let run = bbrunner(
+        &[
+            "lint",
+            pipelines.to_str().unwrap(),
+            "--pools",
+            pools.to_str().unwrap(),
+        ],
+        "",
+    )
+    .success();
+    assert_eq!(run.stdout, "", "{}", run.stdout);
+    let text = std::fs::read_to_string(&pipelines).unwrap();
+    let start = text.find("      type: docker").unwrap();
+    let end = text.find("pipelines:").unwrap();
+    let unfixed = format!("{}\n{}", &text[..start], &text[end..]);
+    let dir = std::env::temp_dir().join(format!("bbrunner-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bitbucket-pipelines.yml");
+    std::fs::write(&file, unfixed).unwrap();
+    let run = bbrunner(
+        &[
+            "lint",
+            file.to_str().unwrap(),
+            "--pools",
+            pools.to_str().unwrap(),
+        ],
+        "",
+    )
+    .failure();
+    assert!(
+        run.stdout.contains("error[docker-mtu]") && run.stdout.contains("MTU is 1400"),
+        "{}",
+        run.stdout
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--pool",
+            pools.to_str().unwrap(),
+        ],
+        "",
+    )
+    .success();
+}

@@ -2,6 +2,7 @@
 
 mod crd;
 mod demo;
+mod docs;
 mod helm;
 mod import;
 mod install;
