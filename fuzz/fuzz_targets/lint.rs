@@ -1,6 +1,7 @@
 #![no_main]
 //! lint and its MTU fix on arbitrary text: never panic; a fix is always valid YAML.
-use bbrunner_core::lint::{DockerServiceImages, fix_docker_mtu, lint, yaml};
+use bbrunner_core::lint::{DockerServiceImages, fix_docker_mtu, lint};
+use bbrunner_core::yaml;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

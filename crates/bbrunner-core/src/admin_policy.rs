@@ -73,7 +73,8 @@ impl ImagePattern {
                     .collect()
             })
             .collect();
-        format!("^{}$", escaped.join(".*"))
+        // `(?s)`: a `*` spans any character, line breaks included, as the glob's does.
+        format!("(?s)^{}$", escaped.join(".*"))
     }
 }
 
@@ -265,7 +266,11 @@ mod tests {
     /// A tiny matcher for the regexes `regex()` makes (literals, `\`-escapes, `.*`), so that
     /// the test needs no regex crate.
     fn regex_lite_match(regex: &str, text: &str) -> bool {
-        let body = regex.strip_prefix('^').unwrap().strip_suffix('$').unwrap();
+        let body = regex
+            .strip_prefix("(?s)^")
+            .unwrap()
+            .strip_suffix('$')
+            .unwrap();
         let mut glob = String::new();
         let mut chars = body.chars().peekable();
         while let Some(c) = chars.next() {
