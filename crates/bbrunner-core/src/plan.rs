@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::RunnerUuid;
-use crate::scaling::{Decision, Observed, Overrides, PolicyMemory, Scaling, Seconds, desired};
+use crate::scaling::{
+    Decision, Observed, Overrides, PolicyMemory, Scaling, Seconds, busy_on_arrival, desired,
+};
 
 /// A runner's status in Bitbucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -345,10 +347,9 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             counts.busy += 1;
             counts.online += 1;
             policy_view.busy += 1;
-            let arrival_window = 2.0 * pool.scaling.poll_interval;
             if j.pod
                 .and_then(|p| p.ready_since)
-                .is_some_and(|ready| now - ready < arrival_window)
+                .is_some_and(|ready| busy_on_arrival(ready, now, pool.scaling.poll_interval))
             {
                 policy_view.busy_on_arrival += 1;
             }

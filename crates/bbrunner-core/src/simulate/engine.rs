@@ -3,7 +3,8 @@
 //! Modelled: step arrivals with labels and durations; the pool's runners from creation
 //! (pod start and registration take a sampled latency) to deletion; each runner's own poll for
 //! work every 30 s (it polls at once when it comes online and when it finishes a step); the
-//! policy's poll interval; the disable → delete scale-down protocol; Bitbucket's failing of a
+//! policy's poll interval, at which bbrunner's policies run the operator's own planner
+//! (`plan::plan`, with its disable → delete scale-down protocol and drain order); Bitbucket's failing of a
 //! step no online runner could take, and its 2.5 h queue timeout; the API calls each policy
 //! makes. Not modelled: step sizes against memory (the lint's job), API faults and rate
 //! limits, Kubernetes scheduling beyond the start latency.
@@ -15,10 +16,15 @@ use serde::Serialize;
 
 use super::TraceStep;
 use super::rng::Rng;
+use crate::ids::RunnerUuid;
 use crate::labels::Labels;
+use crate::plan::{
+    Action, Observation, ObservedPod, ObservedRunner, ObservedSecret, PodPhase, PoolSettings,
+    RunnerStatus, plan,
+};
+use crate::pool::RUNNERS_PER_SCOPE;
 use crate::scaling::{
-    AtlassianAction, Observed, PolicyKind, PolicyMemory, Scaling, Seconds, atlassian_ratio,
-    busy_on_arrival, desired, reads_queue,
+    AtlassianAction, PolicyKind, PolicyMemory, Scaling, Seconds, atlassian_ratio, reads_queue,
 };
 use crate::schedule::overrides_at;
 
@@ -334,9 +340,14 @@ impl Sim<'_> {
     }
 
     fn delete(&mut self, r: usize) {
-        debug_assert!(self.runners[r].idle_online());
+        // Never a busy runner: the planner and Atlassian's cleaner both promise it.
+        debug_assert!(self.runners[r].step.is_none());
+        match self.runners[r].state {
+            RunnerState::Starting => self.starting -= 1,
+            RunnerState::Online => self.online -= 1,
+            RunnerState::Deleted => return,
+        }
         self.runners[r].state = RunnerState::Deleted;
-        self.online -= 1;
         self.live.retain(|&l| l != r);
         self.call();
     }
@@ -455,90 +466,104 @@ impl Sim<'_> {
         self.schedule(self.now + interval, Event::PolicyPoll);
     }
 
-    /// bbrunner's loop: one list call, the policy, then the planner's moves.
+    /// bbrunner's loop: what the operator does at each poll, by the operator's own planner
+    /// (`plan::plan`) over what Bitbucket and Kubernetes would show, its actions applied to
+    /// the model. One list call; the queue where the policy reads it and the budget allows.
     fn our_poll(&mut self) {
         self.call();
         let scaling = self.config.scaling.clone();
-        // Pipelines list plus one steps call per active pipeline (one step each here).
-        let pipeline_calls = 1 + self.queue.len() as u32 + self.busy;
-        let queued =
-            reads_queue(scaling.policy, self.remaining_budget(), pipeline_calls).then(|| {
-                for _ in 0..pipeline_calls {
+        // As the operator asks: one call for the pipelines list, the rest from the reserve.
+        let queued = reads_queue(scaling.policy, self.remaining_budget(), 1).then(|| {
+            // The pipelines list plus one steps call per active pipeline (one step each).
+            for _ in 0..1 + self.queue.len() as u32 + self.busy {
+                self.call();
+            }
+            self.queue.len() as u32
+        });
+        let observation = self.observation(queued);
+        let pool = PoolSettings {
+            overrides: overrides_at(&scaling.schedules, SIM_EPOCH + self.now),
+            scaling,
+            ephemeral: false,
+            registration_ttl: SIM_REGISTRATION_TTL,
+            deleting_since: None,
+            deletion_grace: SIM_REGISTRATION_TTL,
+        };
+        let plan = plan(&pool, &observation);
+        self.memory = plan.memory;
+        for action in plan.actions {
+            match action {
+                Action::CreateRunner => self.create_runner(),
+                Action::DisableRunner(u) => {
+                    let now = self.now;
+                    let runner = &mut self.runners[runner_index(&u)];
+                    runner.enabled = false;
+                    runner.disabled_at = Some(now);
                     self.call();
                 }
-                self.queue.len() as u32
-            });
-        let mut observed = Observed {
-            queued,
-            ..Observed::default()
-        };
-        for r in self
-            .live
-            .iter()
-            .map(|&r| &self.runners[r])
-            .filter(|r| r.enabled)
-        {
-            match (r.state, r.step) {
-                (RunnerState::Starting, _) => observed.starting += 1,
-                (RunnerState::Online, None) => observed.idle += 1,
-                (RunnerState::Online, Some(_)) => {
-                    observed.busy += 1;
-                    if r.online_at
-                        .is_some_and(|t| busy_on_arrival(t, self.now, scaling.poll_interval))
-                    {
-                        observed.busy_on_arrival += 1;
-                    }
+                Action::EnableRunner(u) => {
+                    let r = runner_index(&u);
+                    self.runners[r].enabled = true;
+                    self.runners[r].disabled_at = None;
+                    self.call();
+                    self.poll(r);
                 }
-                (RunnerState::Deleted, _) => {}
+                Action::DeleteRunner(u) => self.delete(runner_index(&u)),
+                // Kubernetes' side costs no Bitbucket call and changes nothing modelled here.
+                Action::CreatePod(_)
+                | Action::DeletePod(_)
+                | Action::DeleteSecret(_)
+                | Action::MarkRanStep(_)
+                | Action::RemoveFinalizer => {}
             }
         }
-        let overrides = overrides_at(&scaling.schedules, SIM_EPOCH + self.now);
-        let (decision, memory) = desired(&scaling, overrides, &observed, self.memory, self.now);
-        self.memory = memory;
-        let capacity = observed.capacity();
-        let mut need = decision.desired.saturating_sub(capacity);
-        // Re-enable drained runners before creating new ones.
-        for r in self.live.clone() {
-            if need == 0 {
-                break;
-            }
-            let runner = &mut self.runners[r];
-            if runner.state == RunnerState::Online && !runner.enabled {
-                runner.enabled = true;
-                runner.disabled_at = None;
-                self.call();
-                need -= 1;
-                self.poll(r);
-            }
-        }
-        // Delete runners disabled at an earlier poll that stayed idle.
-        for r in self.live.clone() {
+    }
+
+    /// The pool as the operator would observe it now: each live runner in Bitbucket
+    /// (UNREGISTERED while starting, DISABLED once drained), its Secret and its pod (Pending
+    /// until the runner is online).
+    fn observation(&self, queued: Option<u32>) -> Observation {
+        let mut observation = Observation {
+            now: self.now,
+            runners_fetched_at: self.now,
+            memory: self.memory,
+            queued,
+            scope_room: RUNNERS_PER_SCOPE.saturating_sub(self.live.len() as u32),
+            ..Observation::default()
+        };
+        for &r in &self.live {
             let runner = &self.runners[r];
-            if runner.idle_online()
-                && !runner.enabled
-                && runner.disabled_at.is_some_and(|t| t < self.now)
-            {
-                self.delete(r);
-            }
+            let uuid = runner_uuid(r);
+            let status = match (runner.state, runner.enabled) {
+                (RunnerState::Starting, _) => RunnerStatus::Unregistered,
+                (_, false) => RunnerStatus::Disabled,
+                _ => RunnerStatus::Online,
+            };
+            observation.runners.push(ObservedRunner {
+                uuid: uuid.clone(),
+                status,
+                busy: runner.step.is_some(),
+                status_since: runner.disabled_at.or(runner.online_at),
+            });
+            observation.pods.push(ObservedPod {
+                runner: uuid.clone(),
+                phase: if runner.state == RunnerState::Online {
+                    PodPhase::Running
+                } else {
+                    PodPhase::Pending
+                },
+                terminating: false,
+                unschedulable: None,
+                created_at: runner.created_at,
+                ready_since: runner.online_at,
+                ran_step: false,
+            });
+            observation.secrets.push(ObservedSecret {
+                runner: uuid,
+                created_at: runner.created_at,
+            });
         }
-        for _ in 0..need {
-            self.create_runner();
-        }
-        // Disable the newest idle runners beyond the desired count.
-        let mut surplus = capacity.saturating_sub(decision.desired);
-        for r in self.live.clone().into_iter().rev() {
-            if surplus == 0 {
-                break;
-            }
-            let now = self.now;
-            let runner = &mut self.runners[r];
-            if runner.idle_online() && runner.enabled {
-                runner.enabled = false;
-                runner.disabled_at = Some(now);
-                self.call();
-                surplus -= 1;
-            }
-        }
+        observation
     }
 
     /// Atlassian's loop: its list call and its cleaner's, the ratio rule, creations spaced
@@ -637,6 +662,19 @@ impl Sim<'_> {
 }
 
 /// Nearest-rank percentile of sorted values (0 when empty).
+/// A runner of the model as the planner knows it: UUIDs in creation order, so that the
+/// planner's list order (by UUID) is the model's.
+fn runner_uuid(r: usize) -> RunnerUuid {
+    RunnerUuid::parse(&format!("{{00000000-0000-4000-8000-{r:012}}}")).expect("a well-formed UUID")
+}
+
+fn runner_index(uuid: &RunnerUuid) -> usize {
+    uuid.bare()[24..].parse().expect("a UUID of runner_uuid")
+}
+
+/// The operator's default `--registration-ttl`: model runners register within a start.
+const SIM_REGISTRATION_TTL: Seconds = 600.0;
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
