@@ -239,6 +239,26 @@ pub struct OperatorArgs {
     /// namespace's UID). Operators of different clusters never touch each other's runners.
     #[arg(long, env = "BBRUNNER_CLUSTER_ID", value_name = "ID")]
     pub cluster_id: Option<String>,
+    /// Simulations only: run the operator's clock this many times faster than the wall
+    /// clock (as fake-bitbucket's `--time-scale`), so that pool durations mean simulated time.
+    #[arg(long, hide = true, value_name = "N", value_parser = time_scale)]
+    pub time_scale: Option<f64>,
+    /// Simulations only: the Unix second from which the scaled clock runs (fake-bitbucket's
+    /// epoch, so that both clocks agree); default: the operator's start.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "UNIX_SECONDS",
+        requires = "time_scale"
+    )]
+    pub clock_origin: Option<f64>,
+}
+
+fn time_scale(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(scale) if scale.is_finite() && (1.0..=1000.0).contains(&scale) => Ok(scale),
+        _ => Err(format!("{raw:?} is not a time scale from 1 to 1000")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

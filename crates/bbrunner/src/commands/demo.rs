@@ -90,7 +90,9 @@ async fn install(client: &Client) -> Result<()> {
             "workspace": "acme",
             "labels": ["build"],
             "credentials": {"secretRef": {"name": "bitbucket-credentials"}},
-            "scaling": {"min": 1, "max": 8, "minIdle": 1, "pollInterval": "1s", "scaleDownDelay": "8s"},
+            // The defaults a user gets (15 s poll, 90 s scale-down delay): the operator runs
+            // on the simulated clock, so they mean what they mean in a cluster.
+            "scaling": {"min": 1, "max": 8, "minIdle": 1},
         },
     }))?;
     Api::<RunnerPool>::namespaced(client.clone(), NAMESPACE)
@@ -196,13 +198,23 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
             leader_election: false,
             namespace: Vec::new(),
             lease_namespace: "default".into(),
+            // The operator's defaults, on the simulated clock.
             settings: Settings {
                 registration_ttl: Duration::from_secs(600),
-                deletion_grace: Duration::from_secs(60),
+                deletion_grace: Duration::from_secs(7200),
                 policy: Default::default(),
             },
-            budget: bitbucket::RequestBudget::default(),
+            // 900 requests per simulated hour.
+            budget: bitbucket::RequestBudget {
+                period: Duration::from_secs_f64(3600.0 / args.time_scale),
+                ..bitbucket::RequestBudget::default()
+            },
             cluster_id: None,
+            // The operator's clock runs as fake-bitbucket's: same origin, same scale.
+            clock: operator::clock::Clock::scaled(
+                bitbucket.with_world(|w, _| w.epoch),
+                args.time_scale,
+            ),
         },
         stop.clone(),
     ));

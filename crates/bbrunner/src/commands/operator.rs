@@ -54,6 +54,14 @@ pub fn options(args: &OperatorArgs) -> Result<Options> {
             .map(ClusterId::new)
             .transpose()
             .context("--cluster-id")?,
+        clock: match args.time_scale {
+            Some(scale) => operator::clock::Clock::scaled(
+                args.clock_origin
+                    .unwrap_or_else(|| operator::clock::Clock::wall().now()),
+                scale,
+            ),
+            None => operator::clock::Clock::wall(),
+        },
     })
 }
 

@@ -1,6 +1,7 @@
 //! The operator: a kube-runtime controller over RunnerPools, their pods and Secrets, with
 //! leader election on a Lease, Prometheus metrics and graceful shutdown.
 
+pub mod clock;
 pub mod crd;
 mod hub;
 mod metrics;
@@ -41,6 +42,8 @@ pub struct Options {
     pub budget: bitbucket::RequestBudget,
     /// This cluster's name in runner names; `None`: from the kube-system namespace's UID.
     pub cluster_id: Option<ClusterId>,
+    /// The clock of the time-based rules: the wall clock but in simulations.
+    pub clock: clock::Clock,
 }
 
 /// Whether a Kubernetes API failure may pass by itself: a server error, throttling, or no
@@ -134,6 +137,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         ),
         settings: options.settings.clone(),
         cluster,
+        clock: options.clock,
         queue_waits: Default::default(),
     });
 

@@ -29,7 +29,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use super::crd::{PoolMode, RunnerPool, RunnerPoolSpec, RunnerPoolStatus};
-use super::hub::{Hub, now_seconds};
+use super::hub::Hub;
 use super::metrics::{ErrorLabels, Metrics, PoolLabels, RunnerStateLabels};
 use super::pod_view::PodView;
 use super::pool::{self, ANNOTATION_RAN_STEP, InvalidSpec, LABEL_POOL, ValidPool};
@@ -47,6 +47,8 @@ pub struct Settings {
 
 pub struct Context {
     pub client: kube::Client,
+    /// The clock of every time-based rule.
+    pub clock: super::clock::Clock,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -375,7 +377,8 @@ fn format_time(seconds: f64) -> Option<String> {
         .map(|t| t.to_string())
 }
 
-fn observe_pod(pod: &PodView) -> Option<ObservedPod> {
+/// A pod as the planner sees it, its times on the operator's clock.
+fn observe_pod(pod: &PodView, clock: &super::clock::Clock) -> Option<ObservedPod> {
     let runner = RunnerUuid::parse(pod.labels().get(LABEL_RUNNER_UUID)?).ok()?;
     let status = pod.status.clone().unwrap_or_default();
     let phase = match status.phase.as_deref() {
@@ -400,7 +403,7 @@ fn observe_pod(pod: &PodView) -> Option<ObservedPod> {
         .iter()
         .find(|c| c.type_ == "Ready" && c.status == "True")
         .and_then(|c| c.last_transition_time.as_ref())
-        .map(|t| t.0.as_millisecond() as f64 / 1000.0);
+        .map(|t| clock.at(t.0.as_millisecond() as f64 / 1000.0));
     Some(ObservedPod {
         runner,
         phase,
@@ -410,7 +413,7 @@ fn observe_pod(pod: &PodView) -> Option<ObservedPod> {
             .metadata
             .creation_timestamp
             .as_ref()
-            .map(|t| t.0.as_millisecond() as f64 / 1000.0)
+            .map(|t| clock.at(t.0.as_millisecond() as f64 / 1000.0))
             .unwrap_or(0.0),
         ready_since,
         ran_step: pod
@@ -680,7 +683,7 @@ async fn queued_steps(
         .queue_waits
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .observe(&format!("{namespace}/{name}"), &seen, now_seconds());
+        .observe(&format!("{namespace}/{name}"), &seen, ctx.clock.now());
     // Created empty at the first read, not at the first wait: a series born with samples
     // already in it hides them from rate() and increase().
     let histogram = ctx.metrics.step_queue_wait.get_or_create(&PoolLabels {
@@ -726,12 +729,13 @@ async fn reconcile_managed(
         .metadata
         .deletion_timestamp
         .as_ref()
-        .map(|t| t.0.as_millisecond() as f64 / 1000.0);
+        .map(|t| ctx.clock.at(t.0.as_millisecond() as f64 / 1000.0));
     let (credentials, credentials_deleted) = match credentials(ctx, pool).await {
         Ok(c) => c,
         Err(e)
-            if deleting_since
-                .is_some_and(|s| now_seconds() - s > ctx.settings.deletion_grace.as_secs_f64()) =>
+            if deleting_since.is_some_and(|s| {
+                ctx.clock.now() - s > ctx.settings.deletion_grace.as_secs_f64()
+            }) =>
         {
             let note = format!(
                 "cannot reach Bitbucket to delete this pool's runners ({e}); delete the runners named {}* in the UI",
@@ -765,20 +769,27 @@ async fn reconcile_managed(
     }
     let client = ctx.hub.client(credentials).map_err(from_bitbucket)?;
     let scope = scope_of(pool);
-    let poll = Duration::from_secs_f64(valid.scaling.poll_interval.max(1.0));
+    // Real time between polls: the pool's interval on the operator's clock.
+    let poll = ctx.clock.real(Duration::from_secs_f64(
+        valid.scaling.poll_interval.max(1.0),
+    ));
     let listed = ctx
         .hub
         .runners(&client, &scope, poll / 2)
         .await
         .map_err(from_bitbucket)?;
     let (pods, secrets) = pool_objects(ctx, pool).await?;
-    let observed_pods: Vec<ObservedPod> = pods.iter().filter_map(observe_pod).collect();
+    let observed_pods: Vec<ObservedPod> = pods
+        .iter()
+        .filter_map(|p| observe_pod(p, &ctx.clock))
+        .collect();
     let observed_secrets: Vec<ObservedSecret> = secrets
         .iter()
         .filter_map(|s| {
             let runner = RunnerUuid::parse(s.labels().get(LABEL_RUNNER_UUID)?).ok()?;
-            let created_at =
-                s.metadata.creation_timestamp.as_ref()?.0.as_millisecond() as f64 / 1000.0;
+            let created_at = ctx
+                .clock
+                .at(s.metadata.creation_timestamp.as_ref()?.0.as_millisecond() as f64 / 1000.0);
             Some(ObservedSecret { runner, created_at })
         })
         .collect();
@@ -796,9 +807,9 @@ async fn reconcile_managed(
     let queued = queued_steps(ctx, pool, &client, valid).await;
 
     let observation = Observation {
-        now: now_seconds(),
+        now: ctx.clock.now(),
         runners: mine.iter().map(|r| observe_runner(r)).collect(),
-        runners_fetched_at: listed.fetched_at,
+        runners_fetched_at: ctx.clock.at(listed.fetched_at),
         pods: observed_pods,
         secrets: observed_secrets,
         memory: PolicyMemory {
@@ -1166,7 +1177,7 @@ async fn reconcile_static(
         .await?
         .items
         .iter()
-        .filter_map(observe_pod)
+        .filter_map(|p| observe_pod(p, &ctx.clock))
         .collect();
     let uuids: Vec<RunnerUuid> = wanted.iter().map(|(u, _, _)| u.clone()).collect();
     for action in plan_static(&uuids, &observed) {
@@ -1227,9 +1238,9 @@ async fn reconcile_static(
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
     };
     write_status(ctx, pool, report).await?;
-    Ok(Requeue::requeue(Duration::from_secs_f64(
+    Ok(Requeue::requeue(ctx.clock.real(Duration::from_secs_f64(
         valid.scaling.poll_interval.max(1.0),
-    )))
+    ))))
 }
 
 fn record_metrics(ctx: &Context, pool: &RunnerPool, counts: &Counts, desired: u32) {
@@ -1504,14 +1515,17 @@ async fn write_failure(ctx: &Context, pool: &RunnerPool, error: &ReconcileError)
 pub fn error_policy(
     object: Arc<DynamicObject>,
     error: &ReconcileError,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Requeue {
     let pool = read_pool(&object).unwrap_or_else(|unreadable| unreadable.stand_in);
     let poll = pool
         .spec
         .scaling
         .resolve()
-        .map(|s| Duration::from_secs_f64(s.poll_interval.max(1.0)))
+        .map(|s| {
+            ctx.clock
+                .real(Duration::from_secs_f64(s.poll_interval.max(1.0)))
+        })
         .unwrap_or(Duration::from_secs(15));
     let retry = match error {
         ReconcileError::Kube(_) => error.retry().min(poll),
