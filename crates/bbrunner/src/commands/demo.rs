@@ -103,17 +103,48 @@ async fn install(client: &Client) -> Result<()> {
 
 #[derive(Default)]
 struct View {
+    /// Seconds on the simulated clock.
+    now: f64,
     queued: usize,
     running: usize,
     completed: usize,
     failed: usize,
     starting: usize,
     online: usize,
+    draining: usize,
+}
+
+impl View {
+    const HEADER: &str =
+        "sim time  queued              starting  idle  busy            draining  done  failed";
+
+    /// One line of the live view, under [`View::HEADER`].
+    fn line(&self) -> String {
+        let t = self.now.max(0.0) as u64;
+        format!(
+            "{:>2}:{:02}:{:02}   {:>3} {:<14}  {:>8}  {:>4}  {:>4} {:<10} {:>8}  {:>4}  {:>6}",
+            t / 3600,
+            t / 60 % 60,
+            t % 60,
+            self.queued,
+            bar(self.queued, '#'),
+            self.starting,
+            self.online.saturating_sub(self.running),
+            self.running,
+            bar(self.running, '='),
+            self.draining,
+            self.completed,
+            self.failed
+        )
+    }
 }
 
 fn view(bitbucket: &FakeBitbucket) -> View {
     bitbucket.with_world(|w, now| {
-        let mut v = View::default();
+        let mut v = View {
+            now,
+            ..View::default()
+        };
         for s in &w.steps {
             match s.state {
                 fake_bitbucket::world::StepState::Queued => v.queued += 1,
@@ -125,7 +156,11 @@ fn view(bitbucket: &FakeBitbucket) -> View {
         for r in &w.runners {
             match fake_bitbucket::world::runner_status(r, now) {
                 "UNREGISTERED" => v.starting += 1,
-                "ONLINE" | "DISABLED" => v.online += 1,
+                "ONLINE" => v.online += 1,
+                "DISABLED" => {
+                    v.online += 1;
+                    v.draining += 1;
+                }
                 _ => {}
             }
         }
@@ -233,6 +268,9 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
     ));
 
     let steps = workload(duration);
+    if live {
+        say(View::HEADER.to_owned());
+    }
     let start = Instant::now();
     let mut next = 0;
     let mut samples: Vec<(f64, usize)> = Vec::new();
@@ -256,16 +294,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         samples.push((t, (v.online + v.starting).saturating_sub(v.running)));
         if live && last_line.elapsed() >= Duration::from_secs(1) {
             last_line = Instant::now();
-            say(format!(
-                "t={t:>5.1}s queued {:>2} {:<12} starting {:>2} online {:>2} busy {:>2} {:<10} done {:>3}",
-                v.queued,
-                bar(v.queued, '#'),
-                v.starting,
-                v.online,
-                v.running,
-                bar(v.running, '='),
-                v.completed + v.failed
-            ));
+            say(v.line());
         }
         let all_sent = next == steps.len();
         if all_sent && v.queued == 0 && v.running == 0 {
@@ -283,12 +312,18 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         .delete(POOL, &DeleteParams::default())
         .await?;
     let cleanup = Instant::now();
+    let mut last_line = Instant::now();
     while Api::<RunnerPool>::namespaced(client.clone(), NAMESPACE)
         .get_opt(POOL)
         .await?
         .is_some()
         && cleanup.elapsed() < Duration::from_secs(60)
     {
+        // The runners draining and going, as the operator deletes the pool.
+        if live && last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            say(view(&bitbucket).line());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.cancel();

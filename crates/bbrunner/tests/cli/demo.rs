@@ -34,3 +34,27 @@ fn a_demo_with_nothing_to_show_is_refused() {
         assert!(run.stderr.contains(named), "{args:?}: {}", run.stderr);
     }
 }
+
+#[test]
+fn the_live_view_has_a_header_and_runs_on_the_simulated_clock() {
+    let run = bbrunner(&["demo", "--duration", "3s", "--time-scale", "60"], "").success();
+    let header = run
+        .stdout
+        .lines()
+        .position(|l| l.starts_with("sim time") && l.contains("idle") && l.contains("failed"))
+        .unwrap_or_else(|| panic!("no header:\n{}", run.stdout));
+    // Lines after it start with h:mm:ss of simulated time, which runs 60x: past a minute
+    // within the run's few seconds.
+    let times: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip(header + 1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|t| t.len() >= 7 && t.matches(':').count() == 2)
+        .collect();
+    assert!(times.iter().any(|t| *t >= "0:01:00"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("summary (times on the simulated clock)")
+    );
+}
