@@ -179,6 +179,10 @@ pub struct DemoArgs {
     /// `json` prints only the summary on stdout (the live view goes to stderr on a terminal).
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextFormat,
+    /// After the workload, leave the fakes, the operator and the pool running, print how to
+    /// reach them (kubectl, doctor, lint), and finish on Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -168,6 +168,29 @@ fn view(bitbucket: &FakeBitbucket) -> View {
     })
 }
 
+/// Leave the fakes and the operator running for the user to explore, until Ctrl-C or SIGTERM.
+async fn keep_running(
+    kube: &FakeKube,
+    bitbucket: &FakeBitbucket,
+    say: &impl Fn(String),
+) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("bbrunner-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig"))?;
+    say(format!(
+        "the demo keeps running; in another terminal:\n  export KUBECONFIG={}\n  export BBRUNNER_BITBUCKET_URL={url} BBRUNNER_BITBUCKET_AUTH_URL={url}\n  kubectl get rp -n {NAMESPACE}; kubectl describe rp -n {NAMESPACE} {POOL}\n  bbrunner doctor; bbrunner lint --from-cluster\nsend a step of 300 simulated seconds:\n  curl -H 'Content-Type: application/json' -d '{{\"workspace\": \"acme\", \"labels\": [\"self.hosted\", \"linux\", \"build\"], \"duration_s\": 300}}' $BBRUNNER_BITBUCKET_URL/_fake/steps\nCtrl-C deletes the pool and prints the summary",
+        kubeconfig.display(),
+        url = bitbucket.url()
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 fn bar(n: usize, c: char) -> String {
     std::iter::repeat_n(c, n.min(30)).collect()
 }
@@ -307,6 +330,9 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    if args.keep {
+        keep_running(&kube, &bitbucket, &say).await?;
+    }
     say("workload done; deleting the pool".into());
     Api::<RunnerPool>::namespaced(client.clone(), NAMESPACE)
         .delete(POOL, &DeleteParams::default())

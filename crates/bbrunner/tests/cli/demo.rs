@@ -58,3 +58,63 @@ fn the_live_view_has_a_header_and_runs_on_the_simulated_clock() {
             .contains("summary (times on the simulated clock)")
     );
 }
+
+/// `demo --keep` leaves everything running for exploring: kubectl sees the pool through the
+/// printed KUBECONFIG, a step sent as printed runs, and Ctrl-C ends it with the summary.
+#[test]
+fn demo_keep_can_be_explored_with_kubectl_and_ends_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+        .args(["demo", "--keep", "--duration", "2s", "--time-scale", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut kubeconfig = None;
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(path) = line.trim().strip_prefix("export KUBECONFIG=") {
+            kubeconfig = Some(path.to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("export BBRUNNER_BITBUCKET_URL=") {
+            url = Some(rest.split_whitespace().next().unwrap().to_owned());
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let (kubeconfig, url) = (kubeconfig.expect("no KUBECONFIG printed"), url.unwrap());
+    let get = crate::util::kubectl(
+        std::path::Path::new(&kubeconfig),
+        &["get", "rp", "-n", "ci"],
+        "",
+    );
+    assert!(get.status.success(), "{get:?}");
+    assert!(String::from_utf8_lossy(&get.stdout).contains("builds"));
+    // What the printed curl line does, with Python (curl may be missing on a fresh machine).
+    let sent = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers={'Content-Type': 'application/json'}))",
+            &format!("{url}/_fake/steps"),
+            r#"{"workspace": "acme", "labels": ["self.hosted", "linux", "build"], "duration_s": 60}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{sent:?}");
+    // Ctrl-C.
+    Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(demo.wait().unwrap().success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("leaked runners      0")),
+        "{rest:?}"
+    );
+}
