@@ -34,20 +34,27 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// Where to serve the API (and /_fake/...: steps, runners, faults); port 0 picks one,
+    /// printed at start.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Divide every internal duration (heartbeat timeout, runner poll, queue timeout, token
     /// lifetime, rate-limit window) by this.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// A workspace to serve (repeat for more).
     #[arg(long = "workspace", value_name = "SLUG")]
     workspaces: Vec<String>,
+    /// A repository of a served workspace (repeat for more).
     #[arg(long = "repository", value_name = "WS/SLUG")]
     repositories: Vec<String>,
+    /// An OAuth consumer the token endpoint accepts (client credentials grant).
     #[arg(long = "oauth-consumer", value_name = "KEY:SECRET")]
     oauth_consumers: Vec<String>,
+    /// An Atlassian API token, for basic auth as EMAIL with TOKEN.
     #[arg(long = "api-token", value_name = "EMAIL:TOKEN")]
     api_tokens: Vec<String>,
+    /// A workspace or repository access token, for bearer auth.
     #[arg(long = "access-token", value_name = "TOKEN")]
     access_tokens: Vec<String>,
     /// Give an identity (consumer key, e-mail or access token) only these scopes.
@@ -56,13 +63,16 @@ struct ServeArgs {
     /// Requests per rolling hour per identity before 429.
     #[arg(long, default_value_t = 1000)]
     rate_limit: u32,
+    /// What happens to a step no online runner's labels match: Bitbucket fails it at once.
     #[arg(long, value_enum, default_value = "fail")]
     no_match: NoMatch,
     /// Share of API requests answered with an injected error.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// The HTTP status of injected errors (default 500).
     #[arg(long)]
     fault_status: Option<u16>,
+    /// Added to every API request's answer.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
     /// Share of API requests whose connection is cut.
@@ -163,4 +173,25 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn every_option_says_what_it_does() {
+        let command = Cli::command();
+        let undocumented: Vec<String> = command
+            .get_arguments()
+            .filter(|a| a.get_long().is_some() && a.get_help().is_none())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "options without help: {undocumented:?}"
+        );
+    }
 }

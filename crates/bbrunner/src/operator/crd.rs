@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desired"}"#,
     printcolumn = r#"{"name":"Online","type":"integer","jsonPath":".status.online"}"#,
     printcolumn = r#"{"name":"Busy","type":"integer","jsonPath":".status.busy"}"#,
+    printcolumn = r#"{"name":"Draining","type":"integer","jsonPath":".status.disabled"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Policy","type":"string","priority":1,"jsonPath":".spec.scaling.policy"}"#,
     validation = Rule::new("size(self.metadata.name) <= 40 && !self.metadata.name.contains('.')").message("a RunnerPool name is at most 40 characters, without dots (runner and pod names are derived from it)"),

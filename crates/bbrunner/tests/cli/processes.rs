@@ -149,7 +149,7 @@ async fn operator_fakes_and_kubectl_as_separate_processes() {
             "",
         );
         let fields: Vec<&str> = columns.split_whitespace().collect();
-        // NAME READY MIN MAX DESIRED ONLINE BUSY AGE
+        // NAME READY MIN MAX DESIRED ONLINE BUSY DRAINING AGE
         if fields.get(5) == Some(&"2") {
             break;
         }
@@ -168,6 +168,14 @@ async fn operator_fakes_and_kubectl_as_separate_processes() {
         "",
     );
     assert!(wide.contains("POLICY"), "{wide}");
+    let headers = kubectl_ok(kubeconfig, &["-n", "ci", "get", "rp"], "");
+    assert!(
+        headers
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("BUSY") && h.contains("DRAINING")),
+        "{headers}"
+    );
     let by_category = kubectl_ok(kubeconfig, &["-n", "ci", "get", "bbrunner"], "");
     assert!(by_category.contains("builds"), "{by_category}");
     let runners: Value = reqwest::get(format!("{bitbucket_url}/_fake/runners"))
