@@ -154,6 +154,12 @@ pub struct LintArgs {
     /// Insert the docker service MTU fix into the file, keeping the rest as it is.
     #[arg(long)]
     pub fix: bool,
+    /// With --fix: write nothing; exit 1 if the file needs the fix (for CI).
+    #[arg(long, requires = "fix")]
+    pub check: bool,
+    /// With --fix: write nothing; print the fix as a unified diff.
+    #[arg(long, requires = "fix")]
+    pub diff: bool,
     /// An image for a step's docker service whose entrypoint passes DOCKER_OPTS to dockerd
     /// (any tag of its repository counts); the first given is what --fix writes. bbrunner's
     /// own (deploy/docker-service/) is always known.

@@ -228,6 +228,28 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
                         args.file.display()
                     ));
                 }
+                if args.diff {
+                    let name = args.file.display().to_string();
+                    let diff = similar::TextDiff::from_lines(&text, &fixed);
+                    print!(
+                        "{}",
+                        diff.unified_diff()
+                            .header(&format!("a/{name}"), &format!("b/{name}"))
+                    );
+                }
+                if args.check || args.diff {
+                    // Nothing written: the file keeps its findings (the diff alone on stdout,
+                    // so that it can be applied).
+                    if !args.diff {
+                        print(&args.file, &diagnostics, args.format)?;
+                    }
+                    eprintln!(
+                        "needs the fix: {} would run its docker service on {} with --mtu={mtu} (run --fix to write it)",
+                        args.file.display(),
+                        fixed_image(&fixed, &images)
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
                 if let Err(e) = std::fs::write(&args.file, &fixed) {
                     // Trouble, not findings: exit 2, and nothing claimed fixed.
                     return unreadable(anyhow!("cannot write {}: {e}", args.file.display()));

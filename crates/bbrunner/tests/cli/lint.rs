@@ -417,3 +417,57 @@ fn the_examples_lint_clean_and_the_readme_s_finding_is_real() {
     )
     .success();
 }
+
+/// `--fix --check` and `--fix --diff` write nothing: the first fails as CI wants, the second
+/// prints the fix as a unified diff of exactly what `--fix` then writes.
+#[test]
+fn fix_check_and_diff_leave_the_file_and_show_the_fix() {
+    let case = Case::new("fix-check", Some(&PIPELINES.replace("gpu", "build")));
+    let Case { file, pools, .. } = &case;
+    let base = [
+        "lint",
+        file.to_str().unwrap(),
+        "--pools",
+        pools.to_str().unwrap(),
+        "--fix",
+    ];
+    let before = std::fs::read_to_string(file).unwrap();
+    let mut check = base.to_vec();
+    check.push("--check");
+    let run = bbrunner(&check, "").failure();
+    assert!(run.stdout.contains("error[docker-mtu]"), "{}", run.stdout);
+    assert!(run.stderr.contains("needs the fix"), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(file).unwrap(), before);
+
+    let mut diff = base.to_vec();
+    diff.push("--diff");
+    let run = bbrunner(&diff, "").failure();
+    assert!(run.stdout.starts_with("--- a/"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("+        DOCKER_OPTS: \"--mtu=1400\""),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(std::fs::read_to_string(file).unwrap(), before);
+    bbrunner(&base, "").success();
+    let after = std::fs::read_to_string(file).unwrap();
+    // The fix only inserts: the diff removes nothing and adds exactly the new lines.
+    let added: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .map(|l| &l[1..])
+        .collect();
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.starts_with('-') && !l.starts_with("---")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(added.len(), after.lines().count() - before.lines().count());
+    assert!(added.iter().all(|line| after.lines().any(|l| l == *line)));
+    // --check and --diff mean nothing without --fix.
+    let run = bbrunner(&["lint", file.to_str().unwrap(), "--check"], "").failure();
+    assert!(run.stderr.contains("--fix"), "{}", run.stderr);
+}
