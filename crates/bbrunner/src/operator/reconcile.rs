@@ -1344,18 +1344,33 @@ async fn write_status(
         disabled: counts.disabled,
         offline: counts.offline,
         conditions: vec![
-            condition(
-                &previous.conditions,
-                "Ready",
-                ready,
-                if ready {
-                    "RunnersOnline"
-                } else {
-                    "RunnersStarting"
-                },
-                format!("{} of {desired} desired runners online", counts.online),
-                generation,
-            ),
+            // A static pool has no API credentials: it sees its pods, not the runners.
+            if pool.spec.mode == PoolMode::Static {
+                condition(
+                    &previous.conditions,
+                    "Ready",
+                    ready,
+                    if ready { "PodsRunning" } else { "PodsStarting" },
+                    format!(
+                        "{} of {desired} runner pods running (a static pool has no API credentials: Bitbucket's runner list shows whether each is online)",
+                        counts.online
+                    ),
+                    generation,
+                )
+            } else {
+                condition(
+                    &previous.conditions,
+                    "Ready",
+                    ready,
+                    if ready {
+                        "RunnersOnline"
+                    } else {
+                        "RunnersStarting"
+                    },
+                    format!("{} of {desired} desired runners online", counts.online),
+                    generation,
+                )
+            },
             condition(
                 &previous.conditions,
                 "Scaling",

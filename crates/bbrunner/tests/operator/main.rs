@@ -586,6 +586,13 @@ async fn static_pools_run_imported_runners() {
     })
     .await;
     assert_eq!(world.runners().len(), 1, "static pools create no runner");
+    // Without API credentials the pool sees its pods, and says so.
+    eventually("the status speaks of pods", 10, || async {
+        world
+            .has_condition("imported", "Ready", "True", "PodsRunning", "1 of 1 runner pods running")
+            .await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
