@@ -79,6 +79,9 @@ pub struct Observations {
     pub credentials: Vec<(String, Result<(), String>)>,
     /// Runner pods that cannot be scheduled: (namespace/name, scheduler message).
     pub unschedulable: Vec<(String, String)>,
+    /// Live pods labelled with a runner UUID (the operator's and `render`'s):
+    /// (uuid, namespace/name).
+    pub runner_pods: Vec<(String, String)>,
     /// Pools the operator cannot run as written: (namespace/name, the field and the fix).
     pub invalid_pools: Vec<(String, String)>,
     /// Bitbucket calls in the last hour per identity (opaque id), as this cluster's operator
@@ -169,9 +172,46 @@ fn kubernetes_check(server_version: Option<&str>) -> Check {
     }
 }
 
+/// One registration run by several pods: both agents poll for it and take each other's steps.
+fn duplicate_runner_checks(runner_pods: &[(String, String)]) -> Vec<Check> {
+    let mut by_uuid: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (uuid, pod) in runner_pods {
+        by_uuid.entry(uuid).or_default().push(pod);
+    }
+    let duplicates: Vec<Check> = by_uuid
+        .into_iter()
+        .filter(|(_, pods)| pods.len() > 1)
+        .map(|(uuid, pods)| {
+            check(
+                format!("runner/{uuid}"),
+                Verdict::Fail,
+                format!(
+                    "runner {uuid} is run by {} pods ({}): their agents take each other's steps and Bitbucket sees one runner flapping",
+                    pods.len(),
+                    pods.join(", ")
+                ),
+                format!(
+                    "keep one: delete the others' Deployment or pool entry (e.g. kubectl delete pod -n {})",
+                    pods[1].replacen('/', " ", 1)
+                ),
+            )
+        })
+        .collect();
+    if duplicates.is_empty() && !runner_pods.is_empty() {
+        return vec![check(
+            "runners",
+            Verdict::Pass,
+            "every runner registration is run by one pod",
+            "",
+        )];
+    }
+    duplicates
+}
+
 /// Judge everything observed.
 pub fn evaluate(o: &Observations) -> Vec<Check> {
     let mut checks = vec![kubernetes_check(o.server_version.as_deref())];
+    checks.extend(duplicate_runner_checks(&o.runner_pods));
     match &o.crd_versions {
         None => checks.push(check(
             "crd",
@@ -444,6 +484,7 @@ mod tests {
             scope_runners: vec![("acme".into(), 3)],
             credentials: vec![("ci/builds".into(), Ok(()))],
             unschedulable: vec![],
+            runner_pods: vec![("5c1d".into(), "ci/builds-5c1d".into())],
             invalid_pools: vec![],
             api_calls: api_calls_by_identity(&[("ci/builds".into(), "9f3a".into(), 120)]),
         }
@@ -491,6 +532,11 @@ mod tests {
             "ci/builds-x".into(),
             "0/3 nodes are available: 3 Insufficient memory.".into(),
         )];
+        o.runner_pods = vec![
+            ("5c1d".into(), "ci/builds-5c1d".into()),
+            ("5c1d".into(), "bitbucket-runners/runner-5c1d-7f9c".into()),
+            ("77aa".into(), "ci/builds-77aa".into()),
+        ];
         o.invalid_pools = vec![(
             "ci/odd".into(),
             "spec.runner.size: unknown variant `16x`".into(),
@@ -512,6 +558,7 @@ mod tests {
             ("credentials/ci/builds", Verdict::Fail),
             ("scheduling/ci/builds-x", Verdict::Fail),
             ("spec/ci/odd", Verdict::Fail),
+            ("runner/5c1d", Verdict::Fail),
             ("api-budget/9f3a", Verdict::Warn),
         ] {
             assert_eq!(verdict(&checks, prefix), expected, "{prefix}: {checks:#?}");

@@ -286,6 +286,36 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
                 .items
         }
     };
+    // Every runner pod, the operator's and render's: one registration must run in one pod.
+    let labelled = ListParams::default().labels(bbrunner_core::manifests::LABEL_RUNNER_UUID);
+    let runner_pods: Vec<Pod> = match &args.namespace {
+        Some(ns) => {
+            Api::<Pod>::namespaced(client.clone(), ns)
+                .list(&labelled)
+                .await?
+                .items
+        }
+        None => Api::<Pod>::all(client.clone()).list(&labelled).await?.items,
+    };
+    o.runner_pods = runner_pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .filter_map(|p| {
+            let uuid = p
+                .labels()
+                .get(bbrunner_core::manifests::LABEL_RUNNER_UUID)?;
+            Some((
+                uuid.clone(),
+                format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+            ))
+        })
+        .collect();
     for pod in pods {
         let why = pod
             .status

@@ -589,7 +589,13 @@ async fn static_pools_run_imported_runners() {
     // Without API credentials the pool sees its pods, and says so.
     eventually("the status speaks of pods", 10, || async {
         world
-            .has_condition("imported", "Ready", "True", "PodsRunning", "1 of 1 runner pods running")
+            .has_condition(
+                "imported",
+                "Ready",
+                "True",
+                "PodsRunning",
+                "1 of 1 runner pods running",
+            )
             .await
     })
     .await;
@@ -868,8 +874,36 @@ async fn doctor_reports_each_broken_setup() {
         })
     })
     .await;
+    // The same registration also run by hand (as `render` would have it): two agents.
+    let uuid = world
+        .pods()
+        .await
+        .iter()
+        .find_map(|p| {
+            p.metadata
+                .labels
+                .as_ref()?
+                .get("bbrunner.dev/runner-uuid")
+                .cloned()
+        })
+        .unwrap();
+    let by_hand: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "runner-by-hand", "labels": {"bbrunner.dev/runner-uuid": uuid}},
+        "spec": {"containers": [{"name": "runner", "image": "runner:1",
+            "resources": {"requests": {"memory": "64Mi"}}}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(world.client.clone(), NS)
+        .create(&PostParams::default(), &by_hand)
+        .await
+        .unwrap();
     let (code, checks) = doctor(&world);
     assert_eq!(code, 1);
+    assert_eq!(
+        verdict(&checks, &format!("runner/{uuid}")),
+        "fail",
+        "{checks:#?}"
+    );
     for (name, expected) in [
         ("crd", "pass"),
         ("pod-security/ci", "fail"),
