@@ -633,9 +633,9 @@ pub fn lint(
                 let mtu = small.unwrap_or(SAFE_NESTED_MTU);
                 let why = match small {
                     Some(n) => format!("the serving pool's MTU is {n}"),
-                    None => {
-                        "the pool follows its pod network's MTU (auto), often below 1500".into()
-                    }
+                    None => format!(
+                        "the pool follows its pod network's MTU (auto), often below 1500; lint cannot see it, so it suggests {SAFE_NESTED_MTU}, which fits the common overlays (`bbrunner doctor` measures yours: give it with --pod-mtu)"
+                    ),
                 };
                 out.push(diag(
                     doc.position(&format!("{p}/services")),

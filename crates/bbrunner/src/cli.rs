@@ -154,6 +154,10 @@ pub struct LintArgs {
     /// Insert the docker service MTU fix into the file, keeping the rest as it is.
     #[arg(long)]
     pub fix: bool,
+    /// The pod network's MTU, as `bbrunner doctor` measures it: pools with `mtu: auto` are
+    /// judged with it (and --fix writes it) instead of a guess.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(576..=9216))]
+    pub pod_mtu: Option<u16>,
     /// With --fix: write nothing; exit 1 if the file needs the fix (for CI).
     #[arg(long, requires = "fix")]
     pub check: bool,

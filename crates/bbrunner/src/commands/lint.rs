@@ -6,6 +6,7 @@ use bbrunner_core::labels::Labels;
 use bbrunner_core::lint::{
     Diagnostic, DockerServiceImages, LintPool, NotFixed, Severity, fix_docker_mtu, lint, nested_mtu,
 };
+use bbrunner_core::manifests::Mtu;
 use serde::Serialize;
 
 use crate::cli::{LintArgs, TextFormat};
@@ -199,6 +200,14 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
         match runtime.block_on(pools_from_cluster()) {
             Ok(p) => pools.extend(p),
             Err(e) => return unreadable(e),
+        }
+    }
+    // A pool on `auto` has the pod network's MTU, where it is known.
+    if let Some(measured) = args.pod_mtu {
+        for pool in &mut pools {
+            if pool.mtu == Mtu::Auto {
+                pool.mtu = Mtu::Fixed(measured);
+            }
         }
     }
     let images = DockerServiceImages::with_declared(&args.docker_service_images);

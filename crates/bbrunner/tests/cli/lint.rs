@@ -471,3 +471,66 @@ fn fix_check_and_diff_leave_the_file_and_show_the_fix() {
     let run = bbrunner(&["lint", file.to_str().unwrap(), "--check"], "").failure();
     assert!(run.stderr.contains("--fix"), "{}", run.stderr);
 }
+
+/// For a pool on `mtu: auto`, lint says why it suggests what it suggests, and with the MTU
+/// `bbrunner doctor` measured (`--pod-mtu`) it judges and fixes with that one.
+#[test]
+fn an_auto_pool_s_mtu_is_explained_and_the_measured_one_is_used() {
+    let case = Case::new("auto-mtu", Some(&PIPELINES.replace("gpu", "build")));
+    let Case { file, pools, .. } = &case;
+    std::fs::write(
+        pools,
+        POOLS.replace("dind: {mtu: 1400}", "dind: {mtu: auto}"),
+    )
+    .unwrap();
+    let args = [
+        "lint",
+        file.to_str().unwrap(),
+        "--pools",
+        pools.to_str().unwrap(),
+    ];
+    let run = bbrunner(&args, "").success();
+    assert!(
+        run.stdout.contains("warning[docker-mtu]")
+            && run.stdout.contains("lint cannot see it")
+            && run.stdout.contains("--pod-mtu")
+            && run.stdout.contains("--mtu=1300"),
+        "{}",
+        run.stdout
+    );
+    let mut measured = args.to_vec();
+    measured.extend(["--pod-mtu", "1450"]);
+    let run = bbrunner(&measured, "").failure();
+    assert!(
+        run.stdout.contains("error[docker-mtu]") && run.stdout.contains("--mtu=1450"),
+        "{}",
+        run.stdout
+    );
+    measured.push("--fix");
+    bbrunner(&measured, "").success();
+    assert!(
+        std::fs::read_to_string(file)
+            .unwrap()
+            .contains("--mtu=1450")
+    );
+    // A pod network of 1500 or more needs nothing.
+    let case = Case::new("auto-mtu-1500", Some(&PIPELINES.replace("gpu", "build")));
+    std::fs::write(
+        &case.pools,
+        POOLS.replace("dind: {mtu: 1400}", "dind: {mtu: auto}"),
+    )
+    .unwrap();
+    let run = bbrunner(
+        &[
+            "lint",
+            case.file.to_str().unwrap(),
+            "--pools",
+            case.pools.to_str().unwrap(),
+            "--pod-mtu",
+            "1500",
+        ],
+        "",
+    )
+    .success();
+    assert!(!run.stdout.contains("docker-mtu"), "{}", run.stdout);
+}
