@@ -74,9 +74,10 @@ pub struct Observations {
     /// The pod network MTU a probe pod reported, if it ran.
     pub pod_mtu: Option<u16>,
     /// Scope → runners in it (all owners), from one list call per credential.
-    pub scope_runners: Vec<(String, usize)>,
+    /// (`None`: the list could not be had, so the headroom is unknown.)
+    pub scope_runners: Vec<(String, Option<usize>)>,
     /// Pool → what its credentials call answered: `Ok(())` or the error.
-    pub credentials: Vec<(String, Result<(), String>)>,
+    pub credentials: Vec<(String, CredentialsCheck)>,
     /// Runner pods that cannot be scheduled: (namespace/name, scheduler message).
     pub unschedulable: Vec<(String, String)>,
     /// Live pods labelled with a runner UUID (the operator's and `render`'s):
@@ -95,6 +96,16 @@ pub struct ApiCalls {
     pub identity: String,
     pub calls_last_hour: u32,
     pub pools: Vec<String>,
+}
+
+/// What a pool's credentials call answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialsCheck {
+    Valid,
+    /// Bitbucket, or the Secret, says no: the credentials are at fault.
+    Rejected(String),
+    /// No answer (network, proxy, DNS, Bitbucket down): the credentials were not tested.
+    Unreachable(String),
 }
 
 /// Bitbucket's limit per identity and rolling hour, shared by everything that uses it.
@@ -382,6 +393,15 @@ pub fn evaluate(o: &Observations) -> Vec<Check> {
 
     for (scope, count) in &o.scope_runners {
         let name = format!("quota/{scope}");
+        let Some(count) = count else {
+            checks.push(check(
+                name,
+                Verdict::Warn,
+                "not known: the runner list could not be read (see the credentials check)",
+                "fix what the credentials check says, then run doctor again",
+            ));
+            continue;
+        };
         let verdict = match count {
             0..=79 => Verdict::Pass,
             80..=99 => Verdict::Warn,
@@ -403,8 +423,14 @@ pub fn evaluate(o: &Observations) -> Vec<Check> {
     for (pool, result) in &o.credentials {
         let name = format!("credentials/{pool}");
         match result {
-            Ok(()) => checks.push(check(name, Verdict::Pass, "valid, with runner:write", "")),
-            Err(e) => checks.push(check(name, Verdict::Fail, e.clone(), "fix the Secret in spec.credentials.secretRef (scopes: runner:write, repository:read, account:read)")),
+            CredentialsCheck::Valid => checks.push(check(name, Verdict::Pass, "valid, with runner:write", "")),
+            CredentialsCheck::Rejected(e) => checks.push(check(name, Verdict::Fail, e.clone(), "fix the Secret in spec.credentials.secretRef (scopes: runner:write, repository:read, account:read)")),
+            CredentialsCheck::Unreachable(e) => checks.push(check(
+                name,
+                Verdict::Fail,
+                format!("Bitbucket could not be reached, so the credentials were not tested: {e}"),
+                "check the network from here to Bitbucket (proxy, DNS, firewall) and --bitbucket-url; the operator needs the same path",
+            )),
         }
     }
 
@@ -481,8 +507,8 @@ mod tests {
             namespace_psa: vec![("ci".into(), Some("privileged".into()))],
             node_runtimes: vec![("node-1".into(), "containerd://1.7.27".into())],
             pod_mtu: Some(1450),
-            scope_runners: vec![("acme".into(), 3)],
-            credentials: vec![("ci/builds".into(), Ok(()))],
+            scope_runners: vec![("acme".into(), Some(3))],
+            credentials: vec![("ci/builds".into(), CredentialsCheck::Valid)],
             unschedulable: vec![],
             runner_pods: vec![("5c1d".into(), "ci/builds-5c1d".into())],
             invalid_pools: vec![],
@@ -523,11 +549,17 @@ mod tests {
             },
             pool("more", &["build", "big"], Mtu::Auto),
         ];
-        o.scope_runners = vec![("acme".into(), 100)];
-        o.credentials = vec![(
-            "ci/builds".into(),
-            Err("Bitbucket rejected the OAuth consumer key".into()),
-        )];
+        o.scope_runners = vec![("acme".into(), Some(100)), ("other".into(), None)];
+        o.credentials = vec![
+            (
+                "ci/builds".into(),
+                CredentialsCheck::Rejected("Bitbucket rejected the OAuth consumer key".into()),
+            ),
+            (
+                "ci/elsewhere".into(),
+                CredentialsCheck::Unreachable("connection refused".into()),
+            ),
+        ];
         o.unschedulable = vec![(
             "ci/builds-x".into(),
             "0/3 nodes are available: 3 Insufficient memory.".into(),
@@ -555,7 +587,9 @@ mod tests {
             ("mtu/ci/builds", Verdict::Fail),
             ("labels/ci/builds+more", Verdict::Warn),
             ("quota/acme", Verdict::Fail),
+            ("quota/other", Verdict::Warn),
             ("credentials/ci/builds", Verdict::Fail),
+            ("credentials/ci/elsewhere", Verdict::Fail),
             ("scheduling/ci/builds-x", Verdict::Fail),
             ("spec/ci/odd", Verdict::Fail),
             ("runner/5c1d", Verdict::Fail),
@@ -569,6 +603,12 @@ mod tests {
                 .filter(|c| c.verdict != Verdict::Pass)
                 .all(|c| !c.fix.is_empty())
         );
+        // A network failure is not blamed on the credentials.
+        let unreachable = checks
+            .iter()
+            .find(|c| c.name == "credentials/ci/elsewhere")
+            .unwrap();
+        assert!(unreachable.fix.contains("network") && !unreachable.fix.contains("Secret"));
         let dind = checks.iter().find(|c| c.name == "dind/ci/builds").unwrap();
         assert!(
             dind.detail.contains("floats") && dind.detail.contains("OOM score"),

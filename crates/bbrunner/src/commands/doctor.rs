@@ -3,7 +3,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bbrunner_core::doctor::{Observations, PoolFacts, Verdict, api_calls_by_identity, evaluate};
+use bbrunner_core::doctor::{
+    CredentialsCheck, Observations, PoolFacts, Verdict, api_calls_by_identity, evaluate,
+};
 use bbrunner_core::labels::Labels;
 use bbrunner_core::manifests::Mtu;
 use bitbucket::{Client, Config, RunnerScope};
@@ -211,7 +213,7 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
     }
 
     // One list call per credential and scope: validity, scopes and quota at once.
-    let mut scopes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut scopes: BTreeMap<String, Option<usize>> = BTreeMap::new();
     for pool in pools.iter().filter(|p| p.spec.credentials.is_some()) {
         let label = format!(
             "{}/{}",
@@ -228,9 +230,9 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
         let secrets: Api<Secret> =
             Api::namespaced(client.clone(), &pool.namespace().unwrap_or_default());
         let result = match secrets.get_opt(secret_name).await? {
-            None => Err(format!("Secret {secret_name} does not exist")),
+            None => CredentialsCheck::Rejected(format!("Secret {secret_name} does not exist")),
             Some(secret) => match credentials_from_secret(&secret) {
-                None => Err(format!(
+                None => CredentialsCheck::Rejected(format!(
                     "Secret {secret_name} holds no recognised credentials"
                 )),
                 Some(credentials) => {
@@ -256,13 +258,26 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
                         None => RunnerScope::Workspace(pool.spec.workspace.clone()),
                     };
                     match bitbucket {
-                        Err(e) => Err(e),
+                        Err(e) => CredentialsCheck::Rejected(e),
                         Ok(b) => match b.list_runners(&scope).await {
                             Ok(runners) => {
-                                scopes.insert(scope_key(pool), runners.len());
-                                Ok(())
+                                scopes.insert(scope_key(pool), Some(runners.len()));
+                                CredentialsCheck::Valid
                             }
-                            Err(e) => Err(e.to_string()),
+                            Err(e) => {
+                                // The quota line stays, saying it is unknown.
+                                scopes.entry(scope_key(pool)).or_insert(None);
+                                let unreachable = matches!(
+                                    e,
+                                    bitbucket::Error::Transport { .. }
+                                        | bitbucket::Error::Server { .. }
+                                );
+                                if unreachable {
+                                    CredentialsCheck::Unreachable(e.to_string())
+                                } else {
+                                    CredentialsCheck::Rejected(e.to_string())
+                                }
+                            }
                         },
                     }
                 }

@@ -770,15 +770,20 @@ async fn a_repository_pool_on_the_queue_policy_scales_to_its_queue_at_once() {
 }
 
 fn doctor(world: &World) -> (i32, Vec<Value>) {
+    doctor_against(world, world.bitbucket.url())
+}
+
+/// doctor's JSON report with Bitbucket at `bitbucket_url`.
+fn doctor_against(world: &World, bitbucket_url: &str) -> (i32, Vec<Value>) {
     let out = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
         .args([
             "doctor",
             "--format",
             "json",
             "--bitbucket-url",
-            world.bitbucket.url(),
+            bitbucket_url,
             "--bitbucket-auth-url",
-            world.bitbucket.url(),
+            bitbucket_url,
         ])
         .env("KUBECONFIG", &world.kubeconfig)
         .output()
@@ -922,6 +927,28 @@ async fn doctor_reports_each_broken_setup() {
         !text.contains("consumer-secret") && !text.contains("\"nope\""),
         "a secret leaked: {text}"
     );
+}
+
+/// Bitbucket out of reach is not the credentials' fault: its own fix line, and the quota line
+/// stays, unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_tells_an_unreachable_bitbucket_from_bad_credentials() {
+    let world = World::start("doctor-offline").await;
+    world.pool("builds", managed(1, 2)).await;
+    let closed = free_local_addr();
+    let (code, checks) = doctor_against(&world, &format!("http://{closed}"));
+    assert_eq!(code, 1);
+    let credentials = checks
+        .iter()
+        .find(|c| c["name"] == "credentials/ci/builds")
+        .unwrap_or_else(|| panic!("{checks:#?}"));
+    assert_eq!(credentials["verdict"], "fail");
+    let fix = credentials["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("network") && !fix.contains("Secret"),
+        "{credentials}"
+    );
+    assert_eq!(verdict(&checks, "quota/acme"), "warn", "{checks:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
