@@ -342,8 +342,8 @@ pub fn migrate(config: &str, template: Option<&str>) -> Result<String, MigrateEr
             let _ = write!(out, " ({})", ratio_settings.join(", "));
         }
         out.push_str(" does not carry over: idle-buffer keeps minIdle\n");
-        out.push_str("    # runners ready and reacts within a poll (BENCHMARKS.md compares both). To keep the\n");
-        out.push_str("    # autoscaler's behaviour, set policy: atlassian-ratio.\n");
+        out.push_str("    # runners ready and reacts within a poll (`bbrunner simulate --pool THIS_FILE` compares\n");
+        out.push_str("    # both on a workload). To keep the autoscaler's behaviour, set policy: atlassian-ratio.\n");
         out.push_str("    policy: idle-buffer\n    minIdle: 1\n");
         if let Some(c) = cool_down {
             let _ = writeln!(

@@ -10,9 +10,30 @@ fn a_realistic_autoscaler_config_becomes_pools_that_load() {
     .success();
     assert!(run.stdout.contains("kind: RunnerPool"));
     assert!(run.stdout.contains("# percentageRunnersIdle"));
+    // Its comments point at commands the user has, not at files of this repository.
+    for repository_file in ["BENCHMARKS.md", "README", "deploy/", "examples/", "docs/"] {
+        assert!(
+            !run.stdout.contains(repository_file),
+            "{repository_file} in:\n{}",
+            run.stdout
+        );
+    }
+    // And the simulate command it points at works on what it wrote.
+    assert!(run.stdout.contains("bbrunner simulate --pool"));
     let dir = std::env::temp_dir().join(format!("bbrunner-migrate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("pools.yaml"), &run.stdout).unwrap();
+    bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--pool",
+            dir.join("pools.yaml").to_str().unwrap(),
+        ],
+        "",
+    )
+    .success();
     std::fs::write(
         dir.join("bitbucket-pipelines.yml"),
         "pipelines:\n  default:\n    - step:\n        runs-on: [self.hosted, my.group]\n        script: [make]\n    - step:\n        runs-on: [self.hosted, big]\n        script: [make]\n",
