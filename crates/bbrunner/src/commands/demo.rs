@@ -37,6 +37,70 @@ struct Summary {
     runners_created: usize,
     runners_deleted: usize,
     leaked_runners: usize,
+    /// The same workload through the simulator: our default policy and Atlassian's.
+    simulated: Vec<Simulated>,
+}
+
+#[derive(Debug, Serialize)]
+struct Simulated {
+    policy: &'static str,
+    p95_wait_s: f64,
+    idle_runner_minutes: f64,
+}
+
+/// The demo's workload on the simulated clock, through the simulator under the demo pool's
+/// settings: bbrunner's default policy (the planner that just ran) and Atlassian's autoscaler.
+fn simulated(steps: &[(f64, f64)], time_scale: f64) -> Result<Vec<Simulated>> {
+    use bbrunner_core::scaling::{PolicyKind, Scaling};
+    use bbrunner_core::simulate::{SimConfig, StartLatency, TraceStep, simulate};
+    let labels: Vec<String> = vec!["self.hosted".into(), "linux".into(), "build".into()];
+    let trace: Vec<TraceStep> = steps
+        .iter()
+        .map(|&(at, duration)| TraceStep {
+            at: at * time_scale,
+            duration,
+            labels: labels.clone(),
+            size: Default::default(),
+        })
+        .collect();
+    [
+        (PolicyKind::IdleBuffer, "bbrunner idle-buffer"),
+        (PolicyKind::AtlassianRatio, "Atlassian's autoscaler"),
+    ]
+    .into_iter()
+    .map(|(kind, name)| {
+        let config = SimConfig {
+            labels: bbrunner_core::labels::Labels::new(["build"])?,
+            scaling: Scaling {
+                min: 1,
+                max: 8,
+                min_idle: 1,
+                policy: kind,
+                ..Scaling::default()
+            },
+            start_latency: StartLatency::default(),
+            seed: 1,
+            api_budget: 900,
+        };
+        let result = simulate(&trace, &config, &mut |_| {});
+        // Idle time over the demo's own span, until the last step is done (the simulator
+        // goes on for an hour after it).
+        let last_work = result
+            .timeline
+            .iter()
+            .rposition(|s| s.busy > 0 || s.queued > 0)
+            .map_or(0, |i| i + 2);
+        let idle_seconds: f64 = result.timeline[..last_work.min(result.timeline.len())]
+            .windows(2)
+            .map(|w| (w[1].t - w[0].t) * f64::from(w[0].starting + w[0].online - w[0].busy))
+            .sum();
+        Ok(Simulated {
+            policy: name,
+            p95_wait_s: result.p95_wait_s.round(),
+            idle_runner_minutes: (idle_seconds / 6.0).round() / 10.0,
+        })
+    })
+    .collect()
 }
 
 /// A step of the workload: when (real seconds from start) and how long (on the fake's clock).
@@ -382,6 +446,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
             runners_created: requests("POST", 201),
             runners_deleted: requests("DELETE", 204),
             leaked_runners: w.runners.len(),
+            simulated: Vec::new(),
         }
     });
     // Idle runner-minutes on the demo's clock (scaled like the step waits).
@@ -393,6 +458,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         / 60.0;
     let summary = Summary {
         idle_runner_minutes: (idle_minutes * 10.0).round() / 10.0,
+        simulated: simulated(&steps, args.time_scale)?,
         ..summary
     };
     match args.format {
@@ -407,6 +473,18 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
             println!("  runners created     {}", summary.runners_created);
             println!("  runners deleted     {}", summary.runners_deleted);
             println!("  leaked runners      {}", summary.leaked_runners);
+            println!(
+                "the same workload through the simulator (bbrunner simulate), for comparison:"
+            );
+            for s in &summary.simulated {
+                println!(
+                    "  {:<24} p95 queue wait {:>4.0} s, idle runner-minutes {:>6.1}",
+                    s.policy, s.p95_wait_s, s.idle_runner_minutes
+                );
+            }
+            println!(
+                "next: `bbrunner demo --keep` to explore the pool with kubectl and doctor; `bbrunner simulate --scenario workday` for a day of steps; docs/getting-started.md for a real cluster"
+            );
         }
     }
     std::io::stdout().flush()?;

@@ -21,6 +21,21 @@ fn demo_runs_the_operator_through_a_workload_and_leaves_nothing_behind() {
     for key in ["p95_wait_s", "idle_runner_minutes"] {
         assert!(summary[key].is_number(), "{key}");
     }
+    // Beside it, the same workload through the simulator, ours and Atlassian's.
+    let simulated = summary["simulated"].as_array().unwrap();
+    assert_eq!(simulated.len(), 2, "{summary}");
+    assert!(
+        simulated[1]["policy"]
+            .as_str()
+            .unwrap()
+            .contains("Atlassian")
+    );
+    for s in simulated {
+        assert!(
+            s["p95_wait_s"].is_number() && s["idle_runner_minutes"].as_f64().unwrap() > 0.0,
+            "{s}"
+        );
+    }
 }
 
 #[test]
