@@ -147,12 +147,48 @@ struct TemplateFacts {
     dind_image: Option<String>,
     runner_image: Option<String>,
     mtu: Option<u16>,
+    /// Literal `nodeSelector` entries (templated ones cannot be carried over).
+    node_selector: Vec<(String, String)>,
+    /// A `nodeSelector` entry written with `{{ }}`.
+    node_selector_templated: bool,
+    tolerations: bool,
+    /// Container `resources` in the template.
+    resources: bool,
 }
 
 fn template_facts(template: &str) -> TemplateFacts {
     let mut facts = TemplateFacts::default();
-    for line in template.lines() {
-        let line = line.trim().trim_start_matches("- ");
+    // The indentation of an open `nodeSelector:` block, while in it.
+    let mut selector_indent: Option<usize> = None;
+    for raw in template.lines() {
+        let indent = raw.len() - raw.trim_start().len();
+        if let Some(open) = selector_indent {
+            if raw.trim().is_empty() || raw.trim_start().starts_with('#') {
+                continue;
+            }
+            if indent > open {
+                match raw.trim().split_once(':') {
+                    Some((key, value)) if !raw.contains("{{") => facts.node_selector.push((
+                        key.trim().to_owned(),
+                        value.trim().trim_matches(['"', '\'']).to_owned(),
+                    )),
+                    _ => facts.node_selector_templated = true,
+                }
+                continue;
+            }
+            selector_indent = None;
+        }
+        let line = raw.trim().trim_start_matches("- ");
+        match line
+            .split_once(':')
+            .map(|(key, rest)| (key.trim(), rest.trim()))
+        {
+            Some(("nodeSelector", "")) => selector_indent = Some(indent),
+            Some(("nodeSelector", _)) => facts.node_selector_templated = true,
+            Some(("tolerations", _)) => facts.tolerations = true,
+            Some(("resources", _)) => facts.resources = true,
+            _ => {}
+        }
         if let Some(image) = line.strip_prefix("image:") {
             let image = image.trim().trim_matches(['"', '\'']).to_owned();
             if image.contains("{{") {
@@ -382,6 +418,30 @@ pub fn migrate(config: &str, template: Option<&str>) -> Result<String, MigrateEr
                 let _ = writeln!(out, "    resources: {json}");
             }
         }
+        if facts.resources {
+            out.push_str("  # The job template's container resources do not carry over: the runner's come from the\n");
+            out.push_str("  # group's resources, dind's from spec.runner.size (memory 4 GiB x size + 1 GiB).\n");
+        }
+        if !facts.node_selector.is_empty() || facts.node_selector_templated || facts.tolerations {
+            out.push_str("  podTemplate:\n");
+            if !facts.node_selector.is_empty() {
+                out.push_str("    # From the job template's nodeSelector.\n");
+                let entries: Vec<String> = facts
+                    .node_selector
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", yaml_string(k), yaml_string(v)))
+                    .collect();
+                let _ = writeln!(out, "    nodeSelector: {{{}}}", entries.join(", "));
+            }
+            if facts.node_selector_templated {
+                out.push_str("    # The job template's nodeSelector holds template expressions, which do not carry\n");
+                out.push_str("    # over: write its values here as nodeSelector.\n");
+            }
+            if facts.tolerations {
+                out.push_str("    # The job template's tolerations do not carry over by themselves: copy them here as\n");
+                out.push_str("    # tolerations (the same list).\n");
+            }
+        }
         if facts.dind_image.is_some() || facts.mtu.is_some() {
             out.push_str("  dind:\n");
             if let Some(image) = &facts.dind_image {
@@ -443,6 +503,32 @@ groups:
       min: 0
       max: 3
 "#;
+
+    #[test]
+    fn the_job_template_s_placement_and_resources_carry_over_or_are_commented() {
+        let template = "spec:\n  template:\n    spec:\n      nodeSelector:\n        kubernetes.io/os: linux\n        pool: \"ci-runners\"\n      tolerations:\n        - key: ci\n          effect: NoSchedule\n      containers:\n        - name: runner\n          resources:\n            requests: {memory: 4Gi}\n";
+        let out = migrate(ATLASSIAN, Some(template)).unwrap();
+        let first = out.split("---\n").find(|d| !d.is_empty()).unwrap();
+        let doc = crate::yaml::load(first).unwrap();
+        assert_eq!(
+            doc.value["spec"]["podTemplate"]["nodeSelector"],
+            serde_json::json!({"kubernetes.io/os": "linux", "pool": "ci-runners"}),
+            "{first}"
+        );
+        assert!(first.contains("tolerations do not carry over"), "{first}");
+        assert!(
+            first.contains("container resources do not carry over"),
+            "{first}"
+        );
+        // A templated nodeSelector is named, not guessed.
+        let templated = "spec:\n  nodeSelector:\n    pool: \"{{ pool }}\"\n";
+        let out = migrate(ATLASSIAN, Some(templated)).unwrap();
+        assert!(
+            out.contains("nodeSelector holds template expressions"),
+            "{out}"
+        );
+        assert!(!out.contains("nodeSelector: {"), "{out}");
+    }
 
     #[test]
     fn a_realistic_config_converts_with_comments_for_what_does_not_map() {
