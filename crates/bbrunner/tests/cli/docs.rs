@@ -182,3 +182,76 @@ async fn getting_started_runs_block_by_block_against_the_fakes() {
     drop(operator);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// docs/try-it-locally.md, run as the one shell session it describes: the fakes and the
+/// operator in the background (killed at the end, also on failure), every command in order.
+/// `cargo install` is a stand-in that does nothing: the build's binaries are on PATH.
+#[test]
+fn try_it_locally_runs_as_one_shell_session() {
+    let built = Path::new(env!("CARGO_BIN_EXE_bbrunner")).parent().unwrap();
+    for double in ["fake-kube", "fake-bitbucket"] {
+        assert!(
+            built.join(double).exists(),
+            "{double} is not built next to bbrunner; run the tests of the whole workspace (./scripts/test)"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("bbrunner-try-{}", std::process::id()));
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["bbrunner", "fake-kube", "fake-bitbucket"] {
+        std::os::unix::fs::symlink(built.join(name), bin.join(name)).unwrap();
+    }
+    let cargo = bin.join("cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\n[ \"$1\" = install ] && exit 0\nexit 1\n",
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&cargo).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&cargo, permissions).unwrap();
+
+    let page = std::fs::read_to_string(workspace_root().join("docs/try-it-locally.md")).unwrap();
+    let script: String = blocks(&page)
+        .into_iter()
+        .filter(|(lang, _)| lang == "sh")
+        .map(|(_, text)| text)
+        .collect();
+    // The page runs from the repository's root; here a stand-in of it, so that the files it
+    // writes (the kubeconfig, the operator's log) land in `dir`, also on failure.
+    let root = dir.join("repository");
+    std::fs::create_dir_all(&root).unwrap();
+    std::os::unix::fs::symlink(workspace_root().join("examples"), root.join("examples")).unwrap();
+    // Whatever happens, the background processes go.
+    let session = format!(
+        "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\ncd '{}'\n{script}",
+        root.display()
+    );
+    let out = Command::new("timeout")
+        .args(["120", "bash", "-euo", "pipefail", "-c", &session])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("HOME", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "docs/try-it-locally.md failed:\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It showed what it says it shows: the pool busy, the runners, and the checks passing.
+    assert!(
+        stdout.contains("runnerpool.bbrunner.dev/builds"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"state\""), "{stdout}");
+    assert!(stdout.contains("PASS crd"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
