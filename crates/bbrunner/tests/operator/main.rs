@@ -969,6 +969,39 @@ async fn lint_reads_pools_from_the_cluster() {
     assert!(text.contains(":5:19: error[docker-mtu]"), "{text}");
     assert!(text.contains("--mtu=1400"), "{text}");
     assert!(text.contains(":8:18: error[unserved-labels]"), "{text}");
+
+    // A pool the cluster holds that no longer reads (stored under an older, looser CRD) is
+    // skipped, named with its namespace, and --format json still prints JSON.
+    world
+        .loosen_crd(|schema| {
+            schema["properties"]["spec"] =
+                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+        })
+        .await;
+    let mut odd = managed(1, 2);
+    odd["runner"] = json!({"size": "16x"});
+    world.pool("odd", odd).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
+        .args([
+            "lint",
+            file.to_str().unwrap(),
+            "--from-cluster",
+            "--format",
+            "json",
+        ])
+        .env("KUBECONFIG", &world.kubeconfig)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipping RunnerPool ci/odd") && stderr.contains("spec.runner.size"),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["diagnostics"].as_array().unwrap().len() >= 2,
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
