@@ -348,32 +348,38 @@ pub enum AtlassianAction {
     Nothing,
 }
 
-/// Atlassian's `percentageRunnersIdle` (runners-autoscaler 3.x), faithfully including its
-/// blind spots: it counts only ONLINE runners (starting ones are ignored, so it can overshoot
-/// max), it cannot scale from zero online runners except up to `min`, and it looks at
-/// Bitbucket only, never at Kubernetes.
+/// Atlassian's `percentageRunnersIdle` (runners-autoscaler 3.x), as its code decides,
+/// blind spots included: it counts only ONLINE runners with the group's labels (starting ones
+/// are invisible, so while none is online it asks for `min` again at every poll); it scales up
+/// by its multiplier when the busy share passes the threshold or fewer than `min` are online;
+/// it scales down the *idle* runners to `max(floor(idle × multiplier), min)`; and it looks at
+/// Bitbucket only, never at Kubernetes. `total` is every runner in the scope, for Bitbucket's
+/// 100.
 pub fn atlassian_ratio(scaling: &Scaling, online: u32, busy: u32, total: u32) -> AtlassianAction {
+    const MAX_RUNNERS_COUNT: u32 = crate::pool::RUNNERS_PER_SCOPE;
     let p = &scaling.atlassian;
-    if total < scaling.min {
-        return AtlassianAction::Create(scaling.min - total);
-    }
-    if online == 0 {
+    let idle = online.saturating_sub(busy);
+    if total >= MAX_RUNNERS_COUNT {
         return AtlassianAction::Nothing;
     }
+    if online == 0 {
+        return if scaling.min > 0 {
+            AtlassianAction::Create(scaling.min)
+        } else {
+            AtlassianAction::Nothing
+        };
+    }
     let ratio = f64::from(busy) / f64::from(online);
-    if ratio > p.scale_up_threshold {
+    if (ratio > p.scale_up_threshold || online < scaling.min) && online <= scaling.max {
         let target = ((f64::from(online) * p.scale_up_multiplier).ceil() as u32).min(scaling.max);
-        if target > online {
-            return AtlassianAction::Create(target - online);
-        }
-    } else if ratio < p.scale_down_threshold {
-        let target =
-            ((f64::from(online) * p.scale_down_multiplier).floor() as u32).max(scaling.min);
-        let idle = online - busy;
-        let surplus = online.saturating_sub(target).min(idle);
-        if surplus > 0 {
-            return AtlassianAction::Disable(surplus);
-        }
+        return match target.saturating_sub(online) {
+            0 => AtlassianAction::Nothing,
+            n => AtlassianAction::Create(n),
+        };
+    }
+    if ratio < p.scale_down_threshold && idle > scaling.min {
+        let target = ((f64::from(idle) * p.scale_down_multiplier).floor() as u32).max(scaling.min);
+        return AtlassianAction::Disable(idle - target);
     }
     AtlassianAction::Nothing
 }

@@ -194,16 +194,20 @@ fn schedule_overrides_raise_the_floor() {
 fn atlassian_ratio_follows_its_thresholds() {
     let s = scaling(PolicyKind::AtlassianRatio);
     assert_eq!(atlassian_ratio(&s, 0, 0, 0), AtlassianAction::Create(1));
-    // Cannot scale from zero online runners once min exist.
-    assert_eq!(atlassian_ratio(&s, 0, 0, 1), AtlassianAction::Nothing);
+    // While none is online it asks for min again: starting runners are invisible to it.
+    assert_eq!(atlassian_ratio(&s, 0, 0, 1), AtlassianAction::Create(1));
     // 2/3 busy > 0.5: ceil(3 * 1.5) = 5 → create 2.
     assert_eq!(atlassian_ratio(&s, 3, 2, 3), AtlassianAction::Create(2));
     // Capped at max, counting online runners only.
     assert_eq!(atlassian_ratio(&s, 8, 8, 12), AtlassianAction::Create(2));
-    // 0/4 busy < 0.2: down to floor(4 * 0.5) = 2.
+    // 0/4 busy < 0.2: the idle ones down to max(floor(4 * 0.5), min) = 2.
     assert_eq!(atlassian_ratio(&s, 4, 0, 4), AtlassianAction::Disable(2));
+    // 0 of 9 busy: floor(9 * 0.5) = 4 kept, 5 go.
+    assert_eq!(atlassian_ratio(&s, 9, 0, 9), AtlassianAction::Disable(5));
     // Between thresholds: nothing.
     assert_eq!(atlassian_ratio(&s, 4, 1, 4), AtlassianAction::Nothing);
+    // Bitbucket's 100 runners in the scope: nothing more.
+    assert_eq!(atlassian_ratio(&s, 3, 3, 100), AtlassianAction::Nothing);
 }
 
 #[test]
@@ -296,7 +300,7 @@ proptest! {
         let s = Scaling { min, max: min + span, policy: PolicyKind::AtlassianRatio, ..Scaling::default() };
         let busy = (f64::from(online) * busy_share).round() as u32;
         match atlassian_ratio(&s, online, busy, online + extra) {
-            AtlassianAction::Create(n) => prop_assert!(online + n <= s.max.max(s.min) || online + extra < s.min),
+            AtlassianAction::Create(n) => prop_assert!(online + n <= s.max.max(s.min)),
             AtlassianAction::Disable(n) => {
                 prop_assert!(n <= online - busy);
                 prop_assert!(online - n >= s.min);

@@ -397,6 +397,8 @@ impl Sim<'_> {
             Event::Create => {
                 if self.pending_creates > 0 {
                     self.pending_creates -= 1;
+                    // Atlassian's autoscaler reads the runner list again before each create.
+                    self.call();
                     self.create_runner();
                     if self.pending_creates > 0 {
                         let pause = self.config.scaling.atlassian.create_pause;
