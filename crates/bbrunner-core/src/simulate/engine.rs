@@ -89,6 +89,8 @@ pub struct PolicyResult {
     pub idle_runner_hours: f64,
     pub busy_runner_hours: f64,
     pub peak_runners: u32,
+    /// Runners created during the run (churn: each costs a start latency and API calls).
+    pub runners_created: usize,
     pub api_calls_per_hour: f64,
     /// What makes this policy's result unusable in practice (an API rate Bitbucket refuses).
     pub errors: Vec<String>,
@@ -654,6 +656,7 @@ impl Sim<'_> {
             idle_runner_hours: self.idle_seconds / 3600.0,
             busy_runner_hours: self.busy_seconds / 3600.0,
             peak_runners: self.peak,
+            runners_created: self.runners.len() - self.config.scaling.min as usize,
             api_calls_per_hour,
             errors,
             p95_vs_oracle: None,
