@@ -113,6 +113,8 @@ enum RunnerState {
 
 #[derive(Debug, Clone)]
 struct Runner {
+    /// Its UUID as the planner sees it, made once.
+    uuid: RunnerUuid,
     state: RunnerState,
     created_at: Seconds,
     enabled: bool,
@@ -305,6 +307,7 @@ impl Sim<'_> {
 
     fn add_runner(&mut self, now: Seconds) -> usize {
         self.runners.push(Runner {
+            uuid: runner_uuid(self.runners.len()),
             state: RunnerState::Starting,
             created_at: now,
             enabled: true,
@@ -537,7 +540,7 @@ impl Sim<'_> {
         };
         for &r in &self.live {
             let runner = &self.runners[r];
-            let uuid = runner_uuid(r);
+            let uuid = runner.uuid.clone();
             let status = match (runner.state, runner.enabled) {
                 (RunnerState::Starting, _) => RunnerStatus::Unregistered,
                 (_, false) => RunnerStatus::Disabled,
