@@ -102,6 +102,9 @@ pub struct PolicyResult {
     pub idle_vs_oracle: Option<f64>,
     #[serde(skip)]
     pub timeline: Vec<Sample>,
+    /// Every started step's queue wait, in seconds, sorted (for the plot's distributions).
+    #[serde(skip)]
+    pub waits: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -665,6 +668,7 @@ impl Sim<'_> {
             p95_vs_oracle: None,
             idle_vs_oracle: None,
             timeline: self.timeline,
+            waits: self.waits,
         }
     }
 }

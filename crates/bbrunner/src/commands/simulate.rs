@@ -189,7 +189,20 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
 
     #[cfg(feature = "plot")]
     if let Some(path) = &args.plot {
-        crate::plot::write_svg(path, &results)?;
+        let workload = match (&args.trace, &args.scenario) {
+            (Some(trace), _) => format!("trace {}", trace.display()),
+            (None, Some(scenario)) => format!("scenario {scenario}"),
+            (None, None) => "workload".to_owned(),
+        };
+        let title = crate::plot::Title {
+            workload: &workload,
+            seed: args.seed,
+            min: scaling.min,
+            max: scaling.max,
+            min_idle: scaling.min_idle,
+            start_latency_s: mean,
+        };
+        crate::plot::write_svg(path, &title, &results)?;
     }
     for r in &results {
         for error in &r.errors {

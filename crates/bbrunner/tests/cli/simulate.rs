@@ -104,11 +104,18 @@ fn a_trace_file_and_a_pool_manifest_drive_the_run() {
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg"));
     for text in [
+        // The title says what was simulated.
+        "scenario steady, seed 1: pool min 1, max 10, minIdle 1; runner start 45 s",
         "queued steps",
         "runners online",
         "runners busy",
+        "pool max",
         "idle-buffer",
         "atlassian-ratio",
+        "oracle",
+        // The distribution of waits, and the Okabe-Ito blue (colour-blind safe).
+        "queue wait: share of steps started within",
+        "#0072B2",
     ] {
         assert!(svg.contains(text), "{text}");
     }
