@@ -46,17 +46,9 @@ async fn apply_admission_policy(client: &Client, docs: &[Value]) {
 
 /// The operator arguments of the install's Deployment that carry the policy.
 fn policy_args(docs: &[Value]) -> Vec<String> {
-    docs.iter()
-        .filter(|d| d["kind"] == "Deployment")
-        .flat_map(|d| {
-            d["spec"]["template"]["spec"]["containers"][0]["args"]
-                .as_array()
-                .unwrap()
-                .clone()
-        })
-        .filter_map(|a| a.as_str().map(str::to_owned))
-        .filter(|a| a.starts_with("--allowed-image") || a == "--restrict-pod-fields")
-        .collect()
+    super::rbac::deployment_args(docs, |a| {
+        a.starts_with("--allowed-image") || a == "--restrict-pod-fields"
+    })
 }
 
 async fn refused(world: &World, name: &str, spec: Value) -> String {

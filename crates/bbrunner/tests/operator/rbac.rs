@@ -16,8 +16,9 @@ fn install(extra: &[&str]) -> Vec<Value> {
     serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap()
 }
 
-/// The operator arguments of the install's Deployment beyond those the tests set themselves.
-fn deployment_namespace_args(docs: &[Value]) -> Vec<String> {
+/// The operator arguments of the install's Deployment that `keep` selects (the tests set the
+/// rest themselves).
+pub(super) fn deployment_args(docs: &[Value], keep: impl Fn(&str) -> bool) -> Vec<String> {
     docs.iter()
         .filter(|d| d["kind"] == "Deployment")
         .flat_map(|d| {
@@ -27,7 +28,7 @@ fn deployment_namespace_args(docs: &[Value]) -> Vec<String> {
                 .clone()
         })
         .filter_map(|a| a.as_str().map(str::to_owned))
-        .filter(|a| a.starts_with("--namespace="))
+        .filter(|a| keep(a))
         .collect()
 }
 
@@ -91,7 +92,7 @@ pub(super) async fn apply(client: &Client, doc: &Value) {
 /// a runner online, the status written, an event published, and the pool deleted cleanly.
 async fn pool_lifecycle_works(install_args: &[&str], drop_rule: Option<usize>) -> bool {
     let docs = install(install_args);
-    let namespace_args = deployment_namespace_args(&docs);
+    let namespace_args = deployment_args(&docs, |a| a.starts_with("--namespace="));
     let world = World::start_with(
         &format!("rbac-{}-{drop_rule:?}", install_args.len()).replace(['(', ')'], ""),
         |c| c.rbac = true,
