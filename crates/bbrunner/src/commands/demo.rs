@@ -46,6 +46,7 @@ struct Simulated {
     policy: &'static str,
     p95_wait_s: f64,
     idle_runner_minutes: f64,
+    runners_created: usize,
 }
 
 /// The demo's workload on the simulated clock, through the simulator under the demo pool's
@@ -98,6 +99,7 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64) -> Result<Vec<Simulated>> {
             policy: name,
             p95_wait_s: result.p95_wait_s.round(),
             idle_runner_minutes: (idle_seconds / 6.0).round() / 10.0,
+            runners_created: result.runners_created,
         })
     })
     .collect()
@@ -478,8 +480,8 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
             );
             for s in &summary.simulated {
                 println!(
-                    "  {:<24} p95 queue wait {:>4.0} s, idle runner-minutes {:>6.1}",
-                    s.policy, s.p95_wait_s, s.idle_runner_minutes
+                    "  {:<24} p95 queue wait {:>4.0} s, idle runner-minutes {:>6.1}, runners created {:>3}",
+                    s.policy, s.p95_wait_s, s.idle_runner_minutes, s.runners_created
                 );
             }
             println!(

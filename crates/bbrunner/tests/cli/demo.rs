@@ -35,6 +35,7 @@ fn demo_runs_the_operator_through_a_workload_and_leaves_nothing_behind() {
             s["p95_wait_s"].is_number() && s["idle_runner_minutes"].as_f64().unwrap() > 0.0,
             "{s}"
         );
+        assert!(s["runners_created"].as_u64().unwrap() >= 1, "{s}");
     }
 }
 
