@@ -51,6 +51,11 @@ impl Clock {
         self.origin + (wall - self.origin) * self.scale
     }
 
+    /// A Kubernetes timestamp (creation, deletion, condition transition) on this clock.
+    pub fn at_time(&self, time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+        self.at(time.0.as_millisecond() as f64 / 1000.0)
+    }
+
     /// The real time to wait for `d` of this clock.
     pub fn real(&self, d: Duration) -> Duration {
         d.div_f64(self.scale)

@@ -403,7 +403,7 @@ fn observe_pod(pod: &PodView, clock: &super::clock::Clock) -> Option<ObservedPod
         .iter()
         .find(|c| c.type_ == "Ready" && c.status == "True")
         .and_then(|c| c.last_transition_time.as_ref())
-        .map(|t| clock.at(t.0.as_millisecond() as f64 / 1000.0));
+        .map(|t| clock.at_time(t));
     Some(ObservedPod {
         runner,
         phase,
@@ -413,7 +413,7 @@ fn observe_pod(pod: &PodView, clock: &super::clock::Clock) -> Option<ObservedPod
             .metadata
             .creation_timestamp
             .as_ref()
-            .map(|t| clock.at(t.0.as_millisecond() as f64 / 1000.0))
+            .map(|t| clock.at_time(t))
             .unwrap_or(0.0),
         ready_since,
         ran_step: pod
@@ -729,7 +729,7 @@ async fn reconcile_managed(
         .metadata
         .deletion_timestamp
         .as_ref()
-        .map(|t| ctx.clock.at(t.0.as_millisecond() as f64 / 1000.0));
+        .map(|t| ctx.clock.at_time(t));
     let (credentials, credentials_deleted) = match credentials(ctx, pool).await {
         Ok(c) => c,
         Err(e)
@@ -787,9 +787,7 @@ async fn reconcile_managed(
         .iter()
         .filter_map(|s| {
             let runner = RunnerUuid::parse(s.labels().get(LABEL_RUNNER_UUID)?).ok()?;
-            let created_at = ctx
-                .clock
-                .at(s.metadata.creation_timestamp.as_ref()?.0.as_millisecond() as f64 / 1000.0);
+            let created_at = ctx.clock.at_time(s.metadata.creation_timestamp.as_ref()?);
             Some(ObservedSecret { runner, created_at })
         })
         .collect();
