@@ -45,4 +45,10 @@ impl Error {
             Self::RateLimited { .. } | Self::Server { .. } | Self::Transport { .. }
         )
     }
+
+    /// No usable answer came (the network, a proxy, or Bitbucket down): whatever was asked,
+    /// the credentials were not judged.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Server { .. } | Self::Transport { .. })
+    }
 }

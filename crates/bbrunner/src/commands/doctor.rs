@@ -267,12 +267,7 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
                             Err(e) => {
                                 // The quota line stays, saying it is unknown.
                                 scopes.entry(scope_key(pool)).or_insert(None);
-                                let unreachable = matches!(
-                                    e,
-                                    bitbucket::Error::Transport { .. }
-                                        | bitbucket::Error::Server { .. }
-                                );
-                                if unreachable {
+                                if e.is_unreachable() {
                                     CredentialsCheck::Unreachable(e.to_string())
                                 } else {
                                     CredentialsCheck::Rejected(e.to_string())
