@@ -39,18 +39,12 @@ fn missing_prerequisite() -> Option<String> {
 
 /// Skip loudly where the tier cannot run; never under CI.
 fn runnable(test: &str) -> bool {
-    match missing_prerequisite() {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("the real-Docker tier cannot run under CI: {why}")
-        }
-        Some(why) => {
-            eprintln!(
-                "SKIPPED {test}: the real-Docker tier needs root and Debian's docker.io: {why}"
-            );
-            false
-        }
-    }
+    tier_runs(
+        "the real-Docker tier",
+        "root and Debian's docker.io",
+        test,
+        missing_prerequisite(),
+    )
 }
 
 fn run(program: &str, args: &[&str]) -> std::process::Output {
@@ -361,8 +355,7 @@ fn docker_service_tar(dir: &Path) -> PathBuf {
     for tool in ["sh", "cat", "ls", "sleep", "mount", "grep", "sed", "echo"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
     }
-    let entrypoint =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/docker-service/entrypoint.sh");
+    let entrypoint = workspace_file("deploy/docker-service/entrypoint.sh");
     std::fs::copy(
         entrypoint,
         root.join("usr/local/bin/bbrunner-docker-service"),
@@ -375,10 +368,7 @@ fn docker_service_tar(dir: &Path) -> PathBuf {
 fn rendered_dind_command(args: &[&str]) -> Vec<String> {
     let mut all = vec!["render", "--docker-command", "-"];
     all.extend(args);
-    let command = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/docker-command.txt"),
-    )
-    .unwrap();
+    let command = std::fs::read_to_string(workspace_file("examples/docker-command.txt")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
         .args(&all)
         .stdin(Stdio::piped())
@@ -632,8 +622,7 @@ fn the_dind_start_script_passes_the_network_option_to_a_dockerd_that_takes_it() 
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("WARNING"));
     // And the docker service's entrypoint, likewise.
-    let entrypoint =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/docker-service/entrypoint.sh");
+    let entrypoint = workspace_file("deploy/docker-service/entrypoint.sh");
     let out = Command::new("sh")
         .arg(&entrypoint)
         .env("PATH", &path)

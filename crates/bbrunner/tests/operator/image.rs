@@ -23,20 +23,12 @@ fn missing_prerequisite() -> Option<String> {
 }
 
 fn runnable(test: &str) -> bool {
-    match missing_prerequisite() {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("the image tier cannot run under CI: {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED {test}: the image tier needs root and podman: {why}");
-            false
-        }
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    tier_runs(
+        "the image tier",
+        "root and podman",
+        test,
+        missing_prerequisite(),
+    )
 }
 
 /// The image `./scripts/test` built, or one built now.
@@ -44,7 +36,7 @@ fn image() -> String {
     if let Ok(image) = std::env::var("BBRUNNER_IMAGE") {
         return image;
     }
-    let out = Command::new(workspace_root().join("scripts/image"))
+    let out = Command::new(workspace_file("scripts/image"))
         .stderr(Stdio::inherit())
         .output()
         .unwrap();

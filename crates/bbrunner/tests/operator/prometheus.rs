@@ -19,24 +19,12 @@ fn missing_prerequisite() -> Option<String> {
 }
 
 fn runnable(test: &str) -> bool {
-    match missing_prerequisite() {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("the Prometheus tier cannot run under CI: {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED {test}: the Prometheus tier needs Debian's prometheus: {why}");
-            false
-        }
-    }
-}
-
-fn workspace_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-        .canonicalize()
-        .unwrap()
+    tier_runs(
+        "the Prometheus tier",
+        "Debian's prometheus",
+        test,
+        missing_prerequisite(),
+    )
 }
 
 const ALERTS: &str = "deploy/helm/bbrunner/files/bbrunner-alerts.yaml";
@@ -63,7 +51,7 @@ impl Prometheus {
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
                  rule_files: [{}]\n\
                  scrape_configs:\n  - job_name: bbrunner\n    static_configs: [{{targets: ['{target}']}}]\n",
-                workspace_file(ALERTS).display()
+                workspace_file(ALERTS).canonicalize().unwrap().display()
             ),
         )
         .unwrap();
