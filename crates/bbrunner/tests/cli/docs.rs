@@ -6,7 +6,7 @@
 //! in fake-kube, so the test starts the operator as they would, once `install` is applied.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_bitbucket::{FakeBitbucket, FakeConfig};
@@ -36,15 +36,6 @@ fn blocks(page: &str) -> Vec<(String, String)> {
     out.into_iter()
         .filter(|(lang, _)| lang == "sh" || lang == "yaml")
         .collect()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,18 +179,11 @@ async fn getting_started_runs_block_by_block_against_the_fakes() {
 /// `cargo install` is a stand-in that does nothing: the build's binaries are on PATH.
 #[test]
 fn try_it_locally_runs_as_one_shell_session() {
-    let built = Path::new(env!("CARGO_BIN_EXE_bbrunner")).parent().unwrap();
-    for double in ["fake-kube", "fake-bitbucket"] {
-        assert!(
-            built.join(double).exists(),
-            "{double} is not built next to bbrunner; run the tests of the whole workspace (./scripts/test)"
-        );
-    }
     let dir = std::env::temp_dir().join(format!("bbrunner-try-{}", std::process::id()));
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     for name in ["bbrunner", "fake-kube", "fake-bitbucket"] {
-        std::os::unix::fs::symlink(built.join(name), bin.join(name)).unwrap();
+        std::os::unix::fs::symlink(sibling(name), bin.join(name)).unwrap();
     }
     let cargo = bin.join("cargo");
     std::fs::write(

@@ -3,32 +3,12 @@
 //! are built beside bbrunner by the workspace test command.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{bbrunner, kubectl};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_bbrunner")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run the workspace tests (./scripts/test) so that it is",
-        path.display()
-    );
-    path
-}
+use crate::util::{Killed, bbrunner, kubectl, sibling};
 
 /// Start a fake and read its ready line.
 fn start(name: &str, args: &[&str]) -> (Killed, Value) {

