@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use bbrunner_core::labels::Labels;
-use bbrunner_core::scaling::{PolicyKind, Scaling};
+use bbrunner_core::scaling::{PolicyKind, PolicyMemory, Scaling};
 use bbrunner_core::simulate::scenarios::long_trace;
 use bbrunner_core::simulate::{SimConfig, StartLatency, simulate};
 
@@ -23,6 +23,7 @@ fn main() {
             start_latency: StartLatency::default(),
             seed: 1,
             api_budget: 900,
+            history: PolicyMemory::default(),
         };
         let started = Instant::now();
         let result = simulate(&steps, &config, &mut |_| {});

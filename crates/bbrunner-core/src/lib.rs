@@ -4,6 +4,7 @@
 
 pub mod admin_policy;
 pub mod doctor;
+pub mod forecast;
 pub mod ids;
 pub mod import;
 pub mod labels;

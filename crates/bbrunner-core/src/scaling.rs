@@ -6,6 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::forecast::{self, DemandProfile};
+
 /// Seconds, the unit of every time in the core (time is always an input).
 pub type Seconds = f64;
 
@@ -187,6 +189,12 @@ pub struct PolicyMemory {
     /// this does, so that a steady pool's status does not change at every poll (each status
     /// change would wake the pool's reconcile again).
     pub occupied: bool,
+    /// The demand the pool saw at each time of the week ([`crate::forecast`]).
+    pub profile: DemandProfile,
+    /// The 15-minute slot being observed (counted from the Unix epoch) and its peak demand so
+    /// far; folded into `profile` when the slot ends.
+    pub slot: Option<i64>,
+    pub slot_peak: u32,
 }
 
 impl PolicyMemory {
@@ -198,6 +206,38 @@ impl PolicyMemory {
         };
         let sample = if self.occupied { 1.0 } else { 0.0 };
         sample + (self.occupancy - sample) * (-(now - at).max(0.0) / OCCUPANCY_WINDOW).exp()
+    }
+
+    /// The memory after seeing `demand` (busy runners, plus queued steps where known) at
+    /// `now`: the slot's peak, and a finished slot's peak folded into the profile.
+    fn observe_demand(mut self, demand: u32, now: Seconds) -> Self {
+        let slot = forecast::slot_number(now);
+        if self.slot == Some(slot) {
+            self.slot_peak = self.slot_peak.max(demand);
+            return self;
+        }
+        self.fold_slot();
+        self.slot = Some(slot);
+        self.slot_peak = demand;
+        self
+    }
+
+    fn fold_slot(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let start = slot as Seconds * forecast::SLOT;
+            self.profile
+                .learn(forecast::slot_of_week(start), self.slot_peak);
+        }
+    }
+
+    /// What another run of the same pool starts from: the profile, with the slot being
+    /// observed folded in, and nothing tied to this run's clock.
+    pub fn learned(mut self) -> Self {
+        self.fold_slot();
+        Self {
+            profile: self.profile,
+            ..Self::default()
+        }
     }
 
     /// The memory after seeing `busy` runners at `now`, and the occupancy now. With no
@@ -257,6 +297,7 @@ pub fn desired(
     let min = overrides.min.unwrap_or(scaling.min).min(scaling.max);
     let min_idle = overrides.min_idle.unwrap_or(scaling.min_idle);
     let (memory, occupancy) = memory.observe_occupancy(observed.busy, now);
+    let memory = memory.observe_demand(observed.busy + observed.queued.unwrap_or(0), now);
     let (want, reason) = match (scaling.policy, observed.queued) {
         (PolicyKind::Queue, Some(queued)) => (
             observed.busy + queued + min_idle,
@@ -279,6 +320,18 @@ pub fn desired(
             };
             (want, reason)
         }
+    };
+    // As many as this time of the week kept busy, ready before the work arrives; none where
+    // minIdle 0 asks for no idle runners.
+    let expected = if min_idle > 0 {
+        memory.profile.expected(now)
+    } else {
+        0
+    };
+    let (want, reason) = if expected > want {
+        (expected, "forecast: busy at this time of week")
+    } else {
+        (want, reason)
     };
     let want = want.clamp(min, scaling.max);
     let capacity = observed.capacity();

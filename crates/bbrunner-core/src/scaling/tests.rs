@@ -309,3 +309,77 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_forecast_readies_runners_before_a_busy_time_of_week_and_learns_it() {
+    use crate::forecast::{LEAD, SLOT};
+    let s = scaling(PolicyKind::IdleBuffer);
+    let monday = 1_767_571_200.0;
+    let batch = monday + 2.0 * 3600.0;
+    // Week 1: the policy sees ten busy runners at 02:05, and one idle runner at 02:20.
+    let (_, m) = desired(
+        &s,
+        Overrides::default(),
+        &obs(0, 1, 0, None),
+        occupied(0.0),
+        batch - 600.0,
+    );
+    let (_, m) = desired(
+        &s,
+        Overrides::default(),
+        &obs(0, 0, 10, None),
+        m,
+        batch + 300.0,
+    );
+    let (_, m) = desired(
+        &s,
+        Overrides::default(),
+        &obs(0, 1, 0, None),
+        m,
+        batch + SLOT + 300.0,
+    );
+    assert_eq!(
+        m.profile.seen(),
+        2,
+        "02:00 and the slot before it folded in"
+    );
+    // Week 2, a lead before 02:00: eight runners (four fifths of ten) ready, none busy yet.
+    let week2 = batch + 7.0 * 86_400.0;
+    let early = week2 - LEAD + 1.0;
+    let (d, _) = desired(&s, Overrides::default(), &obs(0, 1, 0, None), m, early);
+    assert_eq!(
+        (d.desired, d.reason),
+        (8, "forecast: busy at this time of week")
+    );
+    let (d, _) = desired(
+        &s,
+        Overrides::default(),
+        &obs(0, 1, 0, None),
+        m,
+        week2 - LEAD - 60.0,
+    );
+    assert_eq!(
+        (d.desired, d.reason),
+        (1, "busy + minIdle"),
+        "not before its lead"
+    );
+    // minIdle 0 asks for no idle runners: the forecast readies none.
+    let none = Scaling {
+        min: 0,
+        min_idle: 0,
+        ..s
+    };
+    let (d, _) = desired(&none, Overrides::default(), &obs(0, 0, 0, None), m, early);
+    assert_eq!(d.desired, 0);
+    // What a next run starts from keeps the profile and nothing tied to this run's clock.
+    let learned = m.learned();
+    assert_eq!(
+        learned.profile.seen(),
+        3,
+        "the slot being observed folded in"
+    );
+    assert_eq!(
+        (learned.slot, learned.occupancy_at, learned.surplus_since),
+        (None, None, None)
+    );
+}

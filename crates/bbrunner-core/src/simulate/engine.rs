@@ -64,6 +64,9 @@ pub struct SimConfig {
     pub seed: u64,
     /// API requests per rolling hour the identity may spend (the client's budget).
     pub api_budget: u32,
+    /// What the pool learned before this run (its demand profile; see
+    /// [`PolicyMemory::learned`]).
+    pub history: PolicyMemory,
 }
 
 /// One point of the timeline, for plots.
@@ -105,6 +108,9 @@ pub struct PolicyResult {
     /// Every started step's queue wait, in seconds, sorted (for the plot's distributions).
     #[serde(skip)]
     pub waits: Vec<f64>,
+    /// What the pool learned, for a next run ([`SimConfig::history`]).
+    #[serde(skip)]
+    pub learned: PolicyMemory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +239,7 @@ pub fn simulate(
         queue: VecDeque::new(),
         outcome: vec![StepOutcome::Pending; steps.len()],
         waits: Vec::with_capacity(steps.len()),
-        memory: PolicyMemory::default(),
+        memory: config.history.learned(),
         pending_creates: 0,
         api_calls: 0,
         recent_calls: VecDeque::new(),
@@ -492,7 +498,7 @@ impl Sim<'_> {
         });
         let observation = self.observation(queued);
         let pool = PoolSettings {
-            overrides: overrides_at(&scaling.schedules, SIM_EPOCH + self.now),
+            overrides: overrides_at(&scaling.schedules, observation.now),
             scaling,
             ephemeral: false,
             registration_ttl: SIM_REGISTRATION_TTL,
@@ -531,11 +537,13 @@ impl Sim<'_> {
 
     /// The pool as the operator would observe it now: each live runner in Bitbucket
     /// (UNREGISTERED while starting, DISABLED once drained), its Secret and its pod (Pending
-    /// until the runner is online).
+    /// until the runner is online). Times are on the operator's clock (Unix seconds, from
+    /// [`SIM_EPOCH`]), so that schedules and the demand profile see the time of week.
     fn observation(&self, queued: Option<u32>) -> Observation {
+        let at = |t: Seconds| SIM_EPOCH + t;
         let mut observation = Observation {
-            now: self.now,
-            runners_fetched_at: self.now,
+            now: at(self.now),
+            runners_fetched_at: at(self.now),
             memory: self.memory,
             queued,
             scope_room: RUNNERS_PER_SCOPE.saturating_sub(self.live.len() as u32),
@@ -553,7 +561,7 @@ impl Sim<'_> {
                 uuid: uuid.clone(),
                 status,
                 busy: runner.step.is_some(),
-                status_since: runner.disabled_at.or(runner.online_at),
+                status_since: runner.disabled_at.or(runner.online_at).map(at),
             });
             observation.pods.push(ObservedPod {
                 runner: uuid.clone(),
@@ -564,13 +572,13 @@ impl Sim<'_> {
                 },
                 terminating: false,
                 unschedulable: None,
-                created_at: runner.created_at,
-                ready_since: runner.online_at,
+                created_at: at(runner.created_at),
+                ready_since: runner.online_at.map(at),
                 ran_step: false,
             });
             observation.secrets.push(ObservedSecret {
                 runner: uuid,
-                created_at: runner.created_at,
+                created_at: at(runner.created_at),
             });
         }
         observation
@@ -669,11 +677,11 @@ impl Sim<'_> {
             idle_vs_oracle: None,
             timeline: self.timeline,
             waits: self.waits,
+            learned: self.memory.learned(),
         }
     }
 }
 
-/// Nearest-rank percentile of sorted values (0 when empty).
 /// A runner of the model as the planner knows it: UUIDs in creation order, so that the
 /// planner's list order (by UUID) is the model's.
 fn runner_uuid(r: usize) -> RunnerUuid {
@@ -687,6 +695,7 @@ fn runner_index(uuid: &RunnerUuid) -> usize {
 /// The operator's default `--registration-ttl`: model runners register within a start.
 const SIM_REGISTRATION_TTL: Seconds = 600.0;
 
+/// Nearest-rank percentile of sorted values (0 when empty).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::labels::Labels;
-use crate::scaling::{PolicyKind, Scaling};
+use crate::scaling::{PolicyKind, PolicyMemory, Scaling};
 
 fn step(at: f64, duration: f64) -> TraceStep {
     TraceStep {
@@ -21,6 +21,7 @@ fn config(scaling: Scaling) -> SimConfig {
         },
         seed: 7,
         api_budget: 900,
+        history: PolicyMemory::default(),
     }
 }
 
@@ -211,4 +212,28 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_pool_that_saw_a_nightly_batch_before_has_runners_ready_for_it() {
+    // Eight 20-minute jobs at 02:00 (within two minutes) on a pool with one warm runner.
+    let batch: Vec<TraceStep> = (0..8)
+        .map(|i| step(2.0 * 3600.0 + f64::from(i) * 15.0, 1200.0))
+        .collect();
+    let cold = simulate(&batch, &config(Scaling::default()), &mut |_| {});
+    let mut warm_config = config(Scaling::default());
+    warm_config.history = cold.learned;
+    let warm = simulate(&batch, &warm_config, &mut |_| {});
+    // Waits are sorted: the seventh is the longest of all but one.
+    assert!(
+        cold.waits[6] > 45.0,
+        "a cold pool waits for starts: {:?}",
+        cold.waits
+    );
+    assert!(
+        warm.waits[6] < 30.0,
+        "a week later seven of eight (four fifths of the peak, rounded up) found a runner ready: {:?}",
+        warm.waits
+    );
+    assert_eq!(warm.failed_steps, 0);
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bbrunner_core::scaling::parse_duration;
+use bbrunner_core::scaling::{PolicyMemory, parse_duration};
 use bbrunner_core::simulate::engine::percentile;
 use fake_bitbucket::{FakeBitbucket, FakeConfig, StepRequest};
 use fake_kube::{ClusterConfig, FakeKube};
@@ -82,6 +82,7 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64) -> Result<Vec<Simulated>> {
             start_latency: StartLatency::default(),
             seed: 1,
             api_budget: 900,
+            history: PolicyMemory::default(),
         };
         let result = simulate(&trace, &config, &mut |_| {});
         // Idle time over the demo's own span, until the last step is done (the simulator

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use bbrunner_core::labels::Labels;
 use bbrunner_core::pool::PoolManifest;
-use bbrunner_core::scaling::{PolicyKind, Scaling, parse_duration};
+use bbrunner_core::scaling::{PolicyKind, PolicyMemory, Scaling, parse_duration};
 use bbrunner_core::simulate::{
     PolicyResult, Scenario, SimConfig, StartLatency, TraceStep, parse_trace, simulate,
 };
@@ -44,19 +44,45 @@ fn parse_policy(raw: &str) -> Result<PolicyRun> {
     })
 }
 
-fn workload(args: &SimulateArgs) -> Result<Vec<TraceStep>> {
+/// The measured workload and the history before it: for a scenario, `--history-weeks`
+/// earlier realizations of it (other seeds, the same day of the week).
+fn workload(args: &SimulateArgs) -> Result<(Vec<TraceStep>, Vec<Vec<TraceStep>>)> {
     if let Some(path) = &args.trace {
-        let text = input::read_text(Some(path))?;
-        return parse_trace(&text).map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-            anyhow!("{} has bad lines:\n{}", path.display(), lines.join("\n"))
-        });
+        if args.history_weeks.is_some_and(|w| w > 0) {
+            bail!(
+                "--history-weeks is for --scenario; a trace carries its own history: put the earlier weeks in {}",
+                path.display()
+            );
+        }
+        return Ok((trace(path)?, Vec::new()));
     }
     let name = args.scenario.as_deref().unwrap_or_default();
     let scenario = Scenario::parse(name).ok_or_else(|| {
         anyhow!("--scenario {name:?} is not built in; use workday, burst, nightly or steady")
     })?;
-    Ok(scenario.generate(args.seed))
+    let weeks = args.history_weeks.unwrap_or(DEFAULT_HISTORY_WEEKS);
+    if weeks > MAX_HISTORY_WEEKS {
+        bail!(
+            "--history-weeks {weeks} is more than {MAX_HISTORY_WEEKS}; a few weeks teach the forecast all it keeps"
+        );
+    }
+    let history = (1..=weeks)
+        .map(|week| scenario.generate(args.seed ^ (u64::from(week) << 32)))
+        .collect();
+    Ok((scenario.generate(args.seed), history))
+}
+
+/// Weeks of history a scenario's pool has by default: the forecast's memory halves each
+/// week, so four weeks weigh about as much as any longer past.
+const DEFAULT_HISTORY_WEEKS: u32 = 4;
+const MAX_HISTORY_WEEKS: u32 = 52;
+
+fn trace(path: &std::path::Path) -> Result<Vec<TraceStep>> {
+    let text = input::read_text(Some(path))?;
+    parse_trace(&text).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow!("{} has bad lines:\n{}", path.display(), lines.join("\n"))
+    })
 }
 
 fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling)> {
@@ -104,7 +130,7 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
             path.display()
         );
     }
-    let steps = workload(args)?;
+    let (steps, history) = workload(args)?;
     let (labels, scaling) = pool(args)?;
     let mean = parse_duration("--start-latency", &args.start_latency)?;
     let runs: Vec<PolicyRun> = if args.policies.is_empty() {
@@ -158,7 +184,7 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
                 _ => scaling.poll_interval = poll,
             }
         }
-        let config = SimConfig {
+        let mut config = SimConfig {
             labels: labels.clone(),
             scaling,
             start_latency: StartLatency {
@@ -167,7 +193,14 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
             },
             seed: args.seed,
             api_budget: bitbucket_budget(),
+            history: PolicyMemory::default(),
         };
+        // Only our policies learn: Atlassian's keeps no memory, and the oracle needs none.
+        if run.kind != PolicyKind::AtlassianRatio && run.label != "oracle" {
+            for week in &history {
+                config.history = simulate(week, &config, &mut |_| {}).learned;
+            }
+        }
         let mut progress = |share: f64| {
             if show_progress {
                 eprint!("\rsimulating {}: {:>3.0}%", run.label, share * 100.0);

@@ -259,6 +259,17 @@ pub struct RunnerPoolStatus {
     /// Whether a step has been running since `occupancyTime`.
     #[serde(default)]
     pub occupied: Option<bool>,
+    /// The pool's demand forecast: the peak of busy runners (plus queued steps where known) it
+    /// saw in each 15 minutes of the week, from Monday 00:00 UTC, one byte per slot in
+    /// half-runners (255: not seen), base64; each week's peak counts half. Remove the field to
+    /// make the pool learn again.
+    #[serde(default)]
+    pub demand_profile: Option<String>,
+    /// Start of the 15 minutes being observed (RFC 3339), and its peak demand so far.
+    #[serde(default)]
+    pub demand_slot_time: Option<String>,
+    #[serde(default)]
+    pub demand_slot_peak: Option<u32>,
     /// The credentials Secret this pool holds the `bbrunner.dev/credentials-in-use` finalizer
     /// on, released when the pool stops using it.
     #[serde(default)]
@@ -388,6 +399,9 @@ mod tests {
             "occupancy",
             "occupancyTime",
             "occupied",
+            "demandProfile",
+            "demandSlotTime",
+            "demandSlotPeak",
             "credentialsSecret",
         ] {
             assert!(

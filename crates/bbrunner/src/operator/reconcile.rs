@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bbrunner_core::admin_policy::AdminPolicy;
+use bbrunner_core::forecast::{self, DemandProfile};
 use bbrunner_core::ids::{AccountUuid, RepositoryUuid, RunnerUuid};
 use bbrunner_core::manifests::{LABEL_RUNNER_UUID, dind_networks_mtu_warning, secret_keys};
 use bbrunner_core::ownership::{ClusterId, MAX_RUNNER_NAME, PoolIdentity};
@@ -363,6 +364,18 @@ fn scope_of(pool: &RunnerPool) -> RunnerScope {
         },
         None => RunnerScope::Workspace(pool.spec.workspace.clone()),
     }
+}
+
+/// The demand profile in the pool's status; a damaged one is dropped with a warning (the pool
+/// learns again; scaling goes on without the forecast meanwhile).
+fn demand_profile(pool: &RunnerPool, encoded: Option<&str>) -> DemandProfile {
+    let Some(encoded) = encoded else {
+        return DemandProfile::default();
+    };
+    DemandProfile::decode(encoded).unwrap_or_else(|e| {
+        tracing::warn!(namespace = %pool.namespace().unwrap_or_default(), pool = %pool.name_any(), "{e}");
+        DemandProfile::default()
+    })
 }
 
 fn parse_time(t: &str) -> Option<f64> {
@@ -815,6 +828,13 @@ async fn reconcile_managed(
             occupancy: status.occupancy.unwrap_or_default(),
             occupancy_at: status.occupancy_time.as_deref().and_then(parse_time),
             occupied: status.occupied.unwrap_or_default(),
+            profile: demand_profile(pool, status.demand_profile.as_deref()),
+            slot: status
+                .demand_slot_time
+                .as_deref()
+                .and_then(parse_time)
+                .map(forecast::slot_number),
+            slot_peak: status.demand_slot_peak.unwrap_or_default(),
         },
         queued,
         scope_room: RUNNERS_PER_SCOPE.saturating_sub(listed.runners.len() as u32),
@@ -1414,6 +1434,11 @@ async fn write_status(
         occupancy: memory.occupancy_at.map(|_| memory.occupancy),
         occupancy_time: memory.occupancy_at.and_then(format_time),
         occupied: memory.occupancy_at.map(|_| memory.occupied),
+        demand_profile: (memory.profile.seen() > 0).then(|| memory.profile.encode()),
+        demand_slot_time: memory
+            .slot
+            .and_then(|slot| format_time(slot as f64 * forecast::SLOT)),
+        demand_slot_peak: memory.slot.map(|_| memory.slot_peak),
         credentials_secret,
         api_identity: api_calls.as_ref().map(|(id, _)| id.clone()),
         // To the nearest 10 below, so that the status (which wakes the pool) rarely changes.
