@@ -302,9 +302,9 @@ pub struct SimulateArgs {
     pub start_latency: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Weeks the pool has already served the scenario (other seeds of it, on the same day of
-    /// the week) before the measured day: its demand forecast learns from them. Default 4 for a
-    /// scenario; a trace carries its own history, so put several weeks in it instead.
+    /// Weeks the pool served before the measured ones, for its demand forecast to learn from:
+    /// for a scenario, other seeds of it on the same day of the week (default 4); for a trace,
+    /// its first N weeks, the rest measured (default 0: all of it measured).
     #[arg(long, value_name = "N")]
     pub history_weeks: Option<u32>,
     #[arg(long, value_enum, default_value = "table")]

@@ -44,33 +44,61 @@ fn parse_policy(raw: &str) -> Result<PolicyRun> {
     })
 }
 
-/// The measured workload and the history before it: for a scenario, `--history-weeks`
-/// earlier realizations of it (other seeds, the same day of the week).
+/// The measured workload and the history before it, a week per run: for a scenario,
+/// `--history-weeks` earlier realizations of it (other seeds, the same day of the week); for a
+/// trace, its first `--history-weeks` weeks, the rest measured (moved back by whole weeks, so
+/// the time of week stays).
 fn workload(args: &SimulateArgs) -> Result<(Vec<TraceStep>, Vec<Vec<TraceStep>>)> {
-    if let Some(path) = &args.trace {
-        if args.history_weeks.is_some_and(|w| w > 0) {
-            bail!(
-                "--history-weeks is for --scenario; a trace carries its own history: put the earlier weeks in {}",
-                path.display()
-            );
-        }
-        return Ok((trace(path)?, Vec::new()));
-    }
-    let name = args.scenario.as_deref().unwrap_or_default();
-    let scenario = Scenario::parse(name).ok_or_else(|| {
-        anyhow!("--scenario {name:?} is not built in; use workday, burst, nightly or steady")
-    })?;
-    let weeks = args.history_weeks.unwrap_or(DEFAULT_HISTORY_WEEKS);
+    let weeks = args.history_weeks.unwrap_or(if args.trace.is_some() {
+        0
+    } else {
+        DEFAULT_HISTORY_WEEKS
+    });
     if weeks > MAX_HISTORY_WEEKS {
         bail!(
             "--history-weeks {weeks} is more than {MAX_HISTORY_WEEKS}; a few weeks teach the forecast all it keeps"
         );
     }
+    if let Some(path) = &args.trace {
+        let steps = trace(path)?;
+        let week_of = |step: &TraceStep| (step.at / WEEK).floor() as u32;
+        let moved_back = |step: &TraceStep, weeks: u32| TraceStep {
+            at: step.at - f64::from(weeks) * WEEK,
+            ..step.clone()
+        };
+        let history = (0..weeks)
+            .map(|week| {
+                steps
+                    .iter()
+                    .filter(|s| week_of(s) == week)
+                    .map(|s| moved_back(s, week))
+                    .collect()
+            })
+            .collect();
+        let measured: Vec<TraceStep> = steps
+            .iter()
+            .filter(|s| week_of(s) >= weeks)
+            .map(|s| moved_back(s, weeks))
+            .collect();
+        if measured.is_empty() && weeks > 0 {
+            bail!(
+                "--history-weeks {weeks}: {} has no step after its first {weeks} weeks to measure",
+                path.display()
+            );
+        }
+        return Ok((measured, history));
+    }
+    let name = args.scenario.as_deref().unwrap_or_default();
+    let scenario = Scenario::parse(name).ok_or_else(|| {
+        anyhow!("--scenario {name:?} is not built in; use workday, burst, nightly or steady")
+    })?;
     let history = (1..=weeks)
         .map(|week| scenario.generate(args.seed ^ (u64::from(week) << 32)))
         .collect();
     Ok((scenario.generate(args.seed), history))
 }
+
+const WEEK: f64 = 7.0 * 86_400.0;
 
 /// Weeks of history a scenario's pool has by default: the forecast's memory halves each
 /// week, so four weeks weigh about as much as any longer past.
