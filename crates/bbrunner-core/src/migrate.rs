@@ -380,7 +380,9 @@ pub fn migrate(config: &str, template: Option<&str>) -> Result<String, MigrateEr
         out.push_str(" does not carry over: idle-buffer keeps minIdle\n");
         out.push_str("    # runners ready and reacts within a poll (`bbrunner simulate --pool THIS_FILE` compares\n");
         out.push_str("    # both on a workload). To keep the autoscaler's behaviour, set policy: atlassian-ratio.\n");
-        out.push_str("    policy: idle-buffer\n    minIdle: 1\n");
+        out.push_str("    policy: idle-buffer\n");
+        out.push_str("    # One warm runner: near the autoscaler's idle cost. bbrunner's default, 3, waits less.\n");
+        out.push_str("    minIdle: 1\n");
         if let Some(c) = cool_down {
             let _ = writeln!(
                 out,

@@ -48,7 +48,9 @@ pub struct ScalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max: Option<u32>,
-    /// Idle runners kept ready beyond the busy ones (default 1).
+    /// Idle runners kept ready beyond the busy ones while the pool is quiet (default 3, so that
+    /// a pipeline's parallel steps each find one); one fewer while it is active, two fewer while
+    /// busy, never under one. 0: no idle runners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 100))]
     pub min_idle: Option<u32>,
@@ -142,7 +144,7 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let s = ScalingSpec::default().resolve().unwrap();
-        assert_eq!((s.min, s.max, s.min_idle), (1, 10, 1));
+        assert_eq!((s.min, s.max, s.min_idle), (1, 10, 3));
         assert_eq!(s.policy, PolicyKind::IdleBuffer);
         assert_eq!((s.scale_down_delay, s.poll_interval), (90.0, 15.0));
     }

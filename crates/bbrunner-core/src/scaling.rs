@@ -41,8 +41,8 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Seconds, Durat
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
-    /// desired = busy + minIdle, one or two more while the pool is active or busy, plus the
-    /// runners that took a step on arrival: warm runners waiting, more when work keeps coming.
+    /// desired = busy + minIdle (one or two fewer while the pool is active or busy), plus the
+    /// runners that took a step on arrival, and what the demand forecast expects.
     #[default]
     IdleBuffer,
     /// desired = busy + queued steps + minIdle, when the queue is known.
@@ -119,7 +119,7 @@ impl Default for Scaling {
         Self {
             min: 1,
             max: 10,
-            min_idle: 1,
+            min_idle: 3,
             policy: PolicyKind::IdleBuffer,
             scale_down_delay: 90.0,
             poll_interval: 15.0,
@@ -171,9 +171,9 @@ pub fn busy_on_arrival(online_since: Seconds, now: Seconds, poll_interval: Secon
 
 /// How far back occupancy looks (the time constant of its exponential average).
 pub const OCCUPANCY_WINDOW: Seconds = 3600.0;
-/// At this occupancy or more the pool counts as active and keeps one more runner warm.
+/// At this occupancy or more the pool counts as active and keeps one warm runner fewer.
 pub const ACTIVE_OCCUPANCY: f64 = 0.5;
-/// At this occupancy or more (a step running nearly all the time) it keeps two more.
+/// At this occupancy or more (a step running nearly all the time) it keeps two fewer.
 pub const BUSY_OCCUPANCY: f64 = 0.8;
 
 /// Memory a policy keeps between polls (stored in the pool's status by the operator).
@@ -276,17 +276,52 @@ pub struct Overrides {
     pub min_idle: Option<u32>,
 }
 
+/// Why the policy keeps as many warm runners as it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warm {
+    Quiet,
+    Active,
+    Busy,
+}
+
+/// Idle runners to keep ready: `minIdle` while the pool is quiet, one fewer while it is active
+/// (occupancy at least [`ACTIVE_OCCUPANCY`]) and two fewer while busy ([`BUSY_OCCUPANCY`]), but
+/// at least one unless `minIdle` is 0. A busy pool's steps finish often, and each finishing
+/// step frees a runner for the next arrival; measured on the built-in scenarios, the quiet
+/// pool's full buffer held through busy hours cost more idle time than it saved waits.
+pub fn warm(min_idle: u32, occupancy: f64) -> (u32, Warm) {
+    let state = if occupancy >= BUSY_OCCUPANCY {
+        Warm::Busy
+    } else if occupancy >= ACTIVE_OCCUPANCY {
+        Warm::Active
+    } else {
+        Warm::Quiet
+    };
+    let fewer = match state {
+        Warm::Quiet => 0,
+        Warm::Active => 1,
+        Warm::Busy => 2,
+    };
+    let warm = if min_idle == 0 {
+        0
+    } else {
+        min_idle.saturating_sub(fewer).max(1)
+    };
+    (warm, state)
+}
+
 /// The desired count for our policies (`idle-buffer`, `queue`), with scale-down hysteresis:
 /// up at once, down only after `scale_down_delay` of continuous surplus, never below busy.
 /// Atlassian's model is not a count policy; see [`atlassian_ratio`].
 ///
-/// Without the queue, `idle-buffer` wants busy + minIdle, plus one while the pool is active
-/// (occupancy at least [`ACTIVE_OCCUPANCY`]: parallel steps arrive together, and a second
-/// warm runner serves the second step of a fan-out without a runner start) and two while it
-/// is busy ([`BUSY_OCCUPANCY`]: fan-outs come often enough to pay for a third), plus the runners
-/// that took a step on arrival (steps were queued behind them: growing by as many again
-/// serves a large fan-out in a few start latencies instead of one per step). The extra warm
-/// runners are kept only when `minIdle` is above zero: zero means no idle runners.
+/// Both keep [`warm`] runners idle: `minIdle` while the pool is quiet, so that a pipeline's
+/// parallel steps, which arrive together, each find a runner; fewer while steps run most of
+/// the time, when finishing steps free runners often enough. Without the queue, `idle-buffer`
+/// wants busy + warm, plus the runners that took a step on arrival (steps were queued behind
+/// them: growing by as many again serves a large fan-out in a few start latencies instead of
+/// one per step). `queue` wants busy + queued + warm. Both then ready what the demand forecast
+/// expects at this time of the week ([`crate::forecast`]), unless `minIdle` is 0: zero means
+/// no idle runners.
 pub fn desired(
     scaling: &Scaling,
     overrides: Overrides,
@@ -298,25 +333,25 @@ pub fn desired(
     let min_idle = overrides.min_idle.unwrap_or(scaling.min_idle);
     let (memory, occupancy) = memory.observe_occupancy(observed.busy, now);
     let memory = memory.observe_demand(observed.busy + observed.queued.unwrap_or(0), now);
+    let (warm, warm_reason) = warm(min_idle, occupancy);
     let (want, reason) = match (scaling.policy, observed.queued) {
         (PolicyKind::Queue, Some(queued)) => (
-            observed.busy + queued + min_idle,
-            "busy + queued steps + minIdle",
+            observed.busy + queued + warm,
+            match warm_reason {
+                Warm::Quiet => "busy + queued steps + minIdle",
+                Warm::Active => "busy + queued steps + minIdle - 1 while active",
+                Warm::Busy => "busy + queued steps + minIdle - 2 while busy",
+            },
         ),
         _ => {
-            let warm_extra = if min_idle > 0 {
-                u32::from(occupancy >= ACTIVE_OCCUPANCY) + u32::from(occupancy >= BUSY_OCCUPANCY)
-            } else {
-                0
-            };
-            let want = observed.busy + min_idle + warm_extra + observed.busy_on_arrival;
-            let reason = match (warm_extra, observed.busy_on_arrival > 0) {
-                (0, false) => "busy + minIdle",
-                (1, false) => "busy + minIdle + 1 while active",
-                (_, false) => "busy + minIdle + 2 while busy",
-                (0, true) => "busy + minIdle + runners busy on arrival",
-                (1, true) => "busy + minIdle + 1 while active + runners busy on arrival",
-                (_, true) => "busy + minIdle + 2 while busy + runners busy on arrival",
+            let want = observed.busy + warm + observed.busy_on_arrival;
+            let reason = match (warm_reason, observed.busy_on_arrival > 0) {
+                (Warm::Quiet, false) => "busy + minIdle",
+                (Warm::Active, false) => "busy + minIdle - 1 while active",
+                (Warm::Busy, false) => "busy + minIdle - 2 while busy",
+                (Warm::Quiet, true) => "busy + minIdle + runners busy on arrival",
+                (Warm::Active, true) => "busy + minIdle - 1 while active + runners busy on arrival",
+                (Warm::Busy, true) => "busy + minIdle - 2 while busy + runners busy on arrival",
             };
             (want, reason)
         }

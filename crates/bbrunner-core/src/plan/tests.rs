@@ -5,9 +5,13 @@ fn uuid(i: u32) -> RunnerUuid {
     RunnerUuid::parse(&format!("00000000-0000-4000-8000-{i:012}")).unwrap()
 }
 
+/// A pool keeping one warm runner: the planner's mechanics read simplest with one.
 fn pool() -> PoolSettings {
     PoolSettings {
-        scaling: Scaling::default(),
+        scaling: Scaling {
+            min_idle: 1,
+            ..Scaling::default()
+        },
         overrides: Overrides::default(),
         ephemeral: false,
         registration_ttl: 600.0,

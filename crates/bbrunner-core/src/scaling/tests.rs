@@ -1,9 +1,11 @@
 use super::*;
 use proptest::prelude::*;
 
+/// A pool keeping one warm runner (the rules read simplest with one).
 fn scaling(policy: PolicyKind) -> Scaling {
     Scaling {
         policy,
+        min_idle: 1,
         ..Scaling::default()
     }
 }
@@ -48,28 +50,51 @@ fn the_queue_is_read_only_by_queue_pools_within_the_budget_reserve() {
 }
 
 #[test]
-fn an_active_pool_keeps_more_runners_warm() {
-    let s = scaling(PolicyKind::IdleBuffer);
+fn a_busy_pool_keeps_fewer_runners_warm_but_at_least_one() {
+    let s = Scaling {
+        min_idle: 3,
+        ..scaling(PolicyKind::IdleBuffer)
+    };
     let o = obs(0, 0, 2, None);
     let (quiet, _) = desired(&s, Overrides::default(), &o, occupied(0.3), 15.0);
-    assert_eq!((quiet.desired, quiet.reason), (3, "busy + minIdle"));
+    assert_eq!((quiet.desired, quiet.reason), (5, "busy + minIdle"));
     let (active, _) = desired(&s, Overrides::default(), &o, occupied(0.6), 15.0);
     assert_eq!(
         (active.desired, active.reason),
-        (4, "busy + minIdle + 1 while active")
+        (4, "busy + minIdle - 1 while active")
     );
     let (busy, _) = desired(&s, Overrides::default(), &o, occupied(0.9), 15.0);
     assert_eq!(
         (busy.desired, busy.reason),
-        (5, "busy + minIdle + 2 while busy")
+        (3, "busy + minIdle - 2 while busy")
     );
-    // minIdle 0 asks for no idle runners at all.
+    // One warm runner stays however busy the pool is...
+    let one = scaling(PolicyKind::IdleBuffer);
+    let (d, _) = desired(&one, Overrides::default(), &o, occupied(0.9), 15.0);
+    assert_eq!(d.desired, 3);
+    // ...and minIdle 0 asks for no idle runners at all.
     let none = Scaling {
         min_idle: 0,
         ..s.clone()
     };
     let (d, _) = desired(&none, Overrides::default(), &o, occupied(0.9), 15.0);
     assert_eq!(d.desired, 2);
+    // The queue policy keeps the same warm runners beside the queue.
+    let queue = Scaling {
+        policy: PolicyKind::Queue,
+        ..s.clone()
+    };
+    let (d, _) = desired(
+        &queue,
+        Overrides::default(),
+        &obs(0, 0, 2, Some(4)),
+        occupied(0.9),
+        15.0,
+    );
+    assert_eq!(
+        (d.desired, d.reason),
+        (7, "busy + queued steps + minIdle - 2 while busy")
+    );
 }
 
 #[test]

@@ -216,12 +216,16 @@ proptest::proptest! {
 
 #[test]
 fn a_pool_that_saw_a_nightly_batch_before_has_runners_ready_for_it() {
-    // Eight 20-minute jobs at 02:00 (within two minutes) on a pool with one warm runner.
+    // Eight 20-minute jobs at 02:00 (within eight seconds) on a pool with one warm runner.
     let batch: Vec<TraceStep> = (0..8)
-        .map(|i| step(2.0 * 3600.0 + f64::from(i) * 15.0, 1200.0))
+        .map(|i| step(2.0 * 3600.0 + f64::from(i), 1200.0))
         .collect();
-    let cold = simulate(&batch, &config(Scaling::default()), &mut |_| {});
-    let mut warm_config = config(Scaling::default());
+    let one_warm = Scaling {
+        min_idle: 1,
+        ..Scaling::default()
+    };
+    let cold = simulate(&batch, &config(one_warm.clone()), &mut |_| {});
+    let mut warm_config = config(one_warm);
     warm_config.history = cold.learned;
     let warm = simulate(&batch, &warm_config, &mut |_| {});
     // Waits are sorted: the seventh is the longest of all but one.

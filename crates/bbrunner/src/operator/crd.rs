@@ -250,7 +250,8 @@ pub struct RunnerPoolStatus {
     #[serde(default)]
     pub surplus_since: Option<String>,
     /// Share of the last hour (exponentially weighted) with at least one step running, as of
-    /// `occupancyTime`; from 0.5 `idle-buffer` keeps one more runner warm, from 0.8 two more.
+    /// `occupancyTime`; from 0.5 the pool keeps one warm runner fewer than `minIdle`, from 0.8 two
+    /// fewer (at least one).
     #[serde(default)]
     pub occupancy: Option<f64>,
     /// When `occupancy` had that value (RFC 3339).

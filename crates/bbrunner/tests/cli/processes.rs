@@ -65,6 +65,7 @@ spec:
   scaling:
     min: 2
     max: 4
+    minIdle: 1
     pollInterval: 1s
 ";
 

@@ -105,7 +105,7 @@ fn a_trace_file_and_a_pool_manifest_drive_the_run() {
     assert!(svg.starts_with("<svg"));
     for text in [
         // The title says what was simulated.
-        "scenario steady, seed 1: pool min 1, max 10, minIdle 1; runner start 45 s",
+        "scenario steady, seed 1: pool min 1, max 10, minIdle 3; runner start 45 s",
         "queued steps",
         "runners online",
         "runners busy",
@@ -286,5 +286,103 @@ fn inputs_that_would_hang_or_mislead_are_refused_or_flagged() {
     .failure();
     assert!(run.stderr.contains(".svg"), "{}", run.stderr);
     assert!(!dir.join("plot.png").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The policy's figures of one run (`--format json`), by policy name.
+fn policy(args: &[&str], name: &str) -> serde_json::Value {
+    let mut all = vec!["simulate", "--format", "json"];
+    all.extend_from_slice(args);
+    let run = bbrunner(&all, "").success();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn history_weeks_teach_the_forecast_before_the_measured_week() {
+    let dir = std::env::temp_dir().join(format!("bbrunner-sim-history-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two weeks of the same nightly batch: eight 20-minute steps at 02:00 on Monday.
+    let week = 7.0 * 86_400.0;
+    let mut lines = String::new();
+    for w in 0..2 {
+        for i in 0..8 {
+            let at = f64::from(w) * week + 7200.0 + f64::from(i);
+            lines.push_str(&format!(
+                "{{\"at\": {at}, \"duration\": 1200, \"labels\": [\"self.hosted\", \"linux\"]}}\n"
+            ));
+        }
+    }
+    let trace = dir.join("nightly.jsonl");
+    std::fs::write(&trace, lines).unwrap();
+    let trace = trace.to_str().unwrap();
+    let both = policy(
+        &["--trace", trace, "--policy", "idle-buffer"],
+        "idle-buffer",
+    );
+    let second = policy(
+        &[
+            "--trace",
+            trace,
+            "--history-weeks",
+            "1",
+            "--policy",
+            "idle-buffer",
+        ],
+        "idle-buffer",
+    );
+    // With the first week as history, only the second is measured, and its runners were ready.
+    assert_eq!(
+        (both["steps"].as_u64(), second["steps"].as_u64()),
+        (Some(16), Some(8))
+    );
+    assert!(
+        second["p95_wait_s"].as_f64() < both["p95_wait_s"].as_f64(),
+        "{second} against {both}"
+    );
+
+    for (args, says) in [
+        (
+            &["--trace", trace, "--history-weeks", "2"][..],
+            "no step after its first 2 weeks",
+        ),
+        (
+            &["--scenario", "steady", "--history-weeks", "60"],
+            "more than 52",
+        ),
+    ] {
+        let mut all = vec!["simulate"];
+        all.extend_from_slice(args);
+        let run = bbrunner(&all, "").failure();
+        assert!(
+            run.stderr.contains("--history-weeks") && run.stderr.contains(says),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    // A scenario's pool has four weeks behind it by default; none is a cold start.
+    let learned = policy(
+        &["--scenario", "nightly", "--policy", "idle-buffer"],
+        "idle-buffer",
+    );
+    let cold = policy(
+        &[
+            "--scenario",
+            "nightly",
+            "--history-weeks",
+            "0",
+            "--policy",
+            "idle-buffer",
+        ],
+        "idle-buffer",
+    );
+    assert_eq!(learned["steps"], cold["steps"], "the same measured day");
+    assert_ne!(learned["idle_runner_hours"], cold["idle_runner_hours"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
