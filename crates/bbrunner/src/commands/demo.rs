@@ -32,10 +32,14 @@ struct Summary {
     steps_completed: usize,
     steps_failed: usize,
     steps_interrupted: usize,
+    p50_wait_s: f64,
     p95_wait_s: f64,
     idle_runner_minutes: f64,
     runners_created: usize,
     runners_deleted: usize,
+    /// The first runner's start, pod to online, on the simulated clock: the simulator is
+    /// given it as every runner's start latency.
+    start_latency_s: f64,
     leaked_runners: usize,
     /// The same workload through the simulator: our default policy and Atlassian's.
     simulated: Vec<Simulated>,
@@ -44,6 +48,7 @@ struct Summary {
 #[derive(Debug, Serialize)]
 struct Simulated {
     policy: &'static str,
+    p50_wait_s: f64,
     p95_wait_s: f64,
     idle_runner_minutes: f64,
     runners_created: usize,
@@ -51,7 +56,8 @@ struct Simulated {
 
 /// The demo's workload on the simulated clock, through the simulator under the demo pool's
 /// settings: bbrunner's default policy (the planner that just ran) and Atlassian's autoscaler.
-fn simulated(steps: &[(f64, f64)], time_scale: f64) -> Result<Vec<Simulated>> {
+/// Runners start in `start_latency` simulated seconds, as the demo's first one did.
+fn simulated(steps: &[(f64, f64)], time_scale: f64, start_latency: f64) -> Result<Vec<Simulated>> {
     use bbrunner_core::scaling::{PolicyKind, Scaling};
     use bbrunner_core::simulate::{SimConfig, StartLatency, TraceStep, simulate};
     let labels: Vec<String> = vec!["self.hosted".into(), "linux".into(), "build".into()];
@@ -79,7 +85,12 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64) -> Result<Vec<Simulated>> {
                 policy: kind,
                 ..Scaling::default()
             },
-            start_latency: StartLatency::default(),
+            // As the demo's runners start: fake-kube starts every pod in the same time, and the
+            // operator's calls and the agent's registration add the same few seconds.
+            start_latency: StartLatency {
+                mean: start_latency,
+                spread: 0.0,
+            },
             seed: 1,
             api_budget: 900,
             history: PolicyMemory::default(),
@@ -98,6 +109,7 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64) -> Result<Vec<Simulated>> {
             .sum();
         Ok(Simulated {
             policy: name,
+            p50_wait_s: result.p50_wait_s.round(),
             p95_wait_s: result.p95_wait_s.round(),
             idle_runner_minutes: (idle_seconds / 6.0).round() / 10.0,
             runners_created: result.runners_created,
@@ -105,6 +117,9 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64) -> Result<Vec<Simulated>> {
     })
     .collect()
 }
+
+/// How long fake-kube takes to start a runner pod, in the demo's simulated seconds.
+const POD_START_SECONDS: f64 = 45.0;
 
 /// A step of the workload: when (real seconds from start) and how long (on the fake's clock).
 fn workload(duration: f64) -> Vec<(f64, f64)> {
@@ -295,8 +310,8 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         "127.0.0.1:0".parse()?,
         ClusterConfig {
             bitbucket_url: Some(bitbucket.url().to_owned()),
-            // A realistic 45 s pod start, on the demo's clock.
-            pod_start_latency: Duration::from_secs_f64(45.0 / args.time_scale),
+            // A realistic pod start, on the demo's clock.
+            pod_start_latency: Duration::from_secs_f64(POD_START_SECONDS / args.time_scale),
             ..ClusterConfig::default()
         },
     )
@@ -352,9 +367,9 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let first_start = started.elapsed().as_secs_f64();
     say(format!(
-        "first runner online after {:.1} s; sending the workload",
-        started.elapsed().as_secs_f64()
+        "first runner online after {first_start:.1} s; sending the workload"
     ));
 
     let steps = workload(duration);
@@ -444,8 +459,10 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
             steps_completed: count(fake_bitbucket::world::StepState::Completed),
             steps_failed: count(fake_bitbucket::world::StepState::Failed),
             steps_interrupted: count(fake_bitbucket::world::StepState::Interrupted),
+            p50_wait_s: percentile(&waits, 0.50),
             p95_wait_s: percentile(&waits, 0.95),
             idle_runner_minutes: 0.0,
+            start_latency_s: (first_start * args.time_scale).round(),
             runners_created: requests("POST", 201),
             runners_deleted: requests("DELETE", 204),
             leaked_runners: w.runners.len(),
@@ -461,7 +478,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         / 60.0;
     let summary = Summary {
         idle_runner_minutes: (idle_minutes * 10.0).round() / 10.0,
-        simulated: simulated(&steps, args.time_scale)?,
+        simulated: simulated(&steps, args.time_scale, first_start * args.time_scale)?,
         ..summary
     };
     match args.format {
@@ -471,18 +488,20 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
             println!("  steps completed     {}", summary.steps_completed);
             println!("  steps failed        {}", summary.steps_failed);
             println!("  steps interrupted   {}", summary.steps_interrupted);
+            println!("  p50 queue wait      {:.0} s", summary.p50_wait_s);
             println!("  p95 queue wait      {:.0} s", summary.p95_wait_s);
             println!("  idle runner-minutes {:.1}", summary.idle_runner_minutes);
             println!("  runners created     {}", summary.runners_created);
             println!("  runners deleted     {}", summary.runners_deleted);
             println!("  leaked runners      {}", summary.leaked_runners);
             println!(
-                "the same workload through the simulator (bbrunner simulate), for comparison:"
+                "the same workload through the simulator (bbrunner simulate), runners starting in {:.0} s as the first did here:",
+                summary.start_latency_s
             );
             for s in &summary.simulated {
                 println!(
-                    "  {:<24} p95 queue wait {:>4.0} s, idle runner-minutes {:>6.1}, runners created {:>3}",
-                    s.policy, s.p95_wait_s, s.idle_runner_minutes, s.runners_created
+                    "  {:<24} p50/p95 queue wait {:>4.0}/{:>4.0} s, idle runner-minutes {:>6.1}, runners created {:>3}",
+                    s.policy, s.p50_wait_s, s.p95_wait_s, s.idle_runner_minutes, s.runners_created
                 );
             }
             println!(
