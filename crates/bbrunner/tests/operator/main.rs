@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 mod chaos;
 mod docker;
 mod fleet;
+mod forecast;
 mod fuzz;
 mod image;
 mod policy;
