@@ -302,12 +302,12 @@ pub fn warm(min_idle: u32, occupancy: f64) -> (u32, Warm) {
         Warm::Active => 1,
         Warm::Busy => 2,
     };
-    let warm = if min_idle == 0 {
-        0
-    } else {
-        min_idle.saturating_sub(fewer).max(1)
-    };
-    (warm, state)
+    if min_idle == 0 {
+        return (0, Warm::Quiet);
+    }
+    let warm = min_idle.saturating_sub(fewer).max(1);
+    // The reason names only a reduction that applied.
+    (warm, if warm == min_idle { Warm::Quiet } else { state })
 }
 
 /// The desired count for our policies (`idle-buffer`, `queue`), with scale-down hysteresis:

@@ -71,7 +71,7 @@ fn a_busy_pool_keeps_fewer_runners_warm_but_at_least_one() {
     // One warm runner stays however busy the pool is...
     let one = scaling(PolicyKind::IdleBuffer);
     let (d, _) = desired(&one, Overrides::default(), &o, occupied(0.9), 15.0);
-    assert_eq!(d.desired, 3);
+    assert_eq!((d.desired, d.reason), (3, "busy + minIdle"));
     // ...and minIdle 0 asks for no idle runners at all.
     let none = Scaling {
         min_idle: 0,
