@@ -66,6 +66,10 @@ pub struct ScalingSpec {
     /// Windows (cron, UTC) with their own min and minIdle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<crate::schedule::ScheduleSpec>,
+    /// Ready runners ahead of the times of the week that were busy before (default true; the
+    /// pool learns its demand profile either way, so turning it back on needs no new history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<bool>,
 }
 
 impl ScalingSpec {
@@ -104,6 +108,7 @@ impl ScalingSpec {
                 defaults.scale_down_delay,
             )?,
             poll_interval,
+            forecast: self.forecast.unwrap_or(defaults.forecast),
             atlassian: defaults.atlassian,
             schedules: self
                 .schedules
@@ -210,5 +215,12 @@ mod tests {
             serde_json::from_str(r#"{"policy": "atlassian-ratio", "minIdle": 2}"#).unwrap();
         assert_eq!(spec.policy, Some(PolicyKind::AtlassianRatio));
         assert_eq!(spec.min_idle, Some(2));
+    }
+
+    #[test]
+    fn the_forecast_is_on_unless_turned_off() {
+        assert!(ScalingSpec::default().resolve().unwrap().forecast);
+        let spec: ScalingSpec = serde_json::from_str(r#"{"forecast": false}"#).unwrap();
+        assert!(!spec.resolve().unwrap().forecast);
     }
 }

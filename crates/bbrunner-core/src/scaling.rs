@@ -109,6 +109,8 @@ pub struct Scaling {
     pub policy: PolicyKind,
     pub scale_down_delay: Seconds,
     pub poll_interval: Seconds,
+    /// Whether the demand forecast readies runners ahead of busy times ([`crate::forecast`]).
+    pub forecast: bool,
     pub atlassian: AtlassianParams,
     /// Windows with their own floor (see `schedule`).
     pub schedules: Vec<crate::schedule::Schedule>,
@@ -123,6 +125,7 @@ impl Default for Scaling {
             policy: PolicyKind::IdleBuffer,
             scale_down_delay: 90.0,
             poll_interval: 15.0,
+            forecast: true,
             atlassian: AtlassianParams::default(),
             schedules: Vec::new(),
         }
@@ -358,7 +361,7 @@ pub fn desired(
     };
     // As many as this time of the week kept busy, ready before the work arrives; none where
     // minIdle 0 asks for no idle runners.
-    let expected = if min_idle > 0 {
+    let expected = if min_idle > 0 && scaling.forecast {
         memory.profile.expected(now)
     } else {
         0

@@ -388,6 +388,15 @@ fn the_forecast_readies_runners_before_a_busy_time_of_week_and_learns_it() {
         (1, "busy + minIdle"),
         "not before its lead"
     );
+    // A pool with the forecast turned off still learns, and readies nothing ahead.
+    let off = Scaling {
+        forecast: false,
+        ..s.clone()
+    };
+    let (d, m_off) = desired(&off, Overrides::default(), &obs(0, 1, 0, None), m, early);
+    assert_eq!((d.desired, d.reason), (1, "busy + minIdle"));
+    let (_, m_on) = desired(&s, Overrides::default(), &obs(0, 1, 0, None), m, early);
+    assert_eq!(m_off.profile, m_on.profile);
     // minIdle 0 asks for no idle runners: the forecast readies none.
     let none = Scaling {
         min: 0,
