@@ -34,6 +34,8 @@ pub struct Title<'a> {
     pub max: u32,
     pub min_idle: u32,
     pub start_latency_s: f64,
+    /// Weeks the forecast learned from before the measured run.
+    pub history_weeks: usize,
 }
 
 /// Samples up to the last one with work (queued or busy) and one more: the hour the
@@ -54,8 +56,14 @@ pub fn write_svg(path: &Path, title: &Title<'_>, results: &[PolicyResult]) -> Re
     let (top, body) = root.split_vertically(TITLE_HEIGHT);
     top.titled(
         &format!(
-            "{}, seed {}: pool min {}, max {}, minIdle {}; runner start {:.0} s",
-            title.workload, title.seed, title.min, title.max, title.min_idle, title.start_latency_s
+            "{}, seed {}: pool min {}, max {}, minIdle {}; runner start {:.0} s; {} weeks learned",
+            title.workload,
+            title.seed,
+            title.min,
+            title.max,
+            title.min_idle,
+            title.start_latency_s,
+            title.history_weeks
         ),
         ("sans-serif", 22),
     )

@@ -262,6 +262,7 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
             max: scaling.max,
             min_idle: scaling.min_idle,
             start_latency_s: mean,
+            history_weeks: history.len(),
         };
         crate::plot::write_svg(path, &title, &results)?;
     }

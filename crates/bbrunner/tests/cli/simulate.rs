@@ -105,7 +105,7 @@ fn a_trace_file_and_a_pool_manifest_drive_the_run() {
     assert!(svg.starts_with("<svg"));
     for text in [
         // The title says what was simulated.
-        "scenario steady, seed 1: pool min 1, max 10, minIdle 3; runner start 45 s",
+        "scenario steady, seed 1: pool min 1, max 10, minIdle 3; runner start 45 s; 4 weeks learned",
         "queued steps",
         "runners online",
         "runners busy",
