@@ -44,9 +44,11 @@ pub fn options(args: &OperatorArgs) -> Result<Options> {
             deletion_grace: seconds("--deletion-grace", &args.deletion_grace)?,
             policy: args.policy.policy().map_err(anyhow::Error::msg)?,
         },
+        // Per hour of the operator's clock: a simulation's hour is shorter, as fake-bitbucket's
+        // rate limit counts it.
         budget: bitbucket::RequestBudget {
             requests: args.budget,
-            period: Duration::from_secs(3600),
+            period: Duration::from_secs_f64(3600.0 / args.time_scale.unwrap_or(1.0)),
         },
         cluster_id: args
             .cluster_id
