@@ -1,6 +1,7 @@
 //! The demand forecast in a running operator: learned into the pool's status, read back after
 //! a restart.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -9,10 +10,19 @@ use serde_json::Value;
 use super::*;
 
 /// The operator on fake-bitbucket's clock (30 times real time), so that 15 minutes of the week
-/// pass in 30 s.
-fn scaled_operator(world: &World) -> Operator {
+/// pass in 30 s; it logs to `log`.
+fn scaled_operator(world: &World, log: &Path) -> Operator {
     let origin = world.bitbucket.with_world(|w, _| w.epoch).to_string();
-    world.operator(&["--time-scale", "30", "--clock-origin", &origin])
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    world.operator_logging(
+        &["--time-scale", "30", "--clock-origin", &origin],
+        "info",
+        Stdio::from(log),
+    )
 }
 
 /// The profile in the status: one byte per 15 minutes of the week, in half-runners.
@@ -23,10 +33,32 @@ fn profile(status: &Value) -> Vec<u8> {
         .unwrap()
 }
 
+/// Wait until `done` holds of the pool's status; on timeout, fail with the status and the
+/// operators' log.
+async fn until_status(world: &World, log: &Path, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let status = world.status("builds").await;
+        if done(&status) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let newest: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{what}: not within 45 s\nstatus: {status}\noperator log, newest first:\n{}",
+                newest.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_learns_its_pools_demand_into_the_status_and_keeps_it_across_restarts() {
     let world = World::start("forecast").await;
-    let operator = scaled_operator(&world);
+    let log = world.dir.join("operator.log");
+    let operator = scaled_operator(&world, &log);
     world.pool("builds", managed(1, 4)).await;
     eventually("a runner online", 20, || async {
         online(&world.runners()) >= 1
@@ -34,32 +66,27 @@ async fn the_operator_learns_its_pools_demand_into_the_status_and_keeps_it_acros
     .await;
     // Three steps of 20 simulated minutes: three busy runners through a slot's end.
     world.submit(3, 1200.0);
-    eventually("the slot's peak seen", 30, || async {
-        world.status("builds").await["demandSlotPeak"].as_u64() >= Some(3)
+    until_status(&world, &log, "the slot's peak seen", |status| {
+        status["demandSlotPeak"].as_u64() >= Some(3)
     })
     .await;
     // The slot ends within 15 simulated minutes (30 s): its peak goes into the profile.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let learned = loop {
-        let learned = profile(&world.status("builds").await);
-        if learned.contains(&6) {
-            break learned;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no slot learned 3 busy runners: {learned:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    until_status(&world, &log, "a slot learned 3 busy runners", |status| {
+        profile(status).contains(&6)
+    })
+    .await;
+    let learned = profile(&world.status("builds").await);
     assert_eq!(learned.len(), 672, "one byte per 15 minutes of a week");
     // A new operator reads the profile back: the next slot it folds in joins what was learned.
     drop(operator);
     let slot = world.status("builds").await["demandSlotTime"].clone();
-    let _operator = scaled_operator(&world);
-    eventually("a slot observed by the new operator ends", 45, || async {
-        let status = world.status("builds").await;
-        status["demandSlotTime"] != slot && !status["demandSlotTime"].is_null()
-    })
+    let _operator = scaled_operator(&world, &log);
+    until_status(
+        &world,
+        &log,
+        "a slot observed by the new operator ends",
+        |status| status["demandSlotTime"] != slot && !status["demandSlotTime"].is_null(),
+    )
     .await;
     let after = profile(&world.status("builds").await);
     for (slot, &half_runners) in learned.iter().enumerate() {
