@@ -88,9 +88,11 @@ async fn getting_started_runs_block_by_block_against_the_fakes() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let cache = kubectl_cache(&kubeconfig);
     let env = [
         ("PATH", path.as_str()),
         ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("KUBECACHEDIR", cache.to_str().unwrap()),
         ("BBRUNNER_BITBUCKET_URL", bitbucket.url()),
         ("BBRUNNER_BITBUCKET_AUTH_URL", bitbucket.url()),
         ("OAUTH_CLIENT_ID", "key"),

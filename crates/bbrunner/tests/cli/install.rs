@@ -1,10 +1,9 @@
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use fake_kube::{ClusterConfig, FakeKube};
 
-use crate::util::{bbrunner, kubernetes_validate_strict, workspace_root};
+use crate::util::{bbrunner, kubectl, kubernetes_validate_strict, workspace_root};
 
 #[test]
 fn install_manifests_validate_strictly_for_one_and_several_replicas() {
@@ -133,21 +132,7 @@ async fn install_applied_with_kubectl_brings_the_operator_up() {
     let manifests = bbrunner(&["install", "--replicas", "2"], "")
         .success()
         .stdout;
-    let mut apply = Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .env("KUBECONFIG", &kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl of the machine image");
-    apply
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifests.as_bytes())
-        .unwrap();
-    let out = apply.wait_with_output().unwrap();
+    let out = kubectl(&kubeconfig, &["apply", "-f", "-"], &manifests);
     assert!(
         out.status.success(),
         "{}",
@@ -164,18 +149,18 @@ async fn install_applied_with_kubectl_brings_the_operator_up() {
     }
     let mut running = 0;
     for _ in 0..100 {
-        let pods = Command::new("kubectl")
-            .args([
+        let pods = kubectl(
+            &kubeconfig,
+            &[
                 "-n",
                 "bbrunner-system",
                 "get",
                 "pods",
                 "-o",
                 "jsonpath={.items[*].status.phase}",
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .output()
-            .unwrap();
+            ],
+            "",
+        );
         running = String::from_utf8_lossy(&pods.stdout)
             .matches("Running")
             .count();

@@ -83,12 +83,22 @@ pub fn kubernetes_validate_strict(manifests: &str) {
 /// Run the machine image's kubectl against `kubeconfig`. Its absence is a failure, not a skip.
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
     let mut command = Command::new("kubectl");
-    command.args(args).env("KUBECONFIG", kubeconfig);
+    command
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECACHEDIR", kubectl_cache(kubeconfig));
     run_with_stdin(
         command,
         stdin,
         "kubectl is not installed; this test needs the kubectl of the machine image",
     )
+}
+
+/// kubectl's discovery cache for the cluster of `kubeconfig`, beside it. kubectl keys its
+/// default cache (`~/.kube/cache`, kept for hours) by host and port only: a fake API server on
+/// a port an earlier one used would be described by the earlier one's resources.
+pub fn kubectl_cache(kubeconfig: &Path) -> PathBuf {
+    kubeconfig.with_extension("kubectl-cache")
 }
 
 /// Run `command` with `stdin` as standard input and capture its output. `missing` says what

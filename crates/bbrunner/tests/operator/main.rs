@@ -1190,6 +1190,8 @@ async fn operator_events_show_in_kubectl_get_events_and_describe() {
         let out = Command::new("kubectl")
             .args(args)
             .env("KUBECONFIG", &world.kubeconfig)
+            // Its own discovery cache: kubectl's default one keys clusters by port only.
+            .env("KUBECACHEDIR", world.dir.join("kubectl-cache"))
             .output()
             .expect("kubectl is part of the machine image");
         assert!(out.status.success(), "kubectl {args:?}: {out:?}");
