@@ -59,7 +59,12 @@ async fn the_operator_learns_its_pools_demand_into_the_status_and_keeps_it_acros
     let world = World::start("forecast").await;
     let log = world.dir.join("operator.log");
     let operator = scaled_operator(&world, &log);
-    world.pool("builds", managed(1, 4)).await;
+    // The default poll and delay: on a clock 30 times faster, the 1 s poll of the real-time
+    // tests would be 30 list calls a second and meet Bitbucket's rate limit.
+    let mut spec = managed(1, 4);
+    spec["scaling"]["pollInterval"] = "15s".into();
+    spec["scaling"]["scaleDownDelay"] = "90s".into();
+    world.pool("builds", spec).await;
     eventually("a runner online", 20, || async {
         online(&world.runners()) >= 1
     })
@@ -98,4 +103,11 @@ async fn the_operator_learns_its_pools_demand_into_the_status_and_keeps_it_acros
             );
         }
     }
+    let refused = world
+        .bitbucket
+        .with_world(|w, _| w.requests.iter().filter(|r| r.status == 429).count());
+    assert_eq!(
+        refused, 0,
+        "the operators kept within Bitbucket's rate limit"
+    );
 }
