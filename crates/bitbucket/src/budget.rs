@@ -1,12 +1,7 @@
 use std::collections::VecDeque;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
-
-use governor::clock::{Clock, DefaultClock};
-use governor::{Quota, RateLimiter};
 
 use crate::Error;
 
@@ -28,75 +23,68 @@ impl Default for RequestBudget {
     }
 }
 
-type Limiter = RateLimiter<
-    governor::state::NotKeyed,
-    governor::state::InMemoryState,
-    DefaultClock,
-    governor::middleware::StateInformationMiddleware,
->;
-
+/// The budget as Bitbucket counts its limit: requests within the last `period`, a sliding
+/// window. (A token bucket refilling `requests` per period would also let a full burst through
+/// at once: up to twice the budget within one of Bitbucket's rolling hours.)
 pub(crate) struct Budget {
-    limiter: Limiter,
-    remaining: Arc<AtomicU32>,
-    /// When each request of the last hour was spent, oldest first.
+    budget: RequestBudget,
+    /// When each request of the last period was spent, oldest first.
     spent: Mutex<VecDeque<Instant>>,
 }
 
-const HOUR: Duration = Duration::from_secs(3600);
-
 impl Budget {
     pub(crate) fn new(budget: RequestBudget) -> Self {
-        let requests = NonZeroU32::new(budget.requests.max(1)).expect("max(1) is non-zero");
-        let replenish = (budget.period / requests.get()).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(replenish)
-            .expect("period is non-zero")
-            .allow_burst(requests);
         Self {
-            limiter: RateLimiter::direct(quota).with_middleware(),
-            remaining: Arc::new(AtomicU32::new(requests.get())),
+            budget: RequestBudget {
+                requests: budget.requests.max(1),
+                period: budget.period.max(Duration::from_millis(1)),
+            },
             spent: Mutex::new(VecDeque::new()),
         }
     }
 
     /// Spend one request, or say how long until one is available.
     pub(crate) fn spend(&self) -> Result<(), Error> {
-        match self.limiter.check() {
-            Ok(snapshot) => {
-                self.remaining
-                    .store(snapshot.remaining_burst_capacity(), Ordering::Relaxed);
-                let now = Instant::now();
-                let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
-                forget_older_than_an_hour(&mut spent, now);
-                spent.push_back(now);
-                Ok(())
-            }
-            Err(not_until) => {
-                self.remaining.store(0, Ordering::Relaxed);
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                Err(Error::BudgetExhausted {
-                    retry_after: wait.max(Duration::from_secs(1)),
-                })
-            }
+        self.spend_at(Instant::now())
+    }
+
+    fn spend_at(&self, now: Instant) -> Result<(), Error> {
+        let mut spent = self.window(now);
+        if spent.len() >= self.budget.requests as usize {
+            let oldest = *spent.front().expect("a full window is not empty");
+            let wait = self
+                .budget
+                .period
+                .saturating_sub(now.duration_since(oldest));
+            return Err(Error::BudgetExhausted {
+                retry_after: wait.max(Duration::from_secs(1)),
+            });
         }
+        spent.push_back(now);
+        Ok(())
     }
 
+    /// Requests left in the window now.
     pub(crate) fn remaining(&self) -> u32 {
-        self.remaining.load(Ordering::Relaxed)
+        let spent = self.window(Instant::now()).len() as u32;
+        self.budget.requests.saturating_sub(spent)
     }
 
+    /// Requests spent within the last period (an hour of the operator's clock).
     pub(crate) fn spent_last_hour(&self) -> u32 {
-        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
-        forget_older_than_an_hour(&mut spent, Instant::now());
-        spent.len() as u32
+        self.window(Instant::now()).len() as u32
     }
-}
 
-fn forget_older_than_an_hour(spent: &mut VecDeque<Instant>, now: Instant) {
-    while spent
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= HOUR)
-    {
-        spent.pop_front();
+    /// The requests of the period up to `now`, older ones forgotten.
+    fn window(&self, now: Instant) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        while spent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.budget.period)
+        {
+            spent.pop_front();
+        }
+        spent
     }
 }
 
@@ -105,15 +93,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_counted_for_an_hour() {
-        let budget = Budget::new(RequestBudget::default());
-        for _ in 0..3 {
-            budget.spend().unwrap();
+    fn requests_are_counted_over_a_sliding_period_as_bitbucket_counts_them() {
+        let budget = Budget::new(RequestBudget {
+            requests: 3,
+            period: Duration::from_secs(60),
+        });
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        budget.spend_at(at(0)).unwrap();
+        budget.spend_at(at(10)).unwrap();
+        budget.spend_at(at(20)).unwrap();
+        assert_eq!(budget.window(at(20)).len(), 3);
+        // Full: the next request waits until the oldest leaves the window, 40 s on.
+        match budget.spend_at(at(20)) {
+            Err(Error::BudgetExhausted { retry_after }) => {
+                assert_eq!(retry_after, Duration::from_secs(40))
+            }
+            other => panic!("{other:?}"),
         }
-        assert_eq!(budget.spent_last_hour(), 3);
-        let now = Instant::now();
-        let mut spent = VecDeque::from([now - HOUR - Duration::from_secs(1), now]);
-        forget_older_than_an_hour(&mut spent, now);
-        assert_eq!(spent, VecDeque::from([now]));
+        // Never more than 3 in any 60 s, however the requests are spread.
+        assert!(budget.spend_at(at(59)).is_err());
+        budget.spend_at(at(60)).unwrap();
+        assert!(budget.spend_at(at(69)).is_err());
+        budget.spend_at(at(70)).unwrap();
+        assert_eq!(budget.window(at(70)).len(), 3);
     }
 }
