@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::labels::validate_label;
 use crate::manifests::RunnerSize;
-use crate::scaling::Seconds;
+use crate::scaling::{self, Seconds};
 
 pub use engine::{PolicyResult, Sample, SimConfig, StartLatency, simulate};
 pub use scenarios::Scenario;
@@ -109,6 +109,37 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceStep>, Vec<TraceError>> {
     } else {
         Err(errors)
     }
+}
+
+const WEEK: Seconds = 7.0 * 86_400.0;
+
+/// A trace's first `weeks` weeks, one list each, and the rest: each moved back by whole weeks,
+/// so that every step keeps its time of week (what the demand forecast learns by).
+pub fn split_weeks(steps: &[TraceStep], weeks: u32) -> (Vec<Vec<TraceStep>>, Vec<TraceStep>) {
+    let week_of = |step: &TraceStep| (step.at / WEEK).floor() as u32;
+    let moved_back = |step: &TraceStep, weeks: u32| TraceStep {
+        at: step.at - f64::from(weeks) * WEEK,
+        ..step.clone()
+    };
+    let mut history = vec![Vec::new(); weeks as usize];
+    let mut rest = Vec::new();
+    for step in steps {
+        match week_of(step) {
+            week if week < weeks => history[week as usize].push(moved_back(step, week)),
+            _ => rest.push(moved_back(step, weeks)),
+        }
+    }
+    (history, rest)
+}
+
+/// What a pool learns over `history` (a week per run, in order) under `config`: the memory
+/// for the measured run ([`SimConfig::history`]).
+pub fn learn(history: &[Vec<TraceStep>], config: &SimConfig) -> scaling::PolicyMemory {
+    let mut config = config.clone();
+    for week in history {
+        config.history = simulate(week, &config, &mut |_| {}).learned;
+    }
+    config.history
 }
 
 #[cfg(test)]

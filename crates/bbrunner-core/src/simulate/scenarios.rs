@@ -36,6 +36,14 @@ impl Scenario {
         Self::ALL.into_iter().find(|s| s.name() == raw)
     }
 
+    /// `weeks` earlier days of this scenario, one a week, in the order a pool learns them:
+    /// other seeds of it, as a pool that has served the same workload has seen it.
+    pub fn history(self, seed: u64, weeks: u32) -> Vec<Vec<TraceStep>> {
+        (1..=weeks)
+            .map(|week| self.generate(seed ^ (u64::from(week) << 32)))
+            .collect()
+    }
+
     pub fn generate(self, seed: u64) -> Vec<TraceStep> {
         let mut rng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ self as u64);
         let mut steps = Vec::new();

@@ -6,7 +6,8 @@ use bbrunner_core::labels::Labels;
 use bbrunner_core::pool::PoolManifest;
 use bbrunner_core::scaling::{PolicyKind, PolicyMemory, Scaling, parse_duration};
 use bbrunner_core::simulate::{
-    PolicyResult, Scenario, SimConfig, StartLatency, TraceStep, parse_trace, simulate,
+    PolicyResult, Scenario, SimConfig, StartLatency, TraceStep, learn, parse_trace, simulate,
+    split_weeks,
 };
 
 use crate::cli::{SimulateArgs, TableFormat};
@@ -60,26 +61,7 @@ fn workload(args: &SimulateArgs) -> Result<(Vec<TraceStep>, Vec<Vec<TraceStep>>)
         );
     }
     if let Some(path) = &args.trace {
-        let steps = trace(path)?;
-        let week_of = |step: &TraceStep| (step.at / WEEK).floor() as u32;
-        let moved_back = |step: &TraceStep, weeks: u32| TraceStep {
-            at: step.at - f64::from(weeks) * WEEK,
-            ..step.clone()
-        };
-        let history = (0..weeks)
-            .map(|week| {
-                steps
-                    .iter()
-                    .filter(|s| week_of(s) == week)
-                    .map(|s| moved_back(s, week))
-                    .collect()
-            })
-            .collect();
-        let measured: Vec<TraceStep> = steps
-            .iter()
-            .filter(|s| week_of(s) >= weeks)
-            .map(|s| moved_back(s, weeks))
-            .collect();
+        let (history, measured) = split_weeks(&trace(path)?, weeks);
         if measured.is_empty() && weeks > 0 {
             bail!(
                 "--history-weeks {weeks}: {} has no step after its first {weeks} weeks to measure",
@@ -92,13 +74,9 @@ fn workload(args: &SimulateArgs) -> Result<(Vec<TraceStep>, Vec<Vec<TraceStep>>)
     let scenario = Scenario::parse(name).ok_or_else(|| {
         anyhow!("--scenario {name:?} is not built in; use workday, burst, nightly or steady")
     })?;
-    let history = (1..=weeks)
-        .map(|week| scenario.generate(args.seed ^ (u64::from(week) << 32)))
-        .collect();
+    let history = scenario.history(args.seed, weeks);
     Ok((scenario.generate(args.seed), history))
 }
-
-const WEEK: f64 = 7.0 * 86_400.0;
 
 /// Weeks of history a scenario's pool has by default: the forecast's memory halves each
 /// week, so four weeks weigh about as much as any longer past.
@@ -223,11 +201,10 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
             api_budget: bitbucket_budget(),
             history: PolicyMemory::default(),
         };
-        // Only our policies learn: Atlassian's keeps no memory, and the oracle needs none.
-        if run.kind != PolicyKind::AtlassianRatio && run.label != "oracle" {
-            for week in &history {
-                config.history = simulate(week, &config, &mut |_| {}).learned;
-            }
+        // Only our policies learn: Atlassian's keeps no memory, and a pool whose min is its
+        // max (the oracle) has nothing to ready.
+        if run.kind != PolicyKind::AtlassianRatio && config.scaling.min < config.scaling.max {
+            config.history = learn(&history, &config);
         }
         let mut progress = |share: f64| {
             if show_progress {
