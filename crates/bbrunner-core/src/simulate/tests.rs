@@ -245,11 +245,18 @@ fn a_pool_that_saw_a_nightly_batch_before_has_runners_ready_for_it() {
 #[test]
 fn a_trace_splits_into_weeks_that_keep_their_time_of_week() {
     let week = 7.0 * 86_400.0;
-    let trace = [step(10.0, 60.0), step(week + 20.0, 60.0), step(2.0 * week + 30.0, 60.0)];
+    let trace = [
+        step(10.0, 60.0),
+        step(week + 20.0, 60.0),
+        step(2.0 * week + 30.0, 60.0),
+    ];
     let (history, rest) = split_weeks(&trace, 2);
     let ats = |steps: &[TraceStep]| steps.iter().map(|s| s.at).collect::<Vec<_>>();
     assert_eq!(history.len(), 2);
-    assert_eq!((ats(&history[0]), ats(&history[1])), (vec![10.0], vec![20.0]));
+    assert_eq!(
+        (ats(&history[0]), ats(&history[1])),
+        (vec![10.0], vec![20.0])
+    );
     assert_eq!(ats(&rest), vec![30.0]);
     let (none, all) = split_weeks(&trace, 0);
     assert!(none.is_empty());

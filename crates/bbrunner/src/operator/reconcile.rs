@@ -378,6 +378,12 @@ fn demand_profile(pool: &RunnerPool, encoded: Option<&str>) -> DemandProfile {
     })
 }
 
+/// Real time between a pool's polls: its interval on the operator's clock.
+fn poll_period(ctx: &Context, scaling: &bbrunner_core::scaling::Scaling) -> Duration {
+    ctx.clock
+        .real(Duration::from_secs_f64(scaling.poll_interval.max(1.0)))
+}
+
 fn parse_time(t: &str) -> Option<f64> {
     t.parse::<jiff::Timestamp>()
         .ok()
@@ -782,10 +788,7 @@ async fn reconcile_managed(
     }
     let client = ctx.hub.client(credentials).map_err(from_bitbucket)?;
     let scope = scope_of(pool);
-    // Real time between polls: the pool's interval on the operator's clock.
-    let poll = ctx.clock.real(Duration::from_secs_f64(
-        valid.scaling.poll_interval.max(1.0),
-    ));
+    let poll = poll_period(ctx, &valid.scaling);
     let listed = ctx
         .hub
         .runners(&client, &scope, poll / 2)
@@ -1256,9 +1259,7 @@ async fn reconcile_static(
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
     };
     write_status(ctx, pool, report).await?;
-    Ok(Requeue::requeue(ctx.clock.real(Duration::from_secs_f64(
-        valid.scaling.poll_interval.max(1.0),
-    ))))
+    Ok(Requeue::requeue(poll_period(ctx, &valid.scaling)))
 }
 
 fn record_metrics(ctx: &Context, pool: &RunnerPool, counts: &Counts, desired: u32) {
@@ -1348,6 +1349,25 @@ async fn write_status(
     let generation = pool.metadata.generation;
     let capacity = counts.capacity();
     let ready = problem.is_none() && (desired == 0 || counts.online > 0);
+    // A static pool has no API credentials: it sees its pods, not the runners.
+    let (ready_reason, ready_message) = if pool.spec.mode == PoolMode::Static {
+        (
+            if ready { "PodsRunning" } else { "PodsStarting" },
+            format!(
+                "{} of {desired} runner pods running (a static pool has no API credentials: Bitbucket's runner list shows whether each is online)",
+                counts.online
+            ),
+        )
+    } else {
+        (
+            if ready {
+                "RunnersOnline"
+            } else {
+                "RunnersStarting"
+            },
+            format!("{} of {desired} desired runners online", counts.online),
+        )
+    };
     let (degraded_reason, degraded_message) = match &problem {
         Some((reason, message)) => (*reason, message.clone()),
         None => ("AsExpected", "no problem seen".to_owned()),
@@ -1362,33 +1382,14 @@ async fn write_status(
         disabled: counts.disabled,
         offline: counts.offline,
         conditions: vec![
-            // A static pool has no API credentials: it sees its pods, not the runners.
-            if pool.spec.mode == PoolMode::Static {
-                condition(
-                    &previous.conditions,
-                    "Ready",
-                    ready,
-                    if ready { "PodsRunning" } else { "PodsStarting" },
-                    format!(
-                        "{} of {desired} runner pods running (a static pool has no API credentials: Bitbucket's runner list shows whether each is online)",
-                        counts.online
-                    ),
-                    generation,
-                )
-            } else {
-                condition(
-                    &previous.conditions,
-                    "Ready",
-                    ready,
-                    if ready {
-                        "RunnersOnline"
-                    } else {
-                        "RunnersStarting"
-                    },
-                    format!("{} of {desired} desired runners online", counts.online),
-                    generation,
-                )
-            },
+            condition(
+                &previous.conditions,
+                "Ready",
+                ready,
+                ready_reason,
+                ready_message,
+                generation,
+            ),
             condition(
                 &previous.conditions,
                 "Scaling",
@@ -1560,10 +1561,7 @@ pub fn error_policy(
         .spec
         .scaling
         .resolve()
-        .map(|s| {
-            ctx.clock
-                .real(Duration::from_secs_f64(s.poll_interval.max(1.0)))
-        })
+        .map(|s| poll_period(&ctx, &s))
         .unwrap_or(Duration::from_secs(15));
     let retry = match error {
         ReconcileError::Kube(_) => error.retry().min(poll),
