@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bbrunner_core::pool::ScalingSpec;
 use bbrunner_core::scaling::{PolicyMemory, parse_duration};
 use bbrunner_core::simulate::engine::percentile;
 use fake_bitbucket::{FakeBitbucket, FakeConfig, StepRequest};
@@ -26,6 +27,18 @@ use crate::operator::{self, Options, Settings};
 
 const NAMESPACE: &str = "ci";
 const POOL: &str = "builds";
+/// The demo pool's custom label, which its steps ask for.
+const LABEL: &str = "build";
+
+/// The demo pool's scaling, as the operator is given it and as the simulator beside it runs.
+fn pool_scaling() -> ScalingSpec {
+    ScalingSpec {
+        min: Some(1),
+        max: Some(8),
+        min_idle: Some(1),
+        ..ScalingSpec::default()
+    }
+}
 
 #[derive(Debug, Serialize)]
 struct Summary {
@@ -60,7 +73,7 @@ struct Simulated {
 fn simulated(steps: &[(f64, f64)], time_scale: f64, start_latency: f64) -> Result<Vec<Simulated>> {
     use bbrunner_core::scaling::{PolicyKind, Scaling};
     use bbrunner_core::simulate::{SimConfig, StartLatency, TraceStep, simulate};
-    let labels: Vec<String> = vec!["self.hosted".into(), "linux".into(), "build".into()];
+    let labels: Vec<String> = vec!["self.hosted".into(), "linux".into(), LABEL.into()];
     let trace: Vec<TraceStep> = steps
         .iter()
         .map(|&(at, duration)| TraceStep {
@@ -77,13 +90,10 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64, start_latency: f64) -> Resul
     .into_iter()
     .map(|(kind, name)| {
         let config = SimConfig {
-            labels: bbrunner_core::labels::Labels::new(["build"])?,
+            labels: bbrunner_core::labels::Labels::new([LABEL])?,
             scaling: Scaling {
-                min: 1,
-                max: 8,
-                min_idle: 1,
                 policy: kind,
-                ..Scaling::default()
+                ..pool_scaling().resolve()?
             },
             // As the demo's runners start: fake-kube starts every pod in the same time, and the
             // operator's calls and the agent's registration add the same few seconds.
@@ -170,11 +180,11 @@ async fn install(client: &Client) -> Result<()> {
         "metadata": {"name": POOL},
         "spec": {
             "workspace": "acme",
-            "labels": ["build"],
+            "labels": [LABEL],
             "credentials": {"secretRef": {"name": "bitbucket-credentials"}},
             // The defaults a user gets (15 s poll, 90 s scale-down delay): the operator runs
             // on the simulated clock, so they mean what they mean in a cluster.
-            "scaling": {"min": 1, "max": 8, "minIdle": 1},
+            "scaling": pool_scaling(),
         },
     }))?;
     Api::<RunnerPool>::namespaced(client.clone(), NAMESPACE)
@@ -324,8 +334,12 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         args.time_scale
     ));
     install(&client).await?;
+    let scaling = pool_scaling();
     say(format!(
-        "installed the RunnerPool CRD and pool {NAMESPACE}/{POOL} (min 1, max 8, minIdle 1); starting the operator"
+        "installed the RunnerPool CRD and pool {NAMESPACE}/{POOL} (min {}, max {}, minIdle {}); starting the operator",
+        scaling.min.unwrap_or_default(),
+        scaling.max.unwrap_or_default(),
+        scaling.min_idle.unwrap_or_default()
     ));
 
     let stop = CancellationToken::new();
@@ -388,7 +402,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
                 .submit_step(&StepRequest {
                     workspace: "acme".into(),
                     repository: None,
-                    labels: vec!["self.hosted".into(), "linux".into(), "build".into()],
+                    labels: vec!["self.hosted".into(), "linux".into(), LABEL.into()],
                     duration_s: steps[next].1,
                     size: None,
                 })
