@@ -1,0 +1,80 @@
+//! `kube-up --dir DIR [--bitbucket-url URL] [--nodes N]`: a real Kubernetes control plane on
+//! loopback (see `testbed::control_plane`). Prints one JSON line once the API server is healthy
+//! and the nodes are Ready, then runs until SIGTERM or Ctrl-C and stops every process it
+//! started.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use testbed::control_plane::{ControlPlane, Options, binaries};
+
+#[derive(Parser)]
+#[command(
+    about = "A real Kubernetes control plane on loopback, for trying bbrunner and for its tests"
+)]
+struct Cli {
+    /// Where certificates, etcd's data, kubeconfigs and logs go (created if missing).
+    #[arg(long)]
+    dir: PathBuf,
+    /// fake-bitbucket's URL: runner pods then run runner agents against it.
+    #[arg(long)]
+    bitbucket_url: Option<String>,
+    /// Nodes run by the node agent.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=50))]
+    nodes: u32,
+    /// Time from a pod being bound to a node to its containers running, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pod_start_latency_ms: u64,
+    /// The binaries' folder (default: target/kube/bin of this workspace, or BBRUNNER_KUBE_BIN).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let bin_dir = match cli.bin_dir {
+        Some(dir) => dir,
+        None => binaries(&workspace())?,
+    };
+    std::fs::create_dir_all(&cli.dir).with_context(|| format!("creating {}", cli.dir.display()))?;
+    let dir = std::fs::canonicalize(&cli.dir)?;
+    let mut options = Options::new(&dir, &bin_dir);
+    options.nodes = cli.nodes;
+    options.bitbucket_url = cli.bitbucket_url;
+    options.pod_start_latency = Duration::from_millis(cli.pod_start_latency_ms);
+    let mut plane = ControlPlane::start(options).await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "kubeconfig": plane.kubeconfig(),
+            "server": plane.server(),
+            "kubectl": plane.kubectl(),
+        })
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    plane.stop();
+    Ok(())
+}
+
+/// The workspace this binary was built from.
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/testbed is two levels down")
+        .to_path_buf()
+}

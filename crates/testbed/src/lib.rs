@@ -1,0 +1,6 @@
+//! The worlds bbrunner's tests run in: fake-bitbucket beside a cluster, either fake-kube or a
+//! real control plane built from upstream's Go modules (`./scripts/kube-build`), with the node
+//! agent running its pods. `kube-up` starts the real one by hand.
+
+pub mod control_plane;
+pub mod pki;
