@@ -197,12 +197,22 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
             .into_response(),
         };
     }
-    let faults = cluster.faults();
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let faults = if crate::is_node_agent(token) {
+        Faults::default()
+    } else {
+        cluster.faults()
+    };
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
     if let Some(until) = cluster.unavailable_until()
         && Instant::now() < until
+        && !crate::is_node_agent(token)
     {
         return ApiError::new(
             503,
@@ -217,13 +227,13 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
     };
     let query = query_map(&parts.uri);
     let verb = verb(&parts.method, &target, &query);
-    let token = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(subject) = cluster.subject(token) else {
-        return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
+    let subject = if crate::is_node_agent(token) {
+        crate::rbac::Subject::Admin
+    } else {
+        match cluster.subject(token) {
+            Some(subject) => subject,
+            None => return ApiError::new(401, "Unauthorized", "Unauthorized").into_response(),
+        }
     };
     let resource = match &target.subresource {
         Some(sub) => format!("{}/{sub}", target.rt.plural),
@@ -257,7 +267,7 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         return watch(cluster, target, query, wants_metadata(&parts.headers));
     }
     if verb == "get" && target.subresource.as_deref() == Some("log") && target.rt.kind == "Pod" {
-        return pod_log(&cluster, &target);
+        return pod_log(&cluster, &target, &query);
     }
     let mode = match FieldValidation::parse(query.get("fieldValidation").map(String::as_str)) {
         Ok(mode) => mode,
@@ -350,32 +360,26 @@ fn mirror_event(cluster: &Cluster, target: &Target, verb: &str, written: &Value)
     }
 }
 
-/// Pods run no containers, so they print nothing, with one exception: the pod-network MTU
-/// probe (`cat /sys/class/net/eth0/mtu`) prints the cluster's pod MTU.
-fn pod_log(cluster: &Cluster, target: &Target) -> Response {
+/// What the pod's container printed, as the node agent running it emulates it (the
+/// pod-network MTU probe prints the MTU; other containers print nothing).
+fn pod_log(cluster: &Cluster, target: &Target, query: &HashMap<String, String>) -> Response {
     let name = target.name.as_deref().unwrap_or("");
-    match cluster.store().get(&target.rt, &namespace_of(target), name) {
+    let namespace = namespace_of(target);
+    match cluster.store().get(&target.rt, &namespace, name) {
         Err(e) => e.into_response(),
         Ok(pod) => {
-            let reads_mtu = pod["spec"]["containers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| {
-                    let mut words: Vec<&Value> =
-                        c["command"].as_array().into_iter().flatten().collect();
-                    words.extend(c["args"].as_array().into_iter().flatten());
-                    words.iter().any(|w| {
-                        w.as_str()
-                            .is_some_and(|w| w.contains("/sys/class/net/eth0/mtu"))
-                    })
-                });
-            let started = pod["status"]["phase"] != "Pending";
-            let text = if reads_mtu && started {
-                format!("{}\n", cluster.config.pod_mtu)
-            } else {
-                String::new()
-            };
+            let container = query
+                .get("container")
+                .cloned()
+                .or_else(|| {
+                    pod["spec"]["containers"][0]["name"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            let text = cluster
+                .pod_log(&namespace, name, &container)
+                .unwrap_or_default();
             ([(header::CONTENT_TYPE, "text/plain")], text).into_response()
         }
     }

@@ -2,10 +2,10 @@
 //! propagation, CRD registration, default service accounts) and the fault switches.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use fake_bitbucket::RunnerAgent;
+use node_agent::NodeAgent;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -58,7 +58,10 @@ pub struct Cluster {
     faults: Mutex<Faults>,
     unavailable_until: Mutex<Option<Instant>>,
     drops: watch::Sender<u64>,
-    pub(crate) kubelet: Mutex<crate::controllers::Kubelet>,
+    /// Runs the nodes and their pods, as against a real API server; set once serving.
+    agent: OnceLock<NodeAgent>,
+    /// The store's resourceVersion the controllers last acted on.
+    controllers_seen: Mutex<u64>,
     address: Mutex<String>,
     /// ServiceAccount tokens issued through the control API: token → (namespace, name).
     tokens: Mutex<HashMap<String, (String, String)>>,
@@ -180,17 +183,6 @@ impl Cluster {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let _ = store.create(&sa_type, "v1", ns, json!({"metadata": {"name": "default"}}));
         }
-        let node_type = store.find_type("", "nodes").cloned().expect("built in");
-        for i in 1..=config.nodes {
-            store
-                .create(
-                    &node_type,
-                    "v1",
-                    "",
-                    crate::controllers::node_object(&config, i),
-                )
-                .expect("fresh store");
-        }
         let (drops, _) = watch::channel(0);
         Self {
             store: Mutex::new(store),
@@ -198,7 +190,8 @@ impl Cluster {
             config,
             unavailable_until: Mutex::new(None),
             drops,
-            kubelet: Mutex::new(crate::controllers::Kubelet::default()),
+            agent: OnceLock::new(),
+            controllers_seen: Mutex::new(0),
             address: Mutex::new(String::new()),
             tokens: Mutex::new(HashMap::new()),
         }
@@ -613,22 +606,47 @@ impl Cluster {
 
     /// Runner agents running now, by pod: `(namespace, name) → runner uuid`.
     pub fn agents(&self) -> HashMap<(String, String), String> {
-        self.kubelet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .agents
-            .iter()
-            .map(|(k, (uuid, _))| (k.clone(), uuid.clone()))
-            .collect()
+        self.agent
+            .get()
+            .map(|a| a.runner_agents().into_iter().collect())
+            .unwrap_or_default()
     }
 
-    pub(crate) fn stop_agent(&self, namespace: &str, name: &str) -> Option<RunnerAgent> {
-        self.kubelet
+    pub(crate) fn set_agent(&self, agent: NodeAgent) {
+        let _ = self.agent.set(agent);
+    }
+
+    pub(crate) fn agent(&self) -> &NodeAgent {
+        self.agent
+            .get()
+            .expect("the node agent starts with the server")
+    }
+
+    /// What a container of a running pod printed.
+    pub(crate) fn pod_log(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
+        self.agent.get()?.log(namespace, pod, container)
+    }
+
+    /// Whether the store changed since the controllers last acted on `rv`.
+    pub(crate) fn controllers_behind(&self, rv: u64) -> bool {
+        *self
+            .controllers_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .agents
-            .remove(&(namespace.to_owned(), name.to_owned()))
-            .map(|(_, agent)| agent)
+            != rv
+    }
+
+    pub(crate) fn controllers_caught_up(&self, rv: u64) {
+        *self
+            .controllers_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = rv;
+    }
+
+    pub(crate) fn stop_agent(&self) {
+        if let Some(agent) = self.agent.get() {
+            agent.shutdown();
+        }
     }
 }
 

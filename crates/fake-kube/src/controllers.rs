@@ -1,52 +1,18 @@
 //! What runs beside a real API server, reduced to what our tests need: a scheduler that
-//! fits pods onto nodes by requests, a kubelet that starts pods after a latency and runs a
-//! fake-bitbucket runner agent for every runner container, a Deployment controller (no
-//! ReplicaSets), the garbage collector, the namespace and service-account controllers, and
-//! pod termination.
+//! fits pods onto nodes by requests, a Deployment controller (no ReplicaSets), a Job
+//! controller, the garbage collector, the namespace controller, and the pod garbage collector's
+//! care of pods whose node is gone. Nodes and their pods are run by the node agent
+//! (`node-agent`), as against a real API server.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine;
-use fake_bitbucket::{AgentConfig, RunnerAgent};
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, ClusterConfig, owned_by};
+use crate::cluster::{Cluster, owned_by};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{PatchKind, ResourceType};
-
-/// The kubelet's memory: when pods were scheduled and which agents run.
-#[derive(Default)]
-pub struct Kubelet {
-    pub scheduled_at: HashMap<(String, String), Instant>,
-    pub agents: HashMap<(String, String), (String, RunnerAgent)>,
-    next_ip: u32,
-    /// The store's resourceVersion at the last pass, and when a waiting pod is next due.
-    last_rv: u64,
-    next_due: Option<Instant>,
-}
-
-pub fn node_object(config: &ClusterConfig, i: u32) -> Value {
-    let name = format!("node-{i}");
-    json!({
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-        }},
-        "spec": {},
-        "status": {
-            "capacity": {"cpu": config.node_cpu, "memory": config.node_memory, "pods": "110"},
-            "allocatable": {"cpu": config.node_cpu, "memory": config.node_memory, "pods": "110"},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
-            "addresses": [{"type": "InternalIP", "address": format!("192.168.0.{}", 10 + i)}, {"type": "Hostname", "address": name}],
-            "nodeInfo": {
-                "containerRuntimeVersion": config.container_runtime, "kubeletVersion": "v1.33.0",
-                "kubeProxyVersion": "v1.33.0", "osImage": "fake-kube", "kernelVersion": "6.1.0",
-                "operatingSystem": "linux", "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": "",
-            },
-        },
-    })
-}
 
 /// A CPU quantity in millicores.
 pub fn cpu_millis(q: &Value) -> i64 {
@@ -166,30 +132,21 @@ pub async fn run(cluster: Arc<Cluster>) {
     }
 }
 
-/// One pass of every controller, when anything changed or a pod is due to start: the
-/// controllers react only to changes, so an idle cluster costs nothing.
+/// One pass of every controller, when anything changed: the controllers react only to
+/// changes, so an idle cluster costs nothing.
 pub fn tick(cluster: &Cluster) {
     let rv = cluster.store().resource_version();
-    {
-        let mut kubelet = cluster.kubelet.lock().unwrap_or_else(|e| e.into_inner());
-        let due = kubelet.next_due.is_some_and(|t| Instant::now() >= t);
-        if rv == kubelet.last_rv && !due {
-            return;
-        }
-        kubelet.next_due = None;
+    if !cluster.controllers_behind(rv) {
+        return;
     }
     garbage_collect(cluster);
     namespaces(cluster);
     deployments(cluster);
     jobs(cluster);
     schedule(cluster);
-    kubelet(cluster);
+    pods_of_missing_nodes(cluster);
     // The version seen before this pass: if the pass itself wrote, the next one runs too.
-    cluster
-        .kubelet
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .last_rv = rv;
+    cluster.controllers_caught_up(rv);
 }
 
 fn types(cluster: &Cluster, group: &str, plural: &str) -> ResourceType {
@@ -553,7 +510,6 @@ fn schedule(cluster: &Cluster) {
             entry.1 += m;
         }
     }
-    let mut kubelet = cluster.kubelet.lock().unwrap_or_else(|e| e.into_inner());
     for pod in pods
         .iter()
         .filter(|p| p["spec"]["nodeName"].is_null() && p["metadata"]["deletionTimestamp"].is_null())
@@ -598,7 +554,6 @@ fn schedule(cluster: &Cluster) {
                 let mut status = pod["status"].clone();
                 status["conditions"] = json!([{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]);
                 let _ = store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
-                kubelet.scheduled_at.insert((ns, name), Instant::now());
             }
             None => {
                 let mut reasons = Vec::new();
@@ -630,246 +585,60 @@ fn schedule(cluster: &Cluster) {
     }
 }
 
-/// Resolve a container's environment as the kubelet would, or say what is missing.
-fn resolve_env(
-    store: &crate::store::Store,
-    ns: &str,
-    container: &Value,
-) -> Result<HashMap<String, String>, String> {
-    let secret_type = store.find_type("", "secrets").cloned().expect("built in");
-    let cm_type = store
-        .find_type("", "configmaps")
-        .cloned()
-        .expect("built in");
-    let mut env = HashMap::new();
-    for var in container["env"].as_array().into_iter().flatten() {
-        let name = var["name"].as_str().unwrap_or("").to_owned();
-        if let Some(value) = var["value"].as_str() {
-            env.insert(name, value.to_owned());
-            continue;
-        }
-        let from = &var["valueFrom"];
-        if let Some(sel) = from["secretKeyRef"].as_object() {
-            let secret_name = sel.get("name").and_then(Value::as_str).unwrap_or("");
-            let k = sel.get("key").and_then(Value::as_str).unwrap_or("");
-            let optional = sel
-                .get("optional")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            match store.get(&secret_type, ns, secret_name) {
-                Ok(secret) => match secret["data"][k].as_str() {
-                    Some(encoded) => {
-                        let bytes = base64::engine::general_purpose::STANDARD
-                            .decode(encoded)
-                            .unwrap_or_default();
-                        env.insert(name, String::from_utf8_lossy(&bytes).into_owned());
-                    }
-                    None if optional => {}
-                    None => {
-                        return Err(format!(
-                            "couldn't find key {k} in Secret {ns}/{secret_name}"
-                        ));
-                    }
-                },
-                Err(_) if optional => {}
-                Err(_) => return Err(format!("secret \"{secret_name}\" not found")),
-            }
-        } else if let Some(sel) = from["configMapKeyRef"].as_object() {
-            let cm_name = sel.get("name").and_then(Value::as_str).unwrap_or("");
-            let k = sel.get("key").and_then(Value::as_str).unwrap_or("");
-            match store
-                .get(&cm_type, ns, cm_name)
-                .ok()
-                .and_then(|cm| cm["data"][k].as_str().map(str::to_owned))
-            {
-                Some(v) => {
-                    env.insert(name, v);
-                }
-                None => return Err(format!("configmap \"{cm_name}\" or its key {k} not found")),
-            }
-        }
-    }
-    Ok(env)
-}
-
-fn container_statuses(containers: &Value, started: &str, running: bool) -> Vec<Value> {
-    containers
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            let state = if running {
-                json!({"running": {"startedAt": started}})
-            } else {
-                json!({"terminated": {"exitCode": 137, "reason": "Error", "startedAt": started, "finishedAt": now()}})
-            };
-            json!({
-                "name": c["name"], "image": c["image"], "imageID": "", "containerID": format!("containerd://{}", uuid::Uuid::new_v4().simple()),
-                "ready": running, "started": running, "restartCount": 0, "state": state,
-            })
-        })
-        .collect()
-}
-
-fn kubelet(cluster: &Cluster) {
+/// Pods bound to a node that no longer exists, as the pod garbage collector treats them: a
+/// running one fails (`NodeLost`), a terminating one is removed (no kubelet will finish it).
+fn pods_of_missing_nodes(cluster: &Cluster) {
     let pod_type = types(cluster, "", "pods");
     let node_type = types(cluster, "", "nodes");
     let all = LabelSelector::default();
     let any = FieldSelector::default();
     let mut store = cluster.store();
-    let node_names: HashSet<String> = store
+    let nodes: HashSet<String> = store
         .list(&node_type, None, &all, &any)
         .iter()
         .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
-    let pods = store.list(&pod_type, None, &all, &any);
-    let mut kubelet = cluster.kubelet.lock().unwrap_or_else(|e| e.into_inner());
-    let mut present = HashSet::new();
-    for pod in &pods {
-        let (ns, name) = key(pod);
-        present.insert((ns.clone(), name.clone()));
-        let phase = pod["status"]["phase"].as_str().unwrap_or("");
-        // Terminating: containers stop at once (the agent exits on SIGTERM), then it goes.
+    for pod in store.list(&pod_type, None, &all, &any) {
+        let Some(node) = pod["spec"]["nodeName"].as_str() else {
+            continue;
+        };
+        if nodes.contains(node) {
+            continue;
+        }
+        let (ns, name) = key(&pod);
         if !pod["metadata"]["deletionTimestamp"].is_null() {
-            kubelet.agents.remove(&(ns.clone(), name.clone()));
-            kubelet.scheduled_at.remove(&(ns.clone(), name.clone()));
-            let finalized = pod["metadata"]["finalizers"]
-                .as_array()
-                .is_none_or(|f| f.is_empty());
-            if finalized {
-                store.remove(&pod_type, &ns, &name);
-            }
+            store.remove(&pod_type, &ns, &name);
             continue;
         }
-        // The node is gone: the pod fails.
-        if let Some(node) = pod["spec"]["nodeName"].as_str()
-            && !node_names.contains(node)
-            && phase != "Failed"
-        {
-            kubelet.agents.remove(&(ns.clone(), name.clone()));
-            let mut status = pod["status"].clone();
-            status["phase"] = json!("Failed");
-            status["reason"] = json!("NodeLost");
-            status["message"] = json!(format!(
-                "Node {node} which was running pod {name} is unresponsive"
-            ));
-            status["conditions"] =
-                json!([{"type": "Ready", "status": "False", "reason": "NodeLost"}]);
-            let started = pod["status"]["startTime"].as_str().unwrap_or("").to_owned();
-            status["containerStatuses"] = json!(container_statuses(
-                &pod["spec"]["containers"],
-                &started,
-                false
-            ));
-            let _ = store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
+        if matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Failed" | "Succeeded")
+        ) {
             continue;
         }
-        if phase == "Pending" && !pod["spec"]["nodeName"].is_null() {
-            let scheduled = kubelet
-                .scheduled_at
-                .get(&(ns.clone(), name.clone()))
-                .copied();
-            let due = scheduled.is_none_or(|t| t.elapsed() >= cluster.config.pod_start_latency);
-            if !due {
-                let at = scheduled.map(|t| t + cluster.config.pod_start_latency);
-                kubelet.next_due = match (kubelet.next_due, at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                continue;
-            }
-            // Resolve every container's environment first, as the kubelet does.
-            let mut envs = Vec::new();
-            let mut failure = None;
-            for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
-                match resolve_env(&store, &ns, c) {
-                    Ok(env) => envs.push(env),
-                    Err(message) => failure = Some((c["name"].clone(), message)),
-                }
-            }
-            if let Some((container, message)) = failure {
-                // Retry soon: the Secret may appear without this pod changing.
-                let soon = Instant::now() + Duration::from_millis(200);
-                kubelet.next_due = Some(kubelet.next_due.map_or(soon, |t| t.min(soon)));
-                if pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
-                    != message.as_str()
-                {
-                    let mut status = pod["status"].clone();
-                    status["containerStatuses"] = json!([{"name": container, "ready": false, "restartCount": 0, "image": "", "imageID": "",
-                        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}]);
-                    let _ =
-                        store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
-                }
-                continue;
-            }
-            kubelet.next_ip += 1;
-            let ip = format!(
-                "10.244.{}.{}",
-                kubelet.next_ip / 250,
-                kubelet.next_ip % 250 + 2
-            );
-            let started = now();
-            let mut status = pod["status"].clone();
-            status["phase"] = json!("Running");
-            status["podIP"] = json!(ip);
-            status["podIPs"] = json!([{"ip": ip}]);
-            status["hostIP"] = json!("192.168.0.11");
-            status["startTime"] = json!(started);
-            status["conditions"] = json!([
-                {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
-                {"type": "ContainersReady", "status": "True"}, {"type": "Ready", "status": "True", "lastTransitionTime": started},
-            ]);
-            status["containerStatuses"] = json!(container_statuses(
-                &pod["spec"]["containers"],
-                &started,
-                true
-            ));
-            let sidecars: Vec<Value> = pod["spec"]["initContainers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|c| c["restartPolicy"] == "Always")
-                .cloned()
-                .collect();
-            if !sidecars.is_empty() {
-                status["initContainerStatuses"] =
-                    json!(container_statuses(&json!(sidecars), &started, true));
-            }
-            // No containers run here: a pod meant to run to completion (restartPolicy Never)
-            // and carrying no runner finishes at once.
-            let runs_runner = envs.iter().any(|e| e.contains_key("RUNNER_UUID"));
-            let runs_to_completion = pod["spec"]["restartPolicy"] != "Always";
-            if runs_to_completion && !runs_runner {
-                status["phase"] = json!("Succeeded");
-                status["conditions"][3]["status"] = json!("False");
-                status["containerStatuses"] = json!(pod["spec"]["containers"].as_array().into_iter().flatten().map(|c| json!({
-                    "name": c["name"], "image": c["image"], "imageID": "", "ready": false, "started": false, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": started}},
-                })).collect::<Vec<_>>());
-            }
-            let _ = store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
-            if let Some(url) = &cluster.config.bitbucket_url {
-                for env in envs.iter().filter(|e| e.contains_key("RUNNER_UUID")) {
-                    if let Ok(config) = AgentConfig::from_env(url, env) {
-                        let uuid = config.runner_uuid.clone();
-                        kubelet.agents.insert(
-                            (ns.clone(), name.clone()),
-                            (uuid, RunnerAgent::spawn(config)),
-                        );
-                    }
-                }
+        let mut status = pod["status"].clone();
+        status["phase"] = json!("Failed");
+        status["reason"] = json!("NodeLost");
+        status["message"] = json!(format!(
+            "Node {node} which was running pod {name} is unresponsive"
+        ));
+        status["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "NodeLost"}]);
+        for list in ["containerStatuses", "initContainerStatuses"] {
+            for c in status[list].as_array_mut().into_iter().flatten() {
+                let started = c["state"]["running"]["startedAt"].clone();
+                c["ready"] = json!(false);
+                c["started"] = json!(false);
+                c["state"] = json!({"terminated": {"exitCode": 137, "reason": "Error", "startedAt": started, "finishedAt": now()}});
             }
         }
-        if phase == "Failed" {
-            kubelet.agents.remove(&(ns.clone(), name.clone()));
-        }
+        let _ = store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
     }
-    kubelet.agents.retain(|k, _| present.contains(k));
-    kubelet.scheduled_at.retain(|k, _| present.contains(k));
 }
 
-/// Pods of a node, for removing the node.
+/// Remove a node, as if its machine went away: its containers die, the node object goes, and
+/// its pods fail.
 pub fn remove_node(cluster: &Cluster, name: &str) -> bool {
+    cluster.agent().stop_node(name);
     let node_type = types(cluster, "", "nodes");
     cluster.store().remove(&node_type, "", name).is_some()
 }
@@ -877,7 +646,7 @@ pub fn remove_node(cluster: &Cluster, name: &str) -> bool {
 /// Kill a pod at once, as an eviction or a crashed node would.
 pub fn kill_pod(cluster: &Cluster, namespace: &str, name: &str) -> bool {
     let pod_type = types(cluster, "", "pods");
-    cluster.stop_agent(namespace, name);
+    cluster.agent().kill_pod(namespace, name);
     cluster.store().remove(&pod_type, namespace, name).is_some()
 }
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use node_agent::{AgentConfig, NodeAgent, NodeConfig};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,6 +35,9 @@ pub use cluster::{Cluster, ClusterConfig};
 
 /// The token the written kubeconfig carries.
 pub const ADMIN_TOKEN: &str = "fake-kube-admin-token";
+/// The node agent's token: a superuser whose requests no fault reaches, so that faults test
+/// the operator rather than the emulated kubelet.
+const NODE_AGENT_TOKEN: &str = "fake-kube-node-agent-token";
 
 /// A running fake cluster. Dropping it stops the server and the controllers.
 pub struct FakeKube {
@@ -70,6 +74,8 @@ impl FakeKube {
                 _ = controller_stop.wait_for(|s| *s) => {},
             }
         });
+        let agent = start_nodes(&url, &cluster.config).await?;
+        cluster.set_agent(agent);
         Ok(Self { cluster, url, stop })
     }
 
@@ -100,12 +106,7 @@ impl FakeKube {
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
         // Runner agents stop with their pods.
-        self.cluster
-            .kubelet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .agents
-            .clear();
+        self.cluster.stop_agent();
     }
 }
 
@@ -113,6 +114,42 @@ impl Drop for FakeKube {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The node agent running the cluster's nodes through its API, as against a real API server.
+async fn start_nodes(url: &str, config: &ClusterConfig) -> std::io::Result<NodeAgent> {
+    let failed = |e: &dyn std::fmt::Display| std::io::Error::other(format!("node agent: {e}"));
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&kubeconfig_with_token(url, NODE_AGENT_TOKEN))
+            .map_err(|e| failed(&e))?;
+    let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| failed(&e))?;
+    let client = kube::Client::try_from(client_config).map_err(|e| failed(&e))?;
+    let nodes = (1..=config.nodes)
+        .map(|i| {
+            let mut node = NodeConfig::new(&format!("node-{i}"));
+            node.cpu = config.node_cpu.clone();
+            node.memory = config.node_memory.clone();
+            node.container_runtime = config.container_runtime.clone();
+            node.address = format!("192.168.0.{}", 10 + i);
+            (node, client.clone())
+        })
+        .collect();
+    let agent_config = AgentConfig {
+        bitbucket_url: config.bitbucket_url.clone(),
+        pod_start_latency: config.pod_start_latency,
+        pod_mtu: config.pod_mtu,
+        serve_kubelet_api: false,
+    };
+    NodeAgent::start(agent_config, nodes)
+        .await
+        .map_err(|e| failed(&e))
+}
+
+/// Whether a request comes from the node agent.
+pub(crate) fn is_node_agent(token: Option<&str>) -> bool {
+    token == Some(NODE_AGENT_TOKEN)
 }
 
 /// A kubeconfig for `url` with the admin token.

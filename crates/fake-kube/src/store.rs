@@ -810,8 +810,16 @@ impl Store {
         let has_finalizers = current["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-        let graceful_pod =
-            rt.kind == "Pod" && grace_seconds != Some(0) && !current["spec"]["nodeName"].is_null();
+        // As the API server decides: a pod not yet on a node, or whose containers have ended,
+        // goes at once; one on a node waits for its kubelet.
+        let terminal = matches!(
+            current["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        );
+        let graceful_pod = rt.kind == "Pod"
+            && grace_seconds != Some(0)
+            && !current["spec"]["nodeName"].is_null()
+            && !terminal;
         if has_finalizers || graceful_pod || rt.kind == "Namespace" {
             if current["metadata"]["deletionTimestamp"].is_null() {
                 current["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
