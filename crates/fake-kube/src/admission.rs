@@ -121,13 +121,16 @@ pub fn admit(
                 _ => (422, "Invalid"),
             };
             let name = object["metadata"]["name"].as_str().unwrap_or("");
+            let resource = if rt.group.is_empty() {
+                rt.plural.clone()
+            } else {
+                format!("{}.{}", rt.plural, rt.group)
+            };
             return Err(ApiError::new(
                 code,
                 reason,
                 format!(
-                    "{}.{} \"{name}\" is forbidden: ValidatingAdmissionPolicy '{policy_name}' with binding '{}' denied request: {}",
-                    rt.plural,
-                    rt.group,
+                    "{resource} \"{name}\" is forbidden: ValidatingAdmissionPolicy '{policy_name}' with binding '{}' denied request: {}",
                     binding["metadata"]["name"].as_str().unwrap_or(""),
                     failed.message.clone().unwrap_or_default()
                 ),

@@ -249,6 +249,7 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         group: &target.rt.group,
         resource,
         namespace: &namespace,
+        name: target.name.as_deref(),
     };
     if let Err(e) = crate::rbac::authorize(&cluster.store(), &subject, &attributes) {
         return e.into_response();
@@ -533,8 +534,85 @@ fn list(
     ))
 }
 
+/// Events as the API server prints them for `kubectl get events`.
+fn events_table(items: &[Value], metadata: Value) -> Value {
+    let column = |name: &str, priority: u8| {
+        json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" },
+               "description": name, "priority": priority})
+    };
+    let columns = vec![
+        column("Last Seen", 0),
+        column("Type", 0),
+        column("Reason", 0),
+        column("Object", 0),
+        column("Subobject", 1),
+        column("Source", 1),
+        column("Message", 0),
+        column("First Seen", 1),
+        column("Count", 1),
+        column("Name", 1),
+    ];
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+            let last = [
+                &e["series"]["lastObservedTime"],
+                &e["lastTimestamp"],
+                &e["eventTime"],
+            ]
+            .into_iter()
+            .find(|t| !t.is_null())
+            .unwrap_or(&Value::Null);
+            let first = if e["firstTimestamp"].is_null() {
+                &e["eventTime"]
+            } else {
+                &e["firstTimestamp"]
+            };
+            let involved = &e["involvedObject"];
+            let object = format!(
+                "{}/{}",
+                text(&involved["kind"]).to_lowercase(),
+                text(&involved["name"])
+            );
+            let source = match text(&e["source"]["component"]) {
+                component if !component.is_empty() => {
+                    let host = text(&e["source"]["host"]);
+                    if host.is_empty() { component } else { format!("{component}, {host}") }
+                }
+                _ => {
+                    let instance = text(&e["reportingInstance"]);
+                    let controller = text(&e["reportingComponent"]);
+                    if instance.is_empty() { controller } else { format!("{controller}, {instance}") }
+                }
+            };
+            let count = e["series"]["count"]
+                .as_i64()
+                .or_else(|| e["count"].as_i64())
+                .unwrap_or(1);
+            let cells = json!([
+                since(last),
+                e["type"],
+                e["reason"],
+                object,
+                involved["fieldPath"].as_str().unwrap_or(""),
+                source,
+                e["message"],
+                since(first),
+                count.to_string(),
+                e["metadata"]["name"],
+            ]);
+            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": e["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": columns, "rows": rows})
+}
+
 /// `kubectl get`'s server-side printing: name, age and a CRD's printer columns.
 fn table(rt: &ResourceType, items: &[Value], metadata: Value) -> Value {
+    if rt.kind == "Event" && rt.group.is_empty() {
+        return events_table(items, metadata);
+    }
     let mut columns =
         vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name"})];
     for c in &rt.printer_columns {
@@ -629,10 +707,15 @@ fn json_path<'a>(item: &'a Value, path: &str) -> &'a Value {
 }
 
 fn age(item: &Value) -> String {
-    let created = item["metadata"]["creationTimestamp"]
+    since(&item["metadata"]["creationTimestamp"])
+}
+
+/// How long ago a timestamp was, as kubectl prints it (`<unknown>` without one).
+fn since(timestamp: &Value) -> String {
+    let at = timestamp
         .as_str()
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    match created {
+    match at {
         Some(t) => {
             let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
             if secs < 120 {
@@ -643,7 +726,7 @@ fn age(item: &Value) -> String {
                 format!("{}h", secs / 3600)
             }
         }
-        None => String::new(),
+        None => "<unknown>".into(),
     }
 }
 
@@ -818,6 +901,28 @@ fn watch(
         .get("resourceVersion")
         .and_then(|r| r.parse().ok())
         .filter(|r| *r > 0);
+    // A streaming list: the current objects, then a bookmark marking their end.
+    let initial_events = query
+        .get("sendInitialEvents")
+        .is_some_and(|b| parse_bool(b));
+    if initial_events {
+        if query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
+            return ApiError::new(
+                422,
+                "Invalid",
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )
+            .into_response();
+        }
+        if !bookmarks {
+            return ApiError::new(
+                422,
+                "Invalid",
+                "allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
+            )
+            .into_response();
+        }
+    }
 
     let store = cluster.store();
     let receiver = store.events.subscribe();
@@ -829,20 +934,27 @@ fn watch(
             drop(store);
             return stream_response(futures::stream::iter(vec![gone]).boxed());
         }
-        Some(rv) => {
+        Some(rv) if !initial_events => {
             for e in store.backlog(rv) {
                 if matches(&e, &type_key, namespace.as_deref(), &labels, &fields) {
                     first.push(json!({"type": e.kind, "object": shape(&e.object)}));
                 }
             }
         }
-        None => {
+        _ => {
             for object in store.list(&target.rt, namespace.as_deref(), &labels, &fields) {
                 first.push(json!({"type": "ADDED", "object": shape(&object)}));
             }
+            if initial_events {
+                first.push(
+                    json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
+                    "metadata": {"resourceVersion": last_rv.to_string(),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}}}}),
+                );
+            }
         }
     }
-    if let Some(rv) = requested {
+    if let Some(rv) = requested.filter(|_| !initial_events) {
         last_rv = last_rv.max(rv);
     }
     drop(store);

@@ -368,7 +368,13 @@ pub fn apply(
 ) -> Result<Value, String> {
     let mut object = live.cloned().unwrap_or_else(|| json!({}));
     let applied = object_fields(config, shape);
-    let applied_leaves = leaf_paths(&applied);
+    // An empty map sets no value: it neither conflicts with nor takes the fields inside it.
+    let applied_leaves: Vec<Vec<String>> = leaf_paths(&applied)
+        .into_iter()
+        .filter(|path| {
+            !value_at(config, path).is_some_and(|v| v.as_object().is_some_and(Map::is_empty))
+        })
+        .collect();
     let mut managed = entries(&object);
     prune_to_object(&mut managed, &object);
     let same = |e: &Value| {

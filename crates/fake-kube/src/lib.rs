@@ -25,6 +25,8 @@ use std::time::Duration;
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine;
+use node_agent::tls::{Tls, TlsListener};
 use node_agent::{AgentConfig, NodeAgent, NodeConfig};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -43,26 +45,51 @@ const NODE_AGENT_TOKEN: &str = "fake-kube-node-agent-token";
 pub struct FakeKube {
     cluster: Arc<Cluster>,
     url: String,
+    /// The CA of its serving certificate, when it serves HTTPS.
+    ca_pem: Option<String>,
     stop: watch::Sender<bool>,
 }
 
 impl FakeKube {
+    /// Serve on `listen`: plain HTTP, or HTTPS with a CA of its own when it enforces RBAC
+    /// (kubectl sends bearer tokens only over TLS).
     pub async fn start(listen: SocketAddr, config: ClusterConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let address = listener.local_addr()?;
+        let tls = if config.rbac {
+            let ip = address.ip().to_string();
+            Some(
+                Tls::new(&[ip.as_str(), "127.0.0.1", "localhost"])
+                    .map_err(std::io::Error::other)?,
+            )
+        } else {
+            None
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{address}");
         let cluster = Arc::new(Cluster::new(config));
-        cluster.set_address(&listener.local_addr()?.to_string());
+        cluster.set_address(&address.to_string());
         let (stop, stopped) = watch::channel(false);
         let router = router(cluster.clone());
         let mut server_stop = stopped.clone();
+        let shutdown = async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        };
+        let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
         tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = server_stop.wait_for(|s| *s).await;
+            let served = match tls {
+                Some(tls) => {
+                    axum::serve(TlsListener::new(listener, &tls), router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                None => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
             };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
+            if let Err(e) = served {
                 tracing::error!(error = %e, "fake-kube server stopped");
             }
         });
@@ -74,9 +101,46 @@ impl FakeKube {
                 _ = controller_stop.wait_for(|s| *s) => {},
             }
         });
-        let agent = start_nodes(&url, &cluster.config).await?;
-        cluster.set_agent(agent);
-        Ok(Self { cluster, url, stop })
+        let mut kube = Self {
+            cluster,
+            url,
+            ca_pem,
+            stop,
+        };
+        let agent = start_nodes(
+            &kube.kubeconfig_with_token(NODE_AGENT_TOKEN),
+            &kube.cluster.config,
+        )
+        .await;
+        match agent {
+            Ok(agent) => kube.cluster.set_agent(agent),
+            Err(e) => {
+                kube.shutdown();
+                kube.url.clear();
+                return Err(e);
+            }
+        }
+        Ok(kube)
+    }
+
+    /// A kubeconfig for this cluster with the admin token.
+    pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_with_token(ADMIN_TOKEN)
+    }
+
+    /// A kubeconfig for this cluster with `token`.
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        let authority = match &self.ca_pem {
+            Some(ca) => format!(
+                "    certificate-authority-data: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(ca)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake-kube\n  cluster:\n    server: {}\n{authority}contexts:\n- name: fake-kube\n  context:\n    cluster: fake-kube\n    user: admin\n    namespace: default\ncurrent-context: fake-kube\nusers:\n- name: admin\n  user:\n    token: {token}\n",
+            self.url
+        )
     }
 
     pub fn url(&self) -> &str {
@@ -97,9 +161,9 @@ impl FakeKube {
         controllers::remove_node(&self.cluster, name)
     }
 
-    /// Write a kubeconfig pointing at this cluster and return its path.
+    /// Write the admin kubeconfig and return its path.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<PathBuf> {
-        std::fs::write(path, kubeconfig(&self.url))?;
+        std::fs::write(path, self.kubeconfig())?;
         Ok(path.to_path_buf())
     }
 
@@ -117,11 +181,9 @@ impl Drop for FakeKube {
 }
 
 /// The node agent running the cluster's nodes through its API, as against a real API server.
-async fn start_nodes(url: &str, config: &ClusterConfig) -> std::io::Result<NodeAgent> {
+async fn start_nodes(kubeconfig: &str, config: &ClusterConfig) -> std::io::Result<NodeAgent> {
     let failed = |e: &dyn std::fmt::Display| std::io::Error::other(format!("node agent: {e}"));
-    let kubeconfig =
-        kube::config::Kubeconfig::from_yaml(&kubeconfig_with_token(url, NODE_AGENT_TOKEN))
-            .map_err(|e| failed(&e))?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|e| failed(&e))?;
     let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|e| failed(&e))?;
@@ -150,13 +212,6 @@ async fn start_nodes(url: &str, config: &ClusterConfig) -> std::io::Result<NodeA
 /// Whether a request comes from the node agent.
 pub(crate) fn is_node_agent(token: Option<&str>) -> bool {
     token == Some(NODE_AGENT_TOKEN)
-}
-
-/// A kubeconfig for `url` with the admin token.
-pub fn kubeconfig(url: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake-kube\n  cluster:\n    server: {url}\ncontexts:\n- name: fake-kube\n  context:\n    cluster: fake-kube\n    user: admin\n    namespace: default\ncurrent-context: fake-kube\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\n"
-    )
 }
 
 fn router(cluster: Arc<Cluster>) -> Router {
@@ -218,11 +273,6 @@ async fn issue_token(
     UrlPath((namespace, name)): UrlPath<(String, String)>,
 ) -> Json<Value> {
     Json(json!({"token": cluster.issue_token(&namespace, &name)}))
-}
-
-/// A kubeconfig for `url` with `token`.
-pub fn kubeconfig_with_token(url: &str, token: &str) -> String {
-    kubeconfig(url).replace(ADMIN_TOKEN, token)
 }
 
 async fn agents(State(cluster): State<Arc<Cluster>>) -> Json<Value> {

@@ -22,6 +22,8 @@ pub struct Attributes<'a> {
     pub resource: String,
     /// Empty for cluster-scoped requests.
     pub namespace: &'a str,
+    /// The object's name, for requests about one object.
+    pub name: Option<&'a str>,
 }
 
 fn matches(list: &Value, wanted: &str) -> bool {
@@ -110,12 +112,30 @@ pub fn authorize(store: &Store, subject: &Subject, a: &Attributes<'_>) -> Result
     } else {
         format!("in the namespace \"{}\"", a.namespace)
     };
-    Err(ApiError::new(
+    // As the API server words it: the group-qualified resource (without a subresource) and
+    // the object's name, then who could not do what.
+    let plural = a.resource.split('/').next().unwrap_or("");
+    let what = if a.group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{}", a.group)
+    };
+    let object = a.name.map(|n| format!(" \"{n}\"")).unwrap_or_default();
+    let mut refused = ApiError::new(
         403,
         "Forbidden",
         format!(
-            "User \"system:serviceaccount:{namespace}:{name}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+            "{what}{object} is forbidden: User \"system:serviceaccount:{namespace}:{name}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
             a.verb, a.resource, a.group
         ),
-    ))
+    );
+    let mut details = serde_json::json!({"kind": plural});
+    if !a.group.is_empty() {
+        details["group"] = serde_json::json!(a.group);
+    }
+    if let Some(n) = a.name {
+        details["name"] = serde_json::json!(n);
+    }
+    refused.details = Some(details);
+    Err(refused)
 }

@@ -632,6 +632,35 @@ impl Store {
         if let Some(meta) = next["metadata"].as_object_mut() {
             meta.retain(|_, v| !v.is_null());
         }
+        if !current["metadata"]["deletionTimestamp"].is_null() {
+            let finalizers = |o: &Value| -> Vec<String> {
+                o["metadata"]["finalizers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect()
+            };
+            let before = finalizers(&current);
+            let added: Vec<String> = finalizers(&next)
+                .into_iter()
+                .filter(|f| !before.contains(f))
+                .collect();
+            if !added.is_empty() {
+                let quoted: Vec<String> = added.iter().map(|f| format!("{f:?}")).collect();
+                return Err(ApiError::invalid(
+                    rt,
+                    name,
+                    vec![(
+                        "metadata.finalizers".into(),
+                        format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                            quoted.join(", ")
+                        ),
+                    )],
+                ));
+            }
+        }
         self.structural(rt, name, &mut next, Some(&current))?;
         if !status_only {
             validate::object(rt, &mut next)

@@ -20,8 +20,7 @@ async fn start(config: ClusterConfig) -> (FakeKube, Client) {
     let fake = FakeKube::start("127.0.0.1:0".parse().unwrap(), config)
         .await
         .unwrap();
-    let kubeconfig =
-        kube::config::Kubeconfig::from_yaml(&fake_kube::kubeconfig(fake.url())).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&fake.kubeconfig()).unwrap();
     let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .unwrap();

@@ -10,6 +10,7 @@
 mod kubelet_api;
 pub mod node;
 pub mod pod;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -70,6 +70,8 @@ pub struct Options {
     pub bitbucket_url: Option<String>,
     pub pod_start_latency: Duration,
     pub pod_mtu: u16,
+    /// More flags for kube-apiserver.
+    pub apiserver_args: Vec<String>,
 }
 
 impl Options {
@@ -81,6 +83,7 @@ impl Options {
             bitbucket_url: None,
             pod_start_latency: Duration::from_millis(500),
             pod_mtu: 1450,
+            apiserver_args: Vec::new(),
         }
     }
 }
@@ -182,6 +185,32 @@ fn cert_user(cert: &Path, key: &Path) -> String {
         cert.display(),
         key.display()
     )
+}
+
+/// A kubeconfig that presents `token`.
+pub fn token_kubeconfig(server: &str, ca: &Path, token: &str) -> String {
+    kubeconfig(server, ca, &format!("    token: {token}\n"))
+}
+
+/// A token for ServiceAccount `namespace/name` from the TokenRequest API, valid for `seconds`.
+pub async fn request_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    seconds: i64,
+) -> Result<String, Error> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = k8s_openapi::api::authentication::v1::TokenRequest {
+        spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            expiration_seconds: Some(seconds),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?;
+    Ok(answer.status.map(|s| s.token).unwrap_or_default())
 }
 
 /// A client from a kubeconfig file.
@@ -314,37 +343,39 @@ impl ControlPlane {
 
         let api_port = free_port()?;
         let server = format!("https://127.0.0.1:{api_port}");
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            arg("tls-cert-file", file("apiserver.crt")),
+            arg("tls-private-key-file", file("apiserver.key")),
+            arg("client-ca-file", file("ca.crt")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            arg("service-account-key-file", file("sa.pub")),
+            arg("service-account-signing-key-file", file("sa.key")),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--authorization-mode=Node,RBAC".into(),
+            // The default plugins (ValidatingAdmissionPolicy, PodSecurity, ServiceAccount,
+            // ...) stay on; kubeadm adds NodeRestriction.
+            "--enable-admission-plugins=NodeRestriction".into(),
+            // dind is a privileged container.
+            "--allow-privileged=true".into(),
+            arg(
+                "kubelet-client-certificate",
+                file("apiserver-kubelet-client.crt"),
+            ),
+            arg("kubelet-client-key", file("apiserver-kubelet-client.key")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
+            // The `kubernetes` Service cannot point at a loopback address.
+            "--endpoint-reconciler-type=none".into(),
+            "--profiling=false".into(),
+        ];
+        apiserver_args.extend(options.apiserver_args.iter().cloned());
         let mut apiserver = Process::spawn(
             "kube-apiserver",
             &bin("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                arg("tls-cert-file", file("apiserver.crt")),
-                arg("tls-private-key-file", file("apiserver.key")),
-                arg("client-ca-file", file("ca.crt")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                arg("service-account-key-file", file("sa.pub")),
-                arg("service-account-signing-key-file", file("sa.key")),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--authorization-mode=Node,RBAC".into(),
-                // The default plugins (ValidatingAdmissionPolicy, PodSecurity, ServiceAccount,
-                // ...) stay on; kubeadm adds NodeRestriction.
-                "--enable-admission-plugins=NodeRestriction".into(),
-                // dind is a privileged container.
-                "--allow-privileged=true".into(),
-                arg(
-                    "kubelet-client-certificate",
-                    file("apiserver-kubelet-client.crt"),
-                ),
-                arg("kubelet-client-key", file("apiserver-kubelet-client.key")),
-                "--kubelet-preferred-address-types=InternalIP".into(),
-                // The `kubernetes` Service cannot point at a loopback address.
-                "--endpoint-reconciler-type=none".into(),
-                "--profiling=false".into(),
-            ],
+            &apiserver_args,
             dir,
         )?;
         let admin = dir.join("admin.kubeconfig");
@@ -492,6 +523,11 @@ impl ControlPlane {
         self.agent.as_ref().expect("running")
     }
 
+    /// The CA certificate file clients trust the API server by.
+    pub fn ca(&self) -> &Path {
+        &self.ca
+    }
+
     /// A kubeconfig that acts as ServiceAccount `namespace/name`, with a token from the
     /// TokenRequest API (what a pod's projected token is), valid for `seconds`.
     pub async fn service_account_kubeconfig(
@@ -500,23 +536,9 @@ impl ControlPlane {
         name: &str,
         seconds: i64,
     ) -> Result<PathBuf, Error> {
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-        let request = k8s_openapi::api::authentication::v1::TokenRequest {
-            spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
-                expiration_seconds: Some(seconds),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let answer = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await?;
-        let token = answer.status.map(|s| s.token).unwrap_or_default();
+        let token = request_token(&self.client, namespace, name, seconds).await?;
         let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
-        write(
-            &path,
-            &kubeconfig(&self.server, &self.ca, &format!("    token: {token}\n")),
-        )?;
+        write(&path, &token_kubeconfig(&self.server, &self.ca, &token))?;
         Ok(path)
     }
 

@@ -2,5 +2,8 @@
 //! real control plane built from upstream's Go modules (`./scripts/kube-build`), with the node
 //! agent running its pods. `kube-up` starts the real one by hand.
 
+pub mod cluster;
 pub mod control_plane;
 pub mod pki;
+
+pub use cluster::{Backend, Cluster};

@@ -152,7 +152,7 @@ fn workload(duration: f64) -> Vec<(f64, f64)> {
 }
 
 async fn kube_client(fake: &FakeKube) -> Result<Client> {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&fake_kube::kubeconfig(fake.url()))?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&fake.kubeconfig())?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     Ok(Client::try_from(config)?)
 }

@@ -83,11 +83,7 @@ async fn getting_started_runs_block_by_block_against_the_fakes() {
         work.join("bitbucket-pipelines.yml"),
     )
     .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_kubectl(&bin);
     let cache = kubectl_cache(&kubeconfig);
     let env = [
         ("PATH", path.as_str()),
@@ -215,14 +211,7 @@ fn try_it_locally_runs_as_one_shell_session() {
     );
     let out = Command::new("timeout")
         .args(["120", "bash", "-euo", "pipefail", "-c", &session])
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", path_with_kubectl(&bin))
         .env("HOME", &dir)
         .output()
         .unwrap();

@@ -49,13 +49,11 @@ fn the_kustomize_base_is_what_install_prints() {
         committed == generated,
         "deploy/kustomize/install.yaml drifted; regenerate it with `bbrunner install > deploy/kustomize/install.yaml`"
     );
-    let built = Command::new("kubectl")
+    let built = Command::new(testbed::cluster::kubectl_binary())
         .args(["kustomize", base.to_str().unwrap()])
         .output()
         .unwrap_or_else(|e| {
-            panic!(
-                "kubectl is not installed ({e}); this test needs the kubectl of the machine image"
-            )
+            panic!("kubectl is not built ({e}); ./scripts/kube-build builds it (./scripts/test runs it)")
         });
     assert!(
         built.status.success(),

@@ -80,9 +80,10 @@ pub fn kubernetes_validate_strict(manifests: &str) {
     );
 }
 
-/// Run the machine image's kubectl against `kubeconfig`. Its absence is a failure, not a skip.
+/// Run kubectl (the one `./scripts/kube-build` makes) against `kubeconfig`. Its absence is a
+/// failure, not a skip.
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new("kubectl");
+    let mut command = Command::new(testbed::cluster::kubectl_binary());
     command
         .args(args)
         .env("KUBECONFIG", kubeconfig)
@@ -90,7 +91,22 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
     run_with_stdin(
         command,
         stdin,
-        "kubectl is not installed; this test needs the kubectl of the machine image",
+        "kubectl is not built; ./scripts/kube-build builds it (./scripts/test runs it)",
+    )
+}
+
+/// `PATH` with `first`, then the folder of the kubectl the tests use, in front.
+pub fn path_with_kubectl(first: &Path) -> String {
+    let kubectl = testbed::cluster::kubectl_binary();
+    let tools = kubectl
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| format!("{}:", p.display()))
+        .unwrap_or_default();
+    format!(
+        "{}:{tools}{}",
+        first.display(),
+        std::env::var("PATH").unwrap_or_default()
     )
 }
 

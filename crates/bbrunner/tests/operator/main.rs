@@ -192,7 +192,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
         let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::from_yaml(&fake_kube::kubeconfig(kube.url())).unwrap(),
+            kube::config::Kubeconfig::from_yaml(&kube.kubeconfig()).unwrap(),
             &Default::default(),
         )
         .await
@@ -1187,13 +1187,13 @@ async fn operator_events_show_in_kubectl_get_events_and_describe() {
     })
     .await;
     let kubectl = |args: &[&str]| {
-        let out = Command::new("kubectl")
+        let out = Command::new(testbed::cluster::kubectl_binary())
             .args(args)
             .env("KUBECONFIG", &world.kubeconfig)
             // Its own discovery cache: kubectl's default one keys clusters by port only.
             .env("KUBECACHEDIR", world.dir.join("kubectl-cache"))
             .output()
-            .expect("kubectl is part of the machine image");
+            .expect("kubectl is built by ./scripts/kube-build");
         assert!(out.status.success(), "kubectl {args:?}: {out:?}");
         String::from_utf8(out.stdout).unwrap()
     };

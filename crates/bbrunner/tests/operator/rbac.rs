@@ -101,23 +101,12 @@ async fn pool_lifecycle_works(install_args: &[&str], drop_rule: Option<usize>) -
     for doc in rbac_objects(docs, drop_rule) {
         apply(&world.client, &doc).await;
     }
-    let token: Value = reqwest::Client::new()
-        .post(format!(
-            "{}/_fake/serviceaccounts/{OPERATOR_NS}/bbrunner-operator/token",
-            world._kube.url()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = world
+        ._kube
+        .cluster()
+        .issue_token(OPERATOR_NS, "bbrunner-operator");
     let kubeconfig = world.dir.join("operator-kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        fake_kube::kubeconfig_with_token(world._kube.url(), token["token"].as_str().unwrap()),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, world._kube.kubeconfig_with_token(&token)).unwrap();
     let mut args = vec!["--leader-election", "--lease-namespace", OPERATOR_NS];
     args.extend(namespace_args.iter().map(String::as_str));
     let _op = world.operator_with(&kubeconfig, &args, "info", Stdio::null());
