@@ -186,9 +186,12 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         });
+        // The API server leaves the reason out where it has none.
+        if !self.reason.is_empty() {
+            status["reason"] = json!(self.reason);
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }
@@ -711,6 +714,27 @@ impl Store {
             .unwrap_or_else(|| "unknown".to_owned());
         let force = request.as_ref().is_some_and(|r| r.force);
         let subresource = status_only.then_some("status");
+        if kind == PatchKind::Apply
+            && let Some(schema) = &rt.schema
+        {
+            // An applied configuration must fit the schema: server-side apply refuses a field
+            // the schema does not declare, whatever fieldValidation asks.
+            let mut config = patch.clone();
+            if let Some(field) = crate::structural::apply(schema, &mut config)
+                .unknown
+                .first()
+            {
+                let version = rt.versions.first().map(String::as_str).unwrap_or("");
+                return Err(ApiError::new(
+                    500,
+                    "",
+                    format!(
+                        "failed to create typed patch object ({namespace}/{name}; {}/{version}, Kind={}): .{field}: field not declared in schema",
+                        rt.group, rt.kind
+                    ),
+                ));
+            }
+        }
         let current = match self.get(rt, namespace, name) {
             Ok(c) => c,
             Err(e) if kind == PatchKind::Apply && !status_only => {

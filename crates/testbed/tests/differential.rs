@@ -604,6 +604,25 @@ async fn custom_resources_are_pruned_defaulted_and_strictly_validated(cluster: &
         "{}",
         refused.message
     );
+    // Server-side apply is strict by nature: it refuses them.
+    let applied = api_error(
+        api.patch(
+            "applied",
+            &PatchParams::apply("differential"),
+            &Patch::Apply(
+                json!({"apiVersion": "test.bbrunner.dev/v1", "kind": "Widget",
+                "metadata": {"name": "applied"}, "spec": {"shape": "round"}}),
+            ),
+        )
+        .await,
+    );
+    assert!(
+        applied
+            .message
+            .contains(".spec.shape: field not declared in schema"),
+        "{}",
+        applied.message
+    );
     // Bounds are the schema's.
     let too_big = api_error(
         api.create(&PostParams::default(), &widget("big", json!({"size": 11})))

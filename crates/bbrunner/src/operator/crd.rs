@@ -298,6 +298,18 @@ pub fn crd() -> CustomResourceDefinition {
             continue;
         };
         bound_integers(schema);
+        // A real API server refuses a CEL rule whose worst-case cost it cannot bound: the
+        // labels' rules need a bounded list of bounded strings (the rules themselves say 8 of at
+        // most 50 characters, with their own messages).
+        let labels = ["spec", "labels"].iter().try_fold(&mut *schema, |s, key| {
+            s.properties.as_mut().and_then(|p| p.get_mut(*key))
+        });
+        if let Some(labels) = labels {
+            labels.max_items = Some(32);
+            if let Some(JSONSchemaPropsOrArray::Schema(item)) = labels.items.as_mut() {
+                item.max_length = Some(64);
+            }
+        }
         let poll = ["spec", "scaling", "pollInterval"]
             .iter()
             .try_fold(&mut *schema, |s, key| {
@@ -317,15 +329,24 @@ pub fn crd() -> CustomResourceDefinition {
 }
 
 fn bound_integers(schema: &mut JSONSchemaProps) {
+    // The schema's bounds are JSON numbers: a 64-bit bound must be one a float holds exactly,
+    // or a real API server refuses every object ("Maximum boundary value must be of type
+    // integer with format int64").
+    const EXACT: f64 = 9_007_199_254_740_991.0;
     if schema.type_.as_deref() == Some("integer") {
         let (min, max) = match schema.format.as_deref() {
             Some("int32") => (f64::from(i32::MIN), f64::from(i32::MAX)),
             Some("uint32") => (0.0, f64::from(u32::MAX)),
-            Some("uint64") | Some("uint") => (0.0, i64::MAX as f64),
-            _ => (i64::MIN as f64, i64::MAX as f64),
+            Some("uint64") | Some("uint") => (0.0, EXACT),
+            _ => (-EXACT, EXACT),
         };
         schema.minimum.get_or_insert(min);
         schema.maximum.get_or_insert(max);
+        // Kubernetes knows int32 and int64 only (it warns of any other on every apply); the
+        // bounds above keep what the unsigned formats said.
+        if schema.format.as_deref() != Some("int32") {
+            schema.format = Some("int64".into());
+        }
     }
     let children = schema
         .properties
@@ -356,10 +377,13 @@ fn bound_integers(schema: &mut JSONSchemaProps) {
 mod tests {
     use super::*;
 
-    /// Every integer in the schema, with its path, lacking a minimum or a maximum.
+    /// Every integer in the schema, with its path, lacking a minimum or a maximum, or of a
+    /// format Kubernetes does not know.
     fn unbounded(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
         if schema["type"] == "integer"
-            && (schema["maximum"].is_null() || schema["minimum"].is_null())
+            && (schema["maximum"].is_null()
+                || schema["minimum"].is_null()
+                || !["int32", "int64"].contains(&schema["format"].as_str().unwrap_or("")))
         {
             out.push(path.to_owned());
         }
@@ -381,7 +405,10 @@ mod tests {
         let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let mut missing = Vec::new();
         unbounded(schema, "", &mut missing);
-        assert!(missing.is_empty(), "integers without bounds: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "integers without bounds or of an unknown format: {missing:?}"
+        );
         let scaling = &schema["properties"]["spec"]["properties"]["scaling"]["properties"];
         assert_eq!(
             scaling["schedules"]["items"]["properties"]["min"]["maximum"],

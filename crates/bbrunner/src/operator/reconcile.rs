@@ -469,13 +469,29 @@ async fn publish(
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(note),
+        note: Some(event_note(note)),
         action: action.to_owned(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
         tracing::warn!(error = %e, "cannot publish event");
     }
+}
+
+/// The API server refuses an Event whose note is over 1 KiB: a longer one is cut at a
+/// character boundary, with an ellipsis.
+fn event_note(mut note: String) -> String {
+    const LIMIT: usize = 1024;
+    if note.len() <= LIMIT {
+        return note;
+    }
+    let mut end = LIMIT - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push('…');
+    note
 }
 
 /// A RunnerPool as stored, read as the current type; or, when it cannot be, the field at
@@ -1572,4 +1588,19 @@ pub fn error_policy(
         _ => error.retry(),
     };
     Requeue::requeue(retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_event_note_is_cut_at_a_character_boundary_within_the_api_limit() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = "é".repeat(700);
+        let cut = event_note(long);
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("éé"));
+    }
 }

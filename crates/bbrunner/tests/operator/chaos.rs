@@ -149,7 +149,7 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
         latency_ms: 20,
         drop_watches_after_ms: 2000,
     };
-    world._kube.cluster().set_faults(kube_faults);
+    world.fake().cluster().set_faults(kube_faults);
 
     let start = Instant::now();
     let duration = Duration::from_secs(seconds);
@@ -189,7 +189,7 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
             let pods = pods_despite_faults(&world).await;
             if let Some(pod) = (!pods.is_empty()).then(|| pods[rng.usize(0..pods.len())].clone())
                 && world
-                    ._kube
+                    .fake()
                     .kill_pod(NS, pod.metadata.name.as_deref().unwrap_or(""))
             {
                 kills += 1;
@@ -197,11 +197,11 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
         }
         let elapsed = start.elapsed().as_secs_f64() / seconds as f64;
         if !outage_done && elapsed > 0.3 {
-            world._kube.cluster().outage(Duration::from_millis(1500));
+            world.fake().cluster().outage(Duration::from_millis(1500));
             outage_done = true;
         }
         if !node_removed && elapsed > 0.7 {
-            node_removed = world._kube.remove_node("node-4");
+            node_removed = world.fake().remove_node("node-4");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -210,7 +210,7 @@ async fn invariants_hold_under_faults_crashes_and_node_loss() {
     world
         .bitbucket
         .with_world(|w, _| w.faults = BitbucketFaults::default());
-    world._kube.cluster().set_faults(KubeFaults::default());
+    world.fake().cluster().set_faults(KubeFaults::default());
     let calm = Instant::now();
     let Some(counted_at) = held_after(&world, calm, Convergence::Count).await else {
         panic!(

@@ -24,6 +24,7 @@ mod image;
 mod policy;
 mod prometheus;
 mod rbac;
+mod real;
 
 const NS: &str = "ci";
 
@@ -36,17 +37,19 @@ impl Drop for Operator {
     }
 }
 
-/// One fake-kube cluster with the CRD, namespace `ci` and the pools' credentials installed.
+/// One cluster (fake-kube, or a real control plane) with the CRD, namespace `ci` and the
+/// pools' credentials installed.
 struct Cluster {
-    _kube: FakeKube,
+    bed: testbed::Cluster,
     client: Client,
     kubeconfig: PathBuf,
     dir: PathBuf,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl Cluster {
+    /// fake-kube's controls, for the tests that inject faults into it.
+    fn fake(&self) -> &FakeKube {
+        self.bed.fake_kube().expect("a fake-kube cluster")
     }
 }
 
@@ -185,19 +188,25 @@ impl Cluster {
             ..ClusterConfig::default()
         };
         configure(&mut cluster);
-        let kube = FakeKube::start("127.0.0.1:0".parse().unwrap(), cluster)
-            .await
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("bbrunner-op-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::from_yaml(&kube.kubeconfig()).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
-        let client = Client::try_from(config).unwrap();
+        let bed = testbed::Cluster::fake(&format!("op-{name}"), cluster).await;
+        Self::prepare(bed).await
+    }
+
+    /// A real control plane of the test's own, whose nodes' runner agents register with
+    /// `bitbucket_url`; `None` where its binaries are missing (the test then skips, never
+    /// under CI).
+    async fn real(name: &str, bitbucket_url: &str) -> Option<Self> {
+        let bed = testbed::Cluster::real(&format!("op-{name}"), |options| {
+            options.bitbucket_url = Some(bitbucket_url.to_owned());
+            options.nodes = 2;
+        })
+        .await?;
+        Some(Self::prepare(bed).await)
+    }
+
+    /// Install the CRD, namespace `ci` and the credentials.
+    async fn prepare(bed: testbed::Cluster) -> Self {
+        let client = bed.client();
         let crd = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
             .arg("crd")
             .output()
@@ -205,21 +214,34 @@ impl Cluster {
         let crd: CustomResourceDefinition =
             serde_saphyr::from_str(&String::from_utf8(crd.stdout).unwrap()).unwrap();
         Api::<CustomResourceDefinition>::all(client.clone())
-            .create(&PostParams::default(), &crd)
+            .patch(
+                "runnerpools.bbrunner.dev",
+                &kube::api::PatchParams::apply("bbrunner-tests").force(),
+                &kube::api::Patch::Apply(&crd),
+            )
             .await
             .unwrap();
+        // A real server serves a new CRD's resource a moment later.
+        let pools: Api<DynamicObject> = Api::all_with(client.clone(), &pools_resource());
+        eventually("the RunnerPool resource is served", 30, || async {
+            pools.list(&ListParams::default()).await.is_ok()
+        })
+        .await;
         let cluster = Self {
-            _kube: kube,
+            kubeconfig: bed.kubeconfig().to_owned(),
+            dir: bed.dir().to_owned(),
             client,
-            kubeconfig,
-            dir,
+            bed,
         };
         cluster.apply_ns().await;
         cluster
     }
 
     async fn apply_ns(&self) {
-        let ns = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
+        // dind is privileged: the namespace allows it, as the docs tell users to.
+        let ns = serde_json::from_value(json!({"metadata": {"name": NS, "labels": {
+            "pod-security.kubernetes.io/enforce": "privileged"}}}))
+        .unwrap();
         Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
             .create(&PostParams::default(), &ns)
             .await

@@ -3,10 +3,10 @@
 
 use super::*;
 
-const OPERATOR_NS: &str = "bbrunner-system";
+pub(super) const OPERATOR_NS: &str = "bbrunner-system";
 
 /// `bbrunner install`'s objects.
-fn install(extra: &[&str]) -> Vec<Value> {
+pub(super) fn install(extra: &[&str]) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
         .args(["install", "--namespace", OPERATOR_NS])
         .args(extra)
@@ -102,11 +102,11 @@ async fn pool_lifecycle_works(install_args: &[&str], drop_rule: Option<usize>) -
         apply(&world.client, &doc).await;
     }
     let token = world
-        ._kube
+        .fake()
         .cluster()
         .issue_token(OPERATOR_NS, "bbrunner-operator");
     let kubeconfig = world.dir.join("operator-kubeconfig");
-    std::fs::write(&kubeconfig, world._kube.kubeconfig_with_token(&token)).unwrap();
+    std::fs::write(&kubeconfig, world.fake().kubeconfig_with_token(&token)).unwrap();
     let mut args = vec!["--leader-election", "--lease-namespace", OPERATOR_NS];
     args.extend(namespace_args.iter().map(String::as_str));
     let _op = world.operator_with(&kubeconfig, &args, "info", Stdio::null());
