@@ -3,6 +3,7 @@
 //! its inputs, which is what lets the CLI, the operator and the simulator share it.
 
 pub mod admin_policy;
+pub mod dockerd;
 pub mod doctor;
 pub mod forecast;
 pub mod ids;

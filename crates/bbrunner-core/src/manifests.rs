@@ -80,37 +80,13 @@ pub enum ManifestError {
     #[error("registry mirror {0:?} must be an http:// or https:// URL")]
     InvalidMirror(String),
     #[error(
-        "dind.extraArgs opens the Docker API on TCP ({0}) without --tlsverify: anyone who reaches the pod would own the node; remove it (the runner uses the unix socket) or add --tlsverify with certificates"
+        "dind.extraArgs[{index}] ({spelling}) opens the Docker API on TCP without TLS client verification: anyone who reaches the pod would own the node; remove it (the runner uses the unix socket) or end the arguments with --tlsverify and certificates"
     )]
-    OpenDockerTcp(String),
-}
-
-/// A dockerd TCP listener in `args` (`--host=tcp://…`, `-H tcp://…`, `-Htcp://…`,
-/// `--host tcp://…`), when the daemon would serve it without TLS client verification.
-fn unauthenticated_tcp_listener(args: &[String]) -> Option<String> {
-    let mut listeners = Vec::new();
-    let mut args_iter = args.iter().peekable();
-    while let Some(arg) = args_iter.next() {
-        let value = if let Some(v) = arg
-            .strip_prefix("--host=")
-            .or_else(|| arg.strip_prefix("-H="))
-        {
-            Some(v.to_owned())
-        } else if arg == "--host" || arg == "-H" {
-            args_iter.next().cloned()
-        } else {
-            arg.strip_prefix("-H")
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
-        if let Some(v) = value.filter(|v| v.trim().to_ascii_lowercase().starts_with("tcp://")) {
-            listeners.push(v);
-        }
-    }
-    let verified = args
-        .iter()
-        .any(|a| a == "--tlsverify" || a == "--tlsverify=true");
-    (!verified).then(|| listeners.into_iter().next()).flatten()
+    OpenDockerTcp { index: usize, spelling: String },
+    #[error(
+        "runner.env DOCKER_HOST sends the runner's Docker client to TCP, which would need dind's API open on TCP: remove it (the runner uses dind's unix socket), or give a literal unix:// value"
+    )]
+    DockerHostTcp,
 }
 
 /// Step size: memory the runner gives a step (reference §4); 8x is the self-hosted maximum.
@@ -289,8 +265,20 @@ impl RunnerPodConfig {
                 return Err(ManifestError::InvalidMirror(mirror.clone()));
             }
         }
-        if let Some(listener) = unauthenticated_tcp_listener(&self.dind.extra_args) {
-            return Err(ManifestError::OpenDockerTcp(listener));
+        if let Some(listener) = crate::dockerd::unverified_tcp_listener(&self.dind.extra_args) {
+            return Err(ManifestError::OpenDockerTcp {
+                index: listener.index,
+                spelling: listener.spelling,
+            });
+        }
+        let docker_host_tcp = self.runner_env.iter().any(|e| {
+            e.name == "DOCKER_HOST"
+                && e.value
+                    .as_deref()
+                    .is_none_or(crate::dockerd::docker_host_is_tcp)
+        });
+        if docker_host_tcp {
+            return Err(ManifestError::DockerHostTcp);
         }
         Ok(())
     }

@@ -432,21 +432,65 @@ fn dind_extra_args_may_not_open_the_docker_api_on_tcp_without_tls() {
         &["-Htcp://0.0.0.0:2375"],
         &["--host", "TCP://[::]:2375"],
         &["--debug", "-H=tcp://127.0.0.1:2375"],
+        &["-H", ":2375"],
+        &["--host=0.0.0.0:2375"],
+        &[
+            "--host=tcp://0.0.0.0:2376",
+            "--tlsverify",
+            "--tlsverify=false",
+        ],
+        &["--host=tcp://0.0.0.0:2376", "--tls"],
     ] {
         assert!(
-            matches!(config(open), Err(ManifestError::OpenDockerTcp(_))),
+            matches!(config(open), Err(ManifestError::OpenDockerTcp { .. })),
             "{open:?} accepted"
         );
     }
     assert!(config(&["--host=tcp://0.0.0.0:2376", "--tlsverify"]).is_ok());
     assert!(config(&["--host=unix:///var/run/docker.sock", "--debug"]).is_ok());
-    let message = config(&["-H", "tcp://0.0.0.0:2375"])
-        .unwrap_err()
-        .to_string();
+    let message = config(&["--debug", "-H", ":2375"]).unwrap_err().to_string();
     assert!(
-        message.contains("dind.extraArgs") && message.contains("--tlsverify"),
+        message.contains("dind.extraArgs[1] (-H :2375)") && message.contains("--tlsverify"),
         "{message}"
     );
+}
+
+#[test]
+fn docker_host_in_the_runner_env_may_not_point_at_tcp() {
+    let with_env = |value: Option<&str>| {
+        let mut c = RunnerPodConfig {
+            secret_name: "runner-registration".into(),
+            repository_scoped: false,
+            runner_image: DEFAULT_RUNNER_IMAGE.into(),
+            runner_resources: None,
+            working_directory: "/tmp".into(),
+            runner_env: Vec::new(),
+            secret_env: Vec::new(),
+            size: RunnerSize::X1,
+            disk_gib: None,
+            dind: DindSpec::default(),
+            placement: PodPlacement::default(),
+        };
+        c.runner_env.push(k8s_openapi::api::core::v1::EnvVar {
+            name: "DOCKER_HOST".into(),
+            value: value.map(str::to_owned),
+            ..Default::default()
+        });
+        c.validate()
+    };
+    assert!(matches!(
+        with_env(Some("tcp://localhost:2375")),
+        Err(ManifestError::DockerHostTcp)
+    ));
+    assert!(matches!(
+        with_env(Some("localhost:2375")),
+        Err(ManifestError::DockerHostTcp)
+    ));
+    // Read from elsewhere: its value cannot be judged, so it is refused.
+    assert!(matches!(with_env(None), Err(ManifestError::DockerHostTcp)));
+    assert!(with_env(Some("unix:///var/run/docker.sock")).is_ok());
+    let message = with_env(Some("tcp://x:2375")).unwrap_err().to_string();
+    assert!(message.contains("runner.env DOCKER_HOST"), "{message}");
 }
 
 fn quantities(

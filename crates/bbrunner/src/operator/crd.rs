@@ -298,24 +298,36 @@ pub fn crd() -> CustomResourceDefinition {
             continue;
         };
         bound_integers(schema);
-        // A real API server refuses a CEL rule whose worst-case cost it cannot bound: the
-        // labels' rules need a bounded list of bounded strings (the rules themselves say 8 of at
-        // most 50 characters, with their own messages).
-        let labels = ["spec", "labels"].iter().try_fold(&mut *schema, |s, key| {
-            s.properties.as_mut().and_then(|p| p.get_mut(*key))
-        });
-        if let Some(labels) = labels {
-            labels.max_items = Some(32);
-            if let Some(JSONSchemaPropsOrArray::Schema(item)) = labels.items.as_mut() {
-                item.max_length = Some(64);
-            }
+        // A real API server refuses a CEL rule whose worst-case cost it cannot bound: lists
+        // and strings that rules read get bounds (above any a pool needs; the rules and the
+        // operator say the real limits, with their own messages).
+        if let Some(labels) = property(schema, &["spec", "labels"]) {
+            bound_list(labels, 32, 64);
         }
-        let poll = ["spec", "scaling", "pollInterval"]
-            .iter()
-            .try_fold(&mut *schema, |s, key| {
-                s.properties.as_mut().and_then(|p| p.get_mut(*key))
-            });
-        if let Some(poll) = poll {
+        if let Some(args) = property(schema, &["spec", "dind", "extraArgs"]) {
+            bound_list(args, 64, 4096);
+            args.x_kubernetes_validations = Some(vec![ValidationRule {
+                rule: DIND_TCP_RULE.to_owned(),
+                message: Some("dind.extraArgs may open the Docker API on TCP only with TLS client verification: end the arguments with --tlsverify (and certificates); a later --tlsverify=false or --tls alone leaves it open to anyone. Write unix sockets as --host=unix://PATH".to_owned()),
+                ..Default::default()
+            }]);
+        }
+        if let Some(env) = property(schema, &["spec", "runner", "env"]) {
+            env.max_items = Some(256);
+            if let Some(JSONSchemaPropsOrArray::Schema(item)) = env.items.as_mut() {
+                for (field, limit) in [("name", 256), ("value", 32768)] {
+                    if let Some(p) = item.properties.as_mut().and_then(|p| p.get_mut(field)) {
+                        p.max_length = Some(limit);
+                    }
+                }
+            }
+            env.x_kubernetes_validations = Some(vec![ValidationRule {
+                rule: "self.all(e, e.name != 'DOCKER_HOST' || (has(e.value) && e.value.startsWith('unix://')))".to_owned(),
+                message: Some("runner.env DOCKER_HOST may only name a unix:// socket: dind serves its API on the unix socket alone".to_owned()),
+                ..Default::default()
+            }]);
+        }
+        if let Some(poll) = property(schema, &["spec", "scaling", "pollInterval"]) {
             poll.x_kubernetes_validations = Some(vec![ValidationRule {
                 rule: "duration(self) >= duration('1s')".to_owned(),
                 message: Some(
@@ -326,6 +338,27 @@ pub fn crd() -> CustomResourceDefinition {
         }
     }
     crd
+}
+
+/// What admission can tell of dockerd's arguments (the operator reads them as dockerd does,
+/// `bbrunner_core::dockerd`): any `--host`/`-H` that is not a unix or fd socket written in one
+/// word needs `--tlsverify` and no `--tlsverify=false`. Stricter than dockerd where a rule
+/// cannot see word order, never looser.
+const DIND_TCP_RULE: &str = "!self.exists(a, a.matches('^(--host(=|$)|-[Dvh]*H)') && !a.matches('^(--host=|-[Dvh]*H=?)(unix|fd)://')) || (self.exists(a, a == '--tlsverify' || a.matches('^--tlsverify=(1|t|T|true|TRUE|True)$')) && !self.exists(a, a.matches('^--tlsverify=(0|f|F|false|FALSE|False)$')))";
+
+/// The schema at `path` below `schema`'s properties.
+fn property<'a>(schema: &'a mut JSONSchemaProps, path: &[&str]) -> Option<&'a mut JSONSchemaProps> {
+    path.iter().try_fold(schema, |s, key| {
+        s.properties.as_mut().and_then(|p| p.get_mut(*key))
+    })
+}
+
+/// At most `items` strings of at most `length` characters each.
+fn bound_list(list: &mut JSONSchemaProps, items: i64, length: i64) {
+    list.max_items = Some(items);
+    if let Some(JSONSchemaPropsOrArray::Schema(item)) = list.items.as_mut() {
+        item.max_length = Some(length);
+    }
 }
 
 fn bound_integers(schema: &mut JSONSchemaProps) {

@@ -1236,3 +1236,100 @@ async fn operator_events_show_in_kubectl_get_events_and_describe() {
     assert!(described.contains("RunnerCreated"), "{described}");
     assert!(described.contains("Scaled"), "{described}");
 }
+
+/// dind's Docker API open on TCP without TLS client verification, spelled as dockerd reads
+/// it: refused at admission by the CRD's rules, and by the operator for a pool stored before
+/// them (Degraded naming the argument, no runner, no pod).
+async fn dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(world: &World) {
+    let spellings = [
+        json!(["-H", ":2375"]),
+        json!(["--host=0.0.0.0:2375"]),
+        json!([
+            "--host=tcp://0.0.0.0:2376",
+            "--tlsverify",
+            "--tlsverify=false"
+        ]),
+    ];
+    let pool = |name: &str, spec: Value| -> DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "bbrunner.dev/v1alpha1", "kind": "RunnerPool",
+            "metadata": {"name": name}, "spec": spec}),
+        )
+        .unwrap()
+    };
+    for (i, args) in spellings.iter().enumerate() {
+        let mut spec = managed(1, 1);
+        spec["dind"] = json!({"extraArgs": args});
+        let refused = world
+            .pools()
+            .create(&PostParams::default(), &pool(&format!("open-{i}"), spec))
+            .await
+            .expect_err("refused at admission");
+        let kube::Error::Api(status) = refused else {
+            panic!("{refused}")
+        };
+        assert_eq!(status.code, 422, "{}", status.message);
+        assert!(
+            status.message.contains("spec.dind.extraArgs")
+                && status.message.contains("--tlsverify"),
+            "{}",
+            status.message
+        );
+    }
+    let mut spec = managed(1, 1);
+    spec["runner"] = json!({"env": [{"name": "DOCKER_HOST", "value": "tcp://localhost:2375"}]});
+    assert!(
+        world
+            .pools()
+            .create(&PostParams::default(), &pool("docker-host", spec))
+            .await
+            .is_err()
+    );
+
+    // Stored before the rules existed: the operator refuses them itself.
+    world
+        .loosen_crd(|schema| {
+            let spec = &mut schema["properties"]["spec"]["properties"];
+            spec["dind"]["properties"]["extraArgs"]
+                .as_object_mut()
+                .unwrap()
+                .remove("x-kubernetes-validations");
+        })
+        .await;
+    let _op = world.operator(&[]);
+    for (i, args) in spellings.iter().enumerate() {
+        let mut spec = managed(1, 1);
+        spec["dind"] = json!({"extraArgs": args});
+        world.pool(&format!("open-{i}"), spec).await;
+    }
+    for (i, written) in [
+        "-H :2375",
+        "--host=0.0.0.0:2375",
+        "--host=tcp://0.0.0.0:2376",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("open-{i}");
+        eventually(&format!("{name} Degraded naming {written}"), 30, || async {
+            world
+                .has_condition(
+                    &name,
+                    "Degraded",
+                    "True",
+                    "InvalidSpec",
+                    &format!("dind.extraArgs[0] ({written})"),
+                )
+                .await
+        })
+        .await;
+    }
+    assert!(world.pods().await.is_empty(), "no pod runs");
+    assert!(world.runners().is_empty(), "no runner is created");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dind_tcp_spellings_are_refused_on_fake_kube() {
+    let world = World::start("dind-tcp").await;
+    dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(&world).await;
+}

@@ -467,3 +467,13 @@ async fn render_s_deployment_gets_its_pod_from_the_real_controllers_and_schedule
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dind_tcp_spellings_are_refused_on_a_real_control_plane() {
+    let bitbucket = start_bitbucket().await;
+    let Some(cluster) = Cluster::real("real-dind-tcp", bitbucket.url()).await else {
+        return;
+    };
+    let world = World { bitbucket, cluster };
+    dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(&world).await;
+}
