@@ -96,8 +96,7 @@ fn read(args: &[String]) -> (Vec<Listener>, bool) {
             continue;
         };
         // A group of one-letter flags: booleans, then possibly -H with its value.
-        let mut chars = group.char_indices();
-        while let Some((at, letter)) = chars.next() {
+        for (at, letter) in group.char_indices() {
             if letter == 'H' {
                 let rest = &group[at + 1..];
                 let rest = rest.strip_prefix('=').unwrap_or(rest);

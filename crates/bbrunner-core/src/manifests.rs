@@ -972,3 +972,20 @@ pub fn render_runner(
 
 #[cfg(test)]
 mod tests;
+
+/// A short, stable name for what a pod is made from (its labels, annotations and spec, as
+/// JSON): pods of equal revisions are interchangeable, so a changed revision means a rollout.
+/// FNV-1a, printed in hex: stable across versions of this program and of Rust.
+pub fn template_revision(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    let shape = serde_json::json!({
+        "labels": pod.metadata.labels,
+        "annotations": pod.metadata.annotations,
+        "spec": pod.spec,
+    });
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in shape.to_string().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}

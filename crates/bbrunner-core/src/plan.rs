@@ -34,6 +34,8 @@ pub struct ObservedRunner {
     pub busy: bool,
     /// When its status last changed (from `state.updated_on`), if known.
     pub status_since: Option<Seconds>,
+    /// Its labels as Bitbucket lists them; `None` where not known (then taken as current).
+    pub labels: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,8 @@ pub struct ObservedPod {
     pub ready_since: Option<Seconds>,
     /// The runner ran a step (recorded on the pod, for ephemeral pools).
     pub ran_step: bool,
+    /// The revision of the pool's pod template the pod was made from, if recorded.
+    pub template: Option<String>,
 }
 
 /// One of this pool's registration Secrets.
@@ -96,12 +100,49 @@ pub struct PoolSettings {
     /// Set while the pool is being deleted: since when, and how long busy runners may finish.
     pub deleting_since: Option<Seconds>,
     pub deletion_grace: Seconds,
+    /// The labels every runner should carry (all of them, `self.hosted` included); empty: not
+    /// checked.
+    pub labels: Vec<String>,
+    /// The revision of the pod template runner pods should be made from; `None`: not checked.
+    pub template: Option<String>,
+}
+
+impl PoolSettings {
+    /// Runners a rollout may take out of service at once: a quarter of `max`, at least one.
+    /// Their replacements start meanwhile, so the pool holds up to this many pods over `max`.
+    pub fn rollout_surge(&self) -> u32 {
+        self.scaling.max.div_ceil(4).max(1)
+    }
+
+    /// Whether a runner (as Bitbucket lists it) and its pod are made from the pool's current
+    /// spec: its labels, and its pod's template.
+    fn is_current(&self, runner: Option<&ObservedRunner>, pod: Option<&ObservedPod>) -> bool {
+        let labels_match = match runner.and_then(|r| r.labels.as_ref()) {
+            Some(labels) if !self.labels.is_empty() => {
+                let mut have: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let mut want: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+                have.sort_unstable();
+                have.dedup();
+                want.sort_unstable();
+                want.dedup();
+                have == want
+            }
+            _ => true,
+        };
+        let template_matches = match (&self.template, pod) {
+            (Some(current), Some(pod)) => pod.template.as_deref() == Some(current.as_str()),
+            _ => true,
+        };
+        labels_match && template_matches
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     /// Create a runner in Bitbucket, then its Secret, then its pod.
     CreateRunner,
+    /// The same, in place of this runner of an earlier spec, which the plan drains.
+    ReplaceRunner(RunnerUuid),
     /// Create the pod of a runner whose Secret exists.
     CreatePod(RunnerUuid),
     DeletePod(RunnerUuid),
@@ -125,6 +166,7 @@ impl Action {
             | Action::DisableRunner(u)
             | Action::EnableRunner(u)
             | Action::DeleteRunner(u)
+            | Action::ReplaceRunner(u)
             | Action::MarkRanStep(u) => Some(u),
             Action::CreateRunner | Action::RemoveFinalizer => None,
         }
@@ -143,6 +185,10 @@ pub struct Counts {
     pub offline: u32,
     /// Being retired by this plan.
     pub removing: u32,
+    /// Made from the current spec, and from an earlier one (labels or pod template) not yet
+    /// replaced: they overlap the states above.
+    pub updated: u32,
+    pub outdated: u32,
 }
 
 impl Counts {
@@ -280,6 +326,8 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
     };
     // Idle, enabled, healthy runners the policy may drain; disabled idle ones it may revive.
     let mut drainable: Vec<RunnerUuid> = Vec::new();
+    // Idle runners of an earlier spec, for the rollout to replace.
+    let mut outdated_idle: Vec<RunnerUuid> = Vec::new();
     let mut revivable: Vec<RunnerUuid> = Vec::new();
     let mut unschedulable = None;
     let mut why = BTreeMap::new();
@@ -360,8 +408,16 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             continue;
         };
 
+        let current = pool.is_current(Some(runner), j.pod);
+        if current {
+            counts.updated += 1;
+        } else {
+            counts.outdated += 1;
+        }
+
         if runner.busy {
-            // A busy runner is never disabled, deleted, or deprived of its pod.
+            // A busy runner is never disabled, deleted, or deprived of its pod: an outdated
+            // one is replaced once its step is done.
             counts.busy += 1;
             counts.online += 1;
             policy_view.busy += 1;
@@ -387,12 +443,17 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
             // Disabled at an earlier reconcile and still idle: finish draining, unless the
             // policy below wants it back.
             let used_up = pool.ephemeral && j.pod.is_some_and(|p| p.ran_step);
-            if live_pod.is_some() && !used_up {
+            if live_pod.is_some() && !used_up && current {
                 counts.disabled += 1;
                 revivable.push(j.uuid.clone());
             } else {
                 counts.removing += 1;
-                why.insert(j.uuid.clone(), "drained and still idle");
+                let reason = if current {
+                    "drained and still idle"
+                } else {
+                    "rollout: replaced, it ran an earlier spec"
+                };
+                why.insert(j.uuid.clone(), reason);
                 retire(&mut actions, &j);
             }
             continue;
@@ -443,7 +504,11 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                 } else {
                     counts.idle += 1;
                     policy_view.idle += 1;
-                    drainable.push(j.uuid.clone());
+                    if current {
+                        drainable.push(j.uuid.clone());
+                    } else {
+                        outdated_idle.push(j.uuid.clone());
+                    }
                 }
             }
             RunnerStatus::Unregistered | RunnerStatus::Offline | RunnerStatus::Other => {
@@ -455,6 +520,14 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
                 if !waiting_for_room && age_in_state > pool.registration_ttl {
                     counts.removing += 1;
                     why.insert(j.uuid.clone(), "not online within the registration TTL");
+                    retire(&mut actions, &j);
+                } else if !current {
+                    // Not serving yet: nothing is lost by replacing it at once.
+                    counts.removing += 1;
+                    why.insert(
+                        j.uuid.clone(),
+                        "rollout: not online yet, made from an earlier spec",
+                    );
                     retire(&mut actions, &j);
                 } else {
                     // The policy counts an offline runner as one coming back.
@@ -515,10 +588,35 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
         ));
     } else if decision.desired < capacity {
         let surplus = (capacity - decision.desired) as usize;
-        // Drain the newest idle runners first (list order is by UUID: any order is fair).
-        for uuid in drainable.iter().rev().take(surplus) {
+        // Surplus goes outdated runners first, then the newest idle ones (list order is by
+        // UUID: any order is fair).
+        let drained: Vec<RunnerUuid> = outdated_idle
+            .iter()
+            .chain(drainable.iter().rev())
+            .take(surplus)
+            .cloned()
+            .collect();
+        outdated_idle.retain(|u| !drained.contains(u));
+        for uuid in drained {
             why.insert(uuid.clone(), "scale down: surplus idle runner");
-            actions.push(Action::DisableRunner(uuid.clone()));
+            actions.push(Action::DisableRunner(uuid));
+        }
+    }
+    // The rollout: idle runners of an earlier spec are drained and replaced, a few at a
+    // time, while their replacements (counted among those starting) come up.
+    let in_flight = counts.starting + counts.offline;
+    let budget = pool.rollout_surge().saturating_sub(in_flight) as usize;
+    let created = actions
+        .iter()
+        .filter(|a| matches!(a, Action::CreateRunner))
+        .count() as u32;
+    let mut room = observed.scope_room.saturating_sub(created);
+    for uuid in outdated_idle.into_iter().take(budget) {
+        why.insert(uuid.clone(), "rollout to the current spec");
+        actions.push(Action::DisableRunner(uuid.clone()));
+        if room > 0 {
+            room -= 1;
+            actions.push(Action::ReplaceRunner(uuid));
         }
     }
     // Disabled runners not revived finish draining now.

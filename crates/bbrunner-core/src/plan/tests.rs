@@ -17,6 +17,8 @@ fn pool() -> PoolSettings {
         registration_ttl: 600.0,
         deleting_since: None,
         deletion_grace: 3600.0,
+        labels: Vec::new(),
+        template: None,
     }
 }
 
@@ -26,6 +28,7 @@ fn runner(i: u32, status: RunnerStatus, busy: bool) -> ObservedRunner {
         status,
         busy,
         status_since: Some(900.0),
+        labels: None,
     }
 }
 
@@ -38,6 +41,7 @@ fn pod(i: u32, phase: PodPhase) -> ObservedPod {
         created_at: 500.0,
         ready_since: None,
         ran_step: false,
+        template: None,
     }
 }
 
@@ -414,6 +418,7 @@ fn arbitrary_observation() -> impl Strategy<Value = Observation> {
                     status,
                     busy,
                     status_since: Some(since),
+                    labels: None,
                 });
             }
             if let Some((phase, terminating, created, unschedulable, ran_step)) = p {
@@ -425,6 +430,7 @@ fn arbitrary_observation() -> impl Strategy<Value = Observation> {
                     created_at: created,
                     ready_since: (phase == PodPhase::Running).then_some(created),
                     ran_step,
+                    template: None,
                 });
             }
             if let Some(created) = s {
@@ -635,4 +641,160 @@ fn a_status_time_from_a_skewed_clock_falls_back_to_the_pod_s_age() {
         &world(vec![(r, pod(1, PodPhase::Running), secret(1))]),
     );
     assert!(!p.actions.contains(&Action::DeleteRunner(uuid(1))));
+}
+
+/// A pool whose spec moved on: its labels are `[self.hosted, linux, build, big]` and its pod
+/// template revision `new`.
+fn rolled_pool(max: u32) -> PoolSettings {
+    PoolSettings {
+        scaling: Scaling {
+            min: 0,
+            max,
+            min_idle: 1,
+            ..Scaling::default()
+        },
+        labels: ["self.hosted", "linux", "build", "big"]
+            .map(str::to_owned)
+            .to_vec(),
+        template: Some("new".into()),
+        ..pool()
+    }
+}
+
+/// A runner online since long with its pod and Secret, of template `template` and labels.
+fn made_from(
+    i: u32,
+    busy: bool,
+    labels: &[&str],
+    template: &str,
+) -> (ObservedRunner, ObservedPod, ObservedSecret) {
+    let mut r = runner(i, RunnerStatus::Online, busy);
+    r.labels = Some(labels.iter().map(|l| (*l).to_owned()).collect());
+    let mut p = pod(i, PodPhase::Running);
+    p.template = Some(template.into());
+    p.ready_since = Some(600.0);
+    (r, p, secret(i))
+}
+
+const NEW_LABELS: [&str; 4] = ["linux", "self.hosted", "big", "build"];
+const OLD_LABELS: [&str; 3] = ["self.hosted", "linux", "build"];
+
+#[test]
+fn current_runners_in_any_label_order_are_left_alone() {
+    let o = world(vec![made_from(1, false, &NEW_LABELS, "new")]);
+    let p = plan(&rolled_pool(4), &o);
+    assert_eq!(p.counts.outdated, 0);
+    assert!(
+        !p.actions.iter().any(|a| a.runner() == Some(&uuid(1))),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn an_idle_runner_of_an_earlier_template_or_labels_is_drained_and_replaced() {
+    for (labels, template) in [(&NEW_LABELS[..], "old"), (&OLD_LABELS[..], "new")] {
+        let o = world(vec![made_from(1, false, labels, template)]);
+        let p = plan(&rolled_pool(4), &o);
+        assert_eq!(p.counts.outdated, 1);
+        assert!(
+            p.actions.contains(&Action::DisableRunner(uuid(1))),
+            "{:?}",
+            p.actions
+        );
+        assert!(
+            p.actions.contains(&Action::ReplaceRunner(uuid(1))),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(
+            p.reason(&Action::ReplaceRunner(uuid(1))),
+            "rollout to the current spec"
+        );
+    }
+    // Drained and still idle at the next reconcile: it goes, and is not revived.
+    let (mut r, p, s) = made_from(1, false, &NEW_LABELS, "old");
+    r.status = RunnerStatus::Disabled;
+    let planned = plan(&rolled_pool(4), &world(vec![(r, p, s)]));
+    assert!(
+        planned.actions.contains(&Action::DeleteRunner(uuid(1))),
+        "{:?}",
+        planned.actions
+    );
+    assert!(!planned.actions.contains(&Action::EnableRunner(uuid(1))));
+}
+
+#[test]
+fn a_busy_outdated_runner_is_kept_until_its_step_is_done() {
+    let o = world(vec![made_from(1, true, &OLD_LABELS, "old")]);
+    let p = plan(&rolled_pool(4), &o);
+    assert_eq!(p.counts.outdated, 1);
+    assert!(
+        !p.actions.iter().any(|a| a.runner() == Some(&uuid(1))),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn a_rollout_replaces_a_quarter_of_max_at_a_time_and_waits_for_replacements() {
+    // Eight idle outdated runners of a pool of max 8: two at a time.
+    let runners: Vec<_> = (1..=8)
+        .map(|i| made_from(i, false, &NEW_LABELS, "old"))
+        .collect();
+    let pool = rolled_pool(8);
+    assert_eq!(pool.rollout_surge(), 2);
+    let p = plan(&pool, &world(runners.clone()));
+    let replaced = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::ReplaceRunner(_)))
+        .count();
+    assert_eq!(replaced, 2, "{:?}", p.actions);
+    // With two replacements still starting, none more is made (the surplus they make is
+    // drained, outdated runners first).
+    let mut o = world(runners);
+    for i in 20..22 {
+        o.runners.push(runner(i, RunnerStatus::Unregistered, false));
+        let mut p = pod(i, PodPhase::Pending);
+        p.template = Some("new".into());
+        o.pods.push(p);
+        o.secrets.push(secret(i));
+    }
+    let p = plan(&pool, &o);
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::ReplaceRunner(_) | Action::CreateRunner)),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn a_runner_not_online_yet_of_an_earlier_template_is_replaced_at_once() {
+    let (mut r, mut p, s) = made_from(1, false, &NEW_LABELS, "old");
+    r.status = RunnerStatus::Unregistered;
+    p.phase = PodPhase::Pending;
+    p.ready_since = None;
+    let planned = plan(&rolled_pool(4), &world(vec![(r, p, s)]));
+    assert!(
+        planned.actions.contains(&Action::DeletePod(uuid(1))),
+        "{:?}",
+        planned.actions
+    );
+    assert!(planned.actions.contains(&Action::DeleteRunner(uuid(1))));
+}
+
+proptest! {
+    #[test]
+    fn a_rollout_never_holds_more_pods_than_max_and_its_surge(n in 1u32..10, max in 1u32..10, outdated in 0u32..10) {
+        let pool = rolled_pool(max);
+        let runners: Vec<_> = (0..n.min(max))
+            .map(|i| made_from(i, false, &NEW_LABELS, if i < outdated { "old" } else { "new" }))
+            .collect();
+        let p = plan(&pool, &world(runners));
+        let creates = p.actions.iter().filter(|a| matches!(a, Action::CreateRunner | Action::ReplaceRunner(_))).count() as u32;
+        prop_assert!(n.min(max) + creates <= max + pool.rollout_surge(), "{:?}", p.actions);
+    }
 }

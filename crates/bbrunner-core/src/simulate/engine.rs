@@ -504,12 +504,15 @@ impl Sim<'_> {
             registration_ttl: SIM_REGISTRATION_TTL,
             deleting_since: None,
             deletion_grace: SIM_REGISTRATION_TTL,
+            // The simulated pool's spec never changes: nothing to roll out.
+            labels: Vec::new(),
+            template: None,
         };
         let plan = plan(&pool, &observation);
         self.memory = plan.memory;
         for action in plan.actions {
             match action {
-                Action::CreateRunner => self.create_runner(),
+                Action::CreateRunner | Action::ReplaceRunner(_) => self.create_runner(),
                 Action::DisableRunner(u) => {
                     let now = self.now;
                     let runner = &mut self.runners[runner_index(&u)];
@@ -562,6 +565,7 @@ impl Sim<'_> {
                 status,
                 busy: runner.step.is_some(),
                 status_since: runner.disabled_at.or(runner.online_at).map(at),
+                labels: None,
             });
             observation.pods.push(ObservedPod {
                 runner: uuid.clone(),
@@ -575,6 +579,7 @@ impl Sim<'_> {
                 created_at: at(runner.created_at),
                 ready_since: runner.online_at.map(at),
                 ran_step: false,
+                template: None,
             });
             observation.secrets.push(ObservedSecret {
                 runner: uuid,

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Draining","type":"integer","jsonPath":".status.disabled"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Policy","type":"string","priority":1,"jsonPath":".spec.scaling.policy"}"#,
+    printcolumn = r#"{"name":"Outdated","type":"integer","priority":1,"jsonPath":".status.outdated"}"#,
     validation = Rule::new("size(self.metadata.name) <= 40 && !self.metadata.name.contains('.')").message("a RunnerPool name is at most 40 characters, without dots (runner and pod names are derived from it)"),
 )]
 #[x_kube(validation = Rule::new("!has(self.scaling) || !has(self.scaling.min) || !has(self.scaling.max) || self.scaling.min <= self.scaling.max").message("spec.scaling.min must not exceed spec.scaling.max"))]
@@ -238,6 +239,16 @@ pub struct RunnerPoolStatus {
     pub disabled: u32,
     #[serde(default)]
     pub offline: u32,
+    /// Runners made from the current spec (labels and pod template), and from an earlier one,
+    /// not yet replaced (busy ones are, once their step is done).
+    #[serde(default)]
+    pub updated: u32,
+    #[serde(default)]
+    pub outdated: u32,
+    /// The last generation every runner was made from: `observedGeneration` says the spec was
+    /// read, this that it reached every runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_out_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

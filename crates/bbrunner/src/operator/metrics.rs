@@ -70,6 +70,8 @@ pub struct Metrics {
     /// The runner states `runners` is reported in.
     pub runners: Family<RunnerStateLabels, Gauge>,
     pub desired: Family<PoolLabels, Gauge>,
+    /// Runners made from an earlier spec, not yet replaced.
+    pub outdated: Family<PoolLabels, Gauge>,
     pub reconcile_duration: Histogram,
     reconcile_errors: Family<ErrorLabels, Counter>,
     pub bitbucket_requests: Family<RequestLabels, Counter>,
@@ -91,6 +93,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("bbrunner");
         let runners = Family::<RunnerStateLabels, Gauge>::default();
         let desired = Family::<PoolLabels, Gauge>::default();
+        let outdated = Family::<PoolLabels, Gauge>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let bitbucket_requests = Family::<RequestLabels, Counter>::default();
@@ -120,6 +123,11 @@ impl Metrics {
             "desired_runners",
             "Runners a pool's policy wants",
             desired.clone(),
+        );
+        registry.register(
+            "runners_outdated",
+            "Runners of a pool made from an earlier spec (labels or pod template), not yet replaced",
+            outdated.clone(),
         );
         registry.register_with_unit(
             "reconcile_duration",
@@ -169,6 +177,7 @@ impl Metrics {
         Arc::new(Self {
             runners,
             desired,
+            outdated,
             reconcile_duration,
             reconcile_errors,
             bitbucket_requests,
@@ -236,6 +245,7 @@ impl Metrics {
             });
         }
         self.desired.remove(&labels);
+        self.outdated.remove(&labels);
         self.step_queue_wait.remove(&labels);
         self.error_series
             .lock()

@@ -22,6 +22,8 @@ use super::crd::RunnerPool;
 
 pub const LABEL_POOL: &str = "bbrunner.dev/pool";
 pub const ANNOTATION_RAN_STEP: &str = "bbrunner.dev/ran-step";
+/// The revision of the pool's pod template a runner pod was made from.
+pub const ANNOTATION_TEMPLATE: &str = "bbrunner.dev/template";
 pub const FINALIZER: &str = "bbrunner.dev/cleanup";
 /// Held on a managed pool's credentials Secret while a pool uses it, so that deleting both
 /// together (one `kubectl delete -f`, a GitOps prune, the namespace) still lets the operator
@@ -220,8 +222,41 @@ pub fn secret(pool: &RunnerPool, registration: &RunnerRegistration) -> Secret {
     }
 }
 
-/// The pod of one runner, reading its registration from `secret_name`.
+/// The revision of the pool's pod template: what every runner pod is made from, the runner's
+/// own registration aside. A pod of another revision is from an earlier spec.
+pub fn template_revision(pool: &RunnerPool, valid: &ValidPool, repository_scoped: bool) -> String {
+    let placeholder =
+        RunnerUuid::parse("00000000-0000-0000-0000-000000000000").expect("a well-formed UUID");
+    let name = pool.metadata.name.as_deref().unwrap_or("");
+    let template = pod_from_template(
+        pool,
+        valid,
+        &placeholder,
+        &object_name(name, &placeholder),
+        repository_scoped,
+    );
+    manifests::template_revision(&template)
+}
+
+/// The pod of one runner, reading its registration from `secret_name`, marked with the
+/// template revision it is made from.
 pub fn pod(
+    pool: &RunnerPool,
+    valid: &ValidPool,
+    runner: &RunnerUuid,
+    secret_name: &str,
+    repository_scoped: bool,
+) -> Pod {
+    let mut pod = pod_from_template(pool, valid, runner, secret_name, repository_scoped);
+    let revision = template_revision(pool, valid, repository_scoped);
+    pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_TEMPLATE.to_owned(), revision);
+    pod
+}
+
+fn pod_from_template(
     pool: &RunnerPool,
     valid: &ValidPool,
     runner: &RunnerUuid,

@@ -33,7 +33,9 @@ use super::crd::{PoolMode, RunnerPool, RunnerPoolSpec, RunnerPoolStatus};
 use super::hub::Hub;
 use super::metrics::{ErrorLabels, Metrics, PoolLabels, RunnerStateLabels};
 use super::pod_view::PodView;
-use super::pool::{self, ANNOTATION_RAN_STEP, InvalidSpec, LABEL_POOL, ValidPool};
+use super::pool::{
+    self, ANNOTATION_RAN_STEP, ANNOTATION_TEMPLATE, InvalidSpec, LABEL_POOL, ValidPool,
+};
 
 /// Operator-wide settings.
 #[derive(Debug, Clone)]
@@ -439,6 +441,7 @@ fn observe_pod(pod: &PodView, clock: &super::clock::Clock) -> Option<ObservedPod
             .annotations()
             .get(ANNOTATION_RAN_STEP)
             .is_some_and(|v| v == "true"),
+        template: pod.annotations().get(ANNOTATION_TEMPLATE).cloned(),
     })
 }
 
@@ -455,6 +458,7 @@ fn observe_runner(r: &bitbucket::Runner) -> ObservedRunner {
         },
         busy: r.is_busy(),
         status_since: r.state.updated_on.as_deref().and_then(parse_time),
+        labels: Some(r.labels.clone()),
     }
 }
 
@@ -865,6 +869,12 @@ async fn reconcile_managed(
         registration_ttl: ctx.settings.registration_ttl.as_secs_f64(),
         deleting_since,
         deletion_grace: ctx.settings.deletion_grace.as_secs_f64(),
+        labels: valid.labels.as_slice().to_vec(),
+        template: Some(pool::template_revision(
+            pool,
+            valid,
+            pool.spec.repository.is_some(),
+        )),
     };
     let planned = plan(&settings, &observation);
     let changed = execute(ctx, pool, valid, &client, &scope, &identity, &planned).await;
@@ -894,6 +904,7 @@ async fn reconcile_managed(
         credentials_secret,
         api_calls: Some((client.opaque_id(), client.calls_last_hour())),
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
+        rollout_surge: Some(settings.rollout_surge()),
     };
     if deleting_since.is_some() {
         // Busy runners are finishing their steps; the pool goes once they are done.
@@ -903,7 +914,7 @@ async fn reconcile_managed(
     let creates = planned
         .actions
         .iter()
-        .filter(|a| **a == Action::CreateRunner)
+        .filter(|a| matches!(a, Action::CreateRunner | Action::ReplaceRunner(_)))
         .count();
     let drains = planned
         .actions
@@ -962,7 +973,7 @@ async fn execute(
     };
     for action in &planned.actions {
         match action {
-            Action::CreateRunner => {
+            Action::CreateRunner | Action::ReplaceRunner(_) => {
                 let runner_name = pool::runner_name(identity);
                 let created = client
                     .create_runner(scope, &runner_name, valid.labels.as_slice())
@@ -1257,10 +1268,19 @@ async fn reconcile_static(
         .iter()
         .filter(|p| p.phase == PodPhase::Running && !p.terminating)
         .count() as u32;
+    // bbrunner cannot see whether a static runner is busy, so it replaces no pod of an
+    // earlier spec: the status says how many there are (Progressing tells the user).
+    let revision = pool::template_revision(pool, valid, false);
+    let outdated = observed
+        .iter()
+        .filter(|p| !p.terminating && p.template.as_deref() != Some(revision.as_str()))
+        .count() as u32;
     let counts = Counts {
         online: running,
         idle: running,
         starting: (wanted.len() as u32).saturating_sub(running),
+        outdated,
+        updated: (observed.len() as u32).saturating_sub(outdated),
         ..Counts::default()
     };
     record_metrics(ctx, pool, &counts, wanted.len() as u32);
@@ -1273,6 +1293,7 @@ async fn reconcile_static(
         credentials_secret: None,
         api_calls: None,
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
+        rollout_surge: None,
     };
     write_status(ctx, pool, report).await?;
     Ok(Requeue::requeue(poll_period(ctx, &valid.scaling)))
@@ -1291,12 +1312,17 @@ fn record_metrics(ctx: &Context, pool: &RunnerPool, counts: &Counts, desired: u3
             })
             .set(i64::from(n));
     }
+    let labels = PoolLabels {
+        namespace,
+        pool: name,
+    };
+    ctx.metrics
+        .outdated
+        .get_or_create(&labels)
+        .set(i64::from(counts.outdated));
     ctx.metrics
         .desired
-        .get_or_create(&PoolLabels {
-            namespace,
-            pool: name,
-        })
+        .get_or_create(&labels)
         .set(i64::from(desired));
 }
 
@@ -1339,6 +1365,8 @@ struct StatusReport {
     api_calls: Option<(String, u32)>,
     /// Why steps' networks cannot follow the pod's MTU with this dind image, if they cannot.
     step_network_mtu: Option<String>,
+    /// How many runners a rollout replaces at once (none for a static pool).
+    rollout_surge: Option<u32>,
 }
 
 async fn write_status(
@@ -1355,6 +1383,7 @@ async fn write_status(
         credentials_secret,
         api_calls,
         step_network_mtu,
+        rollout_surge,
     } = report;
     ctx.metrics.set_degraded(
         &pool.namespace().unwrap_or_default(),
@@ -1388,6 +1417,8 @@ async fn write_status(
         Some((reason, message)) => (*reason, message.clone()),
         None => ("AsExpected", "no problem seen".to_owned()),
     };
+    let rolling = counts.outdated > 0;
+    let (progressing_reason, progressing_message) = rollout_condition(&counts, rollout_surge);
     let status = RunnerPoolStatus {
         observed_generation: generation,
         desired,
@@ -1397,7 +1428,22 @@ async fn write_status(
         idle: counts.idle,
         disabled: counts.disabled,
         offline: counts.offline,
+        updated: counts.updated,
+        outdated: counts.outdated,
+        rolled_out_generation: if rolling {
+            previous.rolled_out_generation
+        } else {
+            generation
+        },
         conditions: vec![
+            condition(
+                &previous.conditions,
+                "Progressing",
+                rolling,
+                progressing_reason,
+                progressing_message.clone(),
+                generation,
+            ),
             condition(
                 &previous.conditions,
                 "Ready",
@@ -1475,6 +1521,20 @@ async fn write_status(
         })),
     )
     .await?;
+    let was_rolling = previous.outdated > 0;
+    if rolling != was_rolling {
+        let reason = if rolling { "RollingOut" } else { "RolledOut" };
+        tracing::info!(namespace = %pool.namespace().unwrap_or_default(), pool = %pool.name_any(), reason, "{progressing_message}");
+        publish(
+            ctx,
+            pool,
+            EventType::Normal,
+            reason,
+            "Rollout",
+            progressing_message,
+        )
+        .await;
+    }
     let warned_before = previous
         .conditions
         .iter()
@@ -1494,6 +1554,28 @@ async fn write_status(
         .await;
     }
     Ok(())
+}
+
+/// The Progressing condition's reason and message: whether every runner runs the current
+/// spec, and how the rest are replaced.
+fn rollout_condition(counts: &Counts, surge: Option<u32>) -> (&'static str, String) {
+    if counts.outdated == 0 {
+        return ("RolledOut", "every runner runs the current spec".to_owned());
+    }
+    let total = counts.updated + counts.outdated;
+    let how = match surge {
+        None => "bbrunner cannot see whether a static runner is busy, so it replaces none: delete each of their pods (label bbrunner.dev/pool) when its runner is idle, and the operator recreates it from the current spec".to_owned(),
+        Some(surge) => format!(
+            "idle ones are replaced, up to {surge} at a time while their replacements start; busy ones once their step is done"
+        ),
+    };
+    (
+        "RollingOut",
+        format!(
+            "{} of {total} runners run an earlier spec (labels or pod template): {how}",
+            counts.outdated
+        ),
+    )
 }
 
 /// The field manager of everything the operator applies.

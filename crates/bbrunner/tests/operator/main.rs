@@ -108,7 +108,7 @@ impl World {
         self.bitbucket.with_world(|w, now| {
             w.runners
                 .iter()
-                .map(|r| json!({"uuid": r.uuid, "name": r.name, "state": fake_bitbucket::world::runner_status(r, now), "step": r.step, "dup": r.duplicate_agent_polls}))
+                .map(|r| json!({"uuid": r.uuid, "name": r.name, "labels": r.labels, "state": fake_bitbucket::world::runner_status(r, now), "step": r.step, "dup": r.duplicate_agent_polls}))
                 .collect()
         })
     }
@@ -1332,4 +1332,137 @@ async fn dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(world: 
 async fn dind_tcp_spellings_are_refused_on_fake_kube() {
     let world = World::start("dind-tcp").await;
     dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(&world).await;
+}
+
+/// A change of labels and of the pod template reaches every runner: idle ones are replaced at
+/// once, a few at a time, the busy one after its step; no step is interrupted and the pool
+/// never holds more pods than max and the rollout's surge.
+async fn a_spec_change_rolls_out_to_every_runner(world: &World) {
+    let _op = world.operator(&[]);
+    world.pool("builds", managed(2, 2)).await;
+    eventually("two runners online", 60, || async {
+        online(&world.runners()) == 2
+    })
+    .await;
+    world.submit(1, 600.0);
+    eventually("a runner busy", 30, || async {
+        world.runners().iter().any(|r| !r["step"].is_null())
+    })
+    .await;
+    world
+        .pools()
+        .patch(
+            "builds",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"labels": ["build", "big"], "dind": {"mtu": 1400}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (mut most_pods, mut saw_progressing) = (0, false);
+    loop {
+        let pods = world.pods().await;
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        most_pods = most_pods.max(live.len());
+        let status = world.status("builds").await;
+        saw_progressing |= world
+            .has_condition(
+                "builds",
+                "Progressing",
+                "True",
+                "RollingOut",
+                "of 2 runners run an earlier spec",
+            )
+            .await;
+        let runners = world.runners();
+        let labelled = runners.len() == 2
+            && runners.iter().all(|r| {
+                r["labels"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|l| l == "big"))
+                    && r["state"] == "ONLINE"
+            });
+        let mtu = !live.is_empty()
+            && live.iter().all(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.init_containers.as_ref())
+                    .is_some_and(|c| {
+                        c.iter().any(|c| {
+                            c.args
+                                .as_ref()
+                                .is_some_and(|a| a.first().is_some_and(|m| m == "1400"))
+                        })
+                    })
+            });
+        let generation = world
+            .pools()
+            .get("builds")
+            .await
+            .unwrap()
+            .metadata
+            .generation;
+        if labelled
+            && mtu
+            && live.len() == 2
+            && status["outdated"] == 0
+            && status["rolledOutGeneration"].as_i64() == generation
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not rolled out within two minutes: {status:#}\n{runners:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_progressing, "the rollout showed in Progressing");
+    assert!(
+        most_pods <= 3,
+        "max 2 and a surge of 1, but {most_pods} pods at once"
+    );
+    assert!(
+        world
+            .has_condition(
+                "builds",
+                "Progressing",
+                "False",
+                "RolledOut",
+                "current spec"
+            )
+            .await
+    );
+    eventually("the long step done", 60, || async {
+        world.steps(StepState::Completed) == 1
+    })
+    .await;
+    assert_eq!(
+        world.steps(StepState::Interrupted),
+        0,
+        "no step interrupted"
+    );
+    let reasons: Vec<String> = world
+        .events()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|e| e.data["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "RollingOut") && reasons.iter().any(|r| r == "RolledOut"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_change_rolls_out_on_fake_kube() {
+    let world = World::start("rollout").await;
+    a_spec_change_rolls_out_to_every_runner(&world).await;
 }

@@ -477,3 +477,13 @@ async fn dind_tcp_spellings_are_refused_on_a_real_control_plane() {
     let world = World { bitbucket, cluster };
     dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(&world).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_change_rolls_out_on_a_real_control_plane() {
+    let bitbucket = start_bitbucket().await;
+    let Some(cluster) = Cluster::real("real-rollout", bitbucket.url()).await else {
+        return;
+    };
+    let world = World { bitbucket, cluster };
+    a_spec_change_rolls_out_to_every_runner(&world).await;
+}
