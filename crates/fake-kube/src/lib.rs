@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 //! fake-kube: an in-memory Kubernetes API server and a handful of controllers, speaking the
 //! real REST protocol so that the `kube` client, `kubectl` and the bbrunner operator run
-//! against it unchanged. What it models and what it does not is in the README.
+//! against it unchanged. What it models and what it does not is in docs/architecture.md.
 
 mod admission;
 mod api;
