@@ -407,22 +407,27 @@ fn dind_images_before_docker_24_are_warned_about_unless_the_mtu_is_1500() {
     assert_eq!(docker_major("docker:dind"), None);
 }
 
+/// A runner pod's configuration with every default.
+fn plain_config() -> RunnerPodConfig {
+    RunnerPodConfig {
+        secret_name: "runner-registration".into(),
+        repository_scoped: false,
+        runner_image: DEFAULT_RUNNER_IMAGE.into(),
+        runner_resources: None,
+        working_directory: "/tmp".into(),
+        runner_env: Vec::new(),
+        secret_env: Vec::new(),
+        size: RunnerSize::X1,
+        disk_gib: None,
+        dind: DindSpec::default(),
+        placement: PodPlacement::default(),
+    }
+}
+
 #[test]
 fn dind_extra_args_may_not_open_the_docker_api_on_tcp_without_tls() {
     let config = |args: &[&str]| {
-        let mut c = RunnerPodConfig {
-            secret_name: "runner-registration".into(),
-            repository_scoped: false,
-            runner_image: DEFAULT_RUNNER_IMAGE.into(),
-            runner_resources: None,
-            working_directory: "/tmp".into(),
-            runner_env: Vec::new(),
-            secret_env: Vec::new(),
-            size: RunnerSize::X1,
-            disk_gib: None,
-            dind: DindSpec::default(),
-            placement: PodPlacement::default(),
-        };
+        let mut c = plain_config();
         c.dind.extra_args = args.iter().map(|a| a.to_string()).collect();
         c.validate()
     };
@@ -458,19 +463,7 @@ fn dind_extra_args_may_not_open_the_docker_api_on_tcp_without_tls() {
 #[test]
 fn docker_host_in_the_runner_env_may_not_point_at_tcp() {
     let with_env = |value: Option<&str>| {
-        let mut c = RunnerPodConfig {
-            secret_name: "runner-registration".into(),
-            repository_scoped: false,
-            runner_image: DEFAULT_RUNNER_IMAGE.into(),
-            runner_resources: None,
-            working_directory: "/tmp".into(),
-            runner_env: Vec::new(),
-            secret_env: Vec::new(),
-            size: RunnerSize::X1,
-            disk_gib: None,
-            dind: DindSpec::default(),
-            placement: PodPlacement::default(),
-        };
+        let mut c = plain_config();
         c.runner_env.push(k8s_openapi::api::core::v1::EnvVar {
             name: "DOCKER_HOST".into(),
             value: value.map(str::to_owned),

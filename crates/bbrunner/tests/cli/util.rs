@@ -83,16 +83,7 @@ pub fn kubernetes_validate_strict(manifests: &str) {
 /// Run kubectl (the one `./scripts/kube-build` makes) against `kubeconfig`. Its absence is a
 /// failure, not a skip.
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new(testbed::cluster::kubectl_binary());
-    command
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("KUBECACHEDIR", kubectl_cache(kubeconfig));
-    run_with_stdin(
-        command,
-        stdin,
-        "kubectl is not built; ./scripts/kube-build builds it (./scripts/test runs it)",
-    )
+    testbed::cluster::kubectl_with(kubeconfig, args, stdin)
 }
 
 /// `PATH` with `first`, then the folder of the kubectl the tests use, in front.

@@ -173,18 +173,7 @@ async fn runners_of_the_earlier_naming_are_adopted_and_others_left_alone() {
     let world = World::start("adopt").await;
     // A runner the operator made before cluster identities: named bbrunner.NS.POOL.SUFFIX,
     // with its registration Secret in this cluster.
-    let client = bitbucket::Client::new(
-        bitbucket::Config {
-            api_url: world.bitbucket.url().parse().unwrap(),
-            auth_url: world.bitbucket.url().parse().unwrap(),
-            ..bitbucket::Config::default()
-        },
-        bitbucket::Credentials::OAuthConsumer {
-            key: "key".into(),
-            secret: "consumer-secret".into(),
-        },
-    )
-    .unwrap();
+    let client = world.bitbucket_client();
     let scope = bitbucket::RunnerScope::Workspace("acme".into());
     let labels = ["self.hosted", "linux", "build"].map(String::from);
     let adopted = client

@@ -118,6 +118,22 @@ impl World {
             .with_world(|w, _| w.steps.iter().filter(|s| s.state == state).count())
     }
 
+    /// A Bitbucket client with the pools' OAuth consumer, as a person's script would use.
+    fn bitbucket_client(&self) -> bitbucket::Client {
+        bitbucket::Client::new(
+            bitbucket::Config {
+                api_url: self.bitbucket.url().parse().unwrap(),
+                auth_url: self.bitbucket.url().parse().unwrap(),
+                ..bitbucket::Config::default()
+            },
+            bitbucket::Credentials::OAuthConsumer {
+                key: "key".into(),
+                secret: "consumer-secret".into(),
+            },
+        )
+        .unwrap()
+    }
+
     fn submit(&self, n: usize, duration_s: f64) {
         for _ in 0..n {
             self.bitbucket

@@ -386,18 +386,7 @@ async fn render_s_deployment_gets_its_pod_from_the_real_controllers_and_schedule
     };
     let world = World { bitbucket, cluster };
     // A runner made as in the UI: Bitbucket hands out its registration once.
-    let client = bitbucket::Client::new(
-        bitbucket::Config {
-            api_url: world.bitbucket.url().parse().unwrap(),
-            auth_url: world.bitbucket.url().parse().unwrap(),
-            ..bitbucket::Config::default()
-        },
-        bitbucket::Credentials::OAuthConsumer {
-            key: "key".into(),
-            secret: secrecy::SecretString::from("consumer-secret"),
-        },
-    )
-    .unwrap();
+    let client = world.bitbucket_client();
     let scope = bitbucket::RunnerScope::Workspace("acme".into());
     let created = client
         .create_runner(&scope, "ui-made", &["self.hosted".into(), "linux".into()])
