@@ -52,31 +52,58 @@ pub struct LintPool {
 /// (`deploy/docker-service/`).
 pub const DOCKER_SERVICE_IMAGE: &str = "ghcr.io/bbrunner/docker-service:28.5";
 
+/// Public dind images whose entrypoint passes `DOCKER_OPTS` to dockerd, besides bbrunner's:
+/// `rewardenv/docker`'s `*-dind` tags (its entrypoint appends `$DOCKER_OPTS`; the fix many
+/// guides give for the runner's MTU hang). Stock `docker:*dind` and Bitbucket's default
+/// docker service image do not read it.
+const PUBLIC_DOCKER_OPTS_IMAGES: &[&str] = &["rewardenv/docker"];
+
 /// Images known to read `DOCKER_OPTS` for a step's `docker` service: the ones the user
-/// declares (`lint --docker-service-image`), then bbrunner's. `--fix` writes the first.
+/// declares (`lint --docker-service-image`), then bbrunner's, then the public ones above.
+/// `--fix` writes the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerServiceImages(Vec<String>);
 
 impl Default for DockerServiceImages {
     fn default() -> Self {
-        Self(vec![DOCKER_SERVICE_IMAGE.to_owned()])
+        Self::with_declared(&[])
     }
 }
 
-/// An image reference without its tag or digest.
+/// An image reference without its tag or digest, Docker Hub's implied prefixes removed.
 fn repository(image: &str) -> &str {
     let image = image.split('@').next().unwrap_or(image);
-    match image.rfind(':') {
+    let image = match image.rfind(':') {
         // A colon after the last slash is a tag; before it, a registry port.
         Some(colon) if !image[colon..].contains('/') => &image[..colon],
         _ => image,
+    };
+    let image = image
+        .strip_prefix("docker.io/")
+        .or_else(|| image.strip_prefix("index.docker.io/"))
+        .unwrap_or(image);
+    image.strip_prefix("library/").unwrap_or(image)
+}
+
+/// The MTU a `DOCKER_OPTS` value passes to dockerd (`--mtu=N` or `--mtu N`), if any.
+fn opts_mtu(opts: &str) -> Option<u16> {
+    let mut words = opts.split_whitespace();
+    while let Some(word) = words.next() {
+        if let Some(n) = word.strip_prefix("--mtu=") {
+            return n.parse().ok();
+        }
+        if word == "--mtu" {
+            return words.next()?.parse().ok();
+        }
     }
+    None
 }
 
 impl DockerServiceImages {
     pub fn with_declared(declared: &[String]) -> Self {
         let mut images = declared.to_vec();
         images.push(DOCKER_SERVICE_IMAGE.to_owned());
+        images.extend(PUBLIC_DOCKER_OPTS_IMAGES.iter().map(|i| (*i).to_owned()));
         Self(images)
     }
 
@@ -603,7 +630,10 @@ pub fn lint(
             let opts = docker["variables"]["DOCKER_OPTS"].as_str().unwrap_or("");
             let image = docker["image"].as_str();
             let reads_opts = image.is_some_and(|i| images.read_docker_opts(i));
-            let passes_mtu = opts.contains("--mtu") && reads_opts;
+            let small = smallest_fixed_mtu(serving.iter().copied());
+            // An MTU passed counts if it fits the pool's (an auto pool's cannot be seen here).
+            let passes_mtu =
+                reads_opts && opts_mtu(opts).is_some_and(|n| small.is_none_or(|pool| n <= pool));
             if !opts.is_empty() && !reads_opts {
                 let (at, whose) = match image {
                     Some(i) => (
@@ -627,7 +657,6 @@ pub fn lint(
                 ));
             }
             // The pool's MTU is known only from the pools given.
-            let small = smallest_fixed_mtu(serving.iter().copied());
             let auto = serving.iter().any(|pool| pool.mtu == Mtu::Auto);
             if !passes_mtu && (small.is_some() || auto) {
                 let mtu = small.unwrap_or(SAFE_NESTED_MTU);

@@ -489,3 +489,56 @@ fn keys_one_edit_from_a_known_key_are_warned_about() {
     assert_eq!(edit_distance("size", "sized"), 1);
     assert_eq!(edit_distance("step", "steps"), 1);
 }
+
+#[test]
+fn a_public_image_that_reads_docker_opts_with_a_fitting_mtu_is_quiet() {
+    // The seed's own fix for the third Docker level.
+    let text = "\
+definitions:
+  services:
+    docker:
+      type: docker
+      image: rewardenv/docker:20.10.7-dind
+      variables:
+        DOCKER_OPTS: \"--mtu=1300\"
+pipelines:
+  default:
+    - step:
+        runs-on: [self.hosted, linux, build]
+        services: [docker]
+        script: [docker build .]
+";
+    for mtu in [Mtu::Fixed(1400), Mtu::Fixed(1300), Mtu::Auto] {
+        let pools = [pool("builds", &["build"], RunnerSize::X1, mtu)];
+        let diags = lint(text, &pools).unwrap();
+        assert!(
+            !diags
+                .iter()
+                .any(|d| d.code == "docker-opts-ignored" || d.code == "docker-mtu"),
+            "{mtu:?}: {diags:?}"
+        );
+    }
+    // The same MTU is too big for a pool at 1200: said, as an error.
+    let pools = [pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1200))];
+    let diags = lint(text, &pools).unwrap();
+    assert!(diags.iter().any(|d| d.code == "docker-mtu"), "{diags:?}");
+    // Written with Docker Hub's full name, or `--mtu N`: the same.
+    let full = text
+        .replace("rewardenv/docker", "docker.io/rewardenv/docker")
+        .replace("--mtu=1300", "--mtu 1300");
+    let pools = [pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1400))];
+    assert!(
+        !lint(&full, &pools)
+            .unwrap()
+            .iter()
+            .any(|d| d.code.starts_with("docker"))
+    );
+    // Stock docker:dind still ignores DOCKER_OPTS.
+    let stock = text.replace("rewardenv/docker:20.10.7-dind", "docker:20.10.7-dind");
+    let diags = lint(&stock, &pools).unwrap();
+    assert!(
+        diags.iter().any(|d| d.code == "docker-opts-ignored"),
+        "{diags:?}"
+    );
+    assert!(diags.iter().any(|d| d.code == "docker-mtu"), "{diags:?}");
+}

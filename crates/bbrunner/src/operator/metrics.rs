@@ -79,7 +79,7 @@ pub struct Metrics {
     pub budget_remaining: Family<IdentityLabels, Gauge>,
     pub step_queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
-    /// One series per Degraded pool, carrying its reason; none for a healthy pool.
+    /// One series per pool: 1 with its reason while Degraded, 0 with an empty reason while not.
     pool_degraded: Family<DegradedLabels, Gauge>,
     degraded_reasons: Mutex<HashMap<PoolLabels, String>>,
     registry: Registry,
@@ -201,7 +201,8 @@ impl Metrics {
             .insert(labels);
     }
 
-    /// Show a pool Degraded for `reason`, or not Degraded.
+    /// Show a pool Degraded for `reason` (1, with the reason), or not Degraded (0, with an
+    /// empty reason: a healthy pool has a series too, so that a dashboard shows it).
     pub fn set_degraded(&self, namespace: &str, pool: &str, reason: Option<&str>) {
         let key = PoolLabels {
             namespace: namespace.to_owned(),
@@ -218,21 +219,40 @@ impl Metrics {
                 reason: previous,
             });
         }
-        if let Some(reason) = reason {
-            self.pool_degraded
-                .get_or_create(&DegradedLabels {
-                    namespace: namespace.to_owned(),
-                    pool: pool.to_owned(),
-                    reason: reason.to_owned(),
-                })
-                .set(1);
-            reasons.insert(key, reason.to_owned());
+        let shown = reason.unwrap_or("");
+        self.pool_degraded
+            .get_or_create(&DegradedLabels {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                reason: shown.to_owned(),
+            })
+            .set(i64::from(reason.is_some()));
+        reasons.insert(key, shown.to_owned());
+    }
+
+    /// Forget a pool's Degraded series.
+    fn forget_degraded(&self, namespace: &str, pool: &str) {
+        let key = PoolLabels {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        };
+        let previous = self
+            .degraded_reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        if let Some(previous) = previous {
+            self.pool_degraded.remove(&DegradedLabels {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                reason: previous,
+            });
         }
     }
 
     /// Remove every series of a pool that is gone, so that dashboards stop showing it.
     pub fn forget_pool(&self, namespace: &str, pool: &str) {
-        self.set_degraded(namespace, pool, None);
+        self.forget_degraded(namespace, pool);
         let labels = PoolLabels {
             namespace: namespace.to_owned(),
             pool: pool.to_owned(),
@@ -349,7 +369,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pool_shows_one_degraded_reason_at_a_time_and_none_once_gone() {
+    fn a_pool_shows_one_degraded_reason_at_a_time_zero_while_healthy_and_none_once_gone() {
         let metrics = Metrics::new();
         metrics.set_degraded("ci", "builds", Some("CredentialsInvalid"));
         metrics.set_degraded("ci", "builds", Some("RateLimited"));
@@ -359,7 +379,18 @@ mod tests {
             r#"bbrunner_pool_degraded{namespace="ci",pool="builds",reason="RateLimited"} 1"#
         ));
         assert!(!text.contains("CredentialsInvalid"), "{text}");
+        // A healthy pool shows 0, so that the dashboard's panel has data.
         metrics.set_degraded("ci", "builds", None);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"bbrunner_pool_degraded{namespace="ci",pool="builds",reason=""} 0"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"pool="builds",reason="RateLimited""#),
+            "{text}"
+        );
+        metrics.forget_pool("ci", "builds");
         metrics.forget_pool("ci", "other");
         let text = metrics.encode();
         assert!(!text.contains("bbrunner_pool_degraded{"), "{text}");
