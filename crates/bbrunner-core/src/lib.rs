@@ -17,6 +17,7 @@ pub mod ownership;
 pub mod plan;
 pub mod pool;
 pub mod queue_wait;
+pub mod reason;
 pub mod registration;
 pub mod scaling;
 pub mod schedule;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::RunnerUuid;
+use crate::reason::Reason;
 use crate::scaling::{
     Decision, Observed, Overrides, PolicyMemory, Scaling, Seconds, busy_on_arrival, desired,
 };
@@ -241,10 +242,10 @@ impl Plan {
     /// What keeps the pool from working as asked, as a Degraded reason and message, worst
     /// first. `deleting_credentials` names the pool's credentials Secret when it is being
     /// deleted.
-    pub fn problem(&self, deleting_credentials: Option<&str>) -> Option<(&'static str, String)> {
+    pub fn problem(&self, deleting_credentials: Option<&str>) -> Option<(Reason, String)> {
         if let Some(secret) = deleting_credentials {
             return Some((
-                "CredentialsDeleting",
+                Reason::CredentialsDeleting,
                 format!(
                     "the credentials Secret {secret} is being deleted; it is kept until no pool uses it, so that deleting this pool can still remove its runners in Bitbucket. Delete the pool, or point spec.credentials at another Secret"
                 ),
@@ -252,7 +253,7 @@ impl Plan {
         }
         if self.blocked_by_quota > 0 {
             return Some((
-                "QuotaExceeded",
+                Reason::QuotaExceeded,
                 format!(
                     "{} runner(s) wanted, but the scope is at Bitbucket's limit of 100 runners",
                     self.blocked_by_quota
@@ -261,7 +262,7 @@ impl Plan {
         }
         self.unschedulable.as_ref().map(|m| {
             (
-                "Unschedulable",
+                Reason::Unschedulable,
                 format!("runner pods cannot be scheduled: {m}"),
             )
         })

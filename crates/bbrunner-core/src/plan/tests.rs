@@ -267,7 +267,7 @@ fn the_scope_limit_caps_creation() {
     );
     assert_eq!(p.blocked_by_quota, 4);
     let (reason, message) = p.problem(None).unwrap();
-    assert_eq!(reason, "QuotaExceeded");
+    assert_eq!(reason, Reason::QuotaExceeded);
     assert!(message.starts_with("4 runner(s) wanted"), "{message}");
 }
 
@@ -276,11 +276,11 @@ fn the_worst_problem_is_reported_credentials_then_quota_then_scheduling() {
     let mut p = plan(&pool(), &observed(vec![], vec![], vec![]));
     assert_eq!(p.problem(None), None);
     p.unschedulable = Some("0/3 nodes: Insufficient memory".to_owned());
-    assert_eq!(p.problem(None).unwrap().0, "Unschedulable");
+    assert_eq!(p.problem(None).unwrap().0, Reason::Unschedulable);
     p.blocked_by_quota = 1;
-    assert_eq!(p.problem(None).unwrap().0, "QuotaExceeded");
+    assert_eq!(p.problem(None).unwrap().0, Reason::QuotaExceeded);
     let (reason, message) = p.problem(Some("bitbucket-credentials")).unwrap();
-    assert_eq!(reason, "CredentialsDeleting");
+    assert_eq!(reason, Reason::CredentialsDeleting);
     assert!(message.contains("bitbucket-credentials"), "{message}");
 }
 

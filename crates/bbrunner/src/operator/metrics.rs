@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use bbrunner_core::reason::Reason;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -203,7 +204,7 @@ impl Metrics {
 
     /// Show a pool Degraded for `reason` (1, with the reason), or not Degraded (0, with an
     /// empty reason: a healthy pool has a series too, so that a dashboard shows it).
-    pub fn set_degraded(&self, namespace: &str, pool: &str, reason: Option<&str>) {
+    pub fn set_degraded(&self, namespace: &str, pool: &str, reason: Option<Reason>) {
         let key = PoolLabels {
             namespace: namespace.to_owned(),
             pool: pool.to_owned(),
@@ -219,7 +220,7 @@ impl Metrics {
                 reason: previous,
             });
         }
-        let shown = reason.unwrap_or("");
+        let shown = reason.map_or("", Reason::as_str);
         self.pool_degraded
             .get_or_create(&DegradedLabels {
                 namespace: namespace.to_owned(),
@@ -371,9 +372,9 @@ mod tests {
     #[test]
     fn a_pool_shows_one_degraded_reason_at_a_time_zero_while_healthy_and_none_once_gone() {
         let metrics = Metrics::new();
-        metrics.set_degraded("ci", "builds", Some("CredentialsInvalid"));
-        metrics.set_degraded("ci", "builds", Some("RateLimited"));
-        metrics.set_degraded("ci", "other", Some("RateLimited"));
+        metrics.set_degraded("ci", "builds", Some(Reason::CredentialsInvalid));
+        metrics.set_degraded("ci", "builds", Some(Reason::RateLimited));
+        metrics.set_degraded("ci", "other", Some(Reason::RateLimited));
         let text = metrics.encode();
         assert!(text.contains(
             r#"bbrunner_pool_degraded{namespace="ci",pool="builds",reason="RateLimited"} 1"#

@@ -462,13 +462,21 @@ async fn the_operator_logs_every_change_and_failure_and_forgets_deleted_pools() 
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
+    // A field is the line's own or its pool span's (which names the namespace and pool).
+    let field = |l: &Value, k: &str| -> Value {
+        if l["fields"][k].is_null() {
+            l["span"][k].clone()
+        } else {
+            l["fields"][k].clone()
+        }
+    };
     let has = |level: &str, message: &str, keys: &[&str]| {
         lines.iter().any(|l| {
             l["level"] == level
                 && l["fields"]["message"]
                     .as_str()
                     .is_some_and(|m| m.contains(message))
-                && keys.iter().all(|k| !l["fields"][*k].is_null())
+                && keys.iter().all(|k| !field(l, k).is_null())
         })
     };
     let change = ["namespace", "pool", "runner", "reason"];
@@ -493,7 +501,7 @@ async fn the_operator_logs_every_change_and_failure_and_forgets_deleted_pools() 
     );
     assert!(
         lines.iter().any(|l| l["level"] == "WARN"
-            && l["fields"]["pool"] == "broken"
+            && field(l, "pool") == "broken"
             && l["fields"]["reason"] == "CredentialsInvalid"),
         "no warning for the failing pool:\n{text}"
     );

@@ -1,0 +1,152 @@
+//! Why a reconcile could not finish: each failure with the condition reason it reports and
+//! when to retry.
+
+use std::time::Duration;
+
+use bitbucket::Error as BitbucketError;
+
+use super::*;
+
+/// Why a reconcile could not finish, with the condition reason it reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{message}")]
+    Degraded {
+        reason: Reason,
+        message: String,
+        retry: Duration,
+    },
+}
+
+impl ReconcileError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Kube(_) => Reason::KubernetesApi,
+            Self::Degraded { reason, .. } => *reason,
+        }
+    }
+
+    pub fn retry(&self) -> Duration {
+        match self {
+            Self::Degraded { retry, .. } => *retry,
+            _ => Duration::from_secs(5),
+        }
+    }
+}
+
+pub(super) fn degraded(
+    reason: Reason,
+    message: impl Into<String>,
+    retry: Duration,
+) -> ReconcileError {
+    ReconcileError::Degraded {
+        reason,
+        message: message.into(),
+        retry,
+    }
+}
+
+/// Map a Bitbucket failure to the condition it shows.
+pub(super) fn from_bitbucket(e: BitbucketError) -> ReconcileError {
+    let message = e.to_string();
+    match e {
+        BitbucketError::Unauthorized { .. } => {
+            degraded(Reason::CredentialsInvalid, message, Duration::from_secs(60))
+        }
+        BitbucketError::Forbidden { .. } => {
+            degraded(Reason::MissingScope, message, Duration::from_secs(60))
+        }
+        BitbucketError::RateLimited { retry_after }
+        | BitbucketError::BudgetExhausted { retry_after } => {
+            degraded(Reason::RateLimited, message, retry_after)
+        }
+        BitbucketError::QuotaExceeded { .. } => {
+            degraded(Reason::QuotaExceeded, message, Duration::from_secs(60))
+        }
+        BitbucketError::NotFound { .. } => {
+            degraded(Reason::NotFound, message, Duration::from_secs(60))
+        }
+        BitbucketError::BadRequest { .. } | BitbucketError::Decode { .. } => {
+            degraded(Reason::ApiRejected, message, Duration::from_secs(60))
+        }
+        BitbucketError::Server { .. } | BitbucketError::Transport { .. } => {
+            degraded(Reason::ApiUnreachable, message, Duration::from_secs(10))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bitbucket_failure_shows_its_reason_and_retries_as_it_allows() {
+        let wait = Duration::from_secs(42);
+        for (error, reason, retry) in [
+            (
+                BitbucketError::Unauthorized {
+                    kind: "OAuth consumer",
+                    identity: "consumer key".into(),
+                },
+                Reason::CredentialsInvalid,
+                Duration::from_secs(60),
+            ),
+            (
+                BitbucketError::Forbidden {
+                    what: "runners".into(),
+                    kind: "OAuth consumer",
+                    missing_scopes: vec!["runner:write".into()],
+                },
+                Reason::MissingScope,
+                Duration::from_secs(60),
+            ),
+            (
+                BitbucketError::RateLimited { retry_after: wait },
+                Reason::RateLimited,
+                wait,
+            ),
+            (
+                BitbucketError::BudgetExhausted { retry_after: wait },
+                Reason::RateLimited,
+                wait,
+            ),
+            (
+                BitbucketError::QuotaExceeded {
+                    scope: "acme".into(),
+                },
+                Reason::QuotaExceeded,
+                Duration::from_secs(60),
+            ),
+            (
+                BitbucketError::Server {
+                    what: "runners".into(),
+                    status: 502,
+                },
+                Reason::ApiUnreachable,
+                Duration::from_secs(10),
+            ),
+            (
+                BitbucketError::Decode {
+                    what: "runners".into(),
+                    message: "bad".into(),
+                },
+                Reason::ApiRejected,
+                Duration::from_secs(60),
+            ),
+        ] {
+            let mapped = from_bitbucket(error.clone());
+            assert_eq!(mapped.reason(), reason, "{error:?}");
+            assert_eq!(mapped.retry(), retry, "{error:?}");
+            assert_eq!(
+                mapped.to_string(),
+                error.to_string(),
+                "the message is Bitbucket's"
+            );
+        }
+        let kube = ReconcileError::Kube(kube::Error::LinesCodecMaxLineLengthExceeded);
+        assert_eq!(kube.reason(), Reason::KubernetesApi);
+        assert_eq!(kube.retry(), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,372 @@
+//! One reconcile of one pool: observe (Kubernetes and Bitbucket) → plan (pure, in the core)
+//! → execute → status. Every step is safe to interrupt: the next reconcile observes again.
+
+mod error;
+mod execute;
+mod finalizers;
+mod observe;
+mod static_pool;
+mod status;
+
+pub use error::ReconcileError;
+pub use finalizers::release_unused_credentials;
+pub use observe::{credentials_from_secret, pools_resource, read_pool};
+
+use error::*;
+use execute::*;
+use finalizers::*;
+use observe::*;
+use static_pool::*;
+use status::*;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bbrunner_core::admin_policy::AdminPolicy;
+use bbrunner_core::forecast::{self};
+use bbrunner_core::manifests::dind_networks_mtu_warning;
+use bbrunner_core::ownership::{ClusterId, MAX_RUNNER_NAME, PoolIdentity};
+use bbrunner_core::plan::{Action, Observation, ObservedSecret, PoolSettings, plan};
+use bbrunner_core::pool::RUNNERS_PER_SCOPE;
+use bbrunner_core::queue_wait::QueueWaits;
+use bbrunner_core::reason::Reason;
+use bbrunner_core::scaling::PolicyMemory;
+use bbrunner_core::schedule::overrides_at;
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{EventType, Recorder};
+use tracing::Instrument;
+
+use crate::operator::crd::{PoolMode, RunnerPool};
+use crate::operator::hub::Hub;
+use crate::operator::metrics::{ErrorLabels, Metrics};
+use crate::operator::pool::{self, InvalidSpec, ValidPool};
+
+/// Operator-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A runner that stays UNREGISTERED or OFFLINE this long is replaced.
+    pub registration_ttl: Duration,
+    /// How long a deleted pool waits for busy runners.
+    pub deletion_grace: Duration,
+    /// What the cluster admin lets pools ask for.
+    pub policy: AdminPolicy,
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    /// The clock of every time-based rule.
+    pub clock: crate::operator::clock::Clock,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    /// This cluster's name in runner names.
+    pub cluster: ClusterId,
+    /// The queue-policy pools' pending steps, for the observed queue wait.
+    pub queue_waits: Mutex<QueueWaits>,
+}
+
+/// Real time between a pool's polls: its interval on the operator's clock.
+fn poll_period(ctx: &Context, scaling: &bbrunner_core::scaling::Scaling) -> Duration {
+    ctx.clock
+        .real(Duration::from_secs_f64(scaling.poll_interval.max(1.0)))
+}
+
+/// Entry point for both normal reconciles and finalizer cleanup.
+pub async fn reconcile(
+    object: Arc<DynamicObject>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let started = std::time::Instant::now();
+    // Every line logged while reconciling names the pool through this span.
+    let span = tracing::info_span!(
+        "pool",
+        namespace = %object.namespace().unwrap_or_default(),
+        pool = %object.name_any()
+    );
+    async {
+        let (pool, result) = match read_pool(&object) {
+            Ok(pool) => {
+                let result = reconcile_inner(&pool, &ctx).await;
+                (pool, result)
+            }
+            Err(unreadable) => {
+                let Unreadable { field, stand_in } = *unreadable;
+                let result = reconcile_unreadable(&stand_in, &ctx, field).await;
+                (stand_in, result)
+            }
+        };
+        ctx.metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            tracing::warn!(reason = %e.reason(), error = %e, "reconcile failed");
+            let pool_gone = matches!(e, ReconcileError::Kube(kube::Error::Api(s)) if s.code == 404);
+            if !pool_gone {
+                ctx.metrics.count_error(ErrorLabels {
+                    namespace: pool.namespace().unwrap_or_default(),
+                    pool: pool.name_any(),
+                    reason: e.reason().as_str().to_owned(),
+                });
+                write_failure(&ctx, &pool, e).await;
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// A pool that cannot be read as the current type stays local: it is reported Degraded,
+/// naming the field, while every other pool goes on. Deleted, it is still cleaned up with
+/// what can be read of it.
+async fn reconcile_unreadable(
+    stand_in: &RunnerPool,
+    ctx: &Context,
+    field: String,
+) -> Result<Requeue, ReconcileError> {
+    let deleting = stand_in.metadata.deletion_timestamp.is_some();
+    let held = stand_in.finalizers().iter().any(|f| f == pool::FINALIZER);
+    let can_clean_up = stand_in.spec.mode == PoolMode::Static
+        || (stand_in.spec.credentials.is_some() && !stand_in.spec.workspace.trim().is_empty());
+    if deleting && held && can_clean_up {
+        return reconcile_inner(stand_in, ctx).await;
+    }
+    let message = if deleting && held {
+        format!(
+            "{field}; the pool cannot be cleaned up until it is fixed (or remove the finalizer {} to leave its runners in Bitbucket)",
+            pool::FINALIZER
+        )
+    } else {
+        format!("{field}; fix the field with kubectl edit")
+    };
+    Err(degraded(
+        Reason::InvalidSpec,
+        message,
+        Duration::from_secs(300),
+    ))
+}
+
+async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let api: Api<RunnerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let deleting = pool.metadata.deletion_timestamp.is_some();
+    let has_finalizer = pool.finalizers().iter().any(|f| f == pool::FINALIZER);
+    if deleting && !has_finalizer {
+        return Ok(Requeue::await_change());
+    }
+    if !deleting && !has_finalizer {
+        // The finalizer first, so that no runner exists that deletion could forget, and so
+        // that the pool's metrics and credentials are released when it goes.
+        add_finalizer(&api, &pool.metadata, pool::FINALIZER, None).await?;
+    }
+    let valid = match pool::validate(pool) {
+        Ok(v) => v,
+        Err(InvalidSpec(message)) if !deleting => {
+            return Err(degraded(
+                Reason::InvalidSpec,
+                message,
+                Duration::from_secs(300),
+            ));
+        }
+        // A deleted pool is cleaned up whatever its spec says of labels, sizes or images.
+        Err(_) => ValidPool::for_cleanup(),
+    };
+    if !deleting
+        && let Err(violation) = ctx
+            .settings
+            .policy
+            .check(&pool::policy_request(pool, &valid))
+    {
+        // Nothing new is created; runners already serving are left to finish.
+        return Err(degraded(
+            Reason::PolicyViolation,
+            violation.to_string(),
+            Duration::from_secs(300),
+        ));
+    }
+    match pool.spec.mode {
+        PoolMode::Static if deleting => finish_deletion(ctx, pool, &api).await,
+        PoolMode::Static => reconcile_static(pool, ctx, &valid).await,
+        PoolMode::Managed => reconcile_managed(pool, ctx, &valid, &api).await,
+    }
+}
+
+/// The pool's runners are gone: forget its metrics, release its credentials, let it go.
+async fn finish_deletion(
+    ctx: &Context,
+    pool: &RunnerPool,
+    api: &Api<RunnerPool>,
+) -> Result<Requeue, ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    // The pool's finalizer first: while it stays, the pool may need its credentials again.
+    remove_finalizer_from(api, &pool.metadata, pool::FINALIZER).await?;
+    let held = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials_secret.clone());
+    if let Some(secret) = held {
+        // No reconcile of this pool follows: a failure here is retried at once, and what
+        // still fails is released when the operator next starts leading.
+        let mut attempts = 0;
+        while let Err(e) = release_credentials(ctx, &ns, &secret, Some(&name)).await {
+            attempts += 1;
+            if attempts == 3 {
+                tracing::warn!(namespace = %ns, secret = %secret, error = %e, "cannot release the credentials Secret");
+                break;
+            }
+        }
+    }
+    ctx.metrics.forget_pool(&ns, &name);
+    ctx.queue_waits
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .forget(&format!("{ns}/{name}"));
+    tracing::info!("pool deleted: its runners are gone from Bitbucket");
+    Ok(Requeue::await_change())
+}
+
+async fn reconcile_managed(
+    pool: &RunnerPool,
+    ctx: &Context,
+    valid: &ValidPool,
+    api: &Api<RunnerPool>,
+) -> Result<Requeue, ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let identity = PoolIdentity {
+        cluster: &ctx.cluster,
+        namespace: &ns,
+        pool: &name,
+    };
+    if identity.runner_name_len() > MAX_RUNNER_NAME {
+        return Err(degraded(
+            Reason::InvalidSpec,
+            format!(
+                "metadata.namespace and metadata.name are too long together: runner names ({}...) would have {} characters, more than the {MAX_RUNNER_NAME} bbrunner allows (Bitbucket's own limit is unknown); shorten the pool's name",
+                identity.prefix(),
+                identity.runner_name_len()
+            ),
+            Duration::from_secs(300),
+        ));
+    }
+    let deleting_since = pool
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| ctx.clock.at_time(t));
+    let (credentials, credentials_deleted) = match credentials(ctx, pool).await {
+        Ok(c) => c,
+        Err(e)
+            if deleting_since.is_some_and(|s| {
+                ctx.clock.now() - s > ctx.settings.deletion_grace.as_secs_f64()
+            }) =>
+        {
+            let note = format!(
+                "cannot reach Bitbucket to delete this pool's runners ({e}); delete the runners named {}* in the UI",
+                identity.prefix()
+            );
+            tracing::warn!("{note}");
+            publish(
+                ctx,
+                pool,
+                EventType::Warning,
+                Reason::CleanupAbandoned,
+                "Delete",
+                note,
+            )
+            .await;
+            return finish_deletion(ctx, pool, api).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let credentials_secret = pool
+        .spec
+        .credentials
+        .as_ref()
+        .map(|c| c.secret_ref.name.clone());
+    let status = pool.status.clone().unwrap_or_default();
+    if let Some(previous) = &status.credentials_secret
+        && Some(previous) != credentials_secret.as_ref()
+    {
+        // spec.credentials now names another Secret: let go of the one held before.
+        release_credentials(ctx, &ns, previous, Some(&name)).await?;
+    }
+    let client = ctx.hub.client(credentials).map_err(from_bitbucket)?;
+    let scope = scope_of(pool);
+    let poll = poll_period(ctx, &valid.scaling);
+    let observation = observe_managed(ctx, pool, valid, &client, &scope, &identity).await?;
+    let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
+    let planned = plan(&settings, &observation);
+    let changed = execute(ctx, pool, valid, &client, &scope, &identity, &planned).await;
+    if changed.as_ref().is_ok_and(|n| *n > 0) || changed.is_err() {
+        ctx.hub.invalidate(&client, &scope);
+    }
+    if planned.actions.contains(&Action::RemoveFinalizer) {
+        publish(
+            ctx,
+            pool,
+            EventType::Normal,
+            Reason::PoolDeleted,
+            "Delete",
+            "every runner of the pool is deleted in Bitbucket".into(),
+        )
+        .await;
+        return finish_deletion(ctx, pool, api).await;
+    }
+    changed?;
+    record_metrics(ctx, pool, &planned.counts, planned.decision.desired);
+    let mut report = StatusReport {
+        counts: planned.counts,
+        desired: planned.decision.desired,
+        memory: planned.memory,
+        scaled: None,
+        problem: None,
+        credentials_secret,
+        api_calls: Some((client.opaque_id(), client.calls_last_hour())),
+        step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
+        rollout_surge: Some(settings.rollout_surge()),
+    };
+    if deleting_since.is_some() {
+        // Busy runners are finishing their steps; the pool goes once they are done.
+        write_status(ctx, pool, report).await?;
+        return Ok(Requeue::requeue(poll));
+    }
+    report.scaled = report_scaling(ctx, pool, &planned).await;
+    let deleting_credentials =
+        credentials_deleted.then(|| report.credentials_secret.clone().unwrap_or_default());
+    report.problem = planned.problem(deleting_credentials.as_deref());
+    write_status(ctx, pool, report).await?;
+    Ok(Requeue::requeue(poll))
+}
+
+/// Requeue policy on errors: as the error says, but never later than the pool's next poll
+/// for transient failures, so that a pool recovers within a poll once the fault is gone.
+pub fn error_policy(
+    object: Arc<DynamicObject>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Requeue {
+    let pool = read_pool(&object).unwrap_or_else(|unreadable| unreadable.stand_in);
+    let poll = pool
+        .spec
+        .scaling
+        .resolve()
+        .map(|s| poll_period(&ctx, &s))
+        .unwrap_or(Duration::from_secs(15));
+    let retry = match error {
+        ReconcileError::Kube(_) => error.retry().min(poll),
+        ReconcileError::Degraded {
+            reason: Reason::ApiUnreachable,
+            ..
+        } => error.retry().min(poll),
+        _ => error.retry(),
+    };
+    Requeue::requeue(retry)
+}
+
+#[cfg(test)]
+mod fixture;
