@@ -29,6 +29,27 @@ pub struct Hub {
     /// Serialises list calls per scope so concurrent pools of a scope share one, while other
     /// scopes go on.
     fetching: KeyedLocks<ScopeKey>,
+    /// What each pool uses, so that what no pool uses any more is let go.
+    users: Mutex<HashMap<PoolKey, Usage>>,
+}
+
+/// A pool: its namespace and name.
+pub type PoolKey = (String, String);
+
+/// The client (by credentials' fingerprint) and scope a pool works with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Usage {
+    client: u64,
+    scope: ScopeKey,
+}
+
+/// How much the hub holds, for tests that it does not grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub clients: usize,
+    pub scopes: usize,
+    pub locks: usize,
+    pub pools: usize,
 }
 
 /// An identity ([`Client::opaque_id`]) and one of its scopes.
@@ -44,6 +65,17 @@ impl<K: Eq + std::hash::Hash + Clone> KeyedLocks<K> {
         Self {
             locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn remove(&self, key: &K) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub async fn lock(&self, key: &K) -> tokio::sync::OwnedMutexGuard<()> {
@@ -103,19 +135,97 @@ impl Hub {
             clients: Mutex::new(HashMap::new()),
             scopes: Mutex::new(HashMap::new()),
             fetching: KeyedLocks::new(),
+            users: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The client for these credentials, created on first use.
-    pub fn client(&self, credentials: Credentials) -> Result<Client, Error> {
+    /// The client `pool` uses for `scope` with these credentials, created on first use
+    /// (clients are shared by every pool of one identity: its request budget is one).
+    pub fn client(
+        &self,
+        pool: &PoolKey,
+        credentials: Credentials,
+        scope: &RunnerScope,
+    ) -> Result<Client, Error> {
         let key = fingerprint(&credentials);
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(&key) {
-            return Ok(c.clone());
+        let client = {
+            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            match clients.get(&key) {
+                Some(c) => c.clone(),
+                None => {
+                    let client = Client::new(self.base.clone(), credentials)?;
+                    clients.insert(key, client.clone());
+                    client
+                }
+            }
+        };
+        let usage = Usage {
+            client: key,
+            scope: (client.opaque_id(), scope.clone()),
+        };
+        let previous = self
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pool.clone(), usage.clone());
+        // Rotated credentials or a changed scope: what only the old ones served goes.
+        if let Some(previous) = previous.filter(|p| *p != usage) {
+            self.evict_unused(&previous);
         }
-        let client = Client::new(self.base.clone(), credentials)?;
-        clients.insert(key, client.clone());
         Ok(client)
+    }
+
+    /// The pool is gone: let go of its client, cached scope and lock if no other pool uses
+    /// them, so that the hub does not grow with pools created and deleted.
+    pub fn forget_pool(&self, pool: &PoolKey) {
+        let usage = self
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pool);
+        if let Some(usage) = usage {
+            self.evict_unused(&usage);
+        }
+    }
+
+    fn evict_unused(&self, usage: &Usage) {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if !users.values().any(|u| u.client == usage.client) {
+            let gone = self
+                .clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&usage.client);
+            let identity = usage.scope.0.clone();
+            let identity_used = self
+                .clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|c| c.opaque_id() == identity);
+            if gone.is_some() && !identity_used {
+                self.metrics
+                    .budget_remaining
+                    .remove(&IdentityLabels { identity });
+            }
+        }
+        if !users.values().any(|u| u.scope == usage.scope) {
+            self.scopes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&usage.scope);
+            self.fetching.remove(&usage.scope);
+        }
+    }
+
+    /// What the hub holds now.
+    pub fn held(&self) -> Held {
+        Held {
+            clients: self.clients.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            scopes: self.scopes.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            locks: self.fetching.len(),
+            pools: self.users.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        }
     }
 
     /// The runners of a scope, fetched at most once per `max_age`.
@@ -173,6 +283,47 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::SecretString;
+
+    #[tokio::test]
+    async fn pools_created_and_deleted_leave_the_hub_as_it_was() {
+        let hub = Hub::new(Config::default(), Metrics::new());
+        let token = |t: &str| Credentials::AccessToken(SecretString::from(t.to_owned()));
+        let scope = |w: &str| RunnerScope::Workspace(w.into());
+        let shared = ("ci".to_owned(), "shared".to_owned());
+        hub.client(&shared, token("kept"), &scope("acme")).unwrap();
+        let baseline = hub.held();
+        for round in 0..50 {
+            let pool = ("ci".to_owned(), format!("p{round}"));
+            let client = hub
+                .client(
+                    &pool,
+                    token(&format!("t{round}")),
+                    &scope(&format!("w{round}")),
+                )
+                .unwrap();
+            // Its list cached and its lock taken, as a reconcile does.
+            drop(
+                hub.fetching
+                    .lock(&(client.opaque_id(), scope(&format!("w{round}"))))
+                    .await,
+            );
+            // Rotated once.
+            hub.client(
+                &pool,
+                token(&format!("rotated{round}")),
+                &scope(&format!("w{round}")),
+            )
+            .unwrap();
+            hub.forget_pool(&pool);
+        }
+        assert_eq!(hub.held(), baseline, "the hub grew over 50 pools");
+        // A client still used by another pool stays.
+        let other = ("ci".to_owned(), "other".to_owned());
+        hub.client(&other, token("kept"), &scope("acme")).unwrap();
+        hub.forget_pool(&other);
+        assert_eq!(hub.held().clients, 1);
+    }
 
     #[tokio::test]
     async fn a_held_scope_lock_does_not_stall_another_scope() {

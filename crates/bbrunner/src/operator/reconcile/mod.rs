@@ -221,6 +221,7 @@ async fn finish_deletion(
         }
     }
     ctx.metrics.forget_pool(&ns, &name);
+    ctx.hub.forget_pool(&(ns.clone(), name.clone()));
     ctx.queue_waits
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -295,8 +296,11 @@ async fn reconcile_managed(
         // spec.credentials now names another Secret: let go of the one held before.
         release_credentials(ctx, &ns, previous, Some(&name)).await?;
     }
-    let client = ctx.hub.client(credentials).map_err(from_bitbucket)?;
     let scope = scope_of(pool);
+    let client = ctx
+        .hub
+        .client(&(ns.clone(), name.clone()), credentials, &scope)
+        .map_err(from_bitbucket)?;
     let poll = poll_period(ctx, &valid.scaling);
     let observation = observe_managed(ctx, pool, valid, &client, &scope, &identity).await?;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
