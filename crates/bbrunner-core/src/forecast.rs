@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::scaling::Seconds;
+use crate::units::Seconds;
 
 /// One slot of the profile.
 pub const SLOT: Seconds = 900.0;

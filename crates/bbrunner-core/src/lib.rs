@@ -22,4 +22,5 @@ pub mod registration;
 pub mod scaling;
 pub mod schedule;
 pub mod simulate;
+pub mod units;
 pub mod yaml;

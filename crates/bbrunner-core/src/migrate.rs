@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use crate::labels::{SYSTEM_LABELS, validate_label};
 use crate::manifests::{Mtu, dind_networks_mtu_warning};
-use crate::pool::RUNNERS_PER_SCOPE;
+use crate::units::RUNNERS_PER_SCOPE;
 use crate::yaml::{self, Document};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

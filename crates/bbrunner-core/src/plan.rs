@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::RunnerUuid;
 use crate::reason::Reason;
-use crate::scaling::{
-    Decision, Observed, Overrides, PolicyMemory, Scaling, Seconds, busy_on_arrival, desired,
-};
+use crate::scaling::{Decision, Observed, PolicyMemory, Scaling, busy_on_arrival, desired};
+use crate::schedule::Overrides;
+use crate::units::Seconds;
 
 /// A runner's status in Bitbucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -5,10 +5,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::labels::{LabelError, Labels};
-use crate::scaling::{DurationError, PolicyKind, Scaling, parse_duration};
-
-/// Bitbucket's limit of runners per workspace and per repository.
-pub const RUNNERS_PER_SCOPE: u32 = 100;
+use crate::scaling::{PolicyKind, Scaling};
+use crate::units::{DurationError, RUNNERS_PER_SCOPE, parse_duration};
 
 /// The shortest poll interval, in seconds: below it a pool would poll in a tight loop.
 pub const MIN_POLL_INTERVAL: f64 = 1.0;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::scaling::Seconds;
+use crate::units::Seconds;
 
 /// A step in one poll's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

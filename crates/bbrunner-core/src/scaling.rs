@@ -4,36 +4,11 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::forecast::{self, DemandProfile};
-
-/// Seconds, the unit of every time in the core (time is always an input).
-pub type Seconds = f64;
-
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum DurationError {
-    #[error("{field} {value:?} is not a duration; write it like 15s, 5m or 1h30m")]
-    Invalid { field: &'static str, value: String },
-    #[error("{field} {value:?} is negative; durations are zero or more")]
-    Negative { field: &'static str, value: String },
-}
-
-/// Parse a duration such as `15s`, `5m` or `1h30m` (Kubernetes' and jiff's friendly format).
-pub fn parse_duration(field: &'static str, value: &str) -> Result<Seconds, DurationError> {
-    let parsed: jiff::SignedDuration =
-        value.trim().parse().map_err(|_| DurationError::Invalid {
-            field,
-            value: value.to_owned(),
-        })?;
-    if parsed.is_negative() {
-        return Err(DurationError::Negative {
-            field,
-            value: value.to_owned(),
-        });
-    }
-    Ok(parsed.as_secs_f64())
-}
+use crate::schedule::Overrides;
+use crate::units::RUNNERS_PER_SCOPE;
+use crate::units::Seconds;
 
 /// Which policy decides the desired runner count.
 #[derive(
@@ -272,13 +247,6 @@ pub struct Decision {
     pub reason: &'static str,
 }
 
-/// Overrides of `min` and `minIdle` in force now (from schedules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Overrides {
-    pub min: Option<u32>,
-    pub min_idle: Option<u32>,
-}
-
 /// Why the policy keeps as many warm runners as it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Warm {
@@ -447,7 +415,7 @@ pub enum AtlassianAction {
 /// Bitbucket only, never at Kubernetes. `total` is every runner in the scope, for Bitbucket's
 /// 100.
 pub fn atlassian_ratio(scaling: &Scaling, online: u32, busy: u32, total: u32) -> AtlassianAction {
-    const MAX_RUNNERS_COUNT: u32 = crate::pool::RUNNERS_PER_SCOPE;
+    const MAX_RUNNERS_COUNT: u32 = RUNNERS_PER_SCOPE;
     let p = &scaling.atlassian;
     let idle = online.saturating_sub(busy);
     if total >= MAX_RUNNERS_COUNT {

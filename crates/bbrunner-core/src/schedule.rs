@@ -5,7 +5,14 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::scaling::{Overrides, Seconds, parse_duration};
+use crate::units::{Seconds, parse_duration};
+
+/// Overrides of `min` and `minIdle` in force now (from schedules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Overrides {
+    pub min: Option<u32>,
+    pub min_idle: Option<u32>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ScheduleError {
@@ -20,7 +27,7 @@ pub enum ScheduleError {
     #[error("spec.scaling.schedules[{index}].{source}")]
     Duration {
         index: usize,
-        source: crate::scaling::DurationError,
+        source: crate::units::DurationError,
     },
 }
 

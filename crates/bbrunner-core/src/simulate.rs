@@ -10,7 +10,8 @@ use thiserror::Error;
 
 use crate::labels::validate_label;
 use crate::manifests::RunnerSize;
-use crate::scaling::{self, Seconds};
+use crate::scaling;
+use crate::units::Seconds;
 
 pub use engine::{PolicyResult, Sample, SimConfig, StartLatency, simulate};
 pub use scenarios::Scenario;

@@ -11,10 +11,10 @@ use kube_cel::{
 };
 use serde_json::Value;
 
-use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{ApiError, ResourceType, Store};
+use crate::types::{ApiError, ResourceType};
 
-const GROUP: &str = "admissionregistration.k8s.io";
+/// The API group of the policies and their bindings.
+pub const GROUP: &str = "admissionregistration.k8s.io";
 
 fn contains(list: &Value, wanted: &str) -> bool {
     list.as_array()
@@ -28,32 +28,36 @@ fn rule_matches(rule: &Value, rt: &ResourceType, version: &str, operation: &str)
         && contains(&rule["operations"], operation)
 }
 
-/// Admit `object` (and `old` on an update) of `rt`, or refuse it as the API server would.
+/// A ValidatingAdmissionPolicy and one of its bindings.
+pub struct Binding {
+    pub policy: Value,
+    pub binding: Value,
+}
+
+/// The bindings that act (`Deny`), each with the policy it names, from the stored objects.
+pub fn denying(bindings: Vec<Value>, policy: impl Fn(&str) -> Option<Value>) -> Vec<Binding> {
+    bindings
+        .into_iter()
+        .filter(|b| contains(&b["spec"]["validationActions"], "Deny"))
+        .filter_map(|binding| {
+            let policy = policy(binding["spec"]["policyName"].as_str()?)?;
+            Some(Binding { policy, binding })
+        })
+        .collect()
+}
+
+/// Admit `object` (and `old` on an update) of `rt` under `bindings`, or refuse it as the API
+/// server would.
 pub fn admit(
-    store: &Store,
+    bindings: &[Binding],
     rt: &ResourceType,
     version: &str,
     operation: &str,
     object: &Value,
     old: Option<&Value>,
 ) -> Result<(), ApiError> {
-    let (Some(policies), Some(bindings)) = (
-        store.find_type(GROUP, "validatingadmissionpolicies"),
-        store.find_type(GROUP, "validatingadmissionpolicybindings"),
-    ) else {
-        return Ok(());
-    };
-    let everything = (LabelSelector::default(), FieldSelector::default());
-    for binding in store.list(bindings, None, &everything.0, &everything.1) {
-        if !contains(&binding["spec"]["validationActions"], "Deny") {
-            continue;
-        }
-        let Some(policy_name) = binding["spec"]["policyName"].as_str() else {
-            continue;
-        };
-        let Ok(policy) = store.get(policies, "", policy_name) else {
-            continue;
-        };
+    for Binding { policy, binding } in bindings {
+        let policy_name = policy["metadata"]["name"].as_str().unwrap_or("");
         let spec = &policy["spec"];
         let matched = spec["matchConstraints"]["resourceRules"]
             .as_array()

@@ -6,11 +6,25 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use node_agent::NodeAgent;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::api::Faults;
-use crate::store::{ApiError, PatchKind, ResourceType, Store};
+use crate::store::Store;
+use crate::types::{ApiError, PatchKind, ResourceType};
+
+/// Fault injection on the Kubernetes API (not on `/_fake/`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Share of requests failing with 500, by verb: get, list, watch, create, update, patch,
+    /// delete.
+    pub error_rates: HashMap<String, f64>,
+    /// Added latency, in milliseconds.
+    pub latency_ms: u64,
+    /// Close every watch stream after this many milliseconds (0: never).
+    pub drop_watches_after_ms: u64,
+}
 
 /// How the fake cluster is shaped.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, owned_by};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{PatchKind, ResourceType};
+use crate::types::{PatchKind, ResourceType};
 
 /// A CPU quantity in millicores.
 pub fn cpu_millis(q: &Value) -> i64 {

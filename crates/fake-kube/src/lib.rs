@@ -15,6 +15,7 @@ mod selector;
 mod store;
 mod strategic;
 mod structural;
+mod types;
 mod validate;
 
 use std::net::SocketAddr;
@@ -32,8 +33,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use api::Faults;
-pub use cluster::{Cluster, ClusterConfig};
+pub use cluster::{Cluster, ClusterConfig, Faults};
 
 /// The token the written kubeconfig carries.
 pub const ADMIN_TOKEN: &str = "fake-kube-admin-token";

@@ -5,7 +5,8 @@
 use serde_json::Value;
 
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{ApiError, Store};
+use crate::store::Store;
+use crate::types::ApiError;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,218 +9,15 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::types::{ApiError, FieldValidation, ResourceType, WatchEvent};
 use crate::validate;
 
-/// A kind of object the server serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResourceType {
-    pub group: String,
-    pub versions: Vec<String>,
-    pub kind: String,
-    pub plural: String,
-    pub singular: String,
-    pub namespaced: bool,
-    pub status_subresource: bool,
-    pub short_names: Vec<String>,
-    /// A CRD's categories: `kubectl get CATEGORY` lists every kind in it.
-    pub categories: Vec<String>,
-    /// Printer columns of a CRD, for `kubectl get`.
-    pub printer_columns: Vec<PrinterColumn>,
-    /// A CRD's structural schema (`openAPIV3Schema`), enforced on every write.
-    pub schema: Option<Value>,
-}
-
-/// One of a CRD's `additionalPrinterColumns`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrinterColumn {
-    pub name: String,
-    pub kind: String,
-    pub json_path: String,
-    /// Above 0: shown by `kubectl get -o wide` only.
-    pub priority: i64,
-}
-
-/// What the API server does with fields a schema does not declare (`fieldValidation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FieldValidation {
-    /// Refuse the request.
-    Strict,
-    /// Drop them and say so in a `Warning` header (the server's default).
-    #[default]
-    Warn,
-    /// Drop them silently.
-    Ignore,
-}
-
-impl FieldValidation {
-    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        match raw {
-            None | Some("") | Some("Warn") => Ok(Self::Warn),
-            Some("Strict") => Ok(Self::Strict),
-            Some("Ignore") => Ok(Self::Ignore),
-            Some(other) => Err(ApiError::new(
-                400,
-                "BadRequest",
-                format!("fieldValidation must be Ignore, Warn or Strict, got {other:?}"),
-            )),
-        }
-    }
-}
-
-impl ResourceType {
-    pub fn builtin(
-        group: &str,
-        version: &str,
-        kind: &str,
-        plural: &str,
-        namespaced: bool,
-        status: bool,
-    ) -> Self {
-        Self {
-            group: group.to_owned(),
-            versions: vec![version.to_owned()],
-            kind: kind.to_owned(),
-            plural: plural.to_owned(),
-            singular: kind.to_ascii_lowercase(),
-            namespaced,
-            status_subresource: status,
-            short_names: Vec::new(),
-            categories: Vec::new(),
-            printer_columns: Vec::new(),
-            schema: None,
-        }
-    }
-
-    /// Whether objects of this kind carry `metadata.generation`: custom resources (every CRD
-    /// version has a schema) and the built-in kinds whose spec a controller acts on; not
-    /// Secrets, ConfigMaps, Namespaces, Events or Leases.
-    pub fn has_generation(&self) -> bool {
-        self.schema.is_some()
-            || matches!(
-                self.kind.as_str(),
-                "Deployment" | "Job" | "CustomResourceDefinition"
-            )
-    }
-
-    /// What server-side apply knows of this kind's fields.
-    pub fn shape(&self) -> crate::apply::Shape<'_> {
-        match &self.schema {
-            Some(schema) => crate::apply::Shape::Crd(schema),
-            None => crate::apply::Shape::Builtin(crate::strategic::definition_of(&self.kind)),
-        }
-    }
-
-    pub fn api_version(&self, version: &str) -> String {
-        if self.group.is_empty() {
-            version.to_owned()
-        } else {
-            format!("{}/{version}", self.group)
-        }
-    }
-
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.group, self.plural)
-    }
-}
-
-/// An API error, rendered as a Kubernetes `Status`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub code: u16,
-    pub reason: &'static str,
-    pub message: String,
-    pub details: Option<Value>,
-}
-
-impl ApiError {
-    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        let what = if rt.group.is_empty() {
-            rt.plural.clone()
-        } else {
-            format!("{}.{}", rt.plural, rt.group)
-        };
-        Self {
-            code: 404,
-            reason: "NotFound",
-            message: format!("{what} \"{name}\" not found"),
-            details: Some(json!({"name": name, "group": rt.group, "kind": rt.plural})),
-        }
-    }
-
-    pub fn invalid(rt: &ResourceType, name: &str, causes: Vec<(String, String)>) -> Self {
-        let message = format!(
-            "{} \"{name}\" is invalid: {}",
-            rt.kind,
-            causes
-                .iter()
-                .map(|(field, msg)| format!("{field}: {msg}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Self {
-            code: 422,
-            reason: "Invalid",
-            message,
-            details: Some(json!({
-                "name": name,
-                "group": rt.group,
-                "kind": rt.kind,
-                "causes": causes.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "field": f, "message": m})).collect::<Vec<_>>(),
-            })),
-        }
-    }
-
-    pub fn status_body(&self) -> Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "code": self.code,
-        });
-        // The API server leaves the reason out where it has none.
-        if !self.reason.is_empty() {
-            status["reason"] = json!(self.reason);
-        }
-        if let Some(details) = &self.details {
-            status["details"] = details.clone();
-        }
-        status
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct WatchEvent {
-    pub rv: u64,
-    pub type_key: String,
-    pub namespace: String,
-    pub kind: &'static str,
-    pub object: Value,
-}
-
-/// How a patch body is to be applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchKind {
-    Merge,
-    Json,
-    /// Strategic merge patch (see `strategic`).
-    Strategic,
-    /// Server-side apply (see `apply`).
-    Apply,
-}
+mod crds;
+mod patch;
 
 type ObjectKey = (String, String, String);
 
+/// Every object of the cluster, its resourceVersion and the watch log.
 pub struct Store {
     pub types: Vec<ResourceType>,
     objects: BTreeMap<ObjectKey, Value>,
@@ -249,6 +46,22 @@ fn generation_part(object: &Value) -> Value {
 }
 
 impl Store {
+    /// The ValidatingAdmissionPolicy bindings that deny, with their policies.
+    fn admission_bindings(&self) -> Vec<crate::admission::Binding> {
+        let group = crate::admission::GROUP;
+        let (Some(policies), Some(bindings)) = (
+            self.find_type(group, "validatingadmissionpolicies"),
+            self.find_type(group, "validatingadmissionpolicybindings"),
+        ) else {
+            return Vec::new();
+        };
+        let everything = (LabelSelector::default(), FieldSelector::default());
+        crate::admission::denying(
+            self.list(bindings, None, &everything.0, &everything.1),
+            |name| self.get(policies, "", name).ok(),
+        )
+    }
+
     pub fn new(types: Vec<ResourceType>, log_len: usize) -> Self {
         let (events, _) = broadcast::channel(8192);
         Self {
@@ -509,7 +322,14 @@ impl Store {
         }
         validate::object(rt, &mut body).map_err(|causes| ApiError::invalid(rt, &name, causes))?;
         self.structural(rt, &name, &mut body, None)?;
-        crate::admission::admit(self, rt, version, "CREATE", &body, None)?;
+        crate::admission::admit(
+            &self.admission_bindings(),
+            rt,
+            version,
+            "CREATE",
+            &body,
+            None,
+        )?;
         // A client's create is an update by its manager (an apply recorded its own already).
         if let Some(request) = crate::structural::request()
             && body["metadata"]["managedFields"].is_null()
@@ -668,7 +488,14 @@ impl Store {
         if !status_only {
             validate::object(rt, &mut next)
                 .map_err(|causes| ApiError::invalid(rt, name, causes))?;
-            crate::admission::admit(self, rt, &rt.versions[0], "UPDATE", &next, Some(&current))?;
+            crate::admission::admit(
+                &self.admission_bindings(),
+                rt,
+                &rt.versions[0],
+                "UPDATE",
+                &next,
+                Some(&current),
+            )?;
             if rt.has_generation() && generation_part(&next) != generation_part(&current) {
                 let generation = current["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
                 next["metadata"]["generation"] = json!(generation);
@@ -693,161 +520,6 @@ impl Store {
         self.record(rt, namespace, "MODIFIED", next.clone());
         self.finish_if_unblocked(rt, namespace, name);
         Ok(self.get(rt, namespace, name).unwrap_or(next))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn patch(
-        &mut self,
-        rt: &ResourceType,
-        version: &str,
-        namespace: &str,
-        name: &str,
-        kind: PatchKind,
-        patch: Value,
-        status_only: bool,
-        field_manager: Option<&str>,
-    ) -> Result<Value, ApiError> {
-        let request = crate::structural::request();
-        let manager = field_manager
-            .map(str::to_owned)
-            .or_else(|| request.as_ref().map(|r| r.manager.clone()))
-            .unwrap_or_else(|| "unknown".to_owned());
-        let force = request.as_ref().is_some_and(|r| r.force);
-        let subresource = status_only.then_some("status");
-        if kind == PatchKind::Apply
-            && let Some(schema) = &rt.schema
-        {
-            // An applied configuration must fit the schema: server-side apply refuses a field
-            // the schema does not declare, whatever fieldValidation asks.
-            let mut config = patch.clone();
-            if let Some(field) = crate::structural::apply(schema, &mut config)
-                .unknown
-                .first()
-            {
-                let version = rt.versions.first().map(String::as_str).unwrap_or("");
-                return Err(ApiError::new(
-                    500,
-                    "",
-                    format!(
-                        "failed to create typed patch object ({namespace}/{name}; {}/{version}, Kind={}): .{field}: field not declared in schema",
-                        rt.group, rt.kind
-                    ),
-                ));
-            }
-        }
-        let current = match self.get(rt, namespace, name) {
-            Ok(c) => c,
-            Err(e) if kind == PatchKind::Apply && !status_only => {
-                let mut body = crate::apply::apply(
-                    None,
-                    &patch,
-                    &manager,
-                    force,
-                    None,
-                    rt.shape(),
-                    &now_rfc3339(),
-                )
-                .map_err(|message| ApiError::new(409, "Conflict", message))?;
-                body["apiVersion"] = patch["apiVersion"].clone();
-                body["kind"] = patch["kind"].clone();
-                body["metadata"]["name"] = json!(name);
-                return self.create(rt, version, namespace, body).map_err(|_| e);
-            }
-            Err(e) => return Err(e),
-        };
-        let mut next = current.clone();
-        match kind {
-            PatchKind::Json => {
-                let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
-                    ApiError::new(400, "BadRequest", format!("invalid JSON patch: {e}"))
-                })?;
-                json_patch::patch(&mut next, &ops).map_err(|e| {
-                    ApiError::new(
-                        422,
-                        "Invalid",
-                        format!("the JSON patch could not be applied: {e}"),
-                    )
-                })?;
-            }
-            PatchKind::Merge => {
-                if !patch.is_object() {
-                    return Err(ApiError::new(
-                        400,
-                        "BadRequest",
-                        "a merge patch must be a JSON object",
-                    ));
-                }
-                json_patch::merge(&mut next, &patch);
-            }
-            PatchKind::Apply => {
-                if !patch.is_object() {
-                    return Err(ApiError::new(
-                        400,
-                        "BadRequest",
-                        "an apply configuration must be an object",
-                    ));
-                }
-                next = crate::apply::apply(
-                    Some(&current),
-                    &patch,
-                    &manager,
-                    force,
-                    subresource,
-                    rt.shape(),
-                    &now_rfc3339(),
-                )
-                .map_err(|message| ApiError::new(409, "Conflict", message))?;
-            }
-            PatchKind::Strategic => {
-                if !patch.is_object() {
-                    return Err(ApiError::new(
-                        400,
-                        "BadRequest",
-                        "a strategic merge patch must be a JSON object",
-                    ));
-                }
-                // Custom resources have no Go types to read patch strategies from.
-                if rt.schema.is_some() {
-                    return Err(ApiError::new(
-                        415,
-                        "UnsupportedMediaType",
-                        format!(
-                            "strategic merge patch is not supported for {}: use a merge patch, a JSON patch or server-side apply",
-                            rt.key()
-                        ),
-                    ));
-                }
-                // A built-in kind not in the vendored metadata merges its lists atomically.
-                crate::strategic::apply(
-                    &mut next,
-                    &patch,
-                    crate::strategic::definition_of(&rt.kind),
-                );
-            }
-        }
-        if kind != PatchKind::Apply && request.is_some() {
-            crate::apply::record_update(
-                Some(&current),
-                &mut next,
-                &manager,
-                subresource,
-                rt.shape(),
-                &now_rfc3339(),
-            );
-        }
-        // A patch carrying a stale resourceVersion is a conflict too.
-        if let Some(rv) = patch_rv(&next, &current) {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified (resourceVersion {rv})",
-                    rt.plural
-                ),
-            ));
-        }
-        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        self.commit(rt, version, namespace, name, current, next, status_only)
     }
 
     /// Delete: with finalizers the object stays, marked; otherwise it goes at once (pods are
@@ -926,93 +598,4 @@ impl Store {
             self.remove(rt, namespace, name);
         }
     }
-
-    /// Register a custom resource type from a CRD object.
-    pub fn register_crd(&mut self, crd: &Value) {
-        let spec = &crd["spec"];
-        let versions: Vec<String> = spec["versions"]
-            .as_array()
-            .map(|vs| {
-                vs.iter()
-                    .filter(|v| v["served"].as_bool().unwrap_or(true))
-                    .filter_map(|v| v["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let first = &spec["versions"][0];
-        let columns = first["additionalPrinterColumns"]
-            .as_array()
-            .map(|cols| {
-                cols.iter()
-                    .map(|c| PrinterColumn {
-                        name: c["name"].as_str().unwrap_or("").to_owned(),
-                        kind: c["type"].as_str().unwrap_or("string").to_owned(),
-                        json_path: c["jsonPath"].as_str().unwrap_or("").to_owned(),
-                        priority: c["priority"].as_i64().unwrap_or(0),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let rt = ResourceType {
-            group: spec["group"].as_str().unwrap_or("").to_owned(),
-            versions,
-            kind: spec["names"]["kind"].as_str().unwrap_or("").to_owned(),
-            plural: spec["names"]["plural"].as_str().unwrap_or("").to_owned(),
-            singular: spec["names"]["singular"].as_str().unwrap_or("").to_owned(),
-            namespaced: spec["scope"].as_str() != Some("Cluster"),
-            status_subresource: first["subresources"]["status"].is_object(),
-            short_names: spec["names"]["shortNames"]
-                .as_array()
-                .map(|s| {
-                    s.iter()
-                        .filter_map(|n| n.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            categories: spec["names"]["categories"]
-                .as_array()
-                .map(|c| {
-                    c.iter()
-                        .filter_map(|n| n.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            printer_columns: columns,
-            schema: first["schema"]["openAPIV3Schema"]
-                .is_object()
-                .then(|| first["schema"]["openAPIV3Schema"].clone()),
-        };
-        self.types
-            .retain(|t| !(t.group == rt.group && t.plural == rt.plural));
-        self.types.push(rt);
-    }
-
-    pub fn unregister_crd(&mut self, crd: &Value) {
-        let group = crd["spec"]["group"].as_str().unwrap_or("").to_owned();
-        let plural = crd["spec"]["names"]["plural"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        let key = format!("{group}/{plural}");
-        let doomed: Vec<ObjectKey> = self
-            .objects
-            .keys()
-            .filter(|(k, _, _)| *k == key)
-            .cloned()
-            .collect();
-        if let Some(rt) = self.find_type(&group, &plural).cloned() {
-            for (_, ns, name) in doomed {
-                self.remove(&rt, &ns, &name);
-            }
-        }
-        self.types
-            .retain(|t| !(t.group == group && t.plural == plural));
-    }
-}
-
-/// The resourceVersion a patch asked for, when it differs from the current one.
-fn patch_rv(next: &Value, current: &Value) -> Option<String> {
-    let asked = next["metadata"]["resourceVersion"].as_str()?;
-    let actual = current["metadata"]["resourceVersion"].as_str()?;
-    (asked != actual).then(|| asked.to_owned())
 }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use serde_json::Value;
 
-use crate::store::FieldValidation;
+use crate::types::FieldValidation;
 
 thread_local! {
     /// The request being served on this thread: its `fieldValidation` and the warnings it

@@ -5,7 +5,7 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::store::ResourceType;
+use crate::types::ResourceType;
 
 type Causes = Vec<(String, String)>;
 

@@ -235,19 +235,6 @@ fn atlassian_ratio_follows_its_thresholds() {
     assert_eq!(atlassian_ratio(&s, 3, 3, 100), AtlassianAction::Nothing);
 }
 
-#[test]
-fn durations_parse_or_name_the_field() {
-    assert_eq!(parse_duration("scaleDownDelay", "5m").unwrap(), 300.0);
-    assert_eq!(parse_duration("pollInterval", "15s").unwrap(), 15.0);
-    assert_eq!(parse_duration("x", "1h30m").unwrap(), 5400.0);
-    let err = parse_duration("scaleDownDelay", "soon").unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("scaleDownDelay \"soon\" is not a duration")
-    );
-    assert!(parse_duration("x", "-5m").is_err());
-}
-
 fn scaling_strategy() -> impl Strategy<Value = Scaling> {
     (
         0u32..5,

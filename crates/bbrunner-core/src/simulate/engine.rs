@@ -22,11 +22,12 @@ use crate::plan::{
     Action, Observation, ObservedPod, ObservedRunner, ObservedSecret, PodPhase, PoolSettings,
     RunnerStatus, plan,
 };
-use crate::pool::RUNNERS_PER_SCOPE;
 use crate::scaling::{
-    AtlassianAction, PolicyKind, PolicyMemory, Scaling, Seconds, atlassian_ratio, reads_queue,
+    AtlassianAction, PolicyKind, PolicyMemory, Scaling, atlassian_ratio, reads_queue,
 };
 use crate::schedule::overrides_at;
+use crate::units::RUNNERS_PER_SCOPE;
+use crate::units::Seconds;
 
 /// The runner's own interval between polls for work.
 pub const RUNNER_POLL: Seconds = 30.0;

@@ -6,7 +6,7 @@
 use super::TraceStep;
 use super::rng::Rng;
 use crate::manifests::RunnerSize;
-use crate::scaling::Seconds;
+use crate::units::Seconds;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bbrunner_core::pool::ScalingSpec;
-use bbrunner_core::scaling::{PolicyMemory, parse_duration};
+use bbrunner_core::scaling::PolicyMemory;
 use bbrunner_core::simulate::engine::percentile;
+use bbrunner_core::units::parse_duration;
 use fake_bitbucket::{FakeBitbucket, FakeConfig, StepRequest};
 use fake_kube::{ClusterConfig, FakeKube};
 use k8s_openapi::api::core::v1::{Namespace, Secret};

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bbrunner_core::ownership::ClusterId;
-use bbrunner_core::scaling::parse_duration;
+use bbrunner_core::units::parse_duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{LogFormat, OperatorArgs};

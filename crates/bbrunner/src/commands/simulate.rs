@@ -4,11 +4,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use bbrunner_core::labels::Labels;
 use bbrunner_core::pool::PoolManifest;
-use bbrunner_core::scaling::{PolicyKind, PolicyMemory, Scaling, parse_duration};
+use bbrunner_core::scaling::{PolicyKind, PolicyMemory, Scaling};
 use bbrunner_core::simulate::{
     PolicyResult, Scenario, SimConfig, StartLatency, TraceStep, learn, parse_trace, simulate,
     split_weeks,
 };
+use bbrunner_core::units::parse_duration;
 
 use crate::cli::{SimulateArgs, TableFormat};
 use crate::{input, output};

@@ -44,6 +44,7 @@ struct Usage {
 }
 
 /// How much the hub holds, for tests that it does not grow.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     pub clients: usize,
@@ -74,6 +75,7 @@ impl<K: Eq + std::hash::Hash + Clone> KeyedLocks<K> {
             .remove(key);
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -219,6 +221,7 @@ impl Hub {
     }
 
     /// What the hub holds now.
+    #[cfg(test)]
     pub fn held(&self) -> Held {
         Held {
             clients: self.clients.lock().unwrap_or_else(|e| e.into_inner()).len(),

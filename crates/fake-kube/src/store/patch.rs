@@ -1,0 +1,171 @@
+//! Patches as the API server applies them: JSON merge, JSON patch, strategic merge and
+//! server-side apply, each judged like any other write.
+
+use crate::types::{ApiError, PatchKind, ResourceType};
+use serde_json::{Value, json};
+
+use super::*;
+
+impl Store {
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &mut self,
+        rt: &ResourceType,
+        version: &str,
+        namespace: &str,
+        name: &str,
+        kind: PatchKind,
+        patch: Value,
+        status_only: bool,
+        field_manager: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let request = crate::structural::request();
+        let manager = field_manager
+            .map(str::to_owned)
+            .or_else(|| request.as_ref().map(|r| r.manager.clone()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let force = request.as_ref().is_some_and(|r| r.force);
+        let subresource = status_only.then_some("status");
+        if kind == PatchKind::Apply
+            && let Some(schema) = &rt.schema
+        {
+            // An applied configuration must fit the schema: server-side apply refuses a field
+            // the schema does not declare, whatever fieldValidation asks.
+            let mut config = patch.clone();
+            if let Some(field) = crate::structural::apply(schema, &mut config)
+                .unknown
+                .first()
+            {
+                let version = rt.versions.first().map(String::as_str).unwrap_or("");
+                return Err(ApiError::new(
+                    500,
+                    "",
+                    format!(
+                        "failed to create typed patch object ({namespace}/{name}; {}/{version}, Kind={}): .{field}: field not declared in schema",
+                        rt.group, rt.kind
+                    ),
+                ));
+            }
+        }
+        let current = match self.get(rt, namespace, name) {
+            Ok(c) => c,
+            Err(e) if kind == PatchKind::Apply && !status_only => {
+                let mut body = crate::apply::apply(
+                    None,
+                    &patch,
+                    &manager,
+                    force,
+                    None,
+                    rt.shape(),
+                    &now_rfc3339(),
+                )
+                .map_err(|message| ApiError::new(409, "Conflict", message))?;
+                body["apiVersion"] = patch["apiVersion"].clone();
+                body["kind"] = patch["kind"].clone();
+                body["metadata"]["name"] = json!(name);
+                return self.create(rt, version, namespace, body).map_err(|_| e);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut next = current.clone();
+        match kind {
+            PatchKind::Json => {
+                let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+                    ApiError::new(400, "BadRequest", format!("invalid JSON patch: {e}"))
+                })?;
+                json_patch::patch(&mut next, &ops).map_err(|e| {
+                    ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("the JSON patch could not be applied: {e}"),
+                    )
+                })?;
+            }
+            PatchKind::Merge => {
+                if !patch.is_object() {
+                    return Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        "a merge patch must be a JSON object",
+                    ));
+                }
+                json_patch::merge(&mut next, &patch);
+            }
+            PatchKind::Apply => {
+                if !patch.is_object() {
+                    return Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        "an apply configuration must be an object",
+                    ));
+                }
+                next = crate::apply::apply(
+                    Some(&current),
+                    &patch,
+                    &manager,
+                    force,
+                    subresource,
+                    rt.shape(),
+                    &now_rfc3339(),
+                )
+                .map_err(|message| ApiError::new(409, "Conflict", message))?;
+            }
+            PatchKind::Strategic => {
+                if !patch.is_object() {
+                    return Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        "a strategic merge patch must be a JSON object",
+                    ));
+                }
+                // Custom resources have no Go types to read patch strategies from.
+                if rt.schema.is_some() {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        format!(
+                            "strategic merge patch is not supported for {}: use a merge patch, a JSON patch or server-side apply",
+                            rt.key()
+                        ),
+                    ));
+                }
+                // A built-in kind not in the vendored metadata merges its lists atomically.
+                crate::strategic::apply(
+                    &mut next,
+                    &patch,
+                    crate::strategic::definition_of(&rt.kind),
+                );
+            }
+        }
+        if kind != PatchKind::Apply && request.is_some() {
+            crate::apply::record_update(
+                Some(&current),
+                &mut next,
+                &manager,
+                subresource,
+                rt.shape(),
+                &now_rfc3339(),
+            );
+        }
+        // A patch carrying a stale resourceVersion is a conflict too.
+        if let Some(rv) = patch_rv(&next, &current) {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified (resourceVersion {rv})",
+                    rt.plural
+                ),
+            ));
+        }
+        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        self.commit(rt, version, namespace, name, current, next, status_only)
+    }
+}
+
+/// The resourceVersion a patch asked for, when it differs from the current one.
+fn patch_rv(next: &Value, current: &Value) -> Option<String> {
+    let asked = next["metadata"]["resourceVersion"].as_str()?;
+    let actual = current["metadata"]["resourceVersion"].as_str()?;
+    (asked != actual).then(|| asked.to_owned())
+}
