@@ -5,5 +5,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod pki;
+mod testbed;
 
 pub use cluster::{Backend, Cluster};
+pub use testbed::Testbed;

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fake_bitbucket::{FakeBitbucket, FakeConfig};
-use fake_kube::{ClusterConfig, FakeKube};
+use fake_bitbucket::FakeConfig;
 
 use crate::util::*;
 
@@ -40,30 +39,24 @@ fn blocks(page: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn getting_started_runs_block_by_block_against_the_fakes() {
-    let bitbucket = FakeBitbucket::start(FakeConfig {
-        time_scale: 30.0,
-        workspaces: vec!["acme".into()],
-        oauth_consumers: vec![("key".into(), "consumer-secret".into())],
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
-    let kube = FakeKube::start(
-        "127.0.0.1:0".parse().unwrap(),
-        ClusterConfig {
-            bitbucket_url: Some(bitbucket.url().to_owned()),
-            pod_start_latency: Duration::from_millis(200),
-            ..ClusterConfig::default()
+    let bed = testbed::Testbed::fake(
+        "docs",
+        FakeConfig {
+            time_scale: 30.0,
+            workspaces: vec!["acme".into()],
+            oauth_consumers: vec![("key".into(), "consumer-secret".into())],
+            ..FakeConfig::default()
         },
+        |c| c.pod_start_latency = Duration::from_millis(200),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("bbrunner-docs-{}", std::process::id()));
+    .await;
+    let bitbucket = &bed.bitbucket;
+    let dir = bed.dir();
     let bin = dir.join("bin");
     let work = dir.join("repository");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&work).unwrap();
-    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+    let kubeconfig = bed.kubeconfig().to_owned();
     let bbrunner_bin = Path::new(env!("CARGO_BIN_EXE_bbrunner"));
     std::os::unix::fs::symlink(bbrunner_bin, bin.join("bbrunner")).unwrap();
     let pbpaste = bin.join("pbpaste");
@@ -169,7 +162,6 @@ async fn getting_started_runs_block_by_block_against_the_fakes() {
         "the page no longer installs the operator"
     );
     drop(operator);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// docs/try-it-locally.md, run as the one shell session it describes: the fakes and the

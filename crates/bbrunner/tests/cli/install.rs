@@ -1,7 +1,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use fake_kube::{ClusterConfig, FakeKube};
+use fake_kube::ClusterConfig;
 
 use crate::util::{bbrunner, kubectl, kubernetes_validate_strict, workspace_root};
 
@@ -115,18 +115,15 @@ fn rbac_is_exactly_what_the_operator_uses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn install_applied_with_kubectl_brings_the_operator_up() {
-    let kube = FakeKube::start(
-        "127.0.0.1:0".parse().unwrap(),
+    let cluster = testbed::Cluster::fake(
+        "install",
         ClusterConfig {
             pod_start_latency: Duration::from_millis(100),
             ..ClusterConfig::default()
         },
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("bbrunner-install-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+    .await;
+    let kubeconfig = cluster.kubeconfig().to_owned();
     let manifests = bbrunner(&["install", "--replicas", "2"], "")
         .success()
         .stdout;
@@ -168,5 +165,4 @@ async fn install_applied_with_kubectl_brings_the_operator_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(running, 2, "the operator's two replicas are not running");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

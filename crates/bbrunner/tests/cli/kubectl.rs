@@ -2,53 +2,29 @@
 //! protobuf; kubectl's own client-side rendering (`--dry-run=client -o json`) is the oracle
 //! for what the server must have stored.
 
-use fake_kube::{ClusterConfig, FakeKube};
+use fake_kube::ClusterConfig;
 use serde_json::Value;
 
 use crate::util::kubectl;
 
-/// A fake-kube and a kubeconfig for it in a directory of the test's own; with `crd`, the
-/// RunnerPool CRD applied through kubectl.
-struct Cluster {
-    _kube: FakeKube,
-    dir: std::path::PathBuf,
-    kubeconfig: std::path::PathBuf,
-}
-
-impl Cluster {
-    async fn start(name: &str, crd: bool) -> Self {
-        let kube = FakeKube::start("127.0.0.1:0".parse().unwrap(), ClusterConfig::default())
-            .await
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("bbrunner-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
-        if crd {
-            let crd = crate::util::bbrunner(&["crd"], "").success().stdout;
-            assert!(
-                kubectl(&kubeconfig, &["apply", "-f", "-"], &crd)
-                    .status
-                    .success()
-            );
-        }
-        Self {
-            _kube: kube,
-            dir,
-            kubeconfig,
-        }
+/// fake-kube, with the RunnerPool CRD applied through kubectl when `crd` says so.
+async fn cluster(name: &str, crd: bool) -> testbed::Cluster {
+    let cluster = testbed::Cluster::fake(name, ClusterConfig::default()).await;
+    if crd {
+        let crd = crate::util::bbrunner(&["crd"], "").success().stdout;
+        assert!(
+            kubectl(cluster.kubeconfig(), &["apply", "-f", "-"], &crd)
+                .status
+                .success()
+        );
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    cluster
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_create_namespace_secret_configmap_and_serviceaccount_work() {
-    let cluster = Cluster::start("kubectl", false).await;
-    let (dir, kubeconfig) = (&cluster.dir, &cluster.kubeconfig);
+    let cluster = cluster("kubectl", false).await;
+    let (dir, kubeconfig) = (cluster.dir(), cluster.kubeconfig());
     // Bytes that are not UTF-8, and a secret with the punctuation Bitbucket's have.
     let binary = dir.join("key.bin");
     std::fs::write(&binary, [0u8, 159, 146, 150, 255]).unwrap();
@@ -112,8 +88,8 @@ async fn kubectl_create_namespace_secret_configmap_and_serviceaccount_work() {
 /// warning under `--validate=warn`; a value of the wrong type is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_crd_schema_is_enforced_as_a_real_api_server_does() {
-    let cluster = Cluster::start("kubectl-crd", true).await;
-    let kubeconfig = &cluster.kubeconfig;
+    let cluster = cluster("kubectl-crd", true).await;
+    let kubeconfig = cluster.kubeconfig();
     let pool = |scaling: &str| {
         format!(
             "apiVersion: bbrunner.dev/v1alpha1\nkind: RunnerPool\nmetadata: {{name: builds, namespace: default}}\nspec:\n  workspace: acme\n  credentials: {{secretRef: {{name: c}}}}\n  scaling: {scaling}\n"
@@ -264,15 +240,12 @@ mod strategic_merge {
     #[test]
     fn fake_kube_merges_as_kubectl_does() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let kube = runtime
-            .block_on(FakeKube::start(
-                "127.0.0.1:0".parse().unwrap(),
-                ClusterConfig::default(),
-            ))
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("bbrunner-strategic-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+        let cluster = runtime.block_on(testbed::Cluster::fake(
+            "strategic",
+            ClusterConfig::default(),
+        ));
+        let kubeconfig = cluster.kubeconfig().to_owned();
+        let dir = cluster.dir().to_owned();
         let case = std::sync::atomic::AtomicUsize::new(0);
         let compare = [
             "/metadata/labels",
@@ -316,9 +289,8 @@ mod strategic_merge {
                 );
             }
         });
-        drop(kube);
+        drop(cluster);
         runtime.shutdown_background();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -326,8 +298,8 @@ mod strategic_merge {
 /// and a poll interval under a second are refused with the rule's message.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_crd_s_cel_rules_refuse_what_the_operator_cannot_hold() {
-    let cluster = Cluster::start("kubectl-cel", true).await;
-    let kubeconfig = &cluster.kubeconfig;
+    let cluster = cluster("kubectl-cel", true).await;
+    let kubeconfig = cluster.kubeconfig();
     let pool = |name: &str, scaling: &str| {
         format!(
             "apiVersion: bbrunner.dev/v1alpha1\nkind: RunnerPool\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  workspace: acme\n  credentials: {{secretRef: {{name: c}}}}\n  dind: {{mtu: auto}}\n  scaling: {scaling}\n"

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use bitbucket::{Client, Config, Credentials, RunnerScope, RunnerStatus};
-use fake_bitbucket::{FakeBitbucket, FakeConfig};
-use fake_kube::{ClusterConfig, FakeKube};
+use fake_bitbucket::FakeConfig;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::util::{bbrunner, kubectl};
@@ -15,49 +14,31 @@ use crate::util::{bbrunner, kubectl};
 /// fake-bitbucket, fake-kube whose runner pods register with it, and a runner created as a
 /// user creates one in the UI.
 struct Live {
-    _bitbucket: FakeBitbucket,
-    kube: FakeKube,
+    bed: testbed::Testbed,
     client: Client,
     scope: RunnerScope,
     created: bitbucket::CreatedRunner,
     account: String,
     kubeconfig: std::path::PathBuf,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Live {
     async fn start(name: &str) -> Self {
-        let bitbucket = FakeBitbucket::start(FakeConfig {
-            time_scale: 60.0,
-            workspaces: vec!["acme".into()],
-            api_tokens: vec![("ops@acme.test".into(), "token".into())],
-            ..FakeConfig::default()
-        })
-        .await
-        .unwrap();
-        let kube = FakeKube::start(
-            "127.0.0.1:0".parse().unwrap(),
-            ClusterConfig {
-                bitbucket_url: Some(bitbucket.url().to_owned()),
-                pod_start_latency: Duration::from_millis(200),
-                ..ClusterConfig::default()
+        let bed = testbed::Testbed::fake(
+            &format!("live-{name}"),
+            FakeConfig {
+                time_scale: 60.0,
+                workspaces: vec!["acme".into()],
+                api_tokens: vec![("ops@acme.test".into(), "token".into())],
+                ..FakeConfig::default()
             },
+            |c| c.pod_start_latency = Duration::from_millis(200),
         )
-        .await
-        .unwrap();
-        let dir = std::env::temp_dir().join(format!("bbrunner-live-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+        .await;
         let client = Client::new(
             Config {
-                api_url: bitbucket.url().parse().unwrap(),
-                auth_url: bitbucket.url().parse().unwrap(),
+                api_url: bed.bitbucket.url().parse().unwrap(),
+                auth_url: bed.bitbucket.url().parse().unwrap(),
                 ..Config::default()
             },
             Credentials::ApiToken {
@@ -73,14 +54,12 @@ impl Live {
             .unwrap();
         let account = client.workspace_uuid("acme").await.unwrap();
         Self {
-            _bitbucket: bitbucket,
-            kube,
+            kubeconfig: bed.kubeconfig().to_owned(),
+            bed,
             client,
             scope,
             created,
             account,
-            kubeconfig,
-            dir,
         }
     }
 
@@ -105,7 +84,7 @@ impl Live {
 
     async fn agents_stop(&self) -> bool {
         for _ in 0..200 {
-            if self.kube.cluster().agents().is_empty() {
+            if self.bed.runner_agents().is_empty() {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

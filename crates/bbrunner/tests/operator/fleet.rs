@@ -19,7 +19,7 @@ fn cluster_of(runner: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_clusters_share_a_workspace_and_keep_their_own_runners() {
-    let bitbucket = start_bitbucket().await;
+    let bitbucket = FakeBitbucket::start(bitbucket_config()).await.unwrap();
     let mut clusters = Vec::new();
     for name in ["fleet-a", "fleet-b", "fleet-c"] {
         clusters.push(Cluster::start(name, bitbucket.url(), |_| {}).await);

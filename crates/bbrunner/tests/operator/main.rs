@@ -80,9 +80,28 @@ impl World {
     }
 
     async fn start_with(name: &str, configure: impl FnOnce(&mut ClusterConfig)) -> Self {
-        let bitbucket = start_bitbucket().await;
-        let cluster = Cluster::start(name, bitbucket.url(), configure).await;
-        Self { bitbucket, cluster }
+        let testbed::Testbed { bitbucket, cluster } =
+            testbed::Testbed::fake(&format!("op-{name}"), bitbucket_config(), |c| {
+                c.pod_start_latency = Duration::from_millis(300);
+                configure(c);
+            })
+            .await;
+        Self {
+            bitbucket,
+            cluster: Cluster::prepare(cluster).await,
+        }
+    }
+
+    /// fake-bitbucket beside a real control plane of the test's own (two nodes); `None` where
+    /// its binaries are missing (the test then skips, never under CI).
+    async fn real(name: &str) -> Option<Self> {
+        let testbed::Testbed { bitbucket, cluster } =
+            testbed::Testbed::real(&format!("op-{name}"), bitbucket_config(), |o| o.nodes = 2)
+                .await?;
+        Some(Self {
+            bitbucket,
+            cluster: Cluster::prepare(cluster).await,
+        })
     }
 
     /// The operator binary, reaching the cluster through `kubeconfig`.
@@ -149,16 +168,16 @@ impl World {
     }
 }
 
-async fn start_bitbucket() -> FakeBitbucket {
-    FakeBitbucket::start(FakeConfig {
+/// The tests' Bitbucket: workspace `acme` with repository `app`, the pools' OAuth consumer,
+/// its clock 30 times real time.
+fn bitbucket_config() -> FakeConfig {
+    FakeConfig {
         time_scale: 30.0,
         workspaces: vec!["acme".into()],
         repositories: vec![("acme".into(), "app".into())],
         oauth_consumers: vec![("key".into(), "consumer-secret".into())],
         ..FakeConfig::default()
-    })
-    .await
-    .unwrap()
+    }
 }
 
 /// The operator binary against `bitbucket_url`, reaching its cluster through `kubeconfig`.
@@ -206,18 +225,6 @@ impl Cluster {
         configure(&mut cluster);
         let bed = testbed::Cluster::fake(&format!("op-{name}"), cluster).await;
         Self::prepare(bed).await
-    }
-
-    /// A real control plane of the test's own, whose nodes' runner agents register with
-    /// `bitbucket_url`; `None` where its binaries are missing (the test then skips, never
-    /// under CI).
-    async fn real(name: &str, bitbucket_url: &str) -> Option<Self> {
-        let bed = testbed::Cluster::real(&format!("op-{name}"), |options| {
-            options.bitbucket_url = Some(bitbucket_url.to_owned());
-            options.nodes = 2;
-        })
-        .await?;
-        Some(Self::prepare(bed).await)
     }
 
     /// Install the CRD, namespace `ci` and the credentials.

@@ -113,11 +113,9 @@ fn pool_manifest(namespace: &str, name: &str, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_runs_pools_on_a_real_control_plane_and_cleans_up_in_any_deletion_order() {
-    let bitbucket = start_bitbucket().await;
-    let Some(cluster) = Cluster::real("real-operator", bitbucket.url()).await else {
+    let Some(world) = World::real("real-operator").await else {
         return;
     };
-    let world = World { bitbucket, cluster };
     let log = world.dir.join("operator.log");
     let _explain = ExplainOnFailure {
         world: &world,
@@ -305,11 +303,9 @@ async fn the_operator_runs_pools_on_a_real_control_plane_and_cleans_up_in_any_de
 
 #[tokio::test(flavor = "multi_thread")]
 async fn helm_installs_the_chart_whose_policy_refuses_a_forbidden_pool() {
-    let bitbucket = start_bitbucket().await;
-    let Some(cluster) = Cluster::real("real-helm", bitbucket.url()).await else {
+    let Some(world) = World::real("real-helm").await else {
         return;
     };
-    let world = World { bitbucket, cluster };
     let chart = workspace_file("deploy/helm/bbrunner");
     let out = Command::new("helm")
         .args([
@@ -380,11 +376,9 @@ async fn helm_installs_the_chart_whose_policy_refuses_a_forbidden_pool() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn render_s_deployment_gets_its_pod_from_the_real_controllers_and_scheduler() {
-    let bitbucket = start_bitbucket().await;
-    let Some(cluster) = Cluster::real("real-render", bitbucket.url()).await else {
+    let Some(world) = World::real("real-render").await else {
         return;
     };
-    let world = World { bitbucket, cluster };
     // A runner made as in the UI: Bitbucket hands out its registration once.
     let client = world.bitbucket_client();
     let scope = bitbucket::RunnerScope::Workspace("acme".into());
@@ -459,20 +453,16 @@ async fn render_s_deployment_gets_its_pod_from_the_real_controllers_and_schedule
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dind_tcp_spellings_are_refused_on_a_real_control_plane() {
-    let bitbucket = start_bitbucket().await;
-    let Some(cluster) = Cluster::real("real-dind-tcp", bitbucket.url()).await else {
+    let Some(world) = World::real("real-dind-tcp").await else {
         return;
     };
-    let world = World { bitbucket, cluster };
     dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(&world).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spec_change_rolls_out_on_a_real_control_plane() {
-    let bitbucket = start_bitbucket().await;
-    let Some(cluster) = Cluster::real("real-rollout", bitbucket.url()).await else {
+    let Some(world) = World::real("real-rollout").await else {
         return;
     };
-    let world = World { bitbucket, cluster };
     a_spec_change_rolls_out_to_every_runner(&world).await;
 }
