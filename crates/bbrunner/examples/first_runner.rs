@@ -80,6 +80,8 @@ async fn measure(backend: Backend, rounds: usize) -> Vec<f64> {
         Backend::Real => Cluster::real("bench-first-runner-real", |o| {
             o.bitbucket_url = Some(bitbucket.url().to_owned());
             o.pod_start_latency = POD_START_LATENCY;
+            // As many nodes as fake-kube has, so that every pool's pod finds room.
+            o.nodes = 3;
         })
         .await
         .expect("the real control plane's binaries: run ./scripts/kube-build"),
