@@ -13,7 +13,7 @@ use fake_bitbucket::{FakeBitbucket, FakeConfig};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::json;
-use testbed::{Backend, Cluster};
+use testbed::{Backend, Testbed};
 
 /// The same on both backends: what the node takes to start a pod's containers.
 const POD_START_LATENCY: Duration = Duration::from_millis(500);
@@ -58,27 +58,19 @@ fn online(bitbucket: &FakeBitbucket, pool: &str) -> bool {
 
 /// Seconds from each pool's creation to its first runner ONLINE, `rounds` pools in turn.
 async fn measure(backend: Backend, rounds: usize) -> Vec<f64> {
-    let bitbucket = FakeBitbucket::start(FakeConfig {
+    let config = FakeConfig {
         workspaces: vec!["acme".into()],
         oauth_consumers: vec![("key".into(), "consumer-secret".into())],
         ..FakeConfig::default()
-    })
-    .await
-    .expect("fake-bitbucket starts");
-    let cluster = match backend {
+    };
+    let bed = match backend {
         Backend::Fake => {
-            Cluster::fake(
-                "bench-first-runner",
-                fake_kube::ClusterConfig {
-                    bitbucket_url: Some(bitbucket.url().to_owned()),
-                    pod_start_latency: POD_START_LATENCY,
-                    ..fake_kube::ClusterConfig::default()
-                },
-            )
+            Testbed::fake("bench-first-runner", config, |c| {
+                c.pod_start_latency = POD_START_LATENCY;
+            })
             .await
         }
-        Backend::Real => Cluster::real("bench-first-runner-real", |o| {
-            o.bitbucket_url = Some(bitbucket.url().to_owned());
+        Backend::Real => Testbed::real("bench-first-runner-real", config, |o| {
             o.pod_start_latency = POD_START_LATENCY;
             // As many nodes as fake-kube has, so that every pool's pod finds room.
             o.nodes = 3;
@@ -86,6 +78,7 @@ async fn measure(backend: Backend, rounds: usize) -> Vec<f64> {
         .await
         .expect("the real control plane's binaries: run ./scripts/kube-build"),
     };
+    let (bitbucket, cluster) = (&bed.bitbucket, &bed.cluster);
     let kubeconfig = cluster.kubeconfig().to_owned();
     let crd = Command::new(operator_binary()).arg("crd").output().unwrap();
     apply(&kubeconfig, &String::from_utf8(crd.stdout).unwrap());
@@ -131,7 +124,7 @@ async fn measure(backend: Backend, rounds: usize) -> Vec<f64> {
             .patch(&name, &PatchParams::apply("bench"), &Patch::Apply(pool))
             .await
             .unwrap();
-        while !online(&bitbucket, &name) {
+        while !online(bitbucket, &name) {
             assert!(
                 started.elapsed() < Duration::from_secs(120),
                 "{name} never came online"

@@ -7,8 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fake_bitbucket::{FakeBitbucket, FakeConfig};
-use fake_kube::{ClusterConfig, FakeKube};
+use fake_bitbucket::FakeConfig;
 use serde_json::json;
 
 const WORKSPACES: usize = 10;
@@ -109,32 +108,26 @@ fn p99_between(before: &str, after: &str, name: &str) -> String {
 #[tokio::main]
 async fn main() {
     let workspaces: Vec<String> = (0..WORKSPACES).map(|i| format!("ws{i}")).collect();
-    let bitbucket = FakeBitbucket::start(FakeConfig {
-        workspaces: workspaces.clone(),
-        oauth_consumers: workspaces
-            .iter()
-            .map(|w| (format!("key-{w}"), format!("secret-{w}")))
-            .collect(),
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
-    let kube = FakeKube::start(
-        "127.0.0.1:0".parse().unwrap(),
-        ClusterConfig {
-            bitbucket_url: Some(bitbucket.url().to_owned()),
-            nodes: 40,
-            node_cpu: "64".into(),
-            node_memory: "512Gi".into(),
-            pod_start_latency: Duration::from_millis(200),
-            ..ClusterConfig::default()
+    let bed = testbed::Testbed::fake(
+        "load",
+        FakeConfig {
+            workspaces: workspaces.clone(),
+            oauth_consumers: workspaces
+                .iter()
+                .map(|w| (format!("key-{w}"), format!("secret-{w}")))
+                .collect(),
+            ..FakeConfig::default()
+        },
+        |c| {
+            c.nodes = 40;
+            c.node_cpu = "64".into();
+            c.node_memory = "512Gi".into();
+            c.pod_start_latency = Duration::from_millis(200);
         },
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("bbrunner-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = kube.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+    .await;
+    let bitbucket = &bed.bitbucket;
+    let kubeconfig = bed.kubeconfig().to_owned();
     let kubectl = |stdin: String| {
         let mut child = Command::new("kubectl")
             .args(["apply", "-f", "-"])
@@ -281,5 +274,4 @@ async fn main() {
     }
     let _ = operator.kill();
     let _ = operator.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }
