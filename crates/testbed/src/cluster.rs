@@ -305,23 +305,35 @@ impl Cluster {
 /// kubectl keys its default cache by host and port only, and a cluster on a port an earlier one
 /// used would be described by the earlier one's resources.
 pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(kubectl_binary())
+    let mut command = Command::new(kubectl_binary());
+    command
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env("KUBECACHEDIR", kubeconfig.with_extension("kubectl-cache"))
+        .env("KUBECACHEDIR", kubeconfig.with_extension("kubectl-cache"));
+    run_with_stdin(
+        command,
+        stdin,
+        "kubectl cannot start; ./scripts/kube-build builds it (./scripts/test runs it)",
+    )
+}
+
+/// Run `command` with `stdin` as standard input and capture its output. `missing` says what
+/// to do when the program cannot be started: a missing tool is a failure, not a skip.
+pub fn run_with_stdin(mut command: Command, stdin: &str, missing: &str) -> Output {
+    use std::io::Write;
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("kubectl cannot start ({e}); ./scripts/kube-build builds it (./scripts/test runs it)")
-        });
+        .unwrap_or_else(|e| panic!("{missing} ({e})"));
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes())
         .expect("write stdin");
-    child.wait_with_output().expect("kubectl runs")
+    child
+        .wait_with_output()
+        .expect("wait for the child process")
 }

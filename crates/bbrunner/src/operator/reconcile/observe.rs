@@ -324,10 +324,13 @@ pub(super) async fn observe_managed(
     ctx: &Context,
     pool: &RunnerPool,
     valid: &ValidPool,
-    client: &Client,
-    scope: &RunnerScope,
-    identity: &PoolIdentity<'_>,
+    bitbucket: &PoolBitbucket<'_>,
 ) -> Result<Observation, ReconcileError> {
+    let PoolBitbucket {
+        client,
+        scope,
+        identity,
+    } = bitbucket;
     let poll = poll_period(ctx, &valid.scaling);
     let listed = ctx
         .hub
