@@ -2,7 +2,7 @@
 //! JSON pointers) and our rules can point at a line and column. Anchors and aliases are
 //! resolved, and `<<` merge keys applied, as Bitbucket's YAML 1.1 parser does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use granit_parser::{Event, Parser, ScalarStyle};
 use serde_json::{Map, Number, Value};
@@ -27,8 +27,8 @@ pub struct YamlError {
 #[derive(Debug, Clone, Default)]
 pub struct Document {
     pub value: Value,
-    pub nodes: HashMap<String, Pos>,
-    pub keys: HashMap<String, Pos>,
+    pub nodes: BTreeMap<String, Pos>,
+    pub keys: BTreeMap<String, Pos>,
 }
 
 impl Document {
@@ -113,25 +113,39 @@ fn plain(text: &str) -> Value {
     Value::String(text.to_owned())
 }
 
-/// The most nodes aliases may add to a document: far above any real pipelines file (the
-/// corpus' largest has a few thousand), far below what a "billion laughs" file expands to.
-pub const MAX_ALIAS_NODES: usize = 200_000;
+/// The budget every YAML document we read is held to (pipelines files by lint, `--fix`,
+/// `migrate` and the operator's lookahead; RunnerPool manifests through
+/// the same limits, in the binary): far above any real file (the corpus' largest has
+/// a few thousand nodes and tens of kilobytes), far below what a bomb expands to. Refused
+/// within tens of megabytes, before anything is expanded past it.
+pub const MAX_INPUT_BYTES: usize = 8 << 20;
+/// Nodes, counting each alias's expansion.
+pub const MAX_NODES: usize = 200_000;
+/// Bytes of scalars and keys, counting each alias's expansion.
+pub const MAX_SCALAR_BYTES: usize = 16 << 20;
 
-/// The nodes of a value, counting itself.
-fn node_count(value: &Value) -> usize {
-    1 + match value {
-        Value::Array(items) => items.iter().map(node_count).sum(),
-        Value::Object(map) => map.values().map(node_count).sum(),
-        _ => 0,
+/// The nodes and scalar bytes of a value, counting itself.
+fn footprint(value: &Value) -> (usize, usize) {
+    match value {
+        Value::Array(items) => items.iter().map(footprint).fold((1, 0), |(n, b), (n2, b2)| {
+            (n + n2, b + b2)
+        }),
+        Value::Object(map) => map.iter().fold((1, 0), |(n, b), (k, v)| {
+            let (n2, b2) = footprint(v);
+            (n + n2, b + k.len() + b2)
+        }),
+        Value::String(s) => (1, s.len()),
+        _ => (1, 8),
     }
 }
 
 struct Loader {
     stack: Vec<Frame>,
-    /// Each anchor's value, where it was defined, and its size in nodes.
-    anchors: HashMap<usize, (Value, String, usize)>,
-    /// Nodes added by aliases so far, against [`MAX_ALIAS_NODES`].
-    alias_nodes: usize,
+    /// Each anchor's value, where it was defined, and its footprint (nodes, bytes).
+    anchors: HashMap<usize, (Value, String, (usize, usize))>,
+    /// Nodes and scalar bytes so far, aliases expanded, against the budget.
+    nodes: usize,
+    bytes: usize,
     doc: Document,
     root: Option<Value>,
 }
@@ -153,7 +167,7 @@ impl Loader {
     /// Attach a finished node to its parent (or make it the root).
     fn attach(&mut self, value: Value, anchor: usize, pointer: &str) {
         if anchor > 0 {
-            let size = node_count(&value);
+            let size = footprint(&value);
             self.anchors
                 .insert(anchor, (value.clone(), pointer.to_owned(), size));
         }
@@ -174,26 +188,27 @@ impl Loader {
         }
     }
 
-    /// Copy the positions of an anchored subtree to where an alias repeats it.
+    /// Copy the positions of an anchored subtree to where an alias repeats it. The maps are
+    /// sorted, so only the subtree is visited.
     fn copy_positions(&mut self, from: &str, to: &str) {
-        let copies: Vec<(String, Pos)> = self
-            .doc
-            .nodes
-            .iter()
-            .filter(|(p, _)| *p == from || p.starts_with(&format!("{from}/")))
-            .map(|(p, pos)| (format!("{to}{}", &p[from.len()..]), *pos))
-            .collect();
-        let key_copies: Vec<(String, Pos)> = self
-            .doc
-            .keys
-            .iter()
-            .filter(|(p, _)| p.starts_with(&format!("{from}/")))
-            .map(|(p, pos)| (format!("{to}{}", &p[from.len()..]), *pos))
-            .collect();
-        for (p, pos) in copies {
+        let below = format!("{from}/");
+        let subtree = |map: &BTreeMap<String, Pos>, with_root: bool| -> Vec<(String, Pos)> {
+            let root = map
+                .get(from)
+                .filter(|_| with_root)
+                .map(|pos| (to.to_owned(), *pos));
+            root.into_iter()
+                .chain(
+                    map.range(below.clone()..)
+                        .take_while(|(p, _)| p.starts_with(&below))
+                        .map(|(p, pos)| (format!("{to}{}", &p[from.len()..]), *pos)),
+                )
+                .collect()
+        };
+        for (p, pos) in subtree(&self.doc.nodes, true) {
             self.doc.nodes.entry(p).or_insert(pos);
         }
-        for (p, pos) in key_copies {
+        for (p, pos) in subtree(&self.doc.keys, false) {
             self.doc.keys.entry(p).or_insert(pos);
         }
     }
@@ -201,12 +216,30 @@ impl Loader {
 
 /// Load the first document of `text`.
 pub fn load(text: &str) -> Result<Document, YamlError> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(YamlError {
+            line: 1,
+            column: 1,
+            message: format!(
+                "the file is {} bytes, more than the {MAX_INPUT_BYTES} a pipelines file may have; refusing it",
+                text.len()
+            ),
+        });
+    }
     let mut loader = Loader {
         stack: Vec::new(),
         anchors: HashMap::new(),
-        alias_nodes: 0,
+        nodes: 0,
+        bytes: 0,
         doc: Document::default(),
         root: None,
+    };
+    let over_budget = |pos: Pos, what: &str| YamlError {
+        line: pos.line,
+        column: pos.column,
+        message: format!(
+            "{what} expand the document past {MAX_NODES} nodes or {MAX_SCALAR_BYTES} bytes; refusing it (a YAML bomb?)"
+        ),
     };
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| YamlError {
@@ -218,6 +251,17 @@ pub fn load(text: &str) -> Result<Document, YamlError> {
             line: span.start.line(),
             column: span.start.col() + 1,
         };
+        match &event {
+            Event::Scalar(text, ..) => {
+                loader.nodes += 1;
+                loader.bytes += text.len();
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => loader.nodes += 1,
+            _ => {}
+        }
+        if loader.nodes > MAX_NODES || loader.bytes > MAX_SCALAR_BYTES {
+            return Err(over_budget(pos, "its nodes"));
+        }
         // A scalar in key position of a mapping is a key.
         if let Some(Frame::Map {
             key: key @ None,
@@ -272,22 +316,22 @@ pub fn load(text: &str) -> Result<Document, YamlError> {
                 let Some(pointer) = loader.child_pointer() else {
                     continue;
                 };
-                let (value, from, size) =
-                    loader.anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                let (nodes, bytes) = loader
+                    .anchors
+                    .get(&id)
+                    .map(|(_, _, size)| *size)
+                    .ok_or_else(|| YamlError {
                         line: pos.line,
                         column: pos.column,
                         message: "alias to an unknown anchor".into(),
                     })?;
-                loader.alias_nodes += size;
-                if loader.alias_nodes > MAX_ALIAS_NODES {
-                    return Err(YamlError {
-                        line: pos.line,
-                        column: pos.column,
-                        message: format!(
-                            "aliases expand the document past {MAX_ALIAS_NODES} nodes; refusing it (a YAML bomb?)"
-                        ),
-                    });
+                // Counted before the copy is made: a bomb is refused without expanding it.
+                loader.nodes += nodes;
+                loader.bytes += bytes;
+                if loader.nodes > MAX_NODES || loader.bytes > MAX_SCALAR_BYTES {
+                    return Err(over_budget(pos, "aliases"));
                 }
+                let (value, from, _) = loader.anchors[&id].clone();
                 loader.copy_positions(&from, &pointer);
                 loader.doc.nodes.insert(pointer.clone(), pos);
                 loader.attach(value, 0, &pointer);
@@ -430,6 +474,33 @@ mod tests {
             doc.value,
             json!({"a": 1, "b": 1.5, "c": true, "d": "true", "e": null, "f": 16, "g": "1x", "h": "12"})
         );
+    }
+
+    /// A 10 KB file: a 10,000-character string aliased 30 × 30 × 30 (270 MB expanded) is
+    /// refused at the alias that would pass the byte budget, before it is copied.
+    #[test]
+    fn a_long_string_alias_bomb_is_refused_by_its_bytes() {
+        let mut text = format!("a: &a \"{}\"\n", "x".repeat(10_000));
+        for (name, of) in [("b", "a"), ("c", "b"), ("d", "c")] {
+            let refs = vec![format!("*{of}"); 30].join(", ");
+            text.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        assert!(text.len() < 11_000);
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("YAML bomb"), "{err:?}");
+        assert_eq!(err.line, 4, "refused in d, the level that passes the budget");
+    }
+
+    #[test]
+    fn many_plain_nodes_and_oversized_files_are_refused() {
+        let wide = "- x\n".repeat(MAX_NODES + 1);
+        assert!(load(&wide).unwrap_err().message.contains("YAML bomb"));
+        let huge = format!("# {}\n", "x".repeat(MAX_INPUT_BYTES));
+        let err = load(&huge).unwrap_err();
+        assert!(err.message.contains("more than the"), "{err:?}");
+        // Within the budget, a document of a few thousand nodes loads.
+        let fine = "- x\n".repeat(5_000);
+        assert_eq!(load(&fine).unwrap().value.as_array().unwrap().len(), 5_000);
     }
 
     #[test]

@@ -36,10 +36,10 @@ fn lint_pool(pool: &RunnerPool) -> Result<LintPool> {
 
 /// The image the fixed file's docker service runs.
 fn fixed_image(fixed: &str, images: &DockerServiceImages) -> String {
-    serde_saphyr::from_str::<serde_json::Value>(fixed)
+    bbrunner_core::yaml::load(fixed)
         .ok()
-        .and_then(|v| {
-            v["definitions"]["services"]["docker"]["image"]
+        .and_then(|d| {
+            d.value["definitions"]["services"]["docker"]["image"]
                 .as_str()
                 .map(str::to_owned)
         })
@@ -69,10 +69,9 @@ fn pools_from_files(paths: &[PathBuf]) -> Result<Vec<LintPool>> {
         .into_iter()
         .flatten()
     {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
-            .with_context(|| format!("{} is not YAML", path.display()))?;
+        let text = crate::input::read_yaml(&path)?;
+        let docs = crate::input::yaml_documents(&text)
+            .with_context(|| format!("{} is not YAML within budget", path.display()))?;
         for doc in docs.into_iter().filter(|d| d["kind"] == "RunnerPool") {
             let pool: RunnerPool = serde_json::from_value(doc).with_context(|| {
                 format!(
@@ -176,9 +175,9 @@ pub fn run(args: &LintArgs) -> Result<ExitCode> {
             args.file.display()
         ));
     }
-    let text = match std::fs::read_to_string(&args.file) {
+    let text = match crate::input::read_yaml(&args.file) {
         Ok(t) => t,
-        Err(e) => return unreadable(anyhow!("cannot read {}: {e}", args.file.display())),
+        Err(e) => return unreadable(e),
     };
     let mut pools = match pools_from_files(&args.pools) {
         Ok(p) => p,

@@ -49,11 +49,11 @@ fn install(args: &crate::cli::InstallArgs) -> Result<ExitCode> {
 }
 
 fn migrate(args: &crate::cli::MigrateArgs) -> Result<ExitCode> {
-    let config = crate::input::read_text(Some(&args.from_atlassian))?;
+    let config = crate::input::read_yaml(&args.from_atlassian)?;
     let template = args
         .job_template
         .as_deref()
-        .map(|p| crate::input::read_text(Some(p)))
+        .map(crate::input::read_yaml)
         .transpose()?;
     let pools = bbrunner_core::migrate::migrate(&config, template.as_deref())
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.from_atlassian.display()))?;

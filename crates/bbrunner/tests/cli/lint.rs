@@ -534,3 +534,32 @@ fn an_auto_pool_s_mtu_is_explained_and_the_measured_one_is_used() {
     .success();
     assert!(!run.stdout.contains("docker-mtu"), "{}", run.stdout);
 }
+
+/// A long-string alias bomb in a `--pools` file or in the pipelines file is refused with
+/// exit 2 and a message that says so, never expanded.
+#[test]
+fn yaml_bombs_are_refused_in_the_pools_and_the_pipelines() {
+    let mut bomb = format!("a: &a \"{}\"\n", "x".repeat(10_000));
+    for (name, of) in [("b", "a"), ("c", "b"), ("d", "c")] {
+        let refs = vec![format!("*{of}"); 30].join(", ");
+        bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+    }
+    let case = Case::new("bombs", Some(PIPELINES));
+    std::fs::write(&case.pools, &bomb).unwrap();
+    let run = bbrunner(
+        &[
+            "lint",
+            case.file.to_str().unwrap(),
+            "--pools",
+            case.pools.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("budget breached"), "{}", run.stderr);
+
+    std::fs::write(&case.file, &bomb).unwrap();
+    let run = bbrunner(&["lint", case.file.to_str().unwrap()], "");
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("YAML bomb"), "{}", run.stderr);
+}
