@@ -24,6 +24,8 @@ fn main() {
             seed: 1,
             api_budget: 900,
             history: PolicyMemory::default(),
+            durations: Default::default(),
+            webhooks: false,
         };
         let started = Instant::now();
         let result = simulate(&steps, &config, &mut |_| {});

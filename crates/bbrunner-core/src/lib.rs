@@ -11,6 +11,7 @@ pub mod import;
 pub mod labels;
 #[cfg(feature = "lint")]
 pub mod lint;
+pub mod lookahead;
 pub mod manifests;
 pub mod migrate;
 pub mod ownership;

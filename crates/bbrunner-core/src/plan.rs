@@ -86,6 +86,9 @@ pub struct Observation {
     pub memory: PolicyMemory,
     /// Steps queued for this pool's labels, when known.
     pub queued: Option<u32>,
+    /// Runners the pipelines under way will need when their next stages start
+    /// ([`crate::lookahead::runners_ahead`]).
+    pub ahead: u32,
     /// Runners the scope may still take before Bitbucket's limit of 100.
     pub scope_room: u32,
 }
@@ -323,6 +326,7 @@ pub fn plan(pool: &PoolSettings, observed: &Observation) -> Plan {
     let mut counts = Counts::default();
     let mut policy_view = Observed {
         queued: observed.queued,
+        ahead: observed.ahead,
         ..Observed::default()
     };
     // Idle, enabled, healthy runners the policy may drain; disabled idle ones it may revive.

@@ -68,6 +68,11 @@ pub struct ScalingSpec {
     /// pool learns its demand profile either way, so turning it back on needs no new history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast: Option<bool>,
+    /// Ready the runners the next stages of pipelines under way will need, just before they
+    /// start (default true; needs webhooks, or a repository pool on the queue policy, to see
+    /// pipelines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookahead: Option<bool>,
 }
 
 impl ScalingSpec {
@@ -107,6 +112,7 @@ impl ScalingSpec {
             )?,
             poll_interval,
             forecast: self.forecast.unwrap_or(defaults.forecast),
+            lookahead: self.lookahead.unwrap_or(defaults.lookahead),
             atlassian: defaults.atlassian,
             schedules: self
                 .schedules

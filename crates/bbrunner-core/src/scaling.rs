@@ -86,6 +86,9 @@ pub struct Scaling {
     pub poll_interval: Seconds,
     /// Whether the demand forecast readies runners ahead of busy times ([`crate::forecast`]).
     pub forecast: bool,
+    /// Whether the pipelines under way ready the runners of their next stages
+    /// ([`crate::lookahead`]).
+    pub lookahead: bool,
     pub atlassian: AtlassianParams,
     /// Windows with their own floor (see `schedule`).
     pub schedules: Vec<crate::schedule::Schedule>,
@@ -101,6 +104,7 @@ impl Default for Scaling {
             scale_down_delay: 90.0,
             poll_interval: 15.0,
             forecast: true,
+            lookahead: true,
             atlassian: AtlassianParams::default(),
             schedules: Vec::new(),
         }
@@ -122,6 +126,9 @@ pub struct Observed {
     /// it could, so steps were waiting for it and as many more may still be waiting. This is
     /// how a fan-out shows itself when the queue cannot be seen.
     pub busy_on_arrival: u32,
+    /// Runners the pipelines under way will need beyond the busy ones when their next stage
+    /// starts, within a runner's start time ([`crate::lookahead`]).
+    pub ahead: u32,
 }
 
 impl Observed {
@@ -336,6 +343,13 @@ pub fn desired(
     };
     let (want, reason) = if expected > want {
         (expected, "forecast: busy at this time of week")
+    } else {
+        (want, reason)
+    };
+    // The stages about to start, where the warm runners would not cover them.
+    let staged = observed.busy + observed.queued.unwrap_or(0) + observed.ahead;
+    let (want, reason) = if observed.ahead > 0 && staged > want {
+        (staged, "lookahead: the next stages of pipelines under way")
     } else {
         (want, reason)
     };

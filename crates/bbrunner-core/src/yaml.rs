@@ -127,9 +127,10 @@ pub const MAX_SCALAR_BYTES: usize = 16 << 20;
 /// The nodes and scalar bytes of a value, counting itself.
 fn footprint(value: &Value) -> (usize, usize) {
     match value {
-        Value::Array(items) => items.iter().map(footprint).fold((1, 0), |(n, b), (n2, b2)| {
-            (n + n2, b + b2)
-        }),
+        Value::Array(items) => items
+            .iter()
+            .map(footprint)
+            .fold((1, 0), |(n, b), (n2, b2)| (n + n2, b + b2)),
         Value::Object(map) => map.iter().fold((1, 0), |(n, b), (k, v)| {
             let (n2, b2) = footprint(v);
             (n + n2, b + k.len() + b2)
@@ -488,7 +489,10 @@ mod tests {
         assert!(text.len() < 11_000);
         let err = load(&text).unwrap_err();
         assert!(err.message.contains("YAML bomb"), "{err:?}");
-        assert_eq!(err.line, 4, "refused in d, the level that passes the budget");
+        assert_eq!(
+            err.line, 4,
+            "refused in d, the level that passes the budget"
+        );
     }
 
     #[test]

@@ -284,15 +284,19 @@ pub enum TableFormat {
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("workload").required(true).args(["trace", "scenario"])))]
 pub struct SimulateArgs {
-    /// JSON Lines trace: one {"at", "duration", "labels", "size"} per line.
+    /// JSON Lines trace: one step {"at", "duration", "labels", "size"} or one pipeline
+    /// {"at", "repository", "pipeline": [[{"name", "duration", "labels", "size"}, ...], ...]}
+    /// per line (stages in order, the steps of a stage in parallel).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
     /// A built-in workload.
-    #[arg(long, value_name = "workday|burst|nightly|steady")]
+    #[arg(long, value_name = "workday|burst|nightly|steady|pipelines")]
     pub scenario: Option<String>,
-    /// A policy to run, optionally with its poll interval (`atlassian-ratio:120s`);
-    /// repeat to compare. Default: idle-buffer, queue and atlassian-ratio.
-    #[arg(long = "policy", value_name = "NAME[:POLL]")]
+    /// A policy to run, optionally with its poll interval (`atlassian-ratio:120s`), and for
+    /// bbrunner's policies `,webhooks` (Bitbucket's webhooks reach the operator: it plans at
+    /// each push) or `,no-lookahead` (it does not read pipelines' later stages ahead); repeat
+    /// to compare. Default: idle-buffer, queue and atlassian-ratio.
+    #[arg(long = "policy", value_name = "NAME[:POLL][,webhooks][,no-lookahead]")]
     pub policies: Vec<String>,
     /// A RunnerPool manifest whose spec.labels and spec.scaling to use.
     #[arg(long, value_name = "FILE")]

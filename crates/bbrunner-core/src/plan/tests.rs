@@ -69,6 +69,7 @@ fn observed(
             ..PolicyMemory::default()
         },
         queued: None,
+        ahead: 0,
         scope_room: 100,
     }
 }

@@ -17,6 +17,7 @@ fn obs(starting: u32, idle: u32, busy: u32, queued: Option<u32>) -> Observed {
         busy,
         queued,
         busy_on_arrival: 0,
+        ahead: 0,
     }
 }
 
@@ -402,5 +403,29 @@ fn the_forecast_readies_runners_before_a_busy_time_of_week_and_learns_it() {
     assert_eq!(
         (learned.slot, learned.occupancy_at, learned.surplus_since),
         (None, None, None)
+    );
+}
+
+#[test]
+fn lookahead_adds_the_next_stages_runners_only_where_warm_ones_fall_short() {
+    let scaling = Scaling {
+        min_idle: 3,
+        ..Scaling::default()
+    };
+    let quiet = PolicyMemory {
+        occupancy_at: Some(0.0),
+        ..PolicyMemory::default()
+    };
+    let mut seen = obs(0, 3, 1, None);
+    seen.ahead = 2;
+    // Three warm runners cover two more steps: nothing changes.
+    let (d, _) = desired(&scaling, Overrides::default(), &seen, quiet, 10.0);
+    assert_eq!((d.desired, d.reason), (4, "busy + minIdle"));
+    seen.ahead = 6;
+    let (d, _) = desired(&scaling, Overrides::default(), &seen, quiet, 10.0);
+    assert_eq!(d.desired, 7);
+    assert_eq!(
+        d.reason,
+        "lookahead: the next stages of pipelines under way"
     );
 }

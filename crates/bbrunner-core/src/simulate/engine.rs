@@ -12,12 +12,13 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
 
-use serde::Serialize;
-
 use super::TraceStep;
+use super::pipelines::Runs;
+pub use super::result::{PolicyResult, Sample, percentile};
 use super::rng::Rng;
 use crate::ids::RunnerUuid;
 use crate::labels::Labels;
+use crate::lookahead::{Durations, runners_ahead};
 use crate::plan::{
     Action, Observation, ObservedPod, ObservedRunner, ObservedSecret, PodPhase, PoolSettings,
     RunnerStatus, plan,
@@ -68,50 +69,11 @@ pub struct SimConfig {
     /// What the pool learned before this run (its demand profile; see
     /// [`PolicyMemory::learned`]).
     pub history: PolicyMemory,
-}
-
-/// One point of the timeline, for plots.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Sample {
-    pub t: Seconds,
-    pub queued: u32,
-    pub starting: u32,
-    pub online: u32,
-    pub busy: u32,
-}
-
-/// The figures of one run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PolicyResult {
-    pub name: String,
-    pub steps: usize,
-    pub failed_steps: usize,
-    pub p50_wait_s: f64,
-    pub p95_wait_s: f64,
-    pub p99_wait_s: f64,
-    pub max_wait_s: f64,
-    pub idle_runner_hours: f64,
-    pub busy_runner_hours: f64,
-    pub peak_runners: u32,
-    /// Runners created during the run (churn: each costs a start latency and API calls).
-    pub runners_created: usize,
-    pub api_calls_per_hour: f64,
-    /// What makes this policy's result unusable in practice (an API rate Bitbucket refuses).
-    pub errors: Vec<String>,
-    /// p95 wait over the always-warm oracle's (every one of the pool's `max` runners online).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p95_vs_oracle: Option<f64>,
-    /// Idle runner-hours over the oracle's.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_vs_oracle: Option<f64>,
-    #[serde(skip)]
-    pub timeline: Vec<Sample>,
-    /// Every started step's queue wait, in seconds, sorted (for the plot's distributions).
-    #[serde(skip)]
-    pub waits: Vec<f64>,
-    /// What the pool learned, for a next run ([`SimConfig::history`]).
-    #[serde(skip)]
-    pub learned: PolicyMemory,
+    /// Step durations learned before this run, for the lookahead.
+    pub durations: Durations,
+    /// Whether Bitbucket's webhooks reach the operator: it learns of each push at once and
+    /// plans then, instead of at its next poll.
+    pub webhooks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +108,8 @@ impl Runner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
     Arrival(usize),
+    /// A webhook announces pipeline `n`'s push: the operator plans at once.
+    Push(usize),
     Timeout(usize),
     Ready(usize),
     Poll(usize),
@@ -181,6 +145,8 @@ enum StepOutcome {
     Queued,
     Started,
     Failed,
+    /// Of a pipeline whose earlier step failed: it never runs.
+    Skipped,
 }
 
 struct Sim<'a> {
@@ -200,7 +166,11 @@ struct Sim<'a> {
     open: usize,
     queue: VecDeque<usize>,
     outcome: Vec<StepOutcome>,
+    /// When each step queued (a later stage's, once the stage before it ended).
+    queued_at: Vec<Seconds>,
     waits: Vec<f64>,
+    runs: Runs,
+    durations: Durations,
     memory: PolicyMemory,
     /// Creations Atlassian's autoscaler still has to make, one per create pause.
     pending_creates: u32,
@@ -239,7 +209,10 @@ pub fn simulate(
         open: steps.len(),
         queue: VecDeque::new(),
         outcome: vec![StepOutcome::Pending; steps.len()],
+        queued_at: steps.iter().map(|s| s.at).collect(),
         waits: Vec::with_capacity(steps.len()),
+        runs: Runs::new(steps),
+        durations: config.durations.clone(),
         memory: config.history.learned(),
         pending_creates: 0,
         api_calls: 0,
@@ -259,8 +232,17 @@ pub fn simulate(
         sim.starting -= 1;
         sim.online += 1;
     }
+    // Webhooks first: a push is announced as its pipeline's first steps queue.
+    if config.webhooks {
+        let pushes: Vec<(usize, Seconds)> = sim.runs.pushes().collect();
+        for (run, at) in pushes {
+            sim.schedule(at, Event::Push(run));
+        }
+    }
     for (i, step) in steps.iter().enumerate() {
-        sim.schedule(step.at, Event::Arrival(i));
+        if sim.runs.arrives_on_its_own(i) {
+            sim.schedule(step.at, Event::Arrival(i));
+        }
     }
     sim.schedule(0.0, Event::PolicyPoll);
 
@@ -340,6 +322,11 @@ impl Sim<'_> {
         self.recent_calls.push_back(self.now);
     }
 
+    /// Whether the pool reads pipelines' definitions to look ahead.
+    fn lookahead(&self) -> bool {
+        self.config.scaling.lookahead && self.config.scaling.policy != PolicyKind::AtlassianRatio
+    }
+
     /// Requests left in the rolling hour's budget.
     fn remaining_budget(&mut self) -> u32 {
         while self
@@ -370,6 +357,10 @@ impl Sim<'_> {
     fn fail(&mut self, i: usize) {
         self.outcome[i] = StepOutcome::Failed;
         self.open -= 1;
+        for skipped in self.runs.failed(i) {
+            self.outcome[skipped] = StepOutcome::Skipped;
+            self.open -= 1;
+        }
     }
 
     fn create_runner(&mut self) {
@@ -383,6 +374,16 @@ impl Sim<'_> {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Arrival(i) => self.arrive(i),
+            Event::Push(run) => {
+                self.runs.make_known(run);
+                if self.config.scaling.policy != PolicyKind::AtlassianRatio {
+                    // The pipeline's definition at the pushed commit.
+                    if self.lookahead() {
+                        self.call();
+                    }
+                    self.our_poll();
+                }
+            }
             Event::Timeout(i) => {
                 if self.outcome[i] == StepOutcome::Queued {
                     self.fail(i);
@@ -403,9 +404,23 @@ impl Sim<'_> {
                 self.poll(r);
             }
             Event::Done(r) => {
-                self.runners[r].step = None;
+                let step = self.runners[r].step.take();
                 self.busy -= 1;
                 self.open -= 1;
+                if let Some(i) = step {
+                    let now = self.now;
+                    let (next, ended) = self.runs.done(i, self.steps, now, &mut self.durations);
+                    for next in next {
+                        self.queued_at[next] = now;
+                        self.schedule(now, Event::Arrival(next));
+                    }
+                    // Its commit status tells the operator it ended: it learns its steps'
+                    // durations with two calls (the pipeline by its commit, its steps).
+                    if ended && self.config.webhooks && self.lookahead() {
+                        self.call();
+                        self.call();
+                    }
+                }
                 self.poll(r);
             }
             Event::PolicyPoll => self.policy_poll(),
@@ -425,6 +440,7 @@ impl Sim<'_> {
     }
 
     fn arrive(&mut self, i: usize) {
+        self.runs.queued(i);
         let step = &self.steps[i];
         let servable = self.config.labels.serves(&step.labels);
         // Bitbucket fails a step at once when no online runner has its labels.
@@ -463,7 +479,7 @@ impl Sim<'_> {
             return;
         };
         self.outcome[i] = StepOutcome::Started;
-        self.waits.push(self.now - self.steps[i].at);
+        self.waits.push(self.now - self.queued_at[i]);
         self.runners[r].step = Some(i);
         self.busy += 1;
         let done = self.now + self.steps[i].duration;
@@ -497,7 +513,26 @@ impl Sim<'_> {
             }
             self.queue.len() as u32
         });
-        let observation = self.observation(queued);
+        // The pipelines API shows the pipelines under way to a pool that reads it.
+        if queued.is_some() {
+            for run in self.runs.unknown_under_way() {
+                self.runs.make_known(run);
+            }
+        }
+        let mut observation = self.observation(queued);
+        if scaling.lookahead {
+            // Runners must be asked for a start before they are needed, at a poll.
+            let latency = self.config.start_latency;
+            let lead = latency.mean + latency.spread + scaling.poll_interval;
+            let labels = &self.config.labels;
+            observation.ahead = runners_ahead(
+                &self.runs.known(self.steps, queued.is_some()),
+                &self.durations,
+                &|wanted: &[String]| labels.serves(wanted),
+                self.now,
+                lead,
+            );
+        }
         let pool = PoolSettings {
             overrides: overrides_at(&scaling.schedules, observation.now),
             scaling,
@@ -647,13 +682,13 @@ impl Sim<'_> {
     }
 
     fn result(mut self) -> PolicyResult {
-        let failed = self
-            .outcome
-            .iter()
-            .filter(|o| !matches!(o, StepOutcome::Started))
-            .count();
+        let count = |outcome: StepOutcome| self.outcome.iter().filter(|o| **o == outcome).count();
+        let skipped = count(StepOutcome::Skipped);
+        let failed = self.steps.len() - count(StepOutcome::Started) - skipped;
         self.waits.sort_by(f64::total_cmp);
         let pct = |p: f64| percentile(&self.waits, p);
+        let overheads = self.runs.overheads();
+        let overhead = |p: f64| (!overheads.is_empty()).then(|| percentile(&overheads, p));
         let hours = (self.now / 3600.0).max(1e-9);
         let api_calls_per_hour = self.api_calls as f64 / hours;
         let limit = crate::doctor::BITBUCKET_REQUESTS_PER_HOUR;
@@ -669,6 +704,7 @@ impl Sim<'_> {
             name: self.config.scaling.policy.name().to_owned(),
             steps: self.steps.len(),
             failed_steps: failed,
+            skipped_steps: skipped,
             p50_wait_s: pct(0.50),
             p95_wait_s: pct(0.95),
             p99_wait_s: pct(0.99),
@@ -677,6 +713,10 @@ impl Sim<'_> {
             busy_runner_hours: self.busy_seconds / 3600.0,
             peak_runners: self.peak,
             runners_created: self.runners.len() - self.config.scaling.min as usize,
+            pipelines: self.runs.len(),
+            pipeline_overhead_p50_s: overhead(0.50),
+            pipeline_overhead_p95_s: overhead(0.95),
+            pipeline_overhead_p95_vs_oracle: None,
             api_calls_per_hour,
             errors,
             p95_vs_oracle: None,
@@ -684,6 +724,7 @@ impl Sim<'_> {
             timeline: self.timeline,
             waits: self.waits,
             learned: self.memory.learned(),
+            durations: self.durations,
         }
     }
 }
@@ -700,12 +741,3 @@ fn runner_index(uuid: &RunnerUuid) -> usize {
 
 /// The operator's default `--registration-ttl`: model runners register within a start.
 const SIM_REGISTRATION_TTL: Seconds = 600.0;
-
-/// Nearest-rank percentile of sorted values (0 when empty).
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}

@@ -8,6 +8,7 @@ fn step(at: f64, duration: f64) -> TraceStep {
         duration,
         labels: vec!["self.hosted".into(), "linux".into()],
         size: RunnerSize::X1,
+        pipeline: None,
     }
 }
 
@@ -22,6 +23,8 @@ fn config(scaling: Scaling) -> SimConfig {
         seed: 7,
         api_budget: 900,
         history: PolicyMemory::default(),
+        durations: Default::default(),
+        webhooks: false,
     }
 }
 
@@ -261,4 +264,168 @@ fn a_trace_splits_into_weeks_that_keep_their_time_of_week() {
     let (none, all) = split_weeks(&trace, 0);
     assert!(none.is_empty());
     assert_eq!(all.len(), 3);
+}
+
+#[test]
+fn pipeline_lines_expand_into_stages_and_bad_ones_are_named() {
+    let text = r#"{"at": 5, "repository": "app", "pipeline": [[{"name": "build", "duration": 60}], [{"name": "a", "duration": 30, "labels": ["self.hosted", "linux", "test"]}, {"name": "b", "duration": 40, "size": "2x"}]]}
+{"at": 1, "duration": 10}
+"#;
+    let steps = parse_trace(text).unwrap();
+    assert_eq!(steps.len(), 4);
+    assert_eq!(
+        steps[0].pipeline, None,
+        "sorted by arrival: the step line first"
+    );
+    let stages: Vec<(u32, &str)> = steps[1..]
+        .iter()
+        .map(|s| {
+            let p = s.pipeline.as_ref().unwrap();
+            (p.stage, p.name.as_str())
+        })
+        .collect();
+    assert_eq!(stages, [(0, "build"), (1, "a"), (1, "b")]);
+    assert_eq!(steps[3].size, RunnerSize::X2);
+
+    let many: Vec<String> = (0..101)
+        .map(|i| format!(r#"{{"name": "s{i}", "duration": 1}}"#))
+        .collect();
+    let bad = format!(
+        "{}\n{}\n{}\n{}\n",
+        r#"{"at": 0, "repository": "app", "pipeline": [[]]}"#,
+        r#"{"at": 0, "repository": "app", "pipeline": [[{"name": " ", "duration": 1}]]}"#,
+        format_args!(
+            r#"{{"at": 0, "repository": "app", "pipeline": [[{}]]}}"#,
+            many.join(",")
+        ),
+        r#"{"at": 0, "repository": "app", "pipeline": [[{"name": "x", "duration": -1}]]}"#,
+    );
+    let errors = parse_trace(&bad).unwrap_err();
+    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [1, 2, 3, 4]);
+    assert!(errors[0].message.contains("at least one step"));
+    assert!(errors[1].message.contains("\"name\""));
+    assert!(errors[2].message.contains("at most 100"));
+    assert!(errors[3].message.contains("step \"x\""));
+}
+
+/// A pipeline pushed at `at`, its stages' steps as (name, duration).
+fn pipeline_of(id: u32, at: f64, stages: &[&[(&str, f64)]]) -> Vec<TraceStep> {
+    let mut out = Vec::new();
+    for (stage, steps) in stages.iter().enumerate() {
+        for (name, duration) in *steps {
+            out.push(TraceStep {
+                pipeline: Some(PipelineStep {
+                    id,
+                    stage: stage as u32,
+                    repository: "app".into(),
+                    name: (*name).into(),
+                }),
+                ..step(at, *duration)
+            });
+        }
+    }
+    out
+}
+
+/// build (100 s) → two tests (50 s and 80 s) → deploy (20 s), pushed at `at`.
+fn pipeline(id: u32, at: f64) -> Vec<TraceStep> {
+    pipeline_of(
+        id,
+        at,
+        &[
+            &[("build", 100.0)],
+            &[("unit", 50.0), ("e2e", 80.0)],
+            &[("deploy", 20.0)],
+        ],
+    )
+}
+
+#[test]
+fn stages_run_in_order_and_waiting_delays_what_follows() {
+    // Always two runners ready: the build at 0–100 on one; the tests queue at 100, one taken
+    // at once by the runner that ran the build (it polls as it finishes), the other at the
+    // idle runner's next poll, 120; the deploy 200–220. 20 s over the critical path.
+    let warm = Scaling {
+        min: 2,
+        max: 2,
+        min_idle: 2,
+        ..Scaling::default()
+    };
+    let r = simulate(&pipeline(0, 0.0), &config(warm.clone()), &mut |_| {});
+    assert_eq!(r.pipelines, 1);
+    assert_eq!(r.steps, 4);
+    assert_eq!(r.pipeline_overhead_p50_s, Some(20.0));
+    // One runner: the tests run one after the other, 50 s more than the critical path.
+    let one = Scaling {
+        min: 1,
+        max: 1,
+        min_idle: 1,
+        ..warm
+    };
+    let r = simulate(&pipeline(0, 0.0), &config(one), &mut |_| {});
+    assert_eq!(r.pipeline_overhead_p50_s, Some(50.0));
+}
+
+#[test]
+fn a_failed_step_skips_the_rest_of_its_pipeline() {
+    // No runner serves the build's labels: it fails at once, and nothing after it runs.
+    let mut steps = pipeline(0, 0.0);
+    steps[0].labels = vec!["self.hosted".into(), "linux".into(), "gpu".into()];
+    let r = simulate(&steps, &config(Scaling::default()), &mut |_| {});
+    assert_eq!((r.failed_steps, r.skipped_steps), (1, 3));
+    assert_eq!(r.pipelines, 1);
+    assert_eq!(r.pipeline_overhead_p95_s, None, "no pipeline completed");
+}
+
+#[test]
+fn webhooks_and_lookahead_ready_the_next_stage_before_it_queues() {
+    // build (300 s) → four tests → deploy, an hour apart. A pool that keeps one runner idle
+    // has two when the tests queue; the lookahead knows when the build will end and starts
+    // the other two before it does.
+    let fan_out = |id: u32, at: f64| {
+        pipeline_of(
+            id,
+            at,
+            &[
+                &[("build", 300.0)],
+                &[("a", 60.0), ("b", 60.0), ("c", 60.0), ("d", 60.0)],
+                &[("deploy", 30.0)],
+            ],
+        )
+    };
+    let steps: Vec<TraceStep> = (0..6)
+        .flat_map(|i| fan_out(i, f64::from(i) * 3600.0))
+        .collect();
+    let scaling = Scaling {
+        min: 1,
+        max: 6,
+        min_idle: 1,
+        ..Scaling::default()
+    };
+    let run = |webhooks: bool, lookahead: bool| {
+        let mut c = config(Scaling {
+            lookahead,
+            ..scaling.clone()
+        });
+        c.webhooks = webhooks;
+        learn(&[fan_out(0, 0.0)], &mut c);
+        assert_eq!(c.durations.expected("app", "build"), Some(300.0));
+        simulate(&steps, &c, &mut |_| {})
+    };
+    let blind = run(false, true);
+    let ahead = run(true, true);
+    let no_lookahead = run(true, false);
+    let overhead = |r: &PolicyResult| r.pipeline_overhead_p95_s.unwrap();
+    assert!(
+        overhead(&ahead) + 30.0 < overhead(&blind),
+        "{} vs {}",
+        overhead(&ahead),
+        overhead(&blind)
+    );
+    // Webhooks alone, without the lookahead, change nothing.
+    assert_eq!(overhead(&no_lookahead), overhead(&blind));
+    // Reading definitions and learning durations cost calls, few of them.
+    assert!(ahead.api_calls_per_hour > blind.api_calls_per_hour);
+    assert!(ahead.api_calls_per_hour < blind.api_calls_per_hour + 10.0);
 }

@@ -82,6 +82,7 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64, start_latency: f64) -> Resul
             duration,
             labels: labels.clone(),
             size: Default::default(),
+            pipeline: None,
         })
         .collect();
     [
@@ -105,6 +106,8 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64, start_latency: f64) -> Resul
             seed: 1,
             api_budget: 900,
             history: PolicyMemory::default(),
+            durations: Default::default(),
+            webhooks: false,
         };
         let result = simulate(&trace, &config, &mut |_| {});
         // Idle time over the demo's own span, until the last step is done (the simulator

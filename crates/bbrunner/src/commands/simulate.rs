@@ -19,17 +19,23 @@ struct Report<'a> {
     policies: &'a [PolicyResult],
 }
 
-/// A policy to run, with an optional poll interval override.
+/// A policy to run, with an optional poll interval override, and whether Bitbucket's webhooks
+/// reach it and it looks ahead through pipelines' definitions.
 struct PolicyRun {
     kind: PolicyKind,
     poll: Option<f64>,
+    webhooks: bool,
+    lookahead: bool,
     label: String,
 }
 
+/// `NAME[:POLL][,webhooks][,no-lookahead]`.
 fn parse_policy(raw: &str) -> Result<PolicyRun> {
-    let (name, poll) = match raw.split_once(':') {
+    let mut parts = raw.split(',');
+    let head = parts.next().unwrap_or_default();
+    let (name, poll) = match head.split_once(':') {
         Some((n, p)) => (n, Some(parse_duration("--policy poll interval", p)?)),
-        None => (raw, None),
+        None => (head, None),
     };
     if let Some(poll) = poll
         && poll < 1.0
@@ -39,9 +45,26 @@ fn parse_policy(raw: &str) -> Result<PolicyRun> {
     let kind = PolicyKind::parse(name).ok_or_else(|| {
         anyhow!("--policy {name:?} is not a policy; use idle-buffer, queue or atlassian-ratio")
     })?;
+    let (mut webhooks, mut lookahead) = (false, true);
+    for option in parts {
+        match option {
+            "webhooks" => webhooks = true,
+            "no-lookahead" => lookahead = false,
+            other => bail!(
+                "--policy {raw}: {other:?} is not an option; use webhooks or no-lookahead, as in queue:10s,webhooks"
+            ),
+        }
+    }
+    if kind == PolicyKind::AtlassianRatio && (webhooks || !lookahead) {
+        bail!(
+            "--policy {raw}: Atlassian's autoscaler reads neither webhooks nor pipeline definitions; drop the options"
+        );
+    }
     Ok(PolicyRun {
         kind,
         poll,
+        webhooks,
+        lookahead,
         label: raw.to_owned(),
     })
 }
@@ -73,7 +96,11 @@ fn workload(args: &SimulateArgs) -> Result<(Vec<TraceStep>, Vec<Vec<TraceStep>>)
     }
     let name = args.scenario.as_deref().unwrap_or_default();
     let scenario = Scenario::parse(name).ok_or_else(|| {
-        anyhow!("--scenario {name:?} is not built in; use workday, burst, nightly or steady")
+        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        anyhow!(
+            "--scenario {name:?} is not built in; use one of {}",
+            names.join(", ")
+        )
     })?;
     let history = scenario.history(args.seed, weeks);
     Ok((scenario.generate(args.seed), history))
@@ -96,10 +123,10 @@ fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling)> {
     let Some(path) = &args.pool else {
         return Ok((Labels::new::<_, &str>([])?, Scaling::default()));
     };
-    let text = input::read_text(Some(path))?;
+    let text = input::read_yaml(path)?;
     // One document or several (as `migrate` writes): the first RunnerPool is simulated.
-    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
-        .map_err(|e| anyhow!("{} is not YAML: {e}", path.display()))?;
+    let documents = input::yaml_documents(&text)
+        .map_err(|e| anyhow!("{} is not YAML within budget: {e}", path.display()))?;
     let (index, document) = documents
         .into_iter()
         .enumerate()
@@ -146,6 +173,8 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
             .map(|k| PolicyRun {
                 kind: *k,
                 poll: None,
+                webhooks: false,
+                lookahead: true,
                 label: k.name().to_owned(),
             })
             .collect()
@@ -172,6 +201,8 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
             PolicyRun {
                 kind: PolicyKind::IdleBuffer,
                 poll: None,
+                webhooks: false,
+                lookahead: false,
                 label: "oracle".to_owned(),
             },
             oracle_scaling,
@@ -183,6 +214,7 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
     for (run, scaling) in &runs {
         let mut scaling = Scaling {
             policy: run.kind,
+            lookahead: scaling.lookahead && run.lookahead,
             ..scaling.clone()
         };
         if let Some(poll) = run.poll {
@@ -201,11 +233,13 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
             seed: args.seed,
             api_budget: bitbucket_budget(),
             history: PolicyMemory::default(),
+            durations: Default::default(),
+            webhooks: run.webhooks,
         };
         // Only our policies learn: Atlassian's keeps no memory, and a pool whose min is its
         // max (the oracle) has nothing to ready.
         if run.kind != PolicyKind::AtlassianRatio && config.scaling.min < config.scaling.max {
-            config.history = learn(&history, &config);
+            learn(&history, &mut config);
         }
         let mut progress = |share: f64| {
             if show_progress {
@@ -224,6 +258,10 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
     for r in &mut results {
         r.p95_vs_oracle = ratio(r.p95_wait_s, oracle.p95_wait_s);
         r.idle_vs_oracle = ratio(r.idle_runner_hours, oracle.idle_runner_hours);
+        r.pipeline_overhead_p95_vs_oracle = r
+            .pipeline_overhead_p95_s
+            .zip(oracle.pipeline_overhead_p95_s)
+            .and_then(|(ours, theirs)| ratio(ours, theirs));
     }
 
     #[cfg(feature = "plot")]
@@ -263,8 +301,10 @@ fn bitbucket_budget() -> u32 {
 }
 
 fn table(results: &[PolicyResult]) -> String {
+    // Pipeline columns only where the workload has pipelines.
+    let pipelines = results.iter().any(|r| r.pipelines > 0);
     let mut out = format!(
-        "{:<24} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>10} {:>11}\n",
+        "{:<24} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>10} {:>11}",
         "policy",
         "steps",
         "failed",
@@ -279,10 +319,18 @@ fn table(results: &[PolicyResult]) -> String {
         "p95/oracle",
         "idle/oracle"
     );
+    if pipelines {
+        out.push_str(&format!(
+            " {:>10} {:>10} {:>11}",
+            "pipe p50 s", "pipe p95 s", "pipe/oracle"
+        ));
+    }
+    out.push('\n');
     let times = |r: Option<f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into());
+    let seconds = |s: Option<f64>| s.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into());
     for r in results {
         out.push_str(&format!(
-            "{:<24} {:>6} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>5} {:>7.1} {:>10} {:>11}\n",
+            "{:<24} {:>6} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>5} {:>7.1} {:>10} {:>11}",
             // A policy whose result Bitbucket would not allow is marked.
             if r.errors.is_empty() {
                 r.name.clone()
@@ -302,6 +350,15 @@ fn table(results: &[PolicyResult]) -> String {
             times(r.p95_vs_oracle),
             times(r.idle_vs_oracle)
         ));
+        if pipelines {
+            out.push_str(&format!(
+                " {:>10} {:>10} {:>11}",
+                seconds(r.pipeline_overhead_p50_s),
+                seconds(r.pipeline_overhead_p95_s),
+                times(r.pipeline_overhead_p95_vs_oracle)
+            ));
+        }
+        out.push('\n');
     }
     out
 }

@@ -386,3 +386,109 @@ fn history_weeks_teach_the_forecast_before_the_measured_week() {
     assert_ne!(learned["idle_runner_hours"], cold["idle_runner_hours"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn pipelines_are_measured_by_their_overhead_with_and_without_webhooks() {
+    let args = [
+        "simulate",
+        "--scenario",
+        "workday",
+        "--policy",
+        "idle-buffer",
+        "--policy",
+        "idle-buffer,webhooks",
+        "--policy",
+        "idle-buffer,webhooks,no-lookahead",
+    ];
+    let table = bbrunner(&args, "").success().stdout;
+    assert!(
+        table.lines().next().unwrap().contains("pipe p95 s"),
+        "{table}"
+    );
+    let mut json_args = args.to_vec();
+    json_args.extend(["--format", "json"]);
+    let run = bbrunner(&json_args, "").success();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let by_name = |name: &str| {
+        report["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let (polled, hooked, bare) = (
+        by_name("idle-buffer"),
+        by_name("idle-buffer,webhooks"),
+        by_name("idle-buffer,webhooks,no-lookahead"),
+    );
+    let oracle = by_name("oracle");
+    for p in [&polled, &hooked, &bare, &oracle] {
+        assert!(p["pipelines"].as_u64().unwrap() > 50, "{p}");
+        let ratio = p["pipeline_overhead_p95_s"].as_f64().unwrap()
+            / oracle["pipeline_overhead_p95_s"].as_f64().unwrap();
+        assert!(
+            (p["pipeline_overhead_p95_vs_oracle"].as_f64().unwrap() - ratio).abs() < 1e-9,
+            "{p}"
+        );
+    }
+    // Told of each push at once, the pool readies a fan-out's runners before a poll would
+    // have seen it; without the lookahead the webhooks have nothing to act on.
+    let p95 = |p: &serde_json::Value| p["p95_wait_s"].as_f64().unwrap();
+    assert!(p95(&hooked) < p95(&polled), "{hooked} vs {polled}");
+    assert_eq!(p95(&bare), p95(&polled));
+
+    for (policy, complaint) in [
+        ("atlassian-ratio,webhooks", "reads neither webhooks"),
+        ("queue,telepathy", "\"telepathy\" is not an option"),
+    ] {
+        let run = bbrunner(
+            &["simulate", "--scenario", "steady", "--policy", policy],
+            "",
+        )
+        .failure();
+        assert!(run.stderr.contains(complaint), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn a_pipeline_trace_learns_durations_from_its_history_weeks() {
+    let dir = std::env::temp_dir().join(format!("bbrunner-sim-pipes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("pipes.jsonl");
+    // A build then eight tests (more than the default pool keeps warm), every hour of a working day, for two weeks: the first week
+    // teaches the durations the second is looked ahead with.
+    let mut lines = String::new();
+    for week in 0..2 {
+        for hour in 0..10 {
+            let at = f64::from(week) * 7.0 * 86_400.0 + 8.0 * 3600.0 + f64::from(hour) * 3600.0;
+            lines.push_str(&format!(
+                "{{\"at\": {at}, \"repository\": \"app\", \"pipeline\": [[{{\"name\": \"build\", \"duration\": 300}}], [{}]]}}\n",
+                (0..8)
+                    .map(|i| format!("{{\"name\": \"t{i}\", \"duration\": 60}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    std::fs::write(&trace, lines).unwrap();
+    let overhead = |name: &str| {
+        policy(
+            &[
+                "--trace",
+                trace.to_str().unwrap(),
+                "--history-weeks",
+                "1",
+                "--policy",
+                name,
+            ],
+            name,
+        )["pipeline_overhead_p95_s"]
+            .as_f64()
+            .unwrap()
+    };
+    let (ahead, blind) = (overhead("idle-buffer,webhooks"), overhead("idle-buffer"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(ahead + 20.0 < blind, "{ahead} vs {blind}");
+}

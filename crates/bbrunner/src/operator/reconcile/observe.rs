@@ -384,6 +384,7 @@ pub(super) async fn observe_managed(
             slot_peak: status.demand_slot_peak.unwrap_or_default(),
         },
         queued,
+        ahead: 0,
         scope_room: RUNNERS_PER_SCOPE.saturating_sub(listed.runners.len() as u32),
     })
 }
