@@ -9,5 +9,8 @@ mod server;
 pub mod world;
 
 pub use agent::{AgentConfig, RunnerAgent};
-pub use server::{FakeBitbucket, FakeConfig};
-pub use world::{Faults, NoMatch, StepRequest};
+pub use server::{FakeBitbucket, FakeConfig, signature};
+pub use world::{
+    Faults, NoMatch, PipelineRequest, PipelineStepRequest, StepRequest, WebhookFaults,
+    WebhookTarget,
+};

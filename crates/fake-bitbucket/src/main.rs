@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use fake_bitbucket::{AgentConfig, FakeBitbucket, FakeConfig, Faults, NoMatch, RunnerAgent};
+use fake_bitbucket::{
+    AgentConfig, FakeBitbucket, FakeConfig, Faults, NoMatch, RunnerAgent, WebhookTarget,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +83,12 @@ struct ServeArgs {
     /// Retry-After, in seconds, on injected errors (with `--fault-status 429`: a 429 storm).
     #[arg(long)]
     fault_retry_after: Option<u64>,
+    /// Deliver webhooks (repo:push, commit statuses) to this URL.
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
+    /// Sign webhook deliveries with the secret in this file (X-Hub-Signature: sha256=…).
+    #[arg(long, value_name = "FILE", requires = "webhook_url")]
+    webhook_secret_file: Option<std::path::PathBuf>,
 }
 
 fn pair(raw: &str, flag: &str, sep: char) -> Result<(String, String)> {
@@ -130,6 +138,20 @@ fn config(args: ServeArgs) -> Result<FakeConfig> {
             latency_ms: args.latency_ms,
             reset_rate: args.reset_rate,
             retry_after_s: args.fault_retry_after,
+        },
+        webhook: WebhookTarget {
+            url: args.webhook_url,
+            secret: args
+                .webhook_secret_file
+                .map(|path| {
+                    std::fs::read_to_string(&path)
+                        .map(|s| s.trim().to_owned())
+                        .map_err(|e| {
+                            anyhow::anyhow!("--webhook-secret-file {}: {e}", path.display())
+                        })
+                })
+                .transpose()?,
+            faults: Default::default(),
         },
     })
 }

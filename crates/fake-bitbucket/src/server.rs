@@ -19,9 +19,14 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod pipelines;
+mod webhooks;
+
+pub use webhooks::signature;
+
 use crate::world::{
-    ALL_SCOPES, ApiError, Faults, Identity, NoMatch, Repository, RequestRecord, StepRequest,
-    Workspace, World, new_uuid,
+    ALL_SCOPES, ApiError, Faults, Identity, NoMatch, PipelineRequest, Repository, RequestRecord,
+    StepRequest, WebhookTarget, Workspace, World, new_uuid,
 };
 
 /// How to seed and run the fake.
@@ -43,6 +48,8 @@ pub struct FakeConfig {
     pub rate_limit: u32,
     pub no_match: NoMatch,
     pub faults: Faults,
+    /// Where webhooks go, signed with its secret, and their faults.
+    pub webhook: WebhookTarget,
 }
 
 impl Default for FakeConfig {
@@ -59,6 +66,7 @@ impl Default for FakeConfig {
             rate_limit: 1000,
             no_match: NoMatch::Fail,
             faults: Faults::default(),
+            webhook: WebhookTarget::default(),
         }
     }
 }
@@ -109,6 +117,7 @@ impl FakeBitbucket {
                 tracing::error!(error = %e, "fake-bitbucket server stopped");
             }
         });
+        tokio::spawn(webhooks::deliver(app.clone(), stop.subscribe()));
         let ticker = app.clone();
         let mut stop_ticks = stop.subscribe();
         tokio::spawn(async move {
@@ -151,6 +160,11 @@ impl FakeBitbucket {
         self.with_world(|w, now| w.submit_step(request, now))
     }
 
+    /// Push a commit whose pipeline runs `request`'s stages (`POST /_fake/pipelines`).
+    pub fn create_pipeline(&self, request: &PipelineRequest) -> Result<Value, ApiError> {
+        self.with_world(|w, now| w.create_pipeline(request, now))
+    }
+
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
     }
@@ -190,6 +204,10 @@ pub(crate) fn seed(config: &FakeConfig, url: &str) -> World {
         rate_limit: config.rate_limit,
         rate: HashMap::new(),
         no_match: config.no_match,
+        pipelines: Vec::new(),
+        outbox: Vec::new(),
+        webhook: config.webhook.clone(),
+        deliveries: Vec::new(),
     };
     let ensure_ws = |world: &mut World, slug: &str| -> String {
         if let Some(ws) = world.workspace(slug) {
@@ -272,19 +290,23 @@ fn router(app: Arc<App>) -> Router {
         .route("/2.0/repositories/{ws}/{repo}", get(get_repository))
         .route(
             "/2.0/repositories/{ws}/{repo}/pipelines",
-            get(list_pipelines),
+            get(pipelines::list_pipelines),
         )
         .route(
             "/2.0/repositories/{ws}/{repo}/pipelines/",
-            get(list_pipelines),
+            get(pipelines::list_pipelines),
         )
         .route(
             "/2.0/repositories/{ws}/{repo}/pipelines/{pipeline}/steps",
-            get(list_steps),
+            get(pipelines::list_steps),
         )
         .route(
             "/2.0/repositories/{ws}/{repo}/pipelines/{pipeline}/steps/",
-            get(list_steps),
+            get(pipelines::list_steps),
+        )
+        .route(
+            "/2.0/repositories/{ws}/{repo}/src/{commit}/{*path}",
+            get(pipelines::source_file),
         )
         .route("/site/oauth2/access_token", post(oauth_token))
         .layer(middleware::from_fn_with_state(app.clone(), inject_faults))
@@ -298,10 +320,18 @@ fn router(app: Arc<App>) -> Router {
         );
     let control = Router::new()
         .route("/_fake/steps", get(fake_steps).post(fake_submit_step))
+        .route(
+            "/_fake/pipelines",
+            get(pipelines::fake_pipelines).post(pipelines::fake_create_pipeline),
+        )
         .route("/_fake/runners", get(fake_runners))
         .route("/_fake/requests", get(fake_requests))
         .route("/_fake/faults", get(fake_faults).put(fake_set_faults))
-        .route("/_fake/clock", get(fake_clock));
+        .route("/_fake/clock", get(fake_clock))
+        .route(
+            "/_fake/webhooks",
+            get(webhooks::fake_webhooks).put(webhooks::fake_set_webhooks),
+        );
     api.merge(agents).merge(control).with_state(app)
 }
 
@@ -388,7 +418,7 @@ fn decode_basic(value: &str) -> Option<(String, String)> {
 }
 
 /// Authenticate an API request, check its scope, and spend its rate budget.
-fn authorize(app: &App, headers: &HeaderMap, scope: &str) -> Result<Identity, ApiError> {
+pub(crate) fn authorize(app: &App, headers: &HeaderMap, scope: &str) -> Result<Identity, ApiError> {
     let now = app.now();
     let mut world = app.world();
     let auth = headers
@@ -408,7 +438,7 @@ fn authorize(app: &App, headers: &HeaderMap, scope: &str) -> Result<Identity, Ap
     Ok(identity)
 }
 
-fn served(identity: &Identity, response: impl IntoResponse) -> Response {
+pub(crate) fn served(identity: &Identity, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
     response
         .headers_mut()
@@ -474,12 +504,12 @@ struct ScopePath {
 }
 
 #[derive(Deserialize, Default)]
-struct PageQuery {
+pub(crate) struct PageQuery {
     page: Option<usize>,
     pagelen: Option<usize>,
 }
 
-fn paginate(items: Vec<Value>, query: &PageQuery, base_url: &str, uri: &Uri) -> Value {
+pub(crate) fn paginate(items: Vec<Value>, query: &PageQuery, base_url: &str, uri: &Uri) -> Value {
     let pagelen = query.pagelen.unwrap_or(10).clamp(1, 100);
     let page = query.page.unwrap_or(1).max(1);
     let start = (page - 1) * pagelen;
@@ -621,84 +651,6 @@ async fn get_repository(
         Json(
             json!({"type": "repository", "uuid": found.uuid, "slug": found.slug, "full_name": format!("{ws}/{}", found.slug)}),
         ),
-    ))
-}
-
-fn pipeline_state(state: crate::world::StepState) -> &'static str {
-    use crate::world::StepState::*;
-    match state {
-        Queued => "PENDING",
-        Running => "IN_PROGRESS",
-        Completed | Failed | Interrupted => "COMPLETED",
-    }
-}
-
-async fn list_pipelines(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Path((ws, repo)): Path<(String, String)>,
-    Query(query): Query<PageQuery>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let identity = authorize(&app, &headers, "repository:read")?;
-    let statuses: Vec<String> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|p| p.strip_prefix("status=").map(str::to_owned))
-        .collect();
-    let world = app.world();
-    let scope = world.scope(&ws, Some(&repo))?;
-    let mut items: Vec<Value> = world
-        .steps
-        .iter()
-        .filter(|s| s.scope == scope)
-        .filter(|s| statuses.is_empty() || statuses.iter().any(|st| st == pipeline_state(s.state)))
-        .map(|s| {
-            json!({
-                "type": "pipeline",
-                "uuid": s.pipeline_uuid,
-                "state": {"name": pipeline_state(s.state)},
-                "created_on_fake_s": s.queued_at,
-            })
-        })
-        .collect();
-    items.reverse(); // newest first, as `sort=-created_on` asks
-    Ok(served(
-        &identity,
-        Json(paginate(items, &query, &world.base_url, &uri)),
-    ))
-}
-
-async fn list_steps(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Path((ws, repo, pipeline)): Path<(String, String, String)>,
-    Query(query): Query<PageQuery>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let identity = authorize(&app, &headers, "repository:read")?;
-    let world = app.world();
-    let scope = world.scope(&ws, Some(&repo))?;
-    let items: Vec<Value> = world
-        .steps
-        .iter()
-        .filter(|s| s.scope == scope && s.pipeline_uuid.eq_ignore_ascii_case(&pipeline))
-        .map(|s| {
-            json!({
-                "type": "pipeline_step",
-                "uuid": s.id,
-                "state": {"name": pipeline_state(s.state)},
-                "runs_on": s.labels,
-            })
-        })
-        .collect();
-    if items.is_empty() {
-        return Err(ApiError::new(404, format!("Pipeline {pipeline} not found")));
-    }
-    Ok(served(
-        &identity,
-        Json(paginate(items, &query, &world.base_url, &uri)),
     ))
 }
 

@@ -116,6 +116,46 @@ pub struct StepRecord {
     pub finished_at: Option<f64>,
     pub runner_uuid: Option<String>,
     pub failure_reason: Option<String>,
+    /// Its name and stage, for a step of a pipeline made with `POST /_fake/pipelines`.
+    pub name: Option<String>,
+    pub stage: Option<usize>,
+}
+
+impl StepRecord {
+    /// A step queued at `now`, in a pipeline of its own (as `POST /_fake/steps` makes them).
+    pub fn queued(
+        scope: ScopeKey,
+        workspace: &str,
+        repository: Option<&str>,
+        labels: &[String],
+        size: Option<&str>,
+        duration_s: f64,
+        now: f64,
+    ) -> Self {
+        let labels = if labels.is_empty() {
+            vec!["self.hosted".into(), "linux".into()]
+        } else {
+            labels.to_vec()
+        };
+        Self {
+            id: new_uuid(),
+            pipeline_uuid: new_uuid(),
+            workspace: workspace.to_owned(),
+            repository: repository.map(str::to_owned),
+            scope,
+            labels,
+            size: size.unwrap_or("1x").to_owned(),
+            duration_s: duration_s.max(0.0),
+            state: StepState::Queued,
+            queued_at: now,
+            started_at: None,
+            finished_at: None,
+            runner_uuid: None,
+            failure_reason: None,
+            name: None,
+            stage: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -180,6 +220,13 @@ pub struct World {
     pub rate_limit: u32,
     pub rate: HashMap<String, VecDeque<f64>>,
     pub no_match: NoMatch,
+    /// Pipelines made with `POST /_fake/pipelines`, by build number.
+    pub pipelines: Vec<PipelineRecord>,
+    /// Webhooks made and not yet handed to the deliverer.
+    pub outbox: Vec<WebhookEvent>,
+    /// Where webhooks go, and what became of each delivery.
+    pub webhook: WebhookTarget,
+    pub deliveries: Vec<DeliveryRecord>,
 }
 
 pub fn new_uuid() -> String {
@@ -373,7 +420,7 @@ impl World {
 
     /// A reading of the fake clock as Bitbucket writes times: UTC with microseconds,
     /// `2021-09-29T23:28:04.683210Z`.
-    fn timestamp(&self, at: f64) -> String {
+    pub fn timestamp(&self, at: f64) -> String {
         timestamp(self.epoch + at.max(0.0))
     }
 
@@ -503,27 +550,20 @@ impl World {
 
     pub fn submit_step(&mut self, request: &StepRequest, now: f64) -> Result<String, ApiError> {
         let scope = self.scope(&request.workspace, request.repository.as_deref())?;
-        let mut labels: Vec<String> = request.labels.clone();
-        if labels.is_empty() {
-            labels = vec!["self.hosted".into(), "linux".into()];
-        }
-        let id = new_uuid();
-        let mut step = StepRecord {
-            id: id.clone(),
-            pipeline_uuid: new_uuid(),
-            workspace: request.workspace.clone(),
-            repository: request.repository.clone(),
+        let step = StepRecord::queued(
             scope,
-            labels,
-            size: request.size.clone().unwrap_or_else(|| "1x".into()),
-            duration_s: request.duration_s.max(0.0),
-            state: StepState::Queued,
-            queued_at: now,
-            started_at: None,
-            finished_at: None,
-            runner_uuid: None,
-            failure_reason: None,
-        };
+            &request.workspace,
+            request.repository.as_deref(),
+            &request.labels,
+            request.size.as_deref(),
+            request.duration_s,
+            now,
+        );
+        Ok(self.queue(step, now))
+    }
+
+    /// Queue `step`; Bitbucket fails at once a step no connected runner could take.
+    fn queue(&mut self, mut step: StepRecord, now: f64) -> String {
         if self.no_match == NoMatch::Fail
             && !self
                 .runners
@@ -534,15 +574,18 @@ impl World {
             step.finished_at = Some(now);
             step.failure_reason = Some("no online runner has all of the step's labels".into());
         }
+        let id = step.id.clone();
         self.steps.push(step);
-        Ok(id)
+        id
     }
 
     fn finish_step(&mut self, id: &str, state: StepState, reason: Option<&str>, now: f64) {
+        let mut pipeline = None;
         if let Some(step) = self.steps.iter_mut().find(|s| s.id == id) {
             step.state = state;
             step.finished_at = Some(now);
             step.failure_reason = reason.map(str::to_owned);
+            pipeline = Some(step.pipeline_uuid.clone());
         }
         for r in self
             .runners
@@ -551,6 +594,9 @@ impl World {
         {
             r.step = None;
             r.updated_at = now;
+        }
+        if let Some(pipeline) = pipeline {
+            self.advance_pipeline(&pipeline, now);
         }
     }
 
@@ -585,129 +631,6 @@ impl World {
                 now,
             );
         }
-    }
-
-    // ---- runner agent protocol -----------------------------------------------------------
-
-    pub fn issue_runner_token(&mut self, client_id: &str, client_secret: &str) -> Option<Value> {
-        let runner = self
-            .runners
-            .iter()
-            .find(|r| r.oauth_client_id == client_id && r.oauth_client_secret == client_secret)?;
-        let token = random_token(40);
-        self.runner_tokens
-            .insert(token.clone(), runner.uuid.clone());
-        Some(json!({"access_token": token, "token_type": "bearer", "expires_in": 3600}))
-    }
-
-    /// An agent checks in: heartbeat, and when idle and enabled, take the oldest step it can.
-    pub fn poll(
-        &mut self,
-        token: &str,
-        runner_uuid: &str,
-        session: &str,
-        now: f64,
-    ) -> Result<Value, ApiError> {
-        let owner = self
-            .runner_tokens
-            .get(token)
-            .ok_or_else(|| ApiError::new(401, "Invalid or expired runner token"))?;
-        if !owner.eq_ignore_ascii_case(runner_uuid) {
-            return Err(ApiError::new(403, "This token belongs to another runner"));
-        }
-        let i = self
-            .runners
-            .iter()
-            .position(|r| r.uuid.eq_ignore_ascii_case(runner_uuid))
-            .ok_or_else(|| ApiError::new(404, "Runner not found"))?;
-        let r = &mut self.runners[i];
-        // One agent per runner. A new process (a replacement pod) takes over; an older one
-        // that is still polling is a second agent running the same runner: refused, counted.
-        if r.displaced.iter().any(|d| d == session) {
-            r.duplicate_agent_polls += 1;
-            return Err(ApiError::new(
-                409,
-                "Another runner process took over this runner's credentials",
-            ));
-        }
-        let mut abandoned = None;
-        if let Some((held, _)) = &r.session
-            && held != session
-        {
-            r.displaced.push(held.clone());
-            // The previous process is gone: a step it held will never finish.
-            abandoned = r.step.take();
-        }
-        r.session = Some((session.to_owned(), now));
-        r.last_heartbeat = Some(now);
-        if let Some(step) = abandoned {
-            self.finish_step(
-                &step,
-                StepState::Interrupted,
-                Some("its runner process restarted"),
-                now,
-            );
-        }
-        let r = &mut self.runners[i];
-        if !r.enabled || r.step.is_some() {
-            return Ok(json!({"step": null}));
-        }
-        let runner = r.clone();
-        let next = self
-            .steps
-            .iter_mut()
-            .filter(|s| s.state == StepState::Queued && serves(&runner, s))
-            .min_by(|a, b| a.queued_at.total_cmp(&b.queued_at));
-        let Some(step) = next else {
-            return Ok(json!({"step": null}));
-        };
-        step.state = StepState::Running;
-        step.started_at = Some(now);
-        step.runner_uuid = Some(runner.uuid.clone());
-        let assigned = json!({
-            "id": step.id,
-            "duration_ms": (step.duration_s / self.time_scale * 1000.0).round() as u64,
-        });
-        let id = step.id.clone();
-        let r = &mut self.runners[i];
-        r.step = Some(id);
-        r.updated_at = now;
-        Ok(json!({"step": assigned}))
-    }
-
-    pub fn complete(
-        &mut self,
-        token: &str,
-        runner_uuid: &str,
-        step_id: &str,
-        now: f64,
-    ) -> Result<(), ApiError> {
-        let owner = self
-            .runner_tokens
-            .get(token)
-            .ok_or_else(|| ApiError::new(401, "Invalid or expired runner token"))?;
-        if !owner.eq_ignore_ascii_case(runner_uuid) {
-            return Err(ApiError::new(403, "This token belongs to another runner"));
-        }
-        let running_here = self.steps.iter().any(|s| {
-            s.id == step_id
-                && s.state == StepState::Running
-                && s.runner_uuid
-                    .as_deref()
-                    .is_some_and(|r| r.eq_ignore_ascii_case(runner_uuid))
-        });
-        if !running_here {
-            return Err(ApiError::new(409, "The step is not running on this runner"));
-        }
-        self.finish_step(step_id, StepState::Completed, None, now);
-        if let Some(r) = self
-            .runners
-            .iter_mut()
-            .find(|r| r.uuid.eq_ignore_ascii_case(runner_uuid))
-        {
-            r.last_heartbeat = Some(now);
-        }
-        Ok(())
     }
 
     // ---- control views -------------------------------------------------------------------
@@ -748,6 +671,13 @@ pub struct StepRequest {
     #[serde(default)]
     pub size: Option<String>,
 }
+
+mod agents;
+mod pipelines;
+pub use pipelines::{
+    DeliveryRecord, PipelineRecord, PipelineRequest, PipelineState, PipelineStepRequest,
+    WebhookEvent, WebhookFaults, WebhookTarget, request_uuid,
+};
 
 #[cfg(test)]
 mod tests;

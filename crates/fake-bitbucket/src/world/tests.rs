@@ -274,3 +274,129 @@ fn timestamps_are_wall_clock_utc_with_microseconds_and_durations_are_the_fake_cl
     assert_eq!(timestamp(0.5), "1970-01-01T00:00:00.500000Z");
     assert_eq!(timestamp(90.0), "1970-01-01T00:01:30.000000Z");
 }
+
+fn pipeline_request(stages: &[&[(&str, f64)]]) -> PipelineRequest {
+    PipelineRequest {
+        workspace: "acme".into(),
+        repository: "app".into(),
+        branch: "main".into(),
+        pipeline: stages
+            .iter()
+            .map(|stage| {
+                stage
+                    .iter()
+                    .map(|(name, duration)| PipelineStepRequest {
+                        name: (*name).into(),
+                        duration: *duration,
+                        labels: vec!["self.hosted".into(), "build".into()],
+                        size: None,
+                    })
+                    .collect()
+            })
+            .collect(),
+        definition: None,
+    }
+}
+
+/// Run every queued step this runner can take, completing each `took` seconds later.
+fn run_all(w: &mut World, token: &str, uuid: &str, mut now: f64) -> f64 {
+    loop {
+        let assigned = w.poll(token, uuid, "s1", now).unwrap();
+        let Some(id) = assigned["step"]["id"].as_str().map(str::to_owned) else {
+            return now;
+        };
+        now += 10.0;
+        w.complete(token, uuid, &id, now).unwrap();
+    }
+}
+
+#[test]
+fn a_pipeline_runs_its_stages_in_order_and_says_so_in_webhooks() {
+    let mut w = world();
+    let (uuid, id, secret) = create(&mut w, &["build"], 0.0);
+    let token = runner_token(&mut w, &id, &secret);
+    w.poll(&token, &uuid, "s1", 1.0).unwrap();
+    let created = w
+        .create_pipeline(
+            &pipeline_request(&[
+                &[("build", 10.0)],
+                &[("a", 10.0), ("b", 10.0)],
+                &[("deploy", 5.0)],
+            ]),
+            2.0,
+        )
+        .unwrap();
+    let commit = created["commit"].as_str().unwrap();
+    // Only the first stage is queued.
+    assert_eq!(w.steps.len(), 1);
+    let keys: Vec<String> = w.take_webhooks().into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, ["repo:push", "repo:commit_status_created"]);
+    // Its definition is served at the commit, and says what the operator needs.
+    let scope = w.scope("acme", Some("app")).unwrap();
+    let text = w
+        .source_file(&scope, commit, "bitbucket-pipelines.yml")
+        .unwrap();
+    let stages = bbrunner_core::lookahead::resolve(
+        text,
+        &bbrunner_core::lookahead::Trigger::Branch("main".into()),
+    )
+    .unwrap()
+    .unwrap();
+    let names: Vec<Vec<&str>> = stages
+        .iter()
+        .map(|s| s.iter().map(|p| p.name.as_str()).collect())
+        .collect();
+    assert_eq!(names, [vec!["build"], vec!["a", "b"], vec!["deploy"]]);
+    assert_eq!(stages[1][0].labels, ["self.hosted", "build"]);
+    assert!(w.source_file(&scope, commit, "README.md").is_none());
+
+    let end = run_all(&mut w, &token, &uuid, 3.0);
+    assert_eq!(w.steps.len(), 4);
+    let record = &w.pipelines[0];
+    assert_eq!(record.state, PipelineState::Successful);
+    assert_eq!(record.completed_at, Some(end));
+    // Each stage queued when the one before ended.
+    let queued: Vec<(String, f64)> = w
+        .steps
+        .iter()
+        .map(|s| (s.name.clone().unwrap(), s.queued_at))
+        .collect();
+    assert_eq!(queued[1].1, 13.0, "{queued:?}");
+    assert_eq!(queued[3].1, 33.0, "{queued:?}");
+    let done = w.take_webhooks();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].key, "repo:commit_status_updated");
+    assert_eq!(done[0].body["commit_status"]["state"], "SUCCESSFUL");
+    assert_eq!(done[0].body["commit_status"]["commit"]["hash"], commit);
+}
+
+#[test]
+fn a_failed_step_ends_its_pipeline_and_skips_the_rest() {
+    let mut w = world();
+    let (uuid, id, secret) = create(&mut w, &["build"], 0.0);
+    let token = runner_token(&mut w, &id, &secret);
+    w.poll(&token, &uuid, "s1", 1.0).unwrap();
+    w.create_pipeline(
+        &pipeline_request(&[&[("build", 10.0)], &[("test", 10.0)]]),
+        2.0,
+    )
+    .unwrap();
+    w.take_webhooks();
+    // The runner is deleted mid-build: the build is interrupted, the test never queued.
+    w.poll(&token, &uuid, "s1", 3.0).unwrap();
+    w.delete_runner(&ws(&w), &uuid, 4.0).unwrap();
+    assert_eq!(w.steps.len(), 1);
+    assert_eq!(w.pipelines[0].state, PipelineState::Failed);
+    let done = w.take_webhooks();
+    assert_eq!(done[0].body["commit_status"]["state"], "FAILED");
+
+    // Bad requests are refused with the field named.
+    let mut empty = pipeline_request(&[&[("x", 1.0)]]);
+    empty.pipeline[0].clear();
+    assert_eq!(w.create_pipeline(&empty, 5.0).unwrap_err().status, 400);
+    let mut negative = pipeline_request(&[&[("x", 1.0)]]);
+    negative.pipeline[0][0].duration = -1.0;
+    let err = w.create_pipeline(&negative, 5.0).unwrap_err();
+    let message = err.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("step \"x\" needs a duration"), "{message}");
+}
