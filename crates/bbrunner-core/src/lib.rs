@@ -3,6 +3,7 @@
 //! its inputs, which is what lets the CLI, the operator and the simulator share it.
 
 pub mod admin_policy;
+pub mod demand;
 pub mod dockerd;
 pub mod doctor;
 pub mod forecast;
@@ -24,4 +25,5 @@ pub mod scaling;
 pub mod schedule;
 pub mod simulate;
 pub mod units;
+pub mod webhook;
 pub mod yaml;

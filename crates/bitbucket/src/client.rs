@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::budget::{Budget, RequestBudget};
-use crate::model::{CreatedRunner, PipelineStep, Runner};
+use crate::model::{CreatedRunner, Runner};
 use crate::{Credentials, Error};
 
 /// How idempotent calls are retried.
@@ -135,9 +135,39 @@ struct Request {
     url: Url,
     body: Option<Value>,
     what: String,
+    /// The longest answer read; past it the call fails, read no further.
+    max_body: usize,
+}
+
+/// The longest answer a call reads unless it says otherwise: far past any page of 100 runners.
+const MAX_BODY: usize = 16 << 20;
+
+/// Read a response's body, no more than `limit` bytes of it.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<bytes::Bytes, Error> {
+    let too_large = || Error::Decode {
+        what: what.to_owned(),
+        message: format!("the answer is larger than {limit} bytes; not read"),
+    };
+    if response.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport(what, &e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 const ALL_SCOPES: [&str; 3] = ["runner:write", "repository:read", "account:read"];
+
+mod pipelines;
 
 impl Client {
     pub fn new(config: Config, credentials: Credentials) -> Result<Self, Error> {
@@ -226,6 +256,7 @@ impl Client {
             url: self.api_url(&self.runners_path(scope).await?),
             body: Some(json!({ "name": name, "labels": labels })),
             what: what.clone(),
+            max_body: MAX_BODY,
         };
         let response = self.call(request, false).await.map_err(|e| match e {
             Error::BadRequest { message, .. } if is_quota_message(&message) => {
@@ -335,6 +366,7 @@ impl Client {
             url: self.api_url(segments),
             body: None,
             what: what.to_owned(),
+            max_body: MAX_BODY,
         };
         #[derive(Deserialize)]
         struct WithUuid {
@@ -347,65 +379,6 @@ impl Client {
             .expect("lock")
             .insert(key, found.uuid.clone());
         Ok(found.uuid)
-    }
-
-    // ---- pipelines -----------------------------------------------------------------------
-
-    /// Steps of a repository's pending and in-progress pipelines that have not finished.
-    pub async fn active_steps(
-        &self,
-        workspace: &str,
-        repository: &str,
-    ) -> Result<Vec<PipelineStep>, Error> {
-        let mut url = self.api_url(&["2.0", "repositories", workspace, repository, "pipelines"]);
-        url.query_pairs_mut()
-            .append_pair("status", "PENDING")
-            .append_pair("status", "IN_PROGRESS")
-            .append_pair("sort", "-created_on")
-            .append_pair("pagelen", "100");
-        #[derive(Deserialize)]
-        struct Pipeline {
-            uuid: String,
-        }
-        #[derive(Deserialize)]
-        struct StepName {
-            name: String,
-        }
-        #[derive(Deserialize)]
-        struct Step {
-            uuid: String,
-            state: StepName,
-            #[serde(default)]
-            runs_on: Option<Vec<String>>,
-        }
-        let what = format!("listing the active pipelines of {workspace}/{repository}");
-        let pipelines: Vec<Pipeline> = self.list_all("list_pipelines", url, &what).await?;
-        let mut steps = Vec::new();
-        for pipeline in pipelines {
-            let mut url = self.api_url(&[
-                "2.0",
-                "repositories",
-                workspace,
-                repository,
-                "pipelines",
-                &pipeline.uuid,
-                "steps",
-            ]);
-            url.query_pairs_mut().append_pair("pagelen", "100");
-            let what = format!("listing the steps of pipeline {}", pipeline.uuid);
-            let page: Vec<Step> = self.list_all("list_steps", url, &what).await?;
-            steps.extend(
-                page.into_iter()
-                    .filter(|s| s.state.name != "COMPLETED")
-                    .map(|s| PipelineStep {
-                        uuid: s.uuid,
-                        pipeline_uuid: pipeline.uuid.clone(),
-                        state: s.state.name,
-                        labels: s.runs_on,
-                    }),
-            );
-        }
-        Ok(steps)
     }
 
     // ---- plumbing ------------------------------------------------------------------------
@@ -467,6 +440,7 @@ impl Client {
             url: self.api_url(&segments),
             body,
             what: what.to_owned(),
+            max_body: MAX_BODY,
         })
     }
 
@@ -491,6 +465,7 @@ impl Client {
                 url,
                 body: None,
                 what: what.to_owned(),
+                max_body: MAX_BODY,
             };
             let page: Page<T> = decode(self.call(request, true).await?, what)?;
             items.extend(page.values);
@@ -561,10 +536,7 @@ impl Client {
             let status = response.status();
             self.observe(request.endpoint, status.as_u16(), sent.elapsed());
             let retry_after = retry_after(response.headers());
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| transport(&request.what, &e))?;
+            let body = read_body(response, request.max_body, &request.what).await?;
             if status.is_success() {
                 return Ok(Response { body });
             }

@@ -400,3 +400,52 @@ async fn active_steps_carry_state_and_labels() {
     assert_eq!(steps[0].state, "PENDING");
     assert_eq!(steps[0].labels, Some(labels(&["build"])));
 }
+
+#[tokio::test]
+async fn a_commit_s_pipelines_file_is_read_and_a_finished_pipeline_s_steps_are_timed() {
+    use fake_bitbucket::{PipelineRequest, PipelineStepRequest};
+    let fake = fake(|_| {}).await;
+    let client = client(&fake);
+    let step = |name: &str| PipelineStepRequest {
+        name: name.into(),
+        duration: 30.0,
+        labels: Vec::new(),
+        size: None,
+    };
+    // No runner online: Bitbucket fails the build at once, and the pipeline ends.
+    let created = fake
+        .create_pipeline(&PipelineRequest {
+            workspace: "acme".into(),
+            repository: "app".into(),
+            branch: "main".into(),
+            pipeline: vec![vec![step("build")], vec![step("test")]],
+            definition: None,
+        })
+        .unwrap();
+    let commit = created["commit"].as_str().unwrap();
+    let text = client
+        .pipelines_file("acme", "app", commit)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(text.contains("\"build\""), "{text}");
+    assert_eq!(
+        client
+            .pipelines_file("acme", "app", "0000000000000000000000000000000000000000")
+            .await
+            .unwrap(),
+        None
+    );
+    // The failed build never started: no duration to learn; found by build number or
+    // by commit all the same.
+    let by_number = client
+        .finished_steps("acme", "app", Some(1), commit)
+        .await
+        .unwrap();
+    assert!(by_number.is_empty(), "{by_number:?}");
+    let err = client
+        .finished_steps("acme", "app", Some(99), "abcdef1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}

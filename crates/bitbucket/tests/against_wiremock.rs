@@ -344,3 +344,22 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn an_answer_past_the_limit_is_not_read() {
+    let server = MockServer::start().await;
+    let huge = "x".repeat(bbrunner_core::yaml::MAX_INPUT_BYTES + 1);
+    Mock::given(method("GET"))
+        .and(path_regex(r"/src/"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(huge))
+        .mount(&server)
+        .await;
+    let err = bearer_client(&server)
+        .pipelines_file("acme", "app", "abcdef1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Decode { message, .. } if message.contains("larger than")),
+        "{err}"
+    );
+}
