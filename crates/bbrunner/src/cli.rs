@@ -225,6 +225,14 @@ pub struct OperatorArgs {
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Receive Bitbucket's webhooks (repository push, build status, pull request) at
+    /// POST /webhooks/bitbucket here: pools then ready runners as pipelines start, and for
+    /// their next stages.
+    #[arg(long, value_name = "ADDR", requires = "webhook_secret_file")]
+    pub webhook_addr: Option<std::net::SocketAddr>,
+    /// The webhook's secret, which every delivery must be signed with (X-Hub-Signature).
+    #[arg(long, value_name = "FILE", requires = "webhook_addr")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// Hold a Lease so that only one replica acts.
     #[arg(long)]
     pub leader_election: bool,

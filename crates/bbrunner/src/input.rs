@@ -25,7 +25,8 @@ pub fn read_text(path: Option<&Path>) -> Result<String> {
 /// huge file (or an endless pipe) is refused, not loaded.
 pub fn read_yaml(path: &Path) -> Result<String> {
     let limit = bbrunner_core::yaml::MAX_INPUT_BYTES;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut text = String::new();
     file.take(limit as u64 + 1)
         .read_to_string(&mut text)

@@ -373,6 +373,7 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
                 bitbucket.with_world(|w, _| w.epoch),
                 args.time_scale,
             ),
+            webhooks: None,
         },
         stop.clone(),
     ));

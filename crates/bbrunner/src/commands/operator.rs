@@ -64,7 +64,25 @@ pub fn options(args: &OperatorArgs) -> Result<Options> {
             ),
             None => operator::clock::Clock::wall(),
         },
+        webhooks: match (args.webhook_addr, &args.webhook_secret_file) {
+            (Some(addr), Some(file)) => Some((addr, webhook_secret(file)?)),
+            _ => None,
+        },
     })
+}
+
+/// The webhook secret from its file (a mounted Secret key): trimmed, and refused when empty,
+/// since every delivery would then be refused as unsigned.
+fn webhook_secret(file: &std::path::Path) -> Result<secrecy::SecretString> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read --webhook-secret-file {}", file.display()))?;
+    let secret = text.trim();
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "--webhook-secret-file {} is empty; put the secret the Bitbucket webhook is given in it",
+        file.display()
+    );
+    Ok(secrecy::SecretString::from(secret.to_owned()))
 }
 
 /// Cancelled on SIGTERM or Ctrl-C.

@@ -61,6 +61,18 @@ struct BuildLabels {
     revision: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// One of the events bbrunner reads, or `other`.
+    pub event: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 /// `identity` is [`bitbucket::Credentials::opaque_id`]: no e-mail or username in metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IdentityLabels {
@@ -79,6 +91,10 @@ pub struct Metrics {
     pub bitbucket_request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     pub budget_remaining: Family<IdentityLabels, Gauge>,
     pub step_queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
+    /// Runners a pool readies for the stages ahead of pipelines under way.
+    pub runners_ahead: Family<PoolLabels, Gauge>,
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    definition_errors: Family<ReasonLabels, Counter>,
     pub leader: Gauge,
     /// One series per pool: 1 with its reason while Degraded, 0 with an empty reason while not.
     pool_degraded: Family<DegradedLabels, Gauge>,
@@ -175,6 +191,24 @@ impl Metrics {
             Unit::Seconds,
             step_queue_wait.clone(),
         );
+        let runners_ahead = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "runners_ahead",
+            "Runners a pool readies for the next stages of pipelines under way (lookahead)",
+            runners_ahead.clone(),
+        );
+        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries received, by event and outcome (accepted, known, duplicate, replayed, stale, unsigned, bad_signature, too_large, malformed, unknown_event, rate_limited)",
+            webhook_deliveries.clone(),
+        );
+        let definition_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "lookahead_definition_errors",
+            "bitbucket-pipelines.yml files the lookahead could not use, by reason (unreadable, unparsable, too_many_steps)",
+            definition_errors.clone(),
+        );
         Arc::new(Self {
             runners,
             desired,
@@ -185,6 +219,9 @@ impl Metrics {
             bitbucket_request_duration,
             budget_remaining,
             step_queue_wait,
+            runners_ahead,
+            webhook_deliveries,
+            definition_errors,
             leader,
             pool_degraded,
             degraded_reasons: Mutex::new(HashMap::new()),
@@ -192,6 +229,14 @@ impl Metrics {
             ready: AtomicBool::new(false),
             error_series: Mutex::new(HashSet::new()),
         })
+    }
+
+    pub fn count_definition_error(&self, reason: &str) {
+        self.definition_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn count_error(&self, labels: ErrorLabels) {
@@ -268,6 +313,7 @@ impl Metrics {
         self.desired.remove(&labels);
         self.outdated.remove(&labels);
         self.step_queue_wait.remove(&labels);
+        self.runners_ahead.remove(&labels);
         self.error_series
             .lock()
             .unwrap_or_else(|e| e.into_inner())

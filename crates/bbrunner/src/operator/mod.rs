@@ -3,11 +3,14 @@
 
 pub mod clock;
 pub mod crd;
+mod demand;
 mod hub;
 mod metrics;
 mod pod_view;
 mod pool;
 pub mod reconcile;
+mod serve;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerError;
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 pub use reconcile::Settings;
@@ -44,6 +48,8 @@ pub struct Options {
     pub cluster_id: Option<ClusterId>,
     /// The clock of the time-based rules: the wall clock but in simulations.
     pub clock: clock::Clock,
+    /// Where to receive Bitbucket's webhooks, and the secret they are signed with.
+    pub webhooks: Option<(SocketAddr, SecretString)>,
 }
 
 /// Whether a Kubernetes API failure may pass by itself: a server error, throttling, or no
@@ -103,12 +109,30 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
             .await
             .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
         let router = metrics::router(metrics.clone());
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-        });
+        tokio::spawn(serve::serve(
+            listener,
+            router,
+            serve::Limits::DEFAULT,
+            shutdown.clone(),
+        ));
+    }
+    let demand = Arc::new(demand::Demand::new(options.clock));
+    if let Some((addr, secret)) = &options.webhooks {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --webhook-addr {addr}"))?;
+        let router = webhooks::router(webhooks::Webhooks::new(
+            secret.clone(),
+            demand.clone(),
+            metrics.clone(),
+        ));
+        tracing::info!(%addr, "receiving Bitbucket's webhooks at /webhooks/bitbucket");
+        tokio::spawn(serve::serve(
+            listener,
+            router,
+            serve::Limits::DEFAULT,
+            shutdown.clone(),
+        ));
     }
     let bitbucket = bitbucket::Config {
         api_url: options
@@ -139,6 +163,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         cluster,
         clock: options.clock,
         queue_waits: Default::default(),
+        demand,
     });
 
     if !options.leader_election {
@@ -264,7 +289,7 @@ async fn controller(
     // Pods and Secrets only wake their pool's reconcile, which lists them itself: watch their
     // metadata alone (the owner reference is all the trigger needs), so that the watch
     // streams carry no pod specs or Secret data.
-    Controller::new_with(pools, watcher::Config::default(), resource)
+    Controller::new_with(pools, watcher::Config::default(), resource.clone())
         // Backoff: during an API outage, a watch without it retries in a hot loop.
         .owns_stream(
             watcher(pods, managed.clone())
@@ -276,6 +301,8 @@ async fn controller(
                 .default_backoff()
                 .touched_objects(),
         )
+        // A webhook about a pool's repository wakes it before its poll.
+        .reconcile_on(ctx.demand.wakes(namespace.clone(), resource.clone()))
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {

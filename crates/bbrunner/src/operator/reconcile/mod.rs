@@ -74,6 +74,8 @@ pub struct Context {
     pub cluster: ClusterId,
     /// The queue-policy pools' pending steps, for the observed queue wait.
     pub queue_waits: Mutex<QueueWaits>,
+    /// Pipelines heard of through webhooks, for the pools' lookahead.
+    pub demand: Arc<crate::operator::demand::Demand>,
 }
 
 /// Real time between a pool's polls: its interval on the operator's clock.
@@ -230,6 +232,7 @@ async fn finish_deletion(
     }
     ctx.metrics.forget_pool(&ns, &name);
     ctx.hub.forget_pool(&(ns.clone(), name.clone()));
+    ctx.demand.forget(&ns, &name);
     ctx.queue_waits
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -18,6 +18,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use crate::operator::crd::{RunnerPool, RunnerPoolSpec};
+use crate::operator::demand::Asking;
 use crate::operator::metrics::PoolLabels;
 use crate::operator::pod_view::PodView;
 use crate::operator::pool::{
@@ -317,6 +318,50 @@ pub(super) async fn queued_steps(
     Some(waiting as u32)
 }
 
+/// Runners the pool should ready for the next stages of pipelines under way that the
+/// webhooks told of (0 with its lookahead off, or when none did).
+async fn runners_ahead(
+    ctx: &Context,
+    pool: &RunnerPool,
+    valid: &ValidPool,
+    client: &Client,
+    pods: &[ObservedPod],
+) -> u32 {
+    if !valid.scaling.lookahead {
+        return 0;
+    }
+    let recent_starts: Vec<f64> = pods
+        .iter()
+        .filter_map(|p| Some(p.ready_since? - p.created_at))
+        .collect();
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let serves = |labels: &[String]| valid.labels.serves(labels);
+    let ahead = ctx
+        .demand
+        .runners_ahead(
+            client,
+            &ctx.metrics,
+            &Asking {
+                namespace: &namespace,
+                name: &name,
+                workspace: &pool.spec.workspace,
+                repository: pool.spec.repository.as_deref(),
+                serves: &serves,
+                recent_starts: &recent_starts,
+                poll: valid.scaling.poll_interval,
+            },
+        )
+        .await;
+    ctx.metrics
+        .runners_ahead
+        .get_or_create(&PoolLabels {
+            namespace,
+            pool: name,
+        })
+        .set(i64::from(ahead));
+    ahead
+}
+
 /// What the planner observes of a managed pool: its runners in Bitbucket (only those this
 /// cluster made for it), its pods and Secrets, its queue where read, and the policy's memory
 /// kept in its status.
@@ -363,6 +408,7 @@ pub(super) async fn observe_managed(
         .map(observe_runner)
         .collect();
     let queued = queued_steps(ctx, pool, client, valid).await;
+    let ahead = runners_ahead(ctx, pool, valid, client, &observed_pods).await;
     let status = pool.status.clone().unwrap_or_default();
     Ok(Observation {
         now: ctx.clock.now(),
@@ -384,7 +430,7 @@ pub(super) async fn observe_managed(
             slot_peak: status.demand_slot_peak.unwrap_or_default(),
         },
         queued,
-        ahead: 0,
+        ahead,
         scope_room: RUNNERS_PER_SCOPE.saturating_sub(listed.runners.len() as u32),
     })
 }

@@ -1,0 +1,163 @@
+//! The operator's HTTP servers (metrics and health, webhooks) with the limits a port open to
+//! a cluster needs: a cap on connections, a deadline for a request's headers, and a lifetime
+//! for a connection, so that held or slow connections cannot exhaust memory or descriptors
+//! (which would fail `/readyz` and get a healthy operator restarted).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// How much a server takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; one past it is closed as it is accepted.
+    pub connections: usize,
+    /// A request's headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A connection is closed (after its request in flight) this long after it opened, idle
+    /// or not.
+    pub lifetime: Duration,
+}
+
+impl Limits {
+    pub const DEFAULT: Self = Self {
+        connections: 256,
+        header_timeout: Duration::from_secs(10),
+        lifetime: Duration::from_secs(60),
+    };
+}
+
+/// How long a request in flight may take to finish once its connection is closing.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The peer of a connection, for handlers that limit by source.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Serve `router` on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(limits.connections));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, typically: back off rather than spin.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(Peer(peer))));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = tokio::time::sleep(limits.lifetime) => {}
+                _ = stop.cancelled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, connection).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SMALL: Limits = Limits {
+        connections: 8,
+        header_timeout: Duration::from_millis(300),
+        lifetime: Duration::from_millis(800),
+    };
+
+    async fn server() -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        tokio::spawn(serve(listener, router, SMALL, stop.clone()));
+        (addr, stop)
+    }
+
+    async fn get_root(addr: SocketAddr) -> Option<String> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.ok()?;
+        (!answer.is_empty()).then_some(answer)
+    }
+
+    /// Whether the server closes `stream` within `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(within, stream.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_headers_and_idle_keep_alives_are_closed() {
+        let (addr, stop) = server().await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(closed_within(&mut slow, Duration::from_secs(5)).await);
+        // A kept-alive connection is served, then closed at the end of its lifetime.
+        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(closed_within(&mut kept, Duration::from_secs(5)).await);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_refused_and_served_again_once_freed() {
+        let (addr, stop) = server().await;
+        let mut held = Vec::new();
+        for _ in 0..SMALL.connections {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            held.push(stream);
+        }
+        // Give the server time to take them all.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get_root(addr).await, None, "one past the cap was served");
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = get_root(addr)
+            .await
+            .expect("served once connections are freed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop.cancel();
+    }
+}
