@@ -93,6 +93,17 @@ pub struct InstallArgs {
     /// The same policy is passed to the operator and shipped as a ValidatingAdmissionPolicy.
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Receive Bitbucket's webhooks, signed with key `secret` of this Secret (in the
+    /// operator's namespace), behind the Service bbrunner-operator-webhooks.
+    #[arg(long, value_name = "SECRET")]
+    pub webhook_secret: Option<String>,
+    /// The namespace whose Prometheus may scrape the operator's metrics (the NetworkPolicy).
+    #[arg(long, default_value = "monitoring", value_name = "NS")]
+    pub metrics_from_namespace: String,
+    /// Ship no NetworkPolicy (by default only scrapes from --metrics-from-namespace, and
+    /// webhooks where received, reach the operator).
+    #[arg(long)]
+    pub no_network_policy: bool,
 }
 
 /// What the cluster admin lets RunnerPools ask for (a RunnerPool is a privileged pod).

@@ -12,9 +12,14 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{
@@ -29,6 +34,8 @@ pub const DEFAULT_NAMESPACE: &str = "bbrunner-system";
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/bbrunner/bbrunner:", env!("CARGO_PKG_VERSION"));
 const NAME: &str = "bbrunner-operator";
 const METRICS_PORT: i32 = 9464;
+const WEBHOOKS_PORT: i32 = 8080;
+const WEBHOOK_SECRET_DIR: &str = "/etc/bbrunner/webhook";
 
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -40,6 +47,12 @@ pub struct InstallOptions {
     /// What RunnerPools may ask for: the operator enforces it, and so does a
     /// ValidatingAdmissionPolicy at admission.
     pub policy: AdminPolicy,
+    /// The Secret (key `secret`) Bitbucket's webhooks are signed with: set, the operator
+    /// receives them behind a Service of its own.
+    pub webhook_secret: Option<String>,
+    /// A NetworkPolicy letting in only the metrics scrapes from this namespace (and the
+    /// webhooks, where received); `None`: no policy.
+    pub metrics_from_namespace: Option<String>,
 }
 
 const POLICY_NAME: &str = "bbrunner-runnerpools";
@@ -198,6 +211,42 @@ fn operator_deployment(o: &InstallOptions) -> Deployment {
     if o.policy.restrict_pod_fields {
         args.push("--restrict-pod-fields".to_owned());
     }
+    let mut ports = vec![ContainerPort {
+        name: Some("metrics".to_owned()),
+        container_port: METRICS_PORT,
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    }];
+    let (mut volumes, mut mounts) = (None, None);
+    if let Some(secret) = &o.webhook_secret {
+        args.push(format!("--webhook-addr=0.0.0.0:{WEBHOOKS_PORT}"));
+        args.push(format!("--webhook-secret-file={WEBHOOK_SECRET_DIR}/secret"));
+        ports.push(ContainerPort {
+            name: Some("webhooks".to_owned()),
+            container_port: WEBHOOKS_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        });
+        volumes = Some(vec![Volume {
+            name: "webhook-secret".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: "secret".to_owned(),
+                    path: "secret".to_owned(),
+                    mode: None,
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        mounts = Some(vec![VolumeMount {
+            name: "webhook-secret".to_owned(),
+            mount_path: WEBHOOK_SECRET_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        }]);
+    }
     let probe = |path: &str, period| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -268,12 +317,8 @@ fn operator_deployment(o: &InstallOptions) -> Deployment {
                             }),
                             ..Default::default()
                         }]),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("metrics".to_owned()),
-                            container_port: METRICS_PORT,
-                            protocol: Some("TCP".to_owned()),
-                            ..Default::default()
-                        }]),
+                        ports: Some(ports),
+                        volume_mounts: mounts,
                         liveness_probe: Some(probe("/healthz", 20)),
                         readiness_probe: Some(probe("/readyz", 10)),
                         resources: Some(ResourceRequirements {
@@ -299,12 +344,65 @@ fn operator_deployment(o: &InstallOptions) -> Deployment {
                         }),
                         ..Default::default()
                     }],
+                    volumes,
                     ..Default::default()
                 }),
             },
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+fn selector_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "bbrunner".to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "operator".to_owned(),
+        ),
+    ])
+}
+
+/// Only what the operator serves, from whom it is for: metrics to the monitoring namespace,
+/// webhooks (where received) to anyone, since Bitbucket reaches them through an ingress. The
+/// operator's own calls out (the API server, Bitbucket) are not limited.
+fn network_policy(o: &InstallOptions, monitoring: &str) -> NetworkPolicy {
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        end_port: None,
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    monitoring.to_owned(),
+                )])),
+                match_expressions: None,
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![port("metrics")]),
+    }];
+    if o.webhook_secret.is_some() {
+        ingress.push(NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(vec![port("webhooks")]),
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(NAME, Some(&o.namespace)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels()),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(ingress),
+            egress: None,
+        }),
     }
 }
 
@@ -396,20 +494,14 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         },
         subjects: Some(vec![subject]),
     };
-    let service = Service {
-        metadata: meta("bbrunner-operator-metrics", Some(ns)),
+    let service = |name: &str, port: i32| Service {
+        metadata: meta(&format!("bbrunner-operator-{name}"), Some(ns)),
         spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([
-                ("app.kubernetes.io/name".to_owned(), "bbrunner".to_owned()),
-                (
-                    "app.kubernetes.io/component".to_owned(),
-                    "operator".to_owned(),
-                ),
-            ])),
+            selector: Some(selector_labels()),
             ports: Some(vec![ServicePort {
-                name: Some("metrics".to_owned()),
-                port: METRICS_PORT,
-                target_port: Some(IntOrString::String("metrics".to_owned())),
+                name: Some(name.to_owned()),
+                port,
+                target_port: Some(IntOrString::String(name.to_owned())),
                 protocol: Some("TCP".to_owned()),
                 ..Default::default()
             }]),
@@ -454,9 +546,16 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         json(&lease_role),
         json(&lease_binding),
         json(&operator_deployment(o)),
-        json(&service),
+        json(&service("metrics", METRICS_PORT)),
         json(&pdb),
     ]);
+    if o.webhook_secret.is_some() {
+        // Port 80 in front: an Ingress or a gateway terminates TLS for Bitbucket.
+        objects.push(json(&service("webhooks", 80)));
+    }
+    if let Some(monitoring) = &o.metrics_from_namespace {
+        objects.push(json(&network_policy(o, monitoring)));
+    }
     if !o.policy.is_empty() {
         objects.extend(admission_policy(&o.policy));
     }

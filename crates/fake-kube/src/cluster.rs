@@ -159,6 +159,14 @@ fn builtin_types() -> Vec<ResourceType> {
             true,
             true,
         ),
+        ResourceType::builtin(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+            false,
+        ),
     ];
     for (plural, short) in [
         ("pods", "po"),
@@ -170,6 +178,7 @@ fn builtin_types() -> Vec<ResourceType> {
         ("customresourcedefinitions", "crd"),
         ("services", "svc"),
         ("poddisruptionbudgets", "pdb"),
+        ("networkpolicies", "netpol"),
     ] {
         if let Some(t) = types.iter_mut().find(|t| t.plural == plural) {
             t.short_names = vec![short.to_owned()];

@@ -328,7 +328,12 @@ pub fn run_with_stdin(mut command: Command, stdin: &str, missing: &str) -> Outpu
         .spawn()
         .unwrap_or_else(|e| panic!("{missing} ({e})"));
     // A program may refuse its input without reading it; its exit status then says why.
-    match child.stdin.take().expect("stdin").write_all(stdin.as_bytes()) {
+    match child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+    {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         other => other.expect("write stdin"),
     }

@@ -42,6 +42,9 @@ fn install(args: &crate::cli::InstallArgs) -> Result<ExitCode> {
         replicas: args.replicas,
         watch_namespaces: args.watch_namespace.clone(),
         policy: args.policy.policy().map_err(anyhow::Error::msg)?,
+        webhook_secret: args.webhook_secret.clone(),
+        metrics_from_namespace: (!args.no_network_policy)
+            .then(|| args.metrics_from_namespace.clone()),
     });
     let yaml = crate::output::yaml_documents(&manifests)?;
     std::io::Write::write_all(&mut std::io::stdout(), yaml.as_bytes())?;

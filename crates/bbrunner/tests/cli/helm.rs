@@ -71,8 +71,27 @@ fn objects(yaml: &str) -> BTreeMap<String, Value> {
 
 #[test]
 fn the_chart_renders_what_install_prints() {
-    let cases: [(&[&str], &str, &[&str]); 2] = [
+    let cases: [(&[&str], &str, &[&str]); 4] = [
         (&[], "bbrunner-system", &["createNamespace=true"]),
+        (
+            &[
+                "--webhook-secret",
+                "bb-hook",
+                "--metrics-from-namespace",
+                "prom",
+            ],
+            "bbrunner-system",
+            &[
+                "createNamespace=true",
+                "webhooks.secretName=bb-hook",
+                "networkPolicy.metricsFromNamespace=prom",
+            ],
+        ),
+        (
+            &["--no-network-policy"],
+            "bbrunner-system",
+            &["createNamespace=true", "networkPolicy.enabled=false"],
+        ),
         (
             &[
                 "--replicas",

@@ -21,6 +21,7 @@ mod fleet;
 mod forecast;
 mod fuzz;
 mod image;
+mod lookahead;
 mod policy;
 mod prometheus;
 mod rbac;
