@@ -72,10 +72,13 @@ pub(super) async fn apply(client: &Client, doc: &Value) {
         .unwrap()
         .rsplit_once('/')
         .unwrap_or(("", doc["apiVersion"].as_str().unwrap()));
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(group, version, kind),
-        &format!("{}s", kind.to_lowercase()),
-    );
+    let lower = kind.to_lowercase();
+    let plural = match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{lower}s"),
+    };
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
     let object: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
     let api: Api<DynamicObject> = match doc["metadata"]["namespace"].as_str() {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
