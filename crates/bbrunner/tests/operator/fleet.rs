@@ -359,8 +359,12 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
     too_big["scaling"]["schedules"] =
         json!([{"cron": "0 8 * * *", "duration": "1h", "min": 4_294_967_296_u64}]);
     world.pool("too-big", too_big).await;
+    // A marker in the bad value and beside it, in an env value that could be a secret: no
+    // log line, condition or Event may carry it.
+    let marker = "hunter2-marker";
     let mut bad_size = managed(1, 2);
-    bad_size["runner"] = json!({"size": "16x"});
+    bad_size["runner"] =
+        json!({"size": format!("16x-{marker}"), "env": [{"name": "TOKEN", "value": marker}]});
     world.pool("bad-size", bad_size).await;
     world.restore_crd(&current).await;
     // The current CRD refuses such a pool at the door.
@@ -381,7 +385,12 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
         "{err}"
     );
     world.pool("builds", managed(1, 2)).await;
-    let _op = world.operator(&[]);
+    let log_path = world.dir.join("operator.log");
+    let _op = world.operator_logging(
+        &["--log-format", "json"],
+        "debug",
+        Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
     eventually("the good pool reconciles", 30, || async {
         world.status("builds").await["online"] == 1
     })
@@ -412,6 +421,23 @@ async fn a_pool_that_cannot_be_read_is_degraded_alone() {
         assert!(check["detail"].as_str().unwrap().contains(field), "{check}");
     }
     assert!(checks.iter().any(|c| c["name"] == "dind/ci/builds"));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.lines().count() > 10,
+        "the operator logged too little to check"
+    );
+    let leaks: Vec<&str> = log.lines().filter(|l| l.contains(marker)).collect();
+    assert!(leaks.is_empty(), "a spec value in the logs: {leaks:?}");
+    let status = world.status("bad-size").await.to_string();
+    assert!(!status.contains(marker), "a spec value in the status");
+    let events = world.events().list(&ListParams::default()).await.unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .all(|e| !serde_json::to_string(e).unwrap().contains(marker)),
+        "a spec value in an Event"
+    );
     // Deleting an unreadable pool still works (it never got runners).
     world.delete_pool("bad-size").await;
     eventually("the unreadable pool is gone", 20, || async {

@@ -159,9 +159,20 @@ async fn reconcile_unreadable(
     ))
 }
 
+/// Pools are written through the untyped API: the answer to a write is never read as a
+/// RunnerPool, so a stored pool the type cannot hold cannot fail the write, nor have the
+/// client log its whole body (values that may be secrets) on the failed read.
+pub(super) fn pool_api(ctx: &Context, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        ctx.client.clone(),
+        namespace,
+        &kube::api::ApiResource::erase::<RunnerPool>(&()),
+    )
+}
+
 async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
-    let api: Api<RunnerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let api = pool_api(ctx, &ns);
     let deleting = pool.metadata.deletion_timestamp.is_some();
     let has_finalizer = pool.finalizers().iter().any(|f| f == pool::FINALIZER);
     if deleting && !has_finalizer {
@@ -208,7 +219,7 @@ async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, Re
 async fn finish_deletion(
     ctx: &Context,
     pool: &RunnerPool,
-    api: &Api<RunnerPool>,
+    api: &Api<DynamicObject>,
 ) -> Result<Requeue, ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
@@ -245,7 +256,7 @@ async fn reconcile_managed(
     pool: &RunnerPool,
     ctx: &Context,
     valid: &ValidPool,
-    api: &Api<RunnerPool>,
+    api: &Api<DynamicObject>,
 ) -> Result<Requeue, ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();

@@ -221,10 +221,39 @@ pub fn read_pool(object: &DynamicObject) -> Result<RunnerPool, Box<Unreadable>> 
     let value = serde_json::to_value(object).unwrap_or_default();
     serde_path_to_error::deserialize::<_, RunnerPool>(value.clone()).map_err(|e| {
         Box::new(Unreadable {
-            field: format!("{}: {}", e.path(), e.inner()),
+            field: format!("{}: {}", e.path(), without_values(&e.inner().to_string())),
             stand_in: stand_in(object, &value),
         })
     })
+}
+
+/// A serde error's message without the value it quotes (`invalid type: string "…"`), since
+/// a spec's values may be secrets (an env value) and the message goes to logs, conditions and
+/// Events. What is expected, and an unknown field's name, are kept: they come from the type
+/// or are keys, not values.
+fn without_values(message: &str) -> String {
+    if message.starts_with("unknown field") {
+        return message.to_owned();
+    }
+    let (found, expected) = match message.split_once(", expected") {
+        Some((found, expected)) => (found, Some(expected)),
+        None => (message, None),
+    };
+    let mut kept = String::new();
+    let mut quote = None;
+    for c in found.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => quote = Some(c),
+            None => kept.push(c),
+        }
+    }
+    let kept = kept.split_whitespace().collect::<Vec<_>>().join(" ");
+    match expected {
+        Some(expected) => format!("{kept}, expected{expected}"),
+        None => kept,
+    }
 }
 
 /// A pool that cannot be read as the current type.
@@ -572,6 +601,31 @@ mod tests {
         assert_eq!(kept.spec.workspace, "acme");
         assert_eq!(kept.spec.credentials.unwrap().secret_ref.name, "creds");
         assert_eq!(kept.metadata.namespace.as_deref(), Some("ci"));
+    }
+
+    #[test]
+    fn an_unreadable_pool_s_message_quotes_no_value_from_the_spec() {
+        let marker = "hunter2-marker";
+        for spec in [
+            json!({"workspace": "acme", "runner": {"size": marker}}),
+            json!({"workspace": "acme", "runner": {"env": [{"name": "TOKEN", "value": 7}], "size": marker}}),
+            json!({"workspace": "acme", "runner": {"env": marker}}),
+            json!({"workspace": "acme", "scaling": {"max": marker}}),
+            json!({"workspace": "acme", "mode": marker}),
+            json!({"workspace": "acme", "labels": [marker, 7]}),
+        ] {
+            let object: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "bbrunner.dev/v1alpha1", "kind": "RunnerPool",
+                "metadata": {"name": "odd"}, "spec": spec,
+            }))
+            .unwrap();
+            let field = read_pool(&object).unwrap_err().field;
+            assert!(
+                field.starts_with("spec.") && !field.contains(marker),
+                "{field}"
+            );
+            assert!(field.contains("expected"), "{field}");
+        }
     }
 
     #[test]

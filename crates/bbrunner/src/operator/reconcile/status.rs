@@ -5,7 +5,7 @@ use bbrunner_core::forecast;
 use bbrunner_core::plan::{Action, Counts, Plan};
 use bbrunner_core::scaling::PolicyMemory;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -358,19 +358,18 @@ async fn apply_status(
     pool: &RunnerPool,
     status: &RunnerPoolStatus,
 ) -> Result<(), kube::Error> {
-    let api: Api<RunnerPool> =
-        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
-    api.patch_status(
-        &pool.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(json!({
-            "apiVersion": RunnerPool::api_version(&()),
-            "kind": RunnerPool::kind(&()),
-            "status": status,
-        })),
-    )
-    .await
-    .map(|_| ())
+    super::pool_api(ctx, &pool.namespace().unwrap_or_default())
+        .patch_status(
+            &pool.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": RunnerPool::api_version(&()),
+                "kind": RunnerPool::kind(&()),
+                "status": status,
+            })),
+        )
+        .await
+        .map(|_| ())
 }
 
 /// The scale decision a plan carries out, if it creates or drains: logged, recorded as an
