@@ -338,6 +338,18 @@ pub fn crd() -> CustomResourceDefinition {
                 ..Default::default()
             }]);
         }
+        for field in ["labels", "annotations"] {
+            if let Some(map) = property(schema, &["spec", "podTemplate", field]) {
+                map.max_properties = Some(256);
+                map.x_kubernetes_validations = Some(vec![ValidationRule {
+                    rule: RESERVED_KEYS_RULE.to_owned(),
+                    message: Some(format!(
+                        "podTemplate.{field} may not use the bbrunner.dev/ prefix: the operator keeps its own bookkeeping there; rename the key"
+                    )),
+                    ..Default::default()
+                }]);
+            }
+        }
         if let Some(poll) = property(schema, &["spec", "scaling", "pollInterval"]) {
             poll.x_kubernetes_validations = Some(vec![ValidationRule {
                 rule: "duration(self) >= duration('1s')".to_owned(),
@@ -356,6 +368,11 @@ pub fn crd() -> CustomResourceDefinition {
 /// word needs `--tlsverify` and no `--tlsverify=false`. Stricter than dockerd where a rule
 /// cannot see word order, never looser.
 const DIND_TCP_RULE: &str = "!self.exists(a, a.matches('^(--host(=|$)|-[Dvh]*H)') && !a.matches('^(--host=|-[Dvh]*H=?)(unix|fd)://')) || (self.exists(a, a == '--tlsverify' || a.matches('^--tlsverify=(1|t|T|true|TRUE|True)$')) && !self.exists(a, a.matches('^--tlsverify=(0|f|F|false|FALSE|False)$')))";
+
+/// Label and annotation keys of the bbrunner.dev domain (and its subdomains) are the
+/// operator's: a pod's pool, runner, template revision and whether it ran a step.
+const RESERVED_KEYS_RULE: &str =
+    "self.all(k, !k.startsWith('bbrunner.dev/') && !k.matches('^[^/]*[.]bbrunner[.]dev/'))";
 
 /// The schema at `path` below `schema`'s properties.
 fn property<'a>(schema: &'a mut JSONSchemaProps, path: &[&str]) -> Option<&'a mut JSONSchemaProps> {

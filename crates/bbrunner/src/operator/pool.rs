@@ -96,6 +96,22 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
             "spec.runner.diskGiB is {disk}; give 1 to 4096 GiB (or leave it out for 20 per size unit)"
         )));
     }
+    let template = &spec.pod_template;
+    for (field, map) in [
+        ("labels", &template.labels),
+        ("annotations", &template.annotations),
+    ] {
+        if let Some(key) = map
+            .iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .find(|k| reserved_key(k))
+        {
+            return Err(InvalidSpec(format!(
+                "spec.podTemplate.{field} has {key:?}: the bbrunner.dev/ prefix is the operator's own bookkeeping; rename the key"
+            )));
+        }
+    }
     if spec.workspace.trim().is_empty() {
         return Err(InvalidSpec(
             "spec.workspace is empty; give the workspace slug or {uuid}".into(),
@@ -117,6 +133,12 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
         .validate()
         .map_err(|e| InvalidSpec(format!("spec: {e}")))?;
     Ok(valid)
+}
+
+/// A label or annotation key of the bbrunner.dev domain or a subdomain of it.
+fn reserved_key(key: &str) -> bool {
+    key.split_once('/')
+        .is_some_and(|(prefix, _)| prefix == "bbrunner.dev" || prefix.ends_with(".bbrunner.dev"))
 }
 
 /// What the pool asks of the cluster admin's policy: its images (defaults included), and the

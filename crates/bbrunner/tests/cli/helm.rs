@@ -127,9 +127,20 @@ fn the_chart_renders_what_install_prints() {
             "install {install_args:?} and the chart with {sets:?} make different objects"
         );
         for (key, object) in &installed {
-            assert_eq!(
-                object, &charted[key],
-                "{key} differs between install {install_args:?} and the chart with {sets:?}"
+            // The first differing line only: whole objects (the CRD) drown the log.
+            let (ours, theirs) = (
+                serde_json::to_string_pretty(object).unwrap(),
+                serde_json::to_string_pretty(&charted[key]).unwrap(),
+            );
+            let differing = ours
+                .lines()
+                .zip(theirs.lines())
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("install: {a}\nchart:   {b}"));
+            assert!(
+                ours == theirs,
+                "{key} differs between install {install_args:?} and the chart with {sets:?}:\n{}",
+                differing.unwrap_or_else(|| "one is longer".to_owned())
             );
         }
     }

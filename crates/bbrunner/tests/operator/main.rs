@@ -20,6 +20,7 @@ mod docker;
 mod fleet;
 mod forecast;
 mod fuzz;
+mod hostile;
 mod image;
 mod lookahead;
 mod policy;
