@@ -148,10 +148,17 @@ impl Pipeline {
     }
 }
 
-/// Runners a pool should have ready now beyond its busy ones for the stages about to start:
-/// for a pipeline just pushed, its first stage's steps; for each other whose running stage is
-/// expected to end within `lead` (a runner's start time and a poll), the next stage's steps,
-/// less the runners its running stage holds here (they free up as it ends). Only the steps
+/// Runners readied per step of a stage about to start. The readied runners are anyone's:
+/// steps of other pipelines arrive meanwhile and take some, and a stage's steps reach the
+/// runners within a poll of each other, not at once. Twice the steps cut the workday's step
+/// p95 and pipeline overhead p95 by about a sixth against once, for a few hundredths more
+/// idle (BENCHMARKS.md, "Demand ahead").
+pub const READY_FACTOR: u32 = 2;
+
+/// Runners a pool should have ready now beyond its busy ones for the stages about to start
+/// ([`READY_FACTOR`] per step): for a pipeline just pushed, its first stage's steps; for each
+/// other whose running stage is expected to end within `lead` (a runner's start time and a
+/// poll), the next stage's steps, less the runners its running stage holds here (they free up as it ends). Only the steps
 /// this pool serves (`serves`, by their labels) count; a step of Bitbucket's cloud never does.
 pub fn runners_ahead(
     pipelines: &[Pipeline],
@@ -171,7 +178,10 @@ pub fn runners_ahead(
         if let Progress::Pushed { at } = pipeline.progress
             && now - at < PUSH_STARTS_WITHIN
         {
-            ahead += pipeline.stages.first().map_or(0, |first| here(first));
+            ahead += pipeline
+                .stages
+                .first()
+                .map_or(0, |first| here(first) * READY_FACTOR);
             continue;
         }
         let Some((stage, since)) = pipeline.running_stage(durations, now) else {
@@ -186,7 +196,7 @@ pub fn runners_ahead(
         if since + duration - now > lead {
             continue;
         }
-        ahead += here(next).saturating_sub(here(&pipeline.stages[stage]));
+        ahead += (here(next) * READY_FACTOR).saturating_sub(here(&pipeline.stages[stage]));
     }
     ahead
 }
@@ -272,10 +282,10 @@ mod tests {
             runners_ahead(&pipelines, &learned(), &builds, 1200.0, 60.0),
             0
         );
-        // Three tests follow one build: two more than the build's runner, which frees up.
+        // Three tests follow one build: twice three, less the build's runner, which frees up.
         assert_eq!(
             runners_ahead(&pipelines, &learned(), &builds, 1245.0, 60.0),
-            2
+            3 * READY_FACTOR - 1
         );
         // The deploy runs elsewhere: the tests' pool readies nothing for it.
         let testing = [running(1, 1300.0)];
@@ -285,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             runners_ahead(&testing, &learned(), &deploys, 1890.0, 60.0),
-            1
+            READY_FACTOR
         );
         // The last stage has nothing after it.
         let deploying = [running(2, 1900.0)];
@@ -299,7 +309,10 @@ mod tests {
     fn a_pipeline_known_from_its_push_needs_its_first_stage_at_once_and_only_briefly() {
         let pushed = [pipeline(Progress::Pushed { at: 1000.0 })];
         let none = Durations::default();
-        assert_eq!(runners_ahead(&pushed, &none, &builds, 1000.0, 60.0), 1);
+        assert_eq!(
+            runners_ahead(&pushed, &none, &builds, 1000.0, 60.0),
+            READY_FACTOR
+        );
         // No start heard of: after a while the push counts as the start, and with nothing
         // learned nothing is predicted (a lost webhook never keeps runners wanted).
         assert_eq!(
@@ -323,9 +336,12 @@ mod tests {
         );
         assert_eq!(
             runners_ahead(std::slice::from_ref(&started), &d, &builds, 1245.0, 60.0),
-            2
+            3 * READY_FACTOR - 1
         );
-        assert_eq!(runners_ahead(&[started], &d, &deploys, 1850.0, 60.0), 1);
+        assert_eq!(
+            runners_ahead(&[started], &d, &deploys, 1850.0, 60.0),
+            READY_FACTOR
+        );
     }
 
     #[test]
@@ -350,7 +366,10 @@ mod tests {
     fn cloud_steps_never_count() {
         let mut p = running(0, 1000.0);
         p.stages[1].push(step("cloud", &[]));
-        assert_eq!(runners_ahead(&[p], &learned(), &|_| true, 1245.0, 60.0), 2);
+        assert_eq!(
+            runners_ahead(&[p], &learned(), &|_| true, 1245.0, 60.0),
+            3 * READY_FACTOR - 1
+        );
     }
 
     #[test]

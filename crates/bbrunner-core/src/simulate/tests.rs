@@ -425,7 +425,13 @@ fn webhooks_and_lookahead_ready_the_next_stage_before_it_queues() {
     );
     // Webhooks alone, without the lookahead, change nothing.
     assert_eq!(overhead(&no_lookahead), overhead(&blind));
-    // Reading definitions and learning durations cost calls, few of them.
+    // Reading definitions, learning durations and the runners readied ahead cost calls, few
+    // of them (the extra runners' registrations and removals are most).
     assert!(ahead.api_calls_per_hour > blind.api_calls_per_hour);
-    assert!(ahead.api_calls_per_hour < blind.api_calls_per_hour + 10.0);
+    assert!(
+        ahead.api_calls_per_hour < blind.api_calls_per_hour + 20.0,
+        "{} vs {}",
+        ahead.api_calls_per_hour,
+        blind.api_calls_per_hour
+    );
 }
