@@ -150,9 +150,9 @@ impl Pipeline {
 
 /// Runners readied per step of a stage about to start. The readied runners are anyone's:
 /// steps of other pipelines arrive meanwhile and take some, and a stage's steps reach the
-/// runners within a poll of each other, not at once. Twice the steps cut the workday's step
-/// p95 and pipeline overhead p95 by about a sixth against once, for a few hundredths more
-/// idle (BENCHMARKS.md, "Demand ahead").
+/// runners within a poll of each other, not at once. Against once the steps, twice cut the
+/// step p95 from 1.67 to 1.23 times the oracle's on held-out pipelines (workday: 1.86 to
+/// 1.56), for at most 0.03 more idle (BENCHMARKS.md, "Demand ahead").
 pub const READY_FACTOR: u32 = 2;
 
 /// Runners a pool should have ready now beyond its busy ones for the stages about to start

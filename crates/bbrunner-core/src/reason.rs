@@ -66,6 +66,7 @@ reasons! {
     PolicyViolation => Configuration,
     CredentialsInvalid => Credentials,
     CredentialsDeleting => Credentials,
+    RegistrationInUse => Configuration,
     MissingScope => Credentials,
     QuotaExceeded => Bitbucket,
     RateLimited => Bitbucket,

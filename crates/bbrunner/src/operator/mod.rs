@@ -163,6 +163,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         cluster,
         clock: options.clock,
         queue_waits: Default::default(),
+        registrations: reconcile::Registrations::new(options.namespace.clone()),
         demand,
     });
 

@@ -119,3 +119,158 @@ async fn reserved_keys_in_the_pod_template_are_refused_on_a_real_control_plane()
     };
     reserved_keys_are_refused_at_admission_and_by_the_operator(&world).await;
 }
+
+/// Three static pools list one runner's registration: two in the same namespace on one
+/// Secret, one on a copy in another namespace. One pod at a time runs the runner, from start
+/// to end; the others are Degraded naming the pool that holds it, and one takes over when
+/// that pool goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn static_pools_sharing_a_registration_run_one_pod() {
+    let world = World::start("shared-registration").await;
+    let scope = world
+        .bitbucket
+        .with_world(|w, _| w.scope("acme", None).unwrap());
+    let created = world.bitbucket.with_world(|w, now| {
+        w.create_runner(
+            scope,
+            &json!({"name": "from-ui", "labels": ["self.hosted", "linux"]}),
+            now,
+        )
+        .unwrap()
+    });
+    let registration = json!({
+        "account_uuid": world.bitbucket.workspace_uuid("acme").unwrap(),
+        "runner_uuid": created["uuid"],
+        "oauth_client_id": created["oauth_client"]["id"],
+        "oauth_client_secret": created["oauth_client"]["secret"],
+    });
+    world.secret("ui-runner", registration.clone()).await;
+    let other = "team-b";
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": other}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(world.client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    let copy: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "ui-runner"}, "stringData": registration}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(world.client.clone(), other)
+        .create(&PostParams::default(), &copy)
+        .await
+        .unwrap();
+    let spec = json!({"workspace": "acme", "mode": "static", "staticRunners": [{"secretRef": {"name": "ui-runner"}}]});
+    let pool = |name: &str| -> DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "bbrunner.dev/v1alpha1", "kind": "RunnerPool",
+            "metadata": {"name": name}, "spec": spec}),
+        )
+        .unwrap()
+    };
+    // All three exist before the operator starts: it meets them at once.
+    world.pool("first", spec.clone()).await;
+    world.pool("second", spec.clone()).await;
+    let elsewhere: Api<DynamicObject> =
+        Api::namespaced_with(world.client.clone(), other, &pools_resource());
+    elsewhere
+        .create(&PostParams::default(), &pool("third"))
+        .await
+        .unwrap();
+    let _op = world.operator(&[]);
+    let all_pods: Api<Pod> = Api::all(world.client.clone());
+    // The runner's live pods, by pool (namespace/name).
+    let live = || async {
+        all_pods
+            .list(&ListParams::default().labels("bbrunner.dev/pool"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.unwrap_or_default(),
+                    p.metadata.labels.unwrap_or_default()["bbrunner.dev/pool"]
+                )
+            })
+            .collect::<Vec<String>>()
+    };
+    let mut holder = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && (holder.is_none() || online(&world.runners()) == 0) {
+        let pods = live().await;
+        assert!(pods.len() <= 1, "two pods for one runner: {pods:?}");
+        holder = pods.into_iter().next();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let holder = holder.expect("no pool ran the runner");
+    assert_eq!(online(&world.runners()), 1, "the runner never came online");
+    let degraded = |namespace: &'static str, name: &'static str| {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(world.client.clone(), namespace, &pools_resource());
+        let holder = holder.clone();
+        async move {
+            let pool = api.get(name).await.unwrap();
+            let conditions = pool.data["status"]["conditions"].as_array().cloned();
+            conditions.into_iter().flatten().any(|c| {
+                c["type"] == "Degraded"
+                    && c["status"] == "True"
+                    && c["reason"] == "RegistrationInUse"
+                    && c["message"].as_str().is_some_and(|m| {
+                        m.contains(&format!("which pool {holder} already runs"))
+                            && m.contains("spec.staticRunners[0]")
+                    })
+            })
+        }
+    };
+    let others: Vec<(&'static str, &'static str)> =
+        [(NS, "first"), (NS, "second"), (other, "third")]
+            .into_iter()
+            .filter(|(ns, name)| format!("{ns}/{name}") != holder)
+            .collect();
+    for (namespace, name) in &others {
+        eventually(
+            &format!("{namespace}/{name} Degraded naming {holder}"),
+            20,
+            || degraded(namespace, name),
+        )
+        .await;
+    }
+    assert_eq!(live().await.len(), 1);
+    assert!(
+        world.runners().iter().all(|r| r["dup"] == 0),
+        "two agents polled as one runner"
+    );
+    // The holder goes: one of the others takes the runner over, still one pod at a time.
+    let (holder_ns, holder_name) = holder.split_once('/').unwrap();
+    Api::<DynamicObject>::namespaced_with(world.client.clone(), holder_ns, &pools_resource())
+        .delete(holder_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut successor = None;
+    while Instant::now() < deadline {
+        let pods = live().await;
+        assert!(pods.len() <= 1, "two pods for one runner: {pods:?}");
+        if let Some(pod) = pods.first().filter(|p| **p != holder) {
+            successor = Some(pod.clone());
+            if online(&world.runners()) == 1 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let successor = successor.expect("no other pool took the runner over");
+    assert!(
+        others
+            .iter()
+            .any(|(ns, name)| format!("{ns}/{name}") == successor),
+        "{successor}"
+    );
+    assert!(
+        world.runners().iter().all(|r| r["dup"] == 0),
+        "two agents polled as one runner"
+    );
+}

@@ -72,6 +72,7 @@ pub(super) fn context(client: kube::Client) -> super::Context {
         },
         cluster: bbrunner_core::ownership::ClusterId::new("test").expect("a cluster id"),
         queue_waits: Default::default(),
+        registrations: Default::default(),
         demand: std::sync::Arc::new(crate::operator::demand::Demand::new(
             crate::operator::clock::Clock::wall(),
         )),

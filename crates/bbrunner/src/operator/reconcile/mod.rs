@@ -5,6 +5,7 @@ mod error;
 mod execute;
 mod finalizers;
 mod observe;
+mod registrations;
 mod static_pool;
 mod status;
 
@@ -76,7 +77,11 @@ pub struct Context {
     pub queue_waits: Mutex<QueueWaits>,
     /// Pipelines heard of through webhooks, for the pools' lookahead.
     pub demand: Arc<crate::operator::demand::Demand>,
+    /// Which static pool runs each imported runner.
+    pub registrations: registrations::Registrations,
 }
+
+pub use registrations::Registrations;
 
 /// Real time between a pool's polls: its interval on the operator's clock.
 fn poll_period(ctx: &Context, scaling: &bbrunner_core::scaling::Scaling) -> Duration {
@@ -163,11 +168,7 @@ async fn reconcile_unreadable(
 /// RunnerPool, so a stored pool the type cannot hold cannot fail the write, nor have the
 /// client log its whole body (values that may be secrets) on the failed read.
 pub(super) fn pool_api(ctx: &Context, namespace: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        ctx.client.clone(),
-        namespace,
-        &kube::api::ApiResource::erase::<RunnerPool>(&()),
-    )
+    Api::namespaced_with(ctx.client.clone(), namespace, &pools_resource())
 }
 
 async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, ReconcileError> {
@@ -244,6 +245,7 @@ async fn finish_deletion(
     ctx.metrics.forget_pool(&ns, &name);
     ctx.hub.forget_pool(&(ns.clone(), name.clone()));
     ctx.demand.forget(&ns, &name);
+    ctx.registrations.forget(&(ns.clone(), name.clone()));
     ctx.queue_waits
         .lock()
         .unwrap_or_else(|e| e.into_inner())

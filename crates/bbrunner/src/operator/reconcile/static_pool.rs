@@ -64,6 +64,22 @@ pub(super) async fn reconcile_static(
         let repository_scoped = secret_value(&secret, secret_keys::REPOSITORY_UUID).is_some();
         wanted.push((uuid, r.secret_ref.name.clone(), repository_scoped));
     }
+    // Decided and created under one lock: two pools reconciled at once cannot both start a
+    // runner. A runner another pool holds is left to it (a pod of ours for it is deleted).
+    let _deciding = ctx.registrations.deciding.lock().await;
+    let me = (ns.clone(), name.clone());
+    let mut taken = None;
+    for (index, (uuid, secret_name, _)) in wanted.iter().enumerate() {
+        let holder = ctx.registrations.claim(&ctx.client, &me, uuid).await?;
+        if holder != me && taken.is_none() {
+            taken = Some((index, uuid.clone(), secret_name.clone(), holder));
+        }
+    }
+    if let Some((_, uuid, _, _)) = &taken {
+        wanted.retain(|(u, _, _)| u != uuid);
+    }
+    let uuids: Vec<RunnerUuid> = wanted.iter().map(|(u, _, _)| u.clone()).collect();
+    ctx.registrations.keep_only(&me, &uuids);
     let selector = ListParams::default().labels(&format!("{LABEL_POOL}={name}"));
     let observed: Vec<ObservedPod> = Api::<PodView>::namespaced(ctx.client.clone(), &ns)
         .list(&selector)
@@ -72,7 +88,6 @@ pub(super) async fn reconcile_static(
         .iter()
         .filter_map(|p| observe_pod(p, &ctx.clock))
         .collect();
-    let uuids: Vec<RunnerUuid> = wanted.iter().map(|(u, _, _)| u.clone()).collect();
     for action in plan_static(&uuids, &observed) {
         match action {
             Action::CreatePod(uuid) => {
@@ -108,6 +123,15 @@ pub(super) async fn reconcile_static(
             }
             _ => {}
         }
+    }
+    if let Some((index, uuid, secret_name, (holder_ns, holder))) = taken {
+        return Err(degraded(
+            Reason::RegistrationInUse,
+            format!(
+                "spec.staticRunners[{index}].secretRef: Secret {secret_name} registers runner {uuid}, which pool {holder_ns}/{holder} already runs; one registration runs in one pod (two agents on one runner take each other's steps), so this pool leaves it: remove it from one of the pools"
+            ),
+            Duration::from_secs(30),
+        ));
     }
     let revision = pool::template_revision(pool, valid, false);
     let counts = static_counts(wanted.len(), &observed, &revision);

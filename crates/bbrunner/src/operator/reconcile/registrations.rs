@@ -1,0 +1,169 @@
+//! One pod at most per imported registration. Two static pools listing the same runner's
+//! registration (the same Secret, or copies of it in other namespaces) would run two agents
+//! on one runner, which Bitbucket does not expect; the pool that holds the runner keeps it,
+//! and the other is Degraded naming it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bbrunner_core::ids::RunnerUuid;
+use bbrunner_core::manifests::LABEL_RUNNER_UUID;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+
+use crate::operator::pool::LABEL_POOL;
+
+/// A pool, by namespace and name.
+pub type PoolKey = (String, String);
+
+/// Which pool holds each imported runner, and the lock under which a static pool decides and
+/// creates its pods, so that two pools reconciled at once cannot both start one runner.
+#[derive(Default)]
+pub struct Registrations {
+    /// Watched namespaces (none: all), where other pools' pods are looked for.
+    namespaces: Vec<String>,
+    pub(super) deciding: tokio::sync::Mutex<()>,
+    /// The holder of each runner seen: kept while its pod is away (deleted to be recreated),
+    /// so that another pool does not take the runner meanwhile; forgotten when the holder no
+    /// longer lists it or is deleted. The pods are the truth across restarts.
+    held: Mutex<BTreeMap<RunnerUuid, PoolKey>>,
+}
+
+/// The pool that holds a runner: the one with its oldest live pod (by creation, then name);
+/// with none, the one remembered; else the one asking.
+pub fn holder(
+    asking: &PoolKey,
+    pods: &[(PoolKey, Option<Time>)],
+    remembered: Option<&PoolKey>,
+) -> PoolKey {
+    pods.iter()
+        .min_by(|(a, at), (b, bt)| {
+            let when = |t: &Option<Time>| t.as_ref().map(|t| t.0);
+            when(at).cmp(&when(bt)).then_with(|| a.cmp(b))
+        })
+        .map(|(pool, _)| pool)
+        .or(remembered)
+        .unwrap_or(asking)
+        .clone()
+}
+
+impl Registrations {
+    pub fn new(namespaces: Vec<String>) -> Self {
+        Self {
+            namespaces,
+            ..Self::default()
+        }
+    }
+
+    /// Who holds `runner`, as `asking` sees it now: from the live pods of every pool, and the
+    /// holder remembered. Remembered as the holder from then on.
+    pub(super) async fn claim(
+        &self,
+        client: &kube::Client,
+        asking: &PoolKey,
+        runner: &RunnerUuid,
+    ) -> Result<PoolKey, kube::Error> {
+        let selector = ListParams::default().labels(&format!(
+            "{LABEL_RUNNER_UUID}={},{LABEL_POOL}",
+            runner.bare()
+        ));
+        let apis: Vec<Api<PartialObjectMeta<Pod>>> = if self.namespaces.is_empty() {
+            vec![Api::all(client.clone())]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect()
+        };
+        let mut pods = Vec::new();
+        for api in apis {
+            for pod in api.list_metadata(&selector).await?.items {
+                let meta = pod.metadata;
+                if meta.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let pool = meta
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_POOL))
+                    .cloned();
+                if let (Some(namespace), Some(pool)) = (meta.namespace, pool) {
+                    pods.push(((namespace, pool), meta.creation_timestamp));
+                }
+            }
+        }
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let holder = holder(asking, &pods, held.get(runner));
+        held.insert(runner.clone(), holder.clone());
+        Ok(holder)
+    }
+
+    /// `pool` now lists only `runners`: the others it held are free.
+    pub(super) fn keep_only(&self, pool: &PoolKey, runners: &[RunnerUuid]) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|runner, holder| holder != pool || runners.contains(runner));
+    }
+
+    /// `pool` is gone: every runner it held is free.
+    pub(super) fn forget(&self, pool: &PoolKey) {
+        self.keep_only(pool, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ns: &str, name: &str) -> PoolKey {
+        (ns.to_owned(), name.to_owned())
+    }
+
+    fn at(seconds: i64) -> Option<Time> {
+        Some(Time(
+            jiff::Timestamp::from_second(seconds).expect("a valid time"),
+        ))
+    }
+
+    #[test]
+    fn the_oldest_pod_s_pool_holds_the_runner_whoever_asks() {
+        let pods = [(key("b", "second"), at(200)), (key("a", "first"), at(100))];
+        for asking in [key("a", "first"), key("b", "second"), key("c", "third")] {
+            assert_eq!(holder(&asking, &pods, None), key("a", "first"));
+        }
+        // Created in the same second: by namespace and name, the same answer for everyone.
+        let tied = [(key("b", "x"), at(100)), (key("a", "y"), at(100))];
+        assert_eq!(holder(&key("b", "x"), &tied, None), key("a", "y"));
+    }
+
+    #[test]
+    fn without_a_pod_the_remembered_holder_keeps_the_runner_else_the_asker_takes_it() {
+        let first = key("a", "first");
+        assert_eq!(holder(&key("b", "second"), &[], Some(&first)), first);
+        assert_eq!(holder(&key("b", "second"), &[], None), key("b", "second"));
+    }
+
+    #[test]
+    fn a_holder_that_lets_go_frees_only_what_it_no_longer_lists() {
+        let registrations = Registrations::default();
+        let (one, two) = (
+            RunnerUuid::parse("11111111-1111-1111-1111-111111111111").unwrap(),
+            RunnerUuid::parse("22222222-2222-2222-2222-222222222222").unwrap(),
+        );
+        let pool = key("a", "first");
+        {
+            let mut held = registrations.held.lock().unwrap();
+            held.insert(one.clone(), pool.clone());
+            held.insert(two.clone(), pool.clone());
+        }
+        registrations.keep_only(&pool, std::slice::from_ref(&two));
+        let held = registrations.held.lock().unwrap().clone();
+        assert_eq!(held.keys().collect::<Vec<_>>(), vec![&two]);
+        drop(held);
+        registrations.forget(&pool);
+        assert!(registrations.held.lock().unwrap().is_empty());
+    }
+}
