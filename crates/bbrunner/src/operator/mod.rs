@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerError;
@@ -164,6 +165,8 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         clock: options.clock,
         queue_waits: Default::default(),
         registrations: reconcile::Registrations::new(options.namespace.clone()),
+        secret_references: Default::default(),
+        failures: Default::default(),
         demand,
     });
 
@@ -284,6 +287,23 @@ async fn controller(
             Api::all(client),
         ),
     };
+    // Every Secret's metadata, for the ones pools read (credentials, imported registrations):
+    // a fix to one wakes its pools at once, looked up by name, not by reconciling them all.
+    let referenced = secrets.clone();
+    let references_ctx = ctx.clone();
+    let wake_readers = {
+        let resource = resource.clone();
+        move |secret: PartialObjectMeta<Secret>| {
+            let namespace = secret.metadata.namespace.unwrap_or_default();
+            let name = secret.metadata.name.unwrap_or_default();
+            references_ctx
+                .secret_references
+                .readers(&namespace, &name)
+                .into_iter()
+                .map(|pool| ObjectRef::new_with(&pool, resource.clone()).within(&namespace))
+                .collect::<Vec<_>>()
+        }
+    };
     reconcile::release_unused_credentials(&ctx, namespace.as_deref()).await;
     let managed = watcher::Config::default()
         .labels("app.kubernetes.io/managed-by=bbrunner,bbrunner.dev/pool");
@@ -301,6 +321,12 @@ async fn controller(
             watcher(secrets, managed)
                 .default_backoff()
                 .touched_objects(),
+        )
+        .watches_stream(
+            watcher(referenced, watcher::Config::default())
+                .default_backoff()
+                .touched_objects(),
+            wake_readers,
         )
         // A webhook about a pool's repository wakes it before its poll.
         .reconcile_on(ctx.demand.wakes(namespace.clone(), resource.clone()))

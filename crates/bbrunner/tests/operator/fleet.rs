@@ -738,3 +738,37 @@ async fn another_controller_s_finalizer_on_a_pool_is_kept() {
     )
     .await;
 }
+
+/// A credentials Secret fixed after Bitbucket refused it: the pool wakes on the Secret's
+/// change, not at its next retry (a minute, for refused credentials), and a runner is ONLINE
+/// within 20 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_credentials_secret_brings_a_runner_online_within_20_s() {
+    let world = World::start("fixed-credentials").await;
+    let _op = world.operator(&[]);
+    let mut spec = managed(1, 2);
+    world.use_wrong_credentials(&mut spec, "nope").await;
+    world.pool("builds", spec).await;
+    eventually("the pool Degraded on its credentials", 20, || async {
+        world
+            .has_condition("builds", "Degraded", "True", "CredentialsInvalid", "")
+            .await
+    })
+    .await;
+    // Past the first retries: the next one is tens of seconds away.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), NS);
+    let good = secrets.get("bitbucket-credentials").await.unwrap();
+    let mut fixed = secrets.get("wrong").await.unwrap();
+    fixed.data = good.data;
+    secrets
+        .replace("wrong", &PostParams::default(), &fixed)
+        .await
+        .unwrap();
+    let fixed_at = Instant::now();
+    eventually("a runner ONLINE after the fix", 20, || async {
+        online(&world.runners()) == 1
+    })
+    .await;
+    assert!(fixed_at.elapsed() < Duration::from_secs(20));
+}

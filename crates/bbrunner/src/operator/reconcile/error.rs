@@ -36,6 +36,16 @@ impl ReconcileError {
     }
 }
 
+/// The wait before retrying a pool after its `failures`-th failure in a row: from an eighth
+/// of the error's own wait (`nominal`), doubling with each failure up to it, spread by ±20%
+/// (`spread` in [0, 1)) so that pools failing together do not retry together. A Secret fixed
+/// meanwhile wakes its pools at once, whatever the wait.
+pub fn backoff(nominal: Duration, failures: u32, spread: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(3);
+    let base = (nominal / 8 * 2u32.pow(doublings)).min(nominal);
+    base.mul_f64(0.8 + 0.4 * spread.clamp(0.0, 1.0))
+}
+
 pub(super) fn degraded(
     reason: Reason,
     message: impl Into<String>,
@@ -80,6 +90,21 @@ pub(super) fn from_bitbucket(e: BitbucketError) -> ReconcileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_from_an_eighth_of_the_wait_to_the_wait_spread_around_it() {
+        let minute = Duration::from_secs(60);
+        let middle = |failures| backoff(minute, failures, 0.5);
+        assert_eq!(middle(1), Duration::from_millis(7500));
+        assert_eq!(middle(2), Duration::from_secs(15));
+        assert_eq!(middle(3), Duration::from_secs(30));
+        assert_eq!(middle(4), minute);
+        assert_eq!(middle(40), minute, "never past the error's own wait");
+        // Spread ±20%: two pools failing together retry apart.
+        assert_eq!(backoff(minute, 9, 0.0), Duration::from_secs(48));
+        assert_eq!(backoff(minute, 9, 0.999_999).as_secs(), 71);
+        assert_eq!(backoff(minute, 0, 0.5), Duration::from_millis(7500));
+    }
 
     #[test]
     fn each_bitbucket_failure_shows_its_reason_and_retries_as_it_allows() {

@@ -73,6 +73,8 @@ pub(super) fn context(client: kube::Client) -> super::Context {
         cluster: bbrunner_core::ownership::ClusterId::new("test").expect("a cluster id"),
         queue_waits: Default::default(),
         registrations: Default::default(),
+        secret_references: Default::default(),
+        failures: Default::default(),
         demand: std::sync::Arc::new(crate::operator::demand::Demand::new(
             crate::operator::clock::Clock::wall(),
         )),

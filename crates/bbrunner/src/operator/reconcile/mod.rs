@@ -5,6 +5,7 @@ mod error;
 mod execute;
 mod finalizers;
 mod observe;
+mod references;
 mod registrations;
 mod static_pool;
 mod status;
@@ -79,6 +80,10 @@ pub struct Context {
     pub demand: Arc<crate::operator::demand::Demand>,
     /// Which static pool runs each imported runner.
     pub registrations: registrations::Registrations,
+    /// Which pools read which Secrets: a change to one wakes them.
+    pub secret_references: references::SecretReferences,
+    /// Reconciles of each pool that failed in a row, for the backoff.
+    pub failures: Mutex<std::collections::HashMap<(String, String), u32>>,
 }
 
 pub use registrations::Registrations;
@@ -116,6 +121,16 @@ pub async fn reconcile(
         ctx.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
+        {
+            let key = (pool.namespace().unwrap_or_default(), pool.name_any());
+            let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+            match &result {
+                Ok(_) => {
+                    failures.remove(&key);
+                }
+                Err(_) => *failures.entry(key).or_default() += 1,
+            }
+        }
         if let Err(e) = &result {
             tracing::warn!(reason = %e.reason(), error = %e, "reconcile failed");
             let pool_gone = matches!(e, ReconcileError::Kube(kube::Error::Api(s)) if s.code == 404);
@@ -175,6 +190,20 @@ async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, Re
     let ns = pool.namespace().unwrap_or_default();
     let api = pool_api(ctx, &ns);
     let deleting = pool.metadata.deletion_timestamp.is_some();
+    // Before anything can fail: a fix to one of these Secrets must wake the pool.
+    let read: Vec<&str> = pool
+        .spec
+        .credentials
+        .iter()
+        .map(|c| c.secret_ref.name.as_str())
+        .chain(
+            pool.spec
+                .static_runners
+                .iter()
+                .map(|r| r.secret_ref.name.as_str()),
+        )
+        .collect();
+    ctx.secret_references.set(&ns, &pool.name_any(), &read);
     let has_finalizer = pool.finalizers().iter().any(|f| f == pool::FINALIZER);
     if deleting && !has_finalizer {
         return Ok(Requeue::await_change());
@@ -246,6 +275,7 @@ async fn finish_deletion(
     ctx.hub.forget_pool(&(ns.clone(), name.clone()));
     ctx.demand.forget(&ns, &name);
     ctx.registrations.forget(&(ns.clone(), name.clone()));
+    ctx.secret_references.set(&ns, &name, &[]);
     ctx.queue_waits
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -390,7 +420,7 @@ pub fn error_policy(
         .resolve()
         .map(|s| poll_period(&ctx, &s))
         .unwrap_or(Duration::from_secs(15));
-    let retry = match error {
+    let nominal = match error {
         ReconcileError::Kube(_) => error.retry().min(poll),
         ReconcileError::Degraded {
             reason: Reason::ApiUnreachable,
@@ -398,7 +428,19 @@ pub fn error_policy(
         } => error.retry().min(poll),
         _ => error.retry(),
     };
-    Requeue::requeue(retry)
+    let failures = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(pool.namespace().unwrap_or_default(), pool.name_any()))
+        .copied()
+        .unwrap_or(1);
+    let spread = fastrand::f64();
+    Requeue::requeue(match error.reason() {
+        // Bitbucket said when: never sooner, only spread later.
+        Reason::RateLimited => nominal.mul_f64(1.0 + 0.2 * spread),
+        _ => error::backoff(nominal, failures, spread),
+    })
 }
 
 #[cfg(test)]
