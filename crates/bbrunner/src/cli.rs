@@ -274,10 +274,17 @@ pub struct OperatorArgs {
     pub cluster_id: Option<String>,
     /// Simulations only: run the operator's clock this many times faster than the wall
     /// clock (as fake-bitbucket's `--time-scale`), so that pool durations mean simulated time.
-    #[arg(long, hide = true, value_name = "N", value_parser = time_scale)]
+    /// Needs --clock-origin: two scaled clocks agree only from the same origin.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "N",
+        value_parser = time_scale,
+        requires = "clock_origin"
+    )]
     pub time_scale: Option<f64>,
-    /// Simulations only: the Unix second from which the scaled clock runs (fake-bitbucket's
-    /// epoch, so that both clocks agree); default: the operator's start.
+    /// Simulations only: the Unix second from which the scaled clock runs: fake-bitbucket's
+    /// `epoch` (GET /_fake/clock), so that both clocks agree.
     #[arg(
         long,
         hide = true,

@@ -744,5 +744,7 @@ async fn fake_set_faults(State(app): State<Arc<App>>, Json(faults): Json<Faults>
 }
 
 async fn fake_clock(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(json!({"now": app.now(), "time_scale": app.time_scale}))
+    // The epoch is what an operator on the same scaled clock takes as --clock-origin.
+    let epoch = app.world().epoch;
+    Json(json!({"now": app.now(), "time_scale": app.time_scale, "epoch": epoch}))
 }

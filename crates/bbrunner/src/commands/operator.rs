@@ -58,8 +58,9 @@ pub fn options(args: &OperatorArgs) -> Result<Options> {
             .context("--cluster-id")?,
         clock: match args.time_scale {
             Some(scale) => operator::clock::Clock::scaled(
+                // clap requires the origin with the scale.
                 args.clock_origin
-                    .unwrap_or_else(|| operator::clock::Clock::wall().now()),
+                    .context("--time-scale needs --clock-origin")?,
                 scale,
             ),
             None => operator::clock::Clock::wall(),

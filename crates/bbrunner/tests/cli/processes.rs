@@ -177,3 +177,20 @@ async fn operator_fakes_and_kubectl_as_separate_processes() {
     }));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A scaled clock without its origin would disagree with fake-bitbucket's and churn runners:
+/// the operator refuses to start, naming the flag.
+#[test]
+fn a_scaled_clock_without_its_origin_is_refused() {
+    for args in [
+        &["operator", "--time-scale", "30"][..],
+        &["operator", "--clock-origin", "1700000000"][..],
+    ] {
+        let run = bbrunner(args, "").failure();
+        assert!(
+            run.stderr.contains("--clock-origin") && run.stderr.contains("--time-scale"),
+            "{}",
+            run.stderr
+        );
+    }
+}

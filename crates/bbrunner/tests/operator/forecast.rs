@@ -110,4 +110,10 @@ async fn the_operator_learns_its_pools_demand_into_the_status_and_keeps_it_acros
         refused, 0,
         "the operators kept within Bitbucket's rate limit"
     );
+    // On fake-bitbucket's scale and origin, the clocks agree: no warning of skew.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !log.contains("ahead of the operator's clock"),
+        "a warning of skew between agreeing clocks"
+    );
 }

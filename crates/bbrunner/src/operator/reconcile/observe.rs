@@ -135,6 +135,25 @@ pub(super) fn demand_profile(encoded: Option<&str>) -> DemandProfile {
     })
 }
 
+/// A warning, at most every ten minutes, when Bitbucket's timestamps run ahead of the
+/// operator's clock: its time-based rules (registration TTL, delays) then misjudge runners.
+fn warn_of_clock_skew(now: f64, stamps: impl Iterator<Item = f64>) {
+    static LAST_WARNED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let Some(ahead) = bbrunner_core::clock_skew::ahead(now, stamps) else {
+        return;
+    };
+    let mut last = LAST_WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|at| at.elapsed() < Duration::from_secs(600)) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    tracing::warn!(
+        ahead_seconds = ahead.round(),
+        "Bitbucket's runner timestamps are {:.0} s ahead of the operator's clock: runners will look younger than they are; fix the node's clock (NTP), or, against a fake-bitbucket with --time-scale, give the operator the same --time-scale and its --clock-origin (the fake's epoch, GET /_fake/clock)",
+        ahead
+    );
+}
+
 pub(super) fn parse_time(t: &str) -> Option<f64> {
     t.parse::<jiff::Timestamp>()
         .ok()
@@ -436,6 +455,13 @@ pub(super) async fn observe_managed(
         .filter(|r| identity.owns(&r.name, held_here(&r.uuid)))
         .map(observe_runner)
         .collect();
+    warn_of_clock_skew(
+        ctx.clock.now(),
+        listed
+            .runners
+            .iter()
+            .filter_map(|r| r.state.updated_on.as_deref().and_then(parse_time)),
+    );
     let queued = queued_steps(ctx, pool, client, valid).await;
     let ahead = runners_ahead(ctx, pool, valid, client, &observed_pods).await;
     let status = pool.status.clone().unwrap_or_default();
