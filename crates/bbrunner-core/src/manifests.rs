@@ -87,6 +87,16 @@ pub enum ManifestError {
         "runner.env DOCKER_HOST sends the runner's Docker client to TCP, which would need dind's API open on TCP: remove it (the runner uses dind's unix socket), or give a literal unix:// value"
     )]
     DockerHostTcp,
+    #[error("{field} {value:?} is not valid: {reason}")]
+    InvalidLabel {
+        field: String,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(
+        "WORKING_DIRECTORY {path:?} cannot be the runner's working directory: {reason}; use a directory of its own such as /tmp"
+    )]
+    InvalidWorkingDirectory { path: String, reason: &'static str },
 }
 
 /// Step size: memory the runner gives a step (reference §4); 8x is the self-hosted maximum.
@@ -244,6 +254,8 @@ impl RunnerPodConfig {
 
     pub fn validate(&self) -> Result<(), ManifestError> {
         validate_dns_subdomain("secret name", &self.secret_name)?;
+        validate_working_directory(&self.working_directory)?;
+        validate_placement(&self.placement)?;
         for (field, image, example) in [
             ("runner image", &self.runner_image, DEFAULT_RUNNER_IMAGE),
             ("dind image", &self.dind.image, DEFAULT_DIND_IMAGE),
@@ -438,6 +450,10 @@ fn with_ephemeral_storage(
 const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 
 const VOLUME_WORK: &str = "work";
+/// Where dind's socket, its data and the steps' logs are mounted.
+const DOCKER_SOCKET_DIRECTORY: &str = "/var/run";
+const DOCKER_DATA_DIRECTORY: &str = "/var/lib/docker";
+const DOCKER_CONTAINERS_DIRECTORY: &str = "/var/lib/docker/containers";
 const VOLUME_DOCKER_RUN: &str = "docker-run";
 const VOLUME_DOCKER_CONTAINERS: &str = "docker-containers";
 const VOLUME_DOCKER_DATA: &str = "docker-data";
@@ -533,13 +549,9 @@ fn dind_container(config: &RunnerPodConfig) -> Container {
         readiness_probe: Some(docker_answers(10, 3)),
         volume_mounts: Some(vec![
             mount(VOLUME_WORK, &config.working_directory, false),
-            mount(VOLUME_DOCKER_RUN, "/var/run", false),
-            mount(VOLUME_DOCKER_DATA, "/var/lib/docker", false),
-            mount(
-                VOLUME_DOCKER_CONTAINERS,
-                "/var/lib/docker/containers",
-                false,
-            ),
+            mount(VOLUME_DOCKER_RUN, DOCKER_SOCKET_DIRECTORY, false),
+            mount(VOLUME_DOCKER_DATA, DOCKER_DATA_DIRECTORY, false),
+            mount(VOLUME_DOCKER_CONTAINERS, DOCKER_CONTAINERS_DIRECTORY, false),
         ]),
         ..Default::default()
     }
@@ -580,9 +592,9 @@ fn runner_container(config: &RunnerPodConfig) -> Container {
         ),
         volume_mounts: Some(vec![
             mount(VOLUME_WORK, &config.working_directory, false),
-            mount(VOLUME_DOCKER_RUN, "/var/run", false),
+            mount(VOLUME_DOCKER_RUN, DOCKER_SOCKET_DIRECTORY, false),
             // The runner reads step logs here; it must never write them.
-            mount(VOLUME_DOCKER_CONTAINERS, "/var/lib/docker/containers", true),
+            mount(VOLUME_DOCKER_CONTAINERS, DOCKER_CONTAINERS_DIRECTORY, true),
         ]),
         ..Default::default()
     }

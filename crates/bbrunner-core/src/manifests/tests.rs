@@ -570,3 +570,80 @@ fn an_ephemeral_storage_of_the_user_s_own_is_kept() {
         ("5Gi".into(), "100Gi".into())
     );
 }
+
+#[test]
+fn the_working_directory_stays_apart_from_system_and_docker_directories() {
+    for fine in ["/tmp", "/builds", "/home/runner/work", "/var/tmp", "/tmp/"] {
+        assert!(validate_working_directory(fine).is_ok(), "{fine}");
+    }
+    for bad in [
+        "/",
+        "//",
+        "/etc",
+        "/etc/",
+        "/usr",
+        "/var",
+        "/var/run",
+        "/var/run/x",
+        "/var/lib",
+        "/var/lib/docker",
+        "/var/lib/docker/containers/x",
+        "tmp",
+        "/tmp/../etc",
+        "/./tmp",
+    ] {
+        assert!(validate_working_directory(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn selectors_and_tolerations_follow_the_api_server_s_label_rules() {
+    let selector = |k: &str, v: &str| PodPlacement {
+        node_selector: Some([(k.to_owned(), v.to_owned())].into()),
+        ..PodPlacement::default()
+    };
+    assert!(validate_placement(&selector("kubernetes.io/arch", "amd64")).is_ok());
+    assert!(validate_placement(&selector("pool", "")).is_ok());
+    for (k, v) in [
+        ("bad key", "x"),
+        ("Example.com/x", "y"),
+        ("a/", "x"),
+        ("x", "-y"),
+        ("x", &"v".repeat(64)),
+    ] {
+        assert!(validate_placement(&selector(k, v)).is_err(), "{k}={v}");
+    }
+    let toleration = |key: Option<&str>,
+                      operator: &str,
+                      value: Option<&str>,
+                      effect: Option<&str>| PodPlacement {
+        tolerations: Some(vec![Toleration {
+            key: key.map(str::to_owned),
+            operator: Some(operator.to_owned()),
+            value: value.map(str::to_owned),
+            effect: effect.map(str::to_owned),
+            toleration_seconds: None,
+        }]),
+        ..PodPlacement::default()
+    };
+    assert!(
+        validate_placement(&toleration(
+            Some("dedicated"),
+            "Equal",
+            Some("ci"),
+            Some("NoSchedule")
+        ))
+        .is_ok()
+    );
+    assert!(validate_placement(&toleration(None, "Exists", None, None)).is_ok());
+    for bad in [
+        toleration(None, "Equal", Some("x"), None),
+        toleration(Some("k"), "Exists", Some("x"), None),
+        toleration(Some("k"), "In", None, None),
+        toleration(Some("k k"), "Exists", None, None),
+        toleration(Some("k"), "Equal", Some("a b"), None),
+        toleration(Some("k"), "Equal", Some("a"), Some("Sometimes")),
+    ] {
+        assert!(validate_placement(&bad).is_err(), "{bad:?}");
+    }
+}

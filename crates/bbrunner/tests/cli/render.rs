@@ -176,3 +176,72 @@ fn render_places_the_pod_mirrors_pulls_and_proxies_as_a_pool_does() {
         bad.stderr
     );
 }
+
+/// What would make an invalid or dangerous pod is refused before anything is printed: a
+/// working directory over a system directory or the Docker mounts, and selectors or
+/// tolerations the API server would refuse. Nothing reaches standard output.
+#[test]
+fn render_refuses_mounts_and_labels_that_would_break_the_pod() {
+    let command = std::fs::read_to_string(example("docker-command.txt")).unwrap();
+    assert!(command.contains("WORKING_DIRECTORY=/tmp"));
+    for directory in [
+        "/var/run",
+        "/",
+        "/etc",
+        "/var/lib",
+        "/var/lib/docker/x",
+        "/usr/",
+    ] {
+        let pasted = command.replace(
+            "WORKING_DIRECTORY=/tmp",
+            &format!("WORKING_DIRECTORY={directory}"),
+        );
+        let run = bbrunner(&["render"], &pasted).failure();
+        assert_eq!(run.stdout, "", "{directory}");
+        assert!(
+            run.stderr
+                .contains(&format!("WORKING_DIRECTORY {directory:?}")),
+            "{directory}: {}",
+            run.stderr
+        );
+    }
+    for (flag, value, field) in [
+        (
+            "--node-selector",
+            "bad key!=x",
+            "nodeSelector key \"bad key!\"",
+        ),
+        (
+            "--node-selector",
+            "disk=fast ssd",
+            "nodeSelector[disk] \"fast ssd\"",
+        ),
+        (
+            "--toleration",
+            "dedicated/=ci:NoSchedule",
+            "tolerations[0].key",
+        ),
+        (
+            "--toleration",
+            "dedicated=ci runners:NoSchedule",
+            "tolerations[0].value",
+        ),
+    ] {
+        let run = bbrunner(&["render", flag, value], &command).failure();
+        assert_eq!(run.stdout, "", "{value}");
+        assert!(run.stderr.contains(field), "{value}: {}", run.stderr);
+    }
+    // Directories of their own, and well-formed labels, still render.
+    let fine = command.replace("WORKING_DIRECTORY=/tmp", "WORKING_DIRECTORY=/builds/work");
+    bbrunner(
+        &[
+            "render",
+            "--node-selector",
+            "kubernetes.io/arch=amd64",
+            "--toleration",
+            "dedicated=ci:NoSchedule",
+        ],
+        &fine,
+    )
+    .success();
+}
