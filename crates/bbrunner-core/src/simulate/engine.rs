@@ -164,7 +164,10 @@ struct Sim<'a> {
     busy: u32,
     /// Steps not yet finished or failed.
     open: usize,
+    /// Queued steps in arrival order; one that timed out stays until it comes up.
     queue: VecDeque<usize>,
+    /// Steps queued now (the queue less those that timed out).
+    waiting: u32,
     outcome: Vec<StepOutcome>,
     /// When each step queued (a later stage's, once the stage before it ended).
     queued_at: Vec<Seconds>,
@@ -208,6 +211,7 @@ pub fn simulate(
         busy: 0,
         open: steps.len(),
         queue: VecDeque::new(),
+        waiting: 0,
         outcome: vec![StepOutcome::Pending; steps.len()],
         queued_at: steps.iter().map(|s| s.at).collect(),
         waits: Vec::with_capacity(steps.len()),
@@ -283,7 +287,7 @@ impl Sim<'_> {
         while self.next_sample <= to && self.timeline.len() <= TIMELINE_SAMPLES {
             self.timeline.push(Sample {
                 t: self.next_sample,
-                queued: self.queue.len() as u32,
+                queued: self.waiting,
                 starting,
                 online,
                 busy,
@@ -386,8 +390,10 @@ impl Sim<'_> {
             }
             Event::Timeout(i) => {
                 if self.outcome[i] == StepOutcome::Queued {
+                    // Left in the queue, skipped when it comes up: removing it here would
+                    // cost the queue's length per timeout.
                     self.fail(i);
-                    self.queue.retain(|&q| q != i);
+                    self.waiting -= 1;
                 }
             }
             Event::Ready(r) => {
@@ -450,6 +456,7 @@ impl Sim<'_> {
         }
         self.outcome[i] = StepOutcome::Queued;
         self.queue.push_back(i);
+        self.waiting += 1;
         self.schedule(self.now + QUEUE_TIMEOUT, Event::Timeout(i));
         // Idle runners will see it at their next poll.
         let now = self.now;
@@ -475,9 +482,12 @@ impl Sim<'_> {
         if !runner.idle_online() || !runner.enabled {
             return;
         }
-        let Some(i) = self.queue.pop_front() else {
+        let Some(i) = std::iter::from_fn(|| self.queue.pop_front())
+            .find(|&i| self.outcome[i] == StepOutcome::Queued)
+        else {
             return;
         };
+        self.waiting -= 1;
         self.outcome[i] = StepOutcome::Started;
         self.waits.push(self.now - self.queued_at[i]);
         self.runners[r].step = Some(i);
@@ -508,10 +518,10 @@ impl Sim<'_> {
         // As the operator asks: one call for the pipelines list, the rest from the reserve.
         let queued = reads_queue(scaling.policy, self.remaining_budget(), 1).then(|| {
             // The pipelines list plus one steps call per active pipeline (one step each).
-            for _ in 0..1 + self.queue.len() as u32 + self.busy {
+            for _ in 0..1 + self.waiting + self.busy {
                 self.call();
             }
-            self.queue.len() as u32
+            self.waiting
         });
         // The pipelines API shows the pipelines under way to a pool that reads it.
         if queued.is_some() {

@@ -27,6 +27,9 @@ struct Run {
 
 pub(super) struct Runs {
     runs: Vec<Run>,
+    /// The runs queued or known, not yet ended or failed: what each poll looks at, so that
+    /// a poll costs what is under way, not the whole trace.
+    under_way: std::collections::BTreeSet<usize>,
     /// Each step's run, if it belongs to one.
     of_step: Vec<Option<usize>>,
     /// Wall time minus critical path of every pipeline that completed.
@@ -76,6 +79,7 @@ impl Runs {
         }
         Self {
             runs,
+            under_way: Default::default(),
             of_step,
             overheads: Vec::new(),
         }
@@ -93,16 +97,19 @@ impl Runs {
 
     /// The operator learns of pipeline `run` (a webhook, or the pipelines API).
     pub(super) fn make_known(&mut self, run: usize) {
-        self.runs[run].known = true;
+        let it = &mut self.runs[run];
+        it.known = true;
+        if !it.failed && it.stage < it.stages.len() {
+            self.under_way.insert(run);
+        }
     }
 
     /// Every pipeline under way that the operator does not know of yet.
     pub(super) fn unknown_under_way(&self) -> Vec<usize> {
-        (0..self.runs.len())
-            .filter(|&r| {
-                let run = &self.runs[r];
-                run.queued && !run.known && !run.failed && run.stage < run.stages.len()
-            })
+        self.under_way
+            .iter()
+            .copied()
+            .filter(|&r| self.runs[r].queued && !self.runs[r].known)
             .collect()
     }
 
@@ -110,6 +117,7 @@ impl Runs {
     pub(super) fn queued(&mut self, step: usize) {
         if let Some(r) = self.of_step[step] {
             self.runs[r].queued = true;
+            self.under_way.insert(r);
         }
     }
 
@@ -143,6 +151,7 @@ impl Runs {
             None => {
                 self.overheads
                     .push((now - run.pushed - run.critical_path).max(0.0));
+                self.under_way.remove(&r);
                 (Vec::new(), true)
             }
         }
@@ -158,6 +167,7 @@ impl Runs {
             return Vec::new();
         }
         run.failed = true;
+        self.under_way.remove(&r);
         run.stages
             .iter()
             .skip(run.stage + 1)
@@ -177,9 +187,10 @@ impl Runs {
                 labels: steps[i].labels.clone(),
             }
         };
-        self.runs
+        self.under_way
             .iter()
-            .filter(|run| run.known && !run.failed && run.stage < run.stages.len())
+            .map(|&r| &self.runs[r])
+            .filter(|run| run.known)
             .map(|run| lookahead::Pipeline {
                 repository: run.repository.clone(),
                 stages: run

@@ -58,6 +58,37 @@ fn a_small_trace_gives_the_waits_computed_by_hand() {
 }
 
 #[test]
+fn steps_that_timed_out_leave_the_queue_for_those_behind_them() {
+    // One runner, an hour per step: of 200 steps queued at 10, three start (at 30, 3630 and
+    // 7230) and the rest time out at 9010. A step arriving at 9500 is next when the runner
+    // frees up at 10830, not behind the ones that timed out.
+    let scaling = Scaling {
+        min: 1,
+        max: 1,
+        min_idle: 0,
+        ..Scaling::default()
+    };
+    let mut steps: Vec<TraceStep> = (0..200).map(|_| step(10.0, 3600.0)).collect();
+    steps.push(step(9500.0, 60.0));
+    let r = simulate(&steps, &config(scaling), &mut |_| {});
+    assert_eq!(r.failed_steps, 197);
+    assert_eq!(r.waits, [20.0, 10830.0 - 9500.0, 3620.0, 7220.0]);
+    // The queue as sampled: 199 waiting after the first start, none once the rest timed out
+    // (until the late step), one while the late step waits.
+    let queued_at = |t: f64| {
+        r.timeline
+            .iter()
+            .rev()
+            .find(|s| s.t <= t)
+            .map(|s| s.queued)
+            .unwrap()
+    };
+    assert_eq!(queued_at(1000.0), 199);
+    assert_eq!(queued_at(9400.0), 0);
+    assert_eq!(queued_at(10000.0), 1);
+}
+
+#[test]
 fn scaling_up_counts_start_latency_and_the_first_poll() {
     // min 1, minIdle 1. At 0 the policy sees one idle runner and wants 1; that runner takes A
     // at its poll at 0 (wait 0). B arrives at 5. The policy poll at 15 sees 1 busy, wants 2 and
