@@ -141,6 +141,19 @@ impl Observed {
 /// and repairs: it reads the pipelines API only while more than these remain.
 pub const QUEUE_BUDGET_RESERVE: u32 = 100;
 
+/// The share of an identity's hourly budget its runner lists may spend (three fifths); the rest is for
+/// creating, repairing and deleting runners, and for reading the queue and pipelines.
+pub const LIST_SHARE: f64 = 0.6;
+
+/// The shortest poll interval that keeps the runner lists of an identity's `scopes` within
+/// [`LIST_SHARE`] of its `requests_per_hour`, shared evenly: pools of one scope share a list,
+/// and a pool asking to poll faster than this polls this often, so that one pool with a fast
+/// poll cannot spend the budget its identity's other pools need.
+pub fn fair_poll_interval(requests_per_hour: u32, scopes: usize) -> Seconds {
+    let lists_per_hour = f64::from(requests_per_hour.max(1)) * LIST_SHARE;
+    3600.0 * scopes.max(1) as f64 / lists_per_hour
+}
+
 /// Whether a pool reads the queue (the pipelines API) at this poll: `queue` pools only, and only
 /// while `calls` more requests leave [`QUEUE_BUDGET_RESERVE`] of the budget; otherwise the
 /// policy falls back to idle-buffer. The operator and the simulator both ask this.

@@ -30,12 +30,36 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Seconds, Durat
     Ok(parsed.as_secs_f64())
 }
 
+/// A duration as `parse_duration` reads it, to the second: `15s`, `1m12s`, `2h0m5s`.
+pub fn format_duration(seconds: Seconds) -> String {
+    let total = seconds.max(0.0).round() as u64;
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
 /// Bitbucket's limit of runners per workspace and per repository.
 pub const RUNNERS_PER_SCOPE: u32 = 100;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_as_they_are_read() {
+        for (seconds, written) in [
+            (15.0, "15s"),
+            (72.4, "1m12s"),
+            (7205.0, "2h0m5s"),
+            (0.2, "0s"),
+        ] {
+            assert_eq!(format_duration(seconds), written);
+            assert_eq!(parse_duration("d", written).unwrap(), seconds.round());
+        }
+    }
 
     #[test]
     fn durations_parse_or_name_the_field() {

@@ -64,6 +64,11 @@ impl Budget {
         Ok(())
     }
 
+    /// Requests allowed per period.
+    pub(crate) fn requests(&self) -> u32 {
+        self.budget.requests
+    }
+
     /// Requests left in the window now.
     pub(crate) fn remaining(&self) -> u32 {
         let spent = self.window(Instant::now()).len() as u32;

@@ -201,6 +201,11 @@ impl Client {
         self.inner.credentials.identity()
     }
 
+    /// Requests this client may send per budget period (an hour on the operator's clock).
+    pub fn budget_requests(&self) -> u32 {
+        self.inner.budget.requests()
+    }
+
     /// See [`Credentials::opaque_id`].
     pub fn opaque_id(&self) -> String {
         self.inner.credentials.opaque_id()

@@ -429,3 +429,16 @@ fn lookahead_adds_the_next_stages_runners_only_where_warm_ones_fall_short() {
         "lookahead: the next stages of pipelines under way"
     );
 }
+
+#[test]
+fn an_identity_s_scopes_share_three_fifths_of_its_budget_for_their_lists() {
+    // 900 an hour: 540 lists, 20 s apart for three scopes.
+    assert_eq!(fair_poll_interval(900, 3), 20.0);
+    // The default 15 s poll is within the share of two scopes; beyond, it stretches.
+    assert!(fair_poll_interval(900, 2) < 15.0);
+    assert!(fair_poll_interval(900, 3) > 15.0);
+    // A 1 s poll never is.
+    assert!(fair_poll_interval(900, 1) > 6.0);
+    // Never a division by zero.
+    assert!(fair_poll_interval(0, 0).is_finite());
+}

@@ -24,7 +24,8 @@ use crate::plan::{
     RunnerStatus, plan,
 };
 use crate::scaling::{
-    AtlassianAction, PolicyKind, PolicyMemory, Scaling, atlassian_ratio, reads_queue,
+    AtlassianAction, PolicyKind, PolicyMemory, Scaling, atlassian_ratio, fair_poll_interval,
+    reads_queue,
 };
 use crate::schedule::overrides_at;
 use crate::units::RUNNERS_PER_SCOPE;
@@ -500,7 +501,10 @@ impl Sim<'_> {
         let scaling = &self.config.scaling;
         let interval = match scaling.policy {
             PolicyKind::AtlassianRatio => scaling.atlassian.poll_interval,
-            _ => scaling.poll_interval,
+            // As the operator polls: no faster than the identity's fair share allows.
+            _ => scaling
+                .poll_interval
+                .max(fair_poll_interval(self.config.api_budget, 1)),
         };
         match scaling.policy {
             PolicyKind::AtlassianRatio => self.atlassian_poll(),

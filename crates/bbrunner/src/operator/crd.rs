@@ -293,6 +293,11 @@ pub struct RunnerPoolStatus {
     pub api_identity: Option<String>,
     #[serde(default)]
     pub api_calls_last_hour: Option<u32>,
+    /// How often the pool polls Bitbucket: its `pollInterval`, or longer where the pools of
+    /// its identity would otherwise spend more than three fifths of the budget on runner
+    /// lists (each scope of the identity gets an even share).
+    #[serde(default)]
+    pub poll_interval_in_effect: Option<String>,
 }
 
 /// The CRD as installed: kube's derive, plus what the API server must enforce so that it

@@ -231,6 +231,17 @@ impl Hub {
         }
     }
 
+    /// How many scopes the pools of an identity use: they share its budget's lists.
+    pub fn scopes_of(&self, identity: &str) -> usize {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .values()
+            .filter(|u| u.scope.0 == identity)
+            .map(|u| &u.scope.1)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
     /// The runners of a scope, fetched at most once per `max_age`.
     pub async fn runners(
         &self,

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub desired: Family<PoolLabels, Gauge>,
     /// Runners made from an earlier spec, not yet replaced.
     pub outdated: Family<PoolLabels, Gauge>,
+    /// Seconds between a pool's polls: its own interval, or its identity's fair share.
+    pub poll_interval: Family<PoolLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub reconcile_duration: Histogram,
     reconcile_errors: Family<ErrorLabels, Counter>,
     pub bitbucket_requests: Family<RequestLabels, Counter>,
@@ -111,6 +113,8 @@ impl Metrics {
         let runners = Family::<RunnerStateLabels, Gauge>::default();
         let desired = Family::<PoolLabels, Gauge>::default();
         let outdated = Family::<PoolLabels, Gauge>::default();
+        let poll_interval =
+            Family::<PoolLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let bitbucket_requests = Family::<RequestLabels, Counter>::default();
@@ -145,6 +149,12 @@ impl Metrics {
             "runners_outdated",
             "Runners of a pool made from an earlier spec (labels or pod template), not yet replaced",
             outdated.clone(),
+        );
+        registry.register_with_unit(
+            "poll_interval",
+            "Time between a pool's polls of Bitbucket: its pollInterval, or its identity's fair share of the request budget",
+            Unit::Seconds,
+            poll_interval.clone(),
         );
         registry.register_with_unit(
             "reconcile_duration",
@@ -213,6 +223,7 @@ impl Metrics {
             runners,
             desired,
             outdated,
+            poll_interval,
             reconcile_duration,
             reconcile_errors,
             bitbucket_requests,
@@ -312,6 +323,7 @@ impl Metrics {
         }
         self.desired.remove(&labels);
         self.outdated.remove(&labels);
+        self.poll_interval.remove(&labels);
         self.step_queue_wait.remove(&labels);
         self.runners_ahead.remove(&labels);
         self.error_series

@@ -88,6 +88,25 @@ pub struct Context {
 
 pub use registrations::Registrations;
 
+/// A managed pool's poll interval, in the operator's seconds: its own, or longer where its
+/// identity's pools would spend more than their share of the budget on runner lists
+/// ([`bbrunner_core::scaling::fair_poll_interval`]).
+fn poll_in_effect(
+    ctx: &Context,
+    scaling: &bbrunner_core::scaling::Scaling,
+    client: &bitbucket::Client,
+) -> f64 {
+    scaling.poll_interval.max(fair_poll(ctx, client))
+}
+
+/// The shortest poll interval the client's identity allows its pools now.
+fn fair_poll(ctx: &Context, client: &bitbucket::Client) -> f64 {
+    bbrunner_core::scaling::fair_poll_interval(
+        client.budget_requests(),
+        ctx.hub.scopes_of(&client.opaque_id()),
+    )
+}
+
 /// Real time between a pool's polls: its interval on the operator's clock.
 fn poll_period(ctx: &Context, scaling: &bbrunner_core::scaling::Scaling) -> Duration {
     ctx.clock
@@ -355,7 +374,10 @@ async fn reconcile_managed(
         .hub
         .client(&(ns.clone(), name.clone()), credentials, &scope)
         .map_err(from_bitbucket)?;
-    let poll = poll_period(ctx, &valid.scaling);
+    let polls_every = poll_in_effect(ctx, &valid.scaling, &client);
+    let poll = ctx
+        .clock
+        .real(Duration::from_secs_f64(polls_every.max(1.0)));
     let bitbucket = PoolBitbucket {
         client: &client,
         scope: &scope,
@@ -390,6 +412,7 @@ async fn reconcile_managed(
         problem: None,
         credentials_secret,
         api_calls: Some((client.opaque_id(), client.calls_last_hour())),
+        poll_in_effect: Some(polls_every),
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
         rollout_surge: Some(settings.rollout_surge()),
     };

@@ -424,10 +424,20 @@ pub(super) async fn observe_managed(
         scope,
         identity,
     } = bitbucket;
-    let poll = poll_period(ctx, &valid.scaling);
+    // Each poll sees a fresh list (half the poll old at most), and reconciles woken between
+    // polls reuse it: the lists stay within the identity's fair share.
+    let polls_every = poll_in_effect(ctx, &valid.scaling, client);
+    let max_age = ctx
+        .clock
+        .real(Duration::from_secs_f64(polls_every.max(1.0)))
+        .mul_f64(0.5)
+        .max(
+            ctx.clock
+                .real(Duration::from_secs_f64(fair_poll(ctx, client) * 0.9)),
+        );
     let listed = ctx
         .hub
-        .runners(client, scope, poll / 2)
+        .runners(client, scope, max_age)
         .await
         .map_err(from_bitbucket)?;
     let (pods, secrets) = pool_objects(ctx, pool).await?;

@@ -144,6 +144,7 @@ pub(super) async fn reconcile_static(
         problem: None,
         credentials_secret: None,
         api_calls: None,
+        poll_in_effect: None,
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
         rollout_surge: None,
     };

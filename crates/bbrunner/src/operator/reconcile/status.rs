@@ -79,6 +79,8 @@ pub(super) struct StatusReport {
     pub(super) credentials_secret: Option<String>,
     /// The Bitbucket identity and this operator's calls with it in the last hour.
     pub(super) api_calls: Option<(String, u32)>,
+    /// The poll interval in effect, in the operator's seconds (none for a static pool).
+    pub(super) poll_in_effect: Option<f64>,
     /// Why steps' networks cannot follow the pod's MTU with this dind image, if they cannot.
     pub(super) step_network_mtu: Option<String>,
     /// How many runners a rollout replaces at once (none for a static pool).
@@ -98,9 +100,19 @@ pub(super) async fn write_status(
         problem,
         credentials_secret,
         api_calls,
+        poll_in_effect,
         step_network_mtu,
         rollout_surge,
     } = report;
+    if let Some(seconds) = poll_in_effect {
+        ctx.metrics
+            .poll_interval
+            .get_or_create(&PoolLabels {
+                namespace: pool.namespace().unwrap_or_default(),
+                pool: pool.name_any(),
+            })
+            .set(seconds);
+    }
     ctx.metrics.set_degraded(
         &pool.namespace().unwrap_or_default(),
         &pool.name_any(),
@@ -226,6 +238,7 @@ pub(super) async fn write_status(
         api_identity: api_calls.as_ref().map(|(id, _)| id.clone()),
         // To the nearest 10 below, so that the status (which wakes the pool) rarely changes.
         api_calls_last_hour: api_calls.map(|(_, calls)| calls / 10 * 10),
+        poll_interval_in_effect: poll_in_effect.map(bbrunner_core::units::format_duration),
     };
     apply_status(ctx, pool, &status).await?;
     let was_rolling = previous.outdated > 0;
