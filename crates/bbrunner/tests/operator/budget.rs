@@ -72,12 +72,7 @@ async fn a_pool_with_a_fast_poll_gets_its_fair_share_and_starves_no_one() {
         "the fast pool's share is not in its status"
     );
     assert_eq!(world.status("builds").await["pollIntervalInEffect"], "30s");
-    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scraped = scrape(&metrics).await;
     assert!(
         scraped.contains(r#"bbrunner_poll_interval_seconds{namespace="ci",pool="fast"} 30.0"#),
         "{}",

@@ -464,12 +464,7 @@ async fn the_operator_logs_every_change_and_failure_and_forgets_deleted_pools() 
         world.pool_gone("builds").await
     })
     .await;
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&addr).await;
     assert!(
         !metrics.contains(r#"pool="builds""#),
         "the deleted pool's series remain:\n{metrics}"

@@ -26,25 +26,13 @@ async fn reserved_keys_are_refused_at_admission_and_by_the_operator(world: &Worl
         .unwrap()
     };
     for (field, template) in &templates {
-        let refused = world
-            .pools()
-            .create(
-                &PostParams::default(),
-                &pool(&format!("own-{field}"), template),
-            )
-            .await
-            .expect_err("refused at admission");
-        let kube::Error::Api(status) = refused else {
-            panic!("{refused}")
-        };
-        assert_eq!(status.code, 422, "{}", status.message);
+        let message = world
+            .refused_at_admission(&pool(&format!("own-{field}"), template))
+            .await;
         assert!(
-            status
-                .message
-                .contains(&format!("spec.podTemplate.{field}"))
-                && status.message.contains("bbrunner.dev/"),
-            "{}",
-            status.message
+            message.contains(&format!("spec.podTemplate.{field}"))
+                && message.contains("bbrunner.dev/"),
+            "{message}"
         );
     }
     // Keys of other domains pass.
@@ -62,8 +50,20 @@ async fn reserved_keys_are_refused_at_admission_and_by_the_operator(world: &Worl
     world.delete_pool("fine").await;
 
     // Stored before the rules existed: the operator refuses them itself.
-    world
-        .loosen_crd(|schema| {
+    let stored: Vec<(String, Value, String)> = templates
+        .iter()
+        .zip(["bbrunner.dev/pool", "ci.bbrunner.dev/ran-step"])
+        .map(|((field, template), key)| {
+            (
+                format!("own-{field}"),
+                pool(&format!("own-{field}"), template).data["spec"].clone(),
+                format!("spec.podTemplate.{field} has \"{key}\""),
+            )
+        })
+        .collect();
+    the_operator_refuses_what_the_rules_would(
+        world,
+        |schema| {
             let template = &mut schema["properties"]["spec"]["properties"]["podTemplate"];
             for field in ["labels", "annotations"] {
                 template["properties"][field]
@@ -71,39 +71,10 @@ async fn reserved_keys_are_refused_at_admission_and_by_the_operator(world: &Worl
                     .unwrap()
                     .remove("x-kubernetes-validations");
             }
-        })
-        .await;
-    for (field, template) in &templates {
-        world
-            .pools()
-            .create(
-                &PostParams::default(),
-                &pool(&format!("own-{field}"), template),
-            )
-            .await
-            .unwrap();
-    }
-    let _op = world.operator(&[]);
-    for (field, key) in [
-        ("labels", "bbrunner.dev/pool"),
-        ("annotations", "ci.bbrunner.dev/ran-step"),
-    ] {
-        let name = format!("own-{field}");
-        eventually(&format!("{name} Degraded naming {key}"), 30, || async {
-            world
-                .has_condition(
-                    &name,
-                    "Degraded",
-                    "True",
-                    "InvalidSpec",
-                    &format!("spec.podTemplate.{field} has \"{key}\""),
-                )
-                .await
-        })
-        .await;
-    }
-    assert!(world.pods().await.is_empty(), "no pod runs");
-    assert!(world.runners().is_empty(), "no runner is created");
+        },
+        &stored,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -127,23 +98,7 @@ async fn reserved_keys_in_the_pod_template_are_refused_on_a_real_control_plane()
 #[tokio::test(flavor = "multi_thread")]
 async fn static_pools_sharing_a_registration_run_one_pod() {
     let world = World::start("shared-registration").await;
-    let scope = world
-        .bitbucket
-        .with_world(|w, _| w.scope("acme", None).unwrap());
-    let created = world.bitbucket.with_world(|w, now| {
-        w.create_runner(
-            scope,
-            &json!({"name": "from-ui", "labels": ["self.hosted", "linux"]}),
-            now,
-        )
-        .unwrap()
-    });
-    let registration = json!({
-        "account_uuid": world.bitbucket.workspace_uuid("acme").unwrap(),
-        "runner_uuid": created["uuid"],
-        "oauth_client_id": created["oauth_client"]["id"],
-        "oauth_client_secret": created["oauth_client"]["secret"],
-    });
+    let registration = world.runner_from_the_ui(&["self.hosted", "linux"]);
     world.secret("ui-runner", registration.clone()).await;
     let other = "team-b";
     let namespace: k8s_openapi::api::core::v1::Namespace =

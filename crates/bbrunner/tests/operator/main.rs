@@ -78,6 +78,24 @@ fn pools_resource() -> ApiResource {
 }
 
 impl World {
+    /// A runner of workspace acme created "in the UI" with these labels: its registration, as
+    /// `bbrunner import --format yaml --reveal-secret` writes it into a Secret.
+    fn runner_from_the_ui(&self, labels: &[&str]) -> Value {
+        let scope = self
+            .bitbucket
+            .with_world(|w, _| w.scope("acme", None).unwrap());
+        let created = self.bitbucket.with_world(|w, now| {
+            w.create_runner(scope, &json!({"name": "from-ui", "labels": labels}), now)
+                .unwrap()
+        });
+        json!({
+            "account_uuid": self.bitbucket.workspace_uuid("acme").unwrap(),
+            "runner_uuid": created["uuid"],
+            "oauth_client_id": created["oauth_client"]["id"],
+            "oauth_client_secret": created["oauth_client"]["secret"],
+        })
+    }
+
     async fn start(name: &str) -> Self {
         Self::start_with(name, |_| {}).await
     }
@@ -338,6 +356,20 @@ impl Cluster {
             .unwrap();
     }
 
+    /// The message of the 422 with which admission refuses to create `pool`.
+    async fn refused_at_admission(&self, pool: &DynamicObject) -> String {
+        let refused = self
+            .pools()
+            .create(&PostParams::default(), pool)
+            .await
+            .expect_err("refused at admission");
+        let kube::Error::Api(status) = refused else {
+            panic!("{refused}")
+        };
+        assert_eq!(status.code, 422, "{}", status.message);
+        status.message
+    }
+
     /// The namespace's events.k8s.io/v1 Events (what the operator records).
     fn events(&self) -> Api<DynamicObject> {
         Api::namespaced_with(
@@ -451,6 +483,16 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what}: not reached within {seconds} s");
+}
+
+/// The operator's metrics, as a scraper reads them.
+async fn scrape(addr: &str) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// An address for the operator's metrics server, on a port the OS just had free.
@@ -627,29 +669,8 @@ async fn static_pools_run_imported_runners() {
     let world = World::start("static").await;
     let _op = world.operator(&[]);
     // A runner created "in the UI", imported into a Secret.
-    let scope = world
-        .bitbucket
-        .with_world(|w, _| w.scope("acme", None).unwrap());
-    let created = world.bitbucket.with_world(|w, now| {
-        w.create_runner(
-            scope,
-            &json!({"name": "from-ui", "labels": ["self.hosted", "linux", "build"]}),
-            now,
-        )
-        .unwrap()
-    });
-    let account = world.bitbucket.workspace_uuid("acme").unwrap();
-    world
-        .secret(
-            "ui-runner",
-            json!({
-                "account_uuid": account,
-                "runner_uuid": created["uuid"],
-                "oauth_client_id": created["oauth_client"]["id"],
-                "oauth_client_secret": created["oauth_client"]["secret"],
-            }),
-        )
-        .await;
+    let registration = world.runner_from_the_ui(&["self.hosted", "linux", "build"]);
+    world.secret("ui-runner", registration).await;
     world
         .pool("imported", json!({"workspace": "acme", "mode": "static", "staticRunners": [{"secretRef": {"name": "ui-runner"}}]}))
         .await;
@@ -829,12 +850,7 @@ async fn a_repository_pool_on_the_queue_policy_scales_to_its_queue_at_once() {
         world.steps(StepState::Completed) == 4
     })
     .await;
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&addr).await;
     let count = text
         .lines()
         .find(|l| l.starts_with("bbrunner_step_queue_wait_seconds_count"))
@@ -1086,12 +1102,7 @@ async fn no_secret_reaches_logs_events_status_or_metrics_even_at_trace_level() {
         logged_operator_with_a_broken_pool(&world, "trace", "wrong-secret-value-7f3a").await;
     world.submit(3, 60.0);
     eventually("scaled up", 20, || async { world.runners().len() >= 2 }).await;
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&addr).await;
     drop(op);
 
     let mut secrets: Vec<String> = world.bitbucket.with_world(|w, _| {
@@ -1292,20 +1303,12 @@ async fn dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(world: 
     for (i, args) in spellings.iter().enumerate() {
         let mut spec = managed(1, 1);
         spec["dind"] = json!({"extraArgs": args});
-        let refused = world
-            .pools()
-            .create(&PostParams::default(), &pool(&format!("open-{i}"), spec))
-            .await
-            .expect_err("refused at admission");
-        let kube::Error::Api(status) = refused else {
-            panic!("{refused}")
-        };
-        assert_eq!(status.code, 422, "{}", status.message);
+        let message = world
+            .refused_at_admission(&pool(&format!("open-{i}"), spec))
+            .await;
         assert!(
-            status.message.contains("spec.dind.extraArgs")
-                && status.message.contains("--tlsverify"),
-            "{}",
-            status.message
+            message.contains("spec.dind.extraArgs") && message.contains("--tlsverify"),
+            "{message}"
         );
     }
     let mut spec = managed(1, 1);
@@ -1319,41 +1322,61 @@ async fn dind_tcp_spellings_are_refused_at_admission_and_by_the_operator(world: 
     );
 
     // Stored before the rules existed: the operator refuses them itself.
-    world
-        .loosen_crd(|schema| {
+    let stored: Vec<(String, Value, String)> = spellings
+        .iter()
+        .zip([
+            "-H :2375",
+            "--host=0.0.0.0:2375",
+            "--host=tcp://0.0.0.0:2376",
+        ])
+        .enumerate()
+        .map(|(i, (args, written))| {
+            let mut spec = managed(1, 1);
+            spec["dind"] = json!({"extraArgs": args});
+            (
+                format!("open-{i}"),
+                spec,
+                format!("dind.extraArgs[0] ({written})"),
+            )
+        })
+        .collect();
+    the_operator_refuses_what_the_rules_would(
+        world,
+        |schema| {
             let spec = &mut schema["properties"]["spec"]["properties"];
             spec["dind"]["properties"]["extraArgs"]
                 .as_object_mut()
                 .unwrap()
                 .remove("x-kubernetes-validations");
-        })
-        .await;
-    let _op = world.operator(&[]);
-    for (i, args) in spellings.iter().enumerate() {
-        let mut spec = managed(1, 1);
-        spec["dind"] = json!({"extraArgs": args});
-        world.pool(&format!("open-{i}"), spec).await;
+        },
+        &stored,
+    )
+    .await;
+}
+
+/// Pools stored while the CRD's rules did not hold them (`loosen` takes the rules away, as an
+/// older CRD lacked them): the operator refuses each itself, Degraded (`InvalidSpec`) with a
+/// message naming what it expects, and runs no pod and creates no runner.
+async fn the_operator_refuses_what_the_rules_would(
+    world: &World,
+    loosen: impl FnOnce(&mut Value),
+    pools: &[(String, Value, String)],
+) {
+    world.loosen_crd(loosen).await;
+    for (name, spec, _) in pools {
+        world.pool(name, spec.clone()).await;
     }
-    for (i, written) in [
-        "-H :2375",
-        "--host=0.0.0.0:2375",
-        "--host=tcp://0.0.0.0:2376",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let name = format!("open-{i}");
-        eventually(&format!("{name} Degraded naming {written}"), 30, || async {
-            world
-                .has_condition(
-                    &name,
-                    "Degraded",
-                    "True",
-                    "InvalidSpec",
-                    &format!("dind.extraArgs[0] ({written})"),
-                )
-                .await
-        })
+    let _op = world.operator(&[]);
+    for (name, _, expected) in pools {
+        eventually(
+            &format!("{name} Degraded naming {expected}"),
+            30,
+            || async {
+                world
+                    .has_condition(name, "Degraded", "True", "InvalidSpec", expected)
+                    .await
+            },
+        )
         .await;
     }
     assert!(world.pods().await.is_empty(), "no pod runs");

@@ -266,12 +266,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_on_a_live_scrape()
     );
 
     // The scrape passes promtool's lint.
-    let scrape = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = scrape(&metrics).await;
     let lint = promtool(&["check", "metrics"], &scrape);
     assert!(
         lint.status.success(),
