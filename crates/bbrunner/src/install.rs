@@ -179,15 +179,24 @@ fn pool_rules() -> Vec<PolicyRule> {
 }
 
 /// Leader election, in the operator's namespace only, on its own Lease only (a create
-/// cannot be limited by name).
-fn lease_rules() -> Vec<PolicyRule> {
-    vec![
+/// cannot be limited by name); with `identity_secret`, the Secret of the key of its API
+/// identities there too (where no other role grants Secrets in that namespace).
+fn lease_rules(identity_secret: bool) -> Vec<PolicyRule> {
+    let mut rules = vec![
         rule(&["coordination.k8s.io"], &["leases"], &["create"]),
         PolicyRule {
             resource_names: Some(vec![NAME.to_owned()]),
             ..rule(&["coordination.k8s.io"], &["leases"], &["get", "patch"])
         },
-    ]
+    ];
+    if identity_secret {
+        rules.push(rule(&[""], &["secrets"], &["create"]));
+        rules.push(PolicyRule {
+            resource_names: Some(vec![crate::operator::IDENTITY_KEY_SECRET.to_owned()]),
+            ..rule(&[""], &["secrets"], &["get"])
+        });
+    }
+    rules
 }
 
 fn operator_deployment(o: &InstallOptions) -> Deployment {
@@ -483,7 +492,9 @@ pub fn manifests(o: &InstallOptions) -> Vec<Value> {
         .collect::<Vec<_>>();
     let lease_role = Role {
         metadata: meta("bbrunner-leader-election", Some(ns)),
-        rules: Some(lease_rules()),
+        rules: Some(lease_rules(
+            !o.watch_namespaces.is_empty() && !o.watch_namespaces.iter().any(|w| w == ns),
+        )),
     };
     let lease_binding = RoleBinding {
         metadata: meta("bbrunner-leader-election", Some(ns)),

@@ -54,6 +54,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub observer: Option<RequestObserver>,
+    /// The key of [`Client::opaque_id`]: the operator keeps one in a Secret, so that ids stay
+    /// the same across restarts; by default a process's own.
+    pub identity_key: crate::IdentityKey,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             observer: None,
+            identity_key: crate::IdentityKey::random(),
         }
     }
 }
@@ -208,7 +212,9 @@ impl Client {
 
     /// See [`Credentials::opaque_id`].
     pub fn opaque_id(&self) -> String {
-        self.inner.credentials.opaque_id()
+        self.inner
+            .credentials
+            .opaque_id(&self.inner.config.identity_key)
     }
 
     /// Requests this client sent in the last hour, as Bitbucket counts them against the

@@ -17,7 +17,7 @@ mod model;
 
 pub use budget::RequestBudget;
 pub use client::{Client, Config, RequestObserver, RetryPolicy, RunnerScope};
-pub use credentials::Credentials;
+pub use credentials::{Credentials, IdentityKey};
 pub use error::Error;
 pub use model::{
     CreatedRunner, PipelineStep, Runner, RunnerState, RunnerStatus, RunnerVersion, StepRef,

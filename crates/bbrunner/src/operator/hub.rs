@@ -92,9 +92,9 @@ impl<K: Eq + std::hash::Hash + Clone> KeyedLocks<K> {
     }
 }
 
-fn fingerprint(credentials: &Credentials) -> u64 {
+fn fingerprint(credentials: &Credentials, key: &bitbucket::IdentityKey) -> u64 {
     let mut h = DefaultHasher::new();
-    credentials.opaque_id().hash(&mut h);
+    credentials.opaque_id(key).hash(&mut h);
     match credentials {
         Credentials::OAuthConsumer { secret, .. } => secret.expose_secret().hash(&mut h),
         Credentials::ApiToken { token, .. } => token.expose_secret().hash(&mut h),
@@ -149,7 +149,7 @@ impl Hub {
         credentials: Credentials,
         scope: &RunnerScope,
     ) -> Result<Client, Error> {
-        let key = fingerprint(&credentials);
+        let key = fingerprint(&credentials, &self.base.identity_key);
         let client = {
             let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
             match clients.get(&key) {

@@ -102,6 +102,68 @@ async fn cluster_id(client: &Client, given: Option<ClusterId>) -> Result<Cluster
         .context("the kube-system namespace has no usable UID; give --cluster-id")
 }
 
+/// The Secret, in the operator's namespace, holding the key of the pools' API identities.
+pub const IDENTITY_KEY_SECRET: &str = "bbrunner-identity-key";
+
+/// The key of the pools' API identities (`status.apiIdentity`, the budget metric's label):
+/// kept in a Secret of the operator's namespace, so that they stay the same across restarts
+/// and replicas, and made (32 random bytes) by the first operator that finds none. Without
+/// it, an id would be a hash anyone could recompute from a guessed access token.
+async fn identity_key(client: &Client, namespace: &str) -> Result<bitbucket::IdentityKey> {
+    use k8s_openapi::ByteString;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = IDENTITY_KEY_SECRET;
+    for _ in 0..2 {
+        let found = at_startup("reading the identity key", is_transient, || {
+            secrets.get_opt(name)
+        })
+        .await
+        .with_context(|| format!("cannot read the Secret {namespace}/{name}"))?;
+        if let Some(secret) = found {
+            let key = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("key"))
+                .filter(|k| k.0.len() >= 16)
+                .with_context(|| format!("the Secret {namespace}/{name} holds no key of 16 bytes or more; delete it, and the operator makes a new one (the pools' status.apiIdentity then changes)"))?;
+            return Ok(bitbucket::IdentityKey::new(&key.0));
+        }
+        let key = bitbucket::IdentityKey::random();
+        let secret: Secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        "bbrunner".to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            data: Some([("key".to_owned(), ByteString(key.as_bytes().to_vec()))].into()),
+            ..Default::default()
+        };
+        match secrets.create(&Default::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(
+                    namespace,
+                    secret = name,
+                    "created the key of the pools' API identities"
+                );
+                return Ok(key);
+            }
+            // Another replica made it first: read theirs.
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create the Secret {namespace}/{name}"));
+            }
+        }
+    }
+    anyhow::bail!("the Secret {namespace}/{name} was created and is gone again")
+}
+
 /// Run until `shutdown` is cancelled.
 pub async fn run(client: Client, options: Options, shutdown: CancellationToken) -> Result<()> {
     let metrics = metrics::Metrics::new();
@@ -145,6 +207,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
             .parse()
             .context("--bitbucket-auth-url is not a URL")?,
         budget: options.budget,
+        identity_key: identity_key(&client, &options.lease_namespace).await?,
         ..bitbucket::Config::default()
     };
     let cluster = cluster_id(&client, options.cluster_id.clone()).await?;

@@ -775,3 +775,55 @@ async fn a_fixed_credentials_secret_brings_a_runner_online_within_20_s() {
     .await;
     assert!(fixed_at.elapsed() < Duration::from_secs(20));
 }
+
+/// `status.apiIdentity` is keyed with a key of the cluster's own, kept in a Secret of the
+/// operator's namespace: the same across operator restarts, and not recomputable from a
+/// guessed token without that key.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_identities_are_keyed_with_the_cluster_s_own_key_and_survive_restarts() {
+    let (world, op) = pool_online("identity-key", 1).await;
+    let identity = || async {
+        world.status("builds").await["apiIdentity"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    eventually("an API identity in the status", 20, || async {
+        identity().await.is_some()
+    })
+    .await;
+    let first = identity().await.unwrap();
+    let secret = Api::<Secret>::namespaced(world.client.clone(), "default")
+        .get("bbrunner-identity-key")
+        .await
+        .unwrap();
+    let key = secret.data.unwrap()["key"].0.clone();
+    assert_eq!(key.len(), 32, "32 random bytes");
+    let consumer = bitbucket::Credentials::OAuthConsumer {
+        key: "key".into(),
+        secret: "consumer-secret".to_owned().into(),
+    };
+    assert_eq!(
+        first,
+        consumer.opaque_id(&bitbucket::IdentityKey::new(&key)),
+        "the id is the HMAC of the principal with the Secret's key"
+    );
+    // Another key (a guesser's) gives another id.
+    assert_ne!(first, consumer.opaque_id(&bitbucket::IdentityKey::random()));
+    // A new operator reads the key back: the pool's identity does not change.
+    drop(op);
+    world
+        .pools()
+        .patch_status(
+            "builds",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"apiIdentity": null}})),
+        )
+        .await
+        .unwrap();
+    let _op = world.operator(&[]);
+    eventually("the identity written again", 20, || async {
+        identity().await.is_some()
+    })
+    .await;
+    assert_eq!(identity().await.unwrap(), first);
+}
