@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    LocalObjectReference, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+    Affinity, Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, Lifecycle, LifecycleHandler,
+    LocalObjectReference, ObjectFieldSelector, PodSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecurityContext, Toleration, TopologySpreadConstraint,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use thiserror::Error;
@@ -450,6 +452,23 @@ fn with_ephemeral_storage(
 const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 
 const VOLUME_WORK: &str = "work";
+/// The pod's own annotations, as the kubelet writes them (the downward API), for the drain.
+const VOLUME_POD_INFO: &str = "pod-info";
+const POD_INFO_DIRECTORY: &str = "/etc/bbrunner/pod";
+
+/// The annotation the operator sets on a runner pod while its runner runs a step (`"true"`),
+/// and removes once it is idle: while it is set, the runner container's preStop hook holds
+/// the pod's termination, so that deleting the pod (its namespace deleted, a node drained, a
+/// `kubectl delete`) lets the step end first.
+pub const ANNOTATION_BUSY: &str = "bbrunner.dev/busy";
+
+/// How long a busy runner's pod may drain when deleted: Bitbucket stops a step at two hours,
+/// so no step outlasts it; a minute more for the runner to report the step's end. Past it,
+/// the kubelet stops the pod and the step is interrupted.
+pub const DRAIN_SECONDS: i64 = 2 * 3600 + 60;
+
+/// The runner container's preStop hook: wait while the pod is marked busy.
+pub const DRAIN_HOOK: &str = r#"while grep -q '^bbrunner.dev/busy="true"$' /etc/bbrunner/pod/annotations 2>/dev/null; do sleep 5; done"#;
 /// Where dind's socket, its data and the steps' logs are mounted.
 const DOCKER_SOCKET_DIRECTORY: &str = "/var/run";
 const DOCKER_DATA_DIRECTORY: &str = "/var/lib/docker";
@@ -595,7 +614,19 @@ fn runner_container(config: &RunnerPodConfig) -> Container {
             mount(VOLUME_DOCKER_RUN, DOCKER_SOCKET_DIRECTORY, false),
             // The runner reads step logs here; it must never write them.
             mount(VOLUME_DOCKER_CONTAINERS, DOCKER_CONTAINERS_DIRECTORY, true),
+            mount(VOLUME_POD_INFO, POD_INFO_DIRECTORY, true),
         ]),
+        // A deleted pod whose runner is busy waits for the step's end (up to
+        // DRAIN_SECONDS): the container gets no SIGTERM before the hook returns.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["/bin/sh".into(), "-c".into(), DRAIN_HOOK.into()]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -641,8 +672,24 @@ pub fn runner_pod_spec(config: &RunnerPodConfig) -> PodSpec {
             ]
             .into_iter()
             .map(|volume| empty_dir(volume, config.disk().volume_limit(volume)))
+            .chain([Volume {
+                name: VOLUME_POD_INFO.to_owned(),
+                downward_api: Some(DownwardAPIVolumeSource {
+                    items: Some(vec![DownwardAPIVolumeFile {
+                        path: "annotations".to_owned(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.annotations".to_owned(),
+                            api_version: None,
+                        }),
+                        ..Default::default()
+                    }]),
+                    default_mode: None,
+                }),
+                ..Default::default()
+            }])
             .collect(),
         ),
+        termination_grace_period_seconds: Some(DRAIN_SECONDS),
         // The runner never talks to Kubernetes; a token beside a privileged daemon is a gift.
         automount_service_account_token: Some(false),
         node_selector: p.node_selector,

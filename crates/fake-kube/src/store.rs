@@ -28,6 +28,12 @@ pub struct Store {
     pub events: broadcast::Sender<Arc<WatchEvent>>,
 }
 
+/// The time `seconds` from now, in RFC 3339 to the second.
+fn in_seconds(seconds: i64) -> String {
+    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds.max(0));
+    at.round(jiff::Unit::Second).unwrap_or(at).to_string()
+}
+
 fn now_rfc3339() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)
@@ -547,7 +553,6 @@ impl Store {
             && !terminal;
         if has_finalizers || graceful_pod || rt.kind == "Namespace" {
             if current["metadata"]["deletionTimestamp"].is_null() {
-                current["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
                 // Only pods have a grace period; everything else waits for its finalizers.
                 let grace = if rt.kind == "Pod" {
                     grace_seconds
@@ -556,6 +561,9 @@ impl Store {
                 } else {
                     0
                 };
+                // As the API server writes it: when the grace period ends, the time by which
+                // the kubelet must have stopped the pod.
+                current["metadata"]["deletionTimestamp"] = json!(in_seconds(grace));
                 current["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
                 if rt.kind == "Namespace" {
                     current["status"]["phase"] = json!("Terminating");

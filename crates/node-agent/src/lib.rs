@@ -79,6 +79,8 @@ struct PodRun {
     /// Starting (waiting out the latency, or for its Secrets), or deleting it.
     task: Option<JoinHandle<()>>,
     deleting: bool,
+    /// Deleted, but held by its preStop hook until the deletion's deadline at most.
+    draining: bool,
 }
 
 impl Drop for PodRun {
@@ -388,19 +390,31 @@ fn on_pod(client: &Client, node: &str, shared: &Arc<Shared>, pod: Pod) {
     if pods.get(&k).is_some_and(|run| run.uid != uid) {
         pods.remove(&k);
     }
-    if pod.metadata.deletion_timestamp.is_some() {
+    if let Some(deleted) = &pod.metadata.deletion_timestamp {
         let run = pods
             .entry(k.clone())
             .or_insert_with(|| PodRun::new(&uid, node));
-        if !run.deleting {
-            run.deleting = true;
-            // Its containers stop (a runner agent exits on SIGTERM); then the pod goes.
-            run.runner = None;
-            if let Some(starting) = run.task.take() {
-                starting.abort();
-            }
-            run.task = Some(tokio::spawn(finish_deletion(client.clone(), k, uid)));
+        if run.deleting {
+            return;
         }
+        if drain_holds(&pod) {
+            // The preStop hook holds the containers until the mark goes, or the grace ends.
+            if !run.draining {
+                run.draining = true;
+                let deadline = deleted.0;
+                let (client, shared, k, uid) = (client.clone(), shared.clone(), k.clone(), uid);
+                tokio::spawn(async move {
+                    let left = deadline.duration_since(jiff::Timestamp::now());
+                    let left = std::time::Duration::try_from(left).unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                    if let Some(run) = shared.pods().get_mut(&k).filter(|r| r.uid == uid) {
+                        run.stop(&client, k, uid);
+                    }
+                });
+            }
+            return;
+        }
+        run.stop(client, k, uid);
         return;
     }
     match phase.as_str() {
@@ -432,8 +446,45 @@ impl PodRun {
             outputs: BTreeMap::new(),
             task: None,
             deleting: false,
+            draining: false,
         }
     }
+
+    /// Its containers stop (a runner agent exits on SIGTERM); then the pod goes.
+    fn stop(&mut self, client: &Client, k: PodKey, uid: String) {
+        if self.deleting {
+            return;
+        }
+        self.deleting = true;
+        self.runner = None;
+        if let Some(starting) = self.task.take() {
+            starting.abort();
+        }
+        self.task = Some(tokio::spawn(finish_deletion(client.clone(), k, uid)));
+    }
+}
+
+/// Whether a deleted pod's preStop hook still holds its containers. The agent runs no shell:
+/// it knows one hook, a wait while an annotation of the pod reads `"true"` (`while grep -q
+/// '^KEY="true"$' <the downward API's annotations file>; do sleep N; done`), as bbrunner's
+/// runner pods carry to let a busy runner's step end, and holds the pod while it would.
+fn drain_holds(pod: &Pod) -> bool {
+    let waits_on = pod.spec.iter().flat_map(|s| &s.containers).find_map(|c| {
+        let command = c
+            .lifecycle
+            .as_ref()?
+            .pre_stop
+            .as_ref()?
+            .exec
+            .as_ref()?
+            .command
+            .as_ref()?;
+        let script = command.last()?;
+        let (_, rest) = script.split_once("grep -q '^")?;
+        let (key, _) = rest.split_once("=\"true\"$'")?;
+        Some(key.to_owned())
+    });
+    waits_on.is_some_and(|key| pod.annotations().get(&key).is_some_and(|v| v == "true"))
 }
 
 /// The kubelet's last word on a deleted pod: its containers have stopped, so it goes now.

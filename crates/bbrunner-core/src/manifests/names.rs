@@ -190,9 +190,12 @@ pub(crate) fn validate_working_directory(path: &str) -> Result<(), ManifestError
         DOCKER_SOCKET_DIRECTORY,
         DOCKER_DATA_DIRECTORY,
         DOCKER_CONTAINERS_DIRECTORY,
+        POD_INFO_DIRECTORY,
     ] {
         if within(mounted, &normal) || within(&normal, mounted) {
-            return fail("it overlaps the pod's Docker mounts (/var/run, /var/lib/docker)");
+            return fail(
+                "it overlaps the pod's own mounts (/var/run, /var/lib/docker, /etc/bbrunner/pod)",
+            );
         }
     }
     Ok(())

@@ -497,11 +497,13 @@ fn quantities(
     )
 }
 
+/// Every emptyDir's size limit (the downward API's small volume of annotations has none).
 fn size_limits(spec: &PodSpec) -> Vec<(String, String)> {
     spec.volumes
         .as_ref()
         .unwrap()
         .iter()
+        .filter(|v| v.downward_api.is_none())
         .map(|v| {
             let limit = v.empty_dir.as_ref().unwrap().size_limit.as_ref().unwrap();
             (v.name.clone(), limit.0.clone())
@@ -646,4 +648,51 @@ fn selectors_and_tolerations_follow_the_api_server_s_label_rules() {
     ] {
         assert!(validate_placement(&bad).is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn a_deleted_runner_pod_waits_for_its_step_while_marked_busy() {
+    let r = rendered(&options());
+    let spec = pod(&r);
+    assert_eq!(spec.termination_grace_period_seconds, Some(DRAIN_SECONDS));
+    let runner = &spec.containers[0];
+    let hook = runner
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .pre_stop
+        .as_ref()
+        .unwrap();
+    let command = hook.exec.as_ref().unwrap().command.as_ref().unwrap();
+    assert_eq!(command.last().unwrap(), DRAIN_HOOK);
+    assert!(DRAIN_HOOK.contains(&format!("'^{ANNOTATION_BUSY}=\"true\"$'")));
+    // The annotations the hook reads, as the kubelet writes them.
+    let mounted = runner
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "pod-info")
+        .unwrap();
+    assert!(DRAIN_HOOK.contains(&format!("{}/annotations", mounted.mount_path)));
+    assert_eq!(mounted.read_only, Some(true));
+    let volume = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "pod-info")
+        .unwrap();
+    let file = &volume
+        .downward_api
+        .as_ref()
+        .unwrap()
+        .items
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(file.path, "annotations");
+    assert_eq!(
+        file.field_ref.as_ref().unwrap().field_path,
+        "metadata.annotations"
+    );
 }

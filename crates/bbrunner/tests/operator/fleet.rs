@@ -294,6 +294,56 @@ async fn a_pool_deleted_together_with_its_credentials_removes_its_runners() {
     delete_pool_and_see_everything_go(&world).await;
 }
 
+/// A namespace deleted while a runner runs a step: Kubernetes deletes the runner's pod with
+/// the rest, but the pod is marked busy, so its preStop hook holds it until the step ends;
+/// then the runner goes from Bitbucket and the namespace with it. No step is interrupted.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_namespace_lets_a_busy_runner_finish_its_step() {
+    let (world, _op) = pool_online("namespace-drain", 1).await;
+    // Ten minutes on the fake's clock: twenty seconds here.
+    world.submit(1, 600.0);
+    eventually("the runner busy and its pod marked", 20, || async {
+        world.pods().await.iter().any(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.get("bbrunner.dev/busy").is_some_and(|v| v == "true"))
+        })
+    })
+    .await;
+    Api::<Namespace>::all(world.client.clone())
+        .delete(NS, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the pod deleted but held", 10, || async {
+        world
+            .pods()
+            .await
+            .iter()
+            .any(|p| p.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    eventually("the step done", 40, || async {
+        world.steps(StepState::Running) == 0
+    })
+    .await;
+    assert_eq!(
+        world.steps(StepState::Completed),
+        1,
+        "the step did not end well"
+    );
+    assert_eq!(world.steps(StepState::Interrupted), 0);
+    eventually("runners and namespace gone", 40, || async {
+        world.runners().is_empty()
+            && Api::<Namespace>::all(world.client.clone())
+                .get_opt(NS)
+                .await
+                .unwrap()
+                .is_none()
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_the_namespace_removes_its_pools_runners() {
     let (world, _op) = pool_online("delete-namespace", 2).await;

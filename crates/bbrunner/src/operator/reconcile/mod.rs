@@ -1,6 +1,7 @@
 //! One reconcile of one pool: observe (Kubernetes and Bitbucket) → plan (pure, in the core)
 //! → execute → status. Every step is safe to interrupt: the next reconcile observes again.
 
+mod drain;
 mod error;
 mod execute;
 mod finalizers;
@@ -383,7 +384,8 @@ async fn reconcile_managed(
         scope: &scope,
         identity: &identity,
     };
-    let observation = observe_managed(ctx, pool, valid, &bitbucket).await?;
+    let (observation, marks) = observe_managed(ctx, pool, valid, &bitbucket).await?;
+    drain::mark_busy_pods(ctx, &ns, &marks, &observation.runners).await;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
     let changed = execute(ctx, pool, valid, &bitbucket, &planned).await;

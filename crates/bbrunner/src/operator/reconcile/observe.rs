@@ -418,7 +418,7 @@ pub(super) async fn observe_managed(
     pool: &RunnerPool,
     valid: &ValidPool,
     bitbucket: &PoolBitbucket<'_>,
-) -> Result<Observation, ReconcileError> {
+) -> Result<(Observation, Vec<super::drain::PodMark>), ReconcileError> {
     let PoolBitbucket {
         client,
         scope,
@@ -441,6 +441,7 @@ pub(super) async fn observe_managed(
         .await
         .map_err(from_bitbucket)?;
     let (pods, secrets) = pool_objects(ctx, pool).await?;
+    let marks = super::drain::pod_marks(&pods);
     let observed_pods: Vec<ObservedPod> = pods
         .iter()
         .filter_map(|p| observe_pod(p, &ctx.clock))
@@ -475,7 +476,7 @@ pub(super) async fn observe_managed(
     let queued = queued_steps(ctx, pool, client, valid).await;
     let ahead = runners_ahead(ctx, pool, valid, client, &observed_pods).await;
     let status = pool.status.clone().unwrap_or_default();
-    Ok(Observation {
+    let observation = Observation {
         now: ctx.clock.now(),
         runners,
         runners_fetched_at: ctx.clock.at(listed.fetched_at),
@@ -497,7 +498,8 @@ pub(super) async fn observe_managed(
         queued,
         ahead,
         scope_room: RUNNERS_PER_SCOPE.saturating_sub(listed.runners.len() as u32),
-    })
+    };
+    Ok((observation, marks))
 }
 
 /// The pool as the planner needs it, at `now`.
