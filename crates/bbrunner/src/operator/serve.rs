@@ -3,21 +3,22 @@
 //! for a connection, so that held or slow connections cannot exhaust memory or descriptors
 //! (which would fail `/readyz` and get a healthy operator restarted).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// How much a server takes.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections served at once; one past it is closed as it is accepted.
+    /// Connections served at once; one past it closes the oldest, so that a probe or a
+    /// scrape always gets in however many connections others hold.
     pub connections: usize,
     /// A request's headers must arrive within this.
     pub header_timeout: Duration,
@@ -41,9 +42,16 @@ const DRAIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// The connections open, oldest first, each with what closes it.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    closers: BTreeMap<u64, CancellationToken>,
+}
+
 /// Serve `router` on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(limits.connections));
+    let open = Arc::new(Mutex::new(Open::default()));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -58,26 +66,51 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
+        // At the cap, the oldest goes: a held or slow connection cannot keep a newer one (the
+        // kubelet's probe) out for longer than it takes to arrive.
+        let (id, closer) = {
+            let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+            while open.closers.len() >= limits.connections.max(1) {
+                if let Some((_, oldest)) = open.closers.pop_first() {
+                    oldest.cancel();
+                }
+            }
+            let id = open.next;
+            open.next += 1;
+            let closer = stop.child_token();
+            open.closers.insert(id, closer.clone());
+            (id, closer)
         };
         let service = TowerToHyperService::new(router.clone().layer(axum::Extension(Peer(peer))));
-        let stop = stop.clone();
+        let open = open.clone();
+        let stopping = stop.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
-                _ = connection.as_mut() => return,
-                _ = tokio::time::sleep(limits.lifetime) => {}
-                _ = stop.cancelled() => {}
+                _ = connection.as_mut() => {}
+                // Its time is up: the request in flight may finish.
+                _ = tokio::time::sleep(limits.lifetime) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, connection).await;
+                }
+                // Made room for a newer one: closed at once, since a connection still sending
+                // its headers would hold on until their deadline. When the server stops, the
+                // request in flight may finish.
+                _ = closer.cancelled() => {
+                    if stopping.is_cancelled() {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(DRAIN, connection).await;
+                    }
+                }
             }
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN, connection).await;
+            open.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .closers
+                .remove(&id);
         });
     }
 }
@@ -142,22 +175,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_past_the_cap_are_refused_and_served_again_once_freed() {
+    async fn past_the_cap_the_oldest_connection_makes_room_for_a_new_one() {
         let (addr, stop) = server().await;
+        // Connections sending their headers slowly, three times the cap.
         let mut held = Vec::new();
-        for _ in 0..SMALL.connections {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..3 * SMALL.connections {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
             held.push(stream);
         }
-        // Give the server time to take them all.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(get_root(addr).await, None, "one past the cap was served");
-        drop(held);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let answer = get_root(addr)
-            .await
-            .expect("served once connections are freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A probe still gets in, at once.
+        let answer = get_root(addr).await.expect("a new connection is served");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The older ones were closed to make room; at most the cap's worth stay open.
+        let mut closed = 0;
+        for stream in &mut held {
+            if closed_within(stream, Duration::from_millis(20)).await {
+                closed += 1;
+            }
+        }
+        assert!(closed >= held.len() - SMALL.connections, "{closed} closed");
         stop.cancel();
     }
 }

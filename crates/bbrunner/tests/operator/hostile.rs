@@ -229,3 +229,70 @@ async fn static_pools_sharing_a_registration_run_one_pod() {
         "two agents polled as one runner"
     );
 }
+
+/// 1,500 connections to the metrics port sending their headers slowly, as a slowloris
+/// would: `/readyz` still answers (the kubelet would otherwise restart a healthy operator),
+/// the operator stays small, and the server closes at least nine in ten of them within a
+/// minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_connections_leave_readyz_answering_and_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let world = World::start("slowloris").await;
+    let addr = free_local_addr();
+    let op = world.operator(&["--metrics-addr", &addr]);
+    eventually("the operator ready", 20, || async {
+        reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..1500 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // Headers started and never finished.
+        let _ = stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await;
+        slow.push(stream);
+    }
+    let ready = tokio::time::timeout(
+        Duration::from_secs(5),
+        reqwest::get(format!("http://{addr}/readyz")),
+    )
+    .await;
+    assert!(
+        matches!(&ready, Ok(Ok(r)) if r.status().is_success()),
+        "/readyz did not answer under 1,500 slow connections: {ready:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", op.0.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kib <= 120 * 1024, "the operator holds {rss_kib} KiB");
+    // Within a minute (the header deadline is 10 s), the server has closed them.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut closed = 0;
+    for stream in &mut slow {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut buf)).await {
+            // End of stream, a reset, or an answer (a 408) before the close: the server's doing.
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(_)) => {
+                if matches!(
+                    tokio::time::timeout(Duration::from_millis(20), stream.read(&mut buf)).await,
+                    Ok(Ok(0)) | Ok(Err(_))
+                ) {
+                    closed += 1;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(
+        closed * 10 >= slow.len() * 9,
+        "{closed} of {} closed",
+        slow.len()
+    );
+}
