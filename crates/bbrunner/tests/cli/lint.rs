@@ -562,4 +562,15 @@ fn yaml_bombs_are_refused_in_the_pools_and_the_pipelines() {
     let run = bbrunner(&["lint", case.file.to_str().unwrap()], "");
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("YAML bomb"), "{}", run.stderr);
+    // Refused within 512 MB of address space (util-linux's prlimit; expanded, the bomb
+    // would take gigabytes).
+    let capped = std::process::Command::new("prlimit")
+        .arg("--as=536870912")
+        .arg(env!("CARGO_BIN_EXE_bbrunner"))
+        .args(["lint", case.file.to_str().unwrap()])
+        .output()
+        .expect("prlimit (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&capped.stderr);
+    assert_eq!(capped.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("YAML bomb"), "{stderr}");
 }
