@@ -36,6 +36,72 @@ impl ReconcileError {
     }
 }
 
+/// Reconciles of each pool that failed in a row, for the backoff.
+#[derive(Default)]
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<(String, String), u32>>);
+
+impl Failures {
+    /// A reconcile of `pool` ended: a success clears its count, a failure adds one.
+    pub(super) fn record(&self, pool: &(String, String), ok: bool) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            counts.remove(pool);
+        } else {
+            *counts.entry(pool.clone()).or_default() += 1;
+        }
+    }
+
+    fn count(&self, pool: &(String, String)) -> u32 {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// `pool` is gone.
+    pub(super) fn forget(&self, pool: &(String, String)) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pool);
+    }
+}
+
+/// Requeue policy on errors: as the error says, but never later than the pool's next poll
+/// for transient failures, so that a pool recovers within a poll once the fault is gone.
+pub fn error_policy(
+    object: Arc<DynamicObject>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Requeue {
+    let pool = read_pool(&object).unwrap_or_else(|unreadable| unreadable.stand_in);
+    let poll = pool
+        .spec
+        .scaling
+        .resolve()
+        .map(|s| poll_period(&ctx, &s))
+        .unwrap_or(Duration::from_secs(15));
+    let nominal = match error {
+        ReconcileError::Kube(_) => error.retry().min(poll),
+        ReconcileError::Degraded {
+            reason: Reason::ApiUnreachable,
+            ..
+        } => error.retry().min(poll),
+        _ => error.retry(),
+    };
+    let failures = ctx
+        .failures
+        .count(&(pool.namespace().unwrap_or_default(), pool.name_any()));
+    let spread = fastrand::f64();
+    Requeue::requeue(match error.reason() {
+        // Bitbucket said when: never sooner, only spread later.
+        Reason::RateLimited => nominal.mul_f64(1.0 + 0.2 * spread),
+        _ => backoff(nominal, failures, spread),
+    })
+}
+
 /// The wait before retrying a pool after its `failures`-th failure in a row: from an eighth
 /// of the error's own wait (`nominal`), doubling with each failure up to it, spread by ±20%
 /// (`spread` in [0, 1)) so that pools failing together do not retry together. A Secret fixed

@@ -158,6 +158,46 @@ pub async fn release_unused_credentials(ctx: &Context, namespace: Option<&str>) 
     }
 }
 
+/// The pool's runners are gone: forget its metrics, release its credentials, let it go.
+pub(super) async fn finish_deletion(
+    ctx: &Context,
+    pool: &RunnerPool,
+    api: &Api<DynamicObject>,
+) -> Result<Requeue, ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    // The pool's finalizer first: while it stays, the pool may need its credentials again.
+    remove_finalizer_from(api, &pool.metadata, pool::FINALIZER).await?;
+    let held = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials_secret.clone());
+    if let Some(secret) = held {
+        // No reconcile of this pool follows: a failure here is retried at once, and what
+        // still fails is released when the operator next starts leading.
+        let mut attempts = 0;
+        while let Err(e) = release_credentials(ctx, &ns, &secret, Some(&name)).await {
+            attempts += 1;
+            if attempts == 3 {
+                tracing::warn!(namespace = %ns, secret = %secret, error = %e, "cannot release the credentials Secret");
+                break;
+            }
+        }
+    }
+    ctx.metrics.forget_pool(&ns, &name);
+    ctx.hub.forget_pool(&(ns.clone(), name.clone()));
+    ctx.demand.forget(&ns, &name);
+    ctx.registrations.forget(&(ns.clone(), name.clone()));
+    ctx.secret_references.set(&ns, &name, &[]);
+    ctx.failures.forget(&(ns.clone(), name.clone()));
+    ctx.queue_waits
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .forget(&format!("{ns}/{name}"));
+    tracing::info!("pool deleted: its runners are gone from Bitbucket");
+    Ok(Requeue::await_change())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixture;

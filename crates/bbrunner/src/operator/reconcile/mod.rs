@@ -6,12 +6,13 @@ mod error;
 mod execute;
 mod finalizers;
 mod observe;
+mod poll;
 mod references;
 mod registrations;
 mod static_pool;
 mod status;
 
-pub use error::ReconcileError;
+pub use error::{ReconcileError, error_policy};
 pub use finalizers::release_unused_credentials;
 pub use observe::{credentials_from_secret, pools_resource, read_pool};
 
@@ -19,6 +20,7 @@ use error::*;
 use execute::*;
 use finalizers::*;
 use observe::*;
+use poll::*;
 use static_pool::*;
 use status::*;
 
@@ -84,35 +86,10 @@ pub struct Context {
     /// Which pools read which Secrets: a change to one wakes them.
     pub secret_references: references::SecretReferences,
     /// Reconciles of each pool that failed in a row, for the backoff.
-    pub failures: Mutex<std::collections::HashMap<(String, String), u32>>,
+    pub failures: error::Failures,
 }
 
 pub use registrations::Registrations;
-
-/// A managed pool's poll interval, in the operator's seconds: its own, or longer where its
-/// identity's pools would spend more than their share of the budget on runner lists
-/// ([`bbrunner_core::scaling::fair_poll_interval`]).
-fn poll_in_effect(
-    ctx: &Context,
-    scaling: &bbrunner_core::scaling::Scaling,
-    client: &bitbucket::Client,
-) -> f64 {
-    scaling.poll_interval.max(fair_poll(ctx, client))
-}
-
-/// The shortest poll interval the client's identity allows its pools now.
-fn fair_poll(ctx: &Context, client: &bitbucket::Client) -> f64 {
-    bbrunner_core::scaling::fair_poll_interval(
-        client.budget_requests(),
-        ctx.hub.scopes_of(&client.opaque_id()),
-    )
-}
-
-/// Real time between a pool's polls: its interval on the operator's clock.
-fn poll_period(ctx: &Context, scaling: &bbrunner_core::scaling::Scaling) -> Duration {
-    ctx.clock
-        .real(Duration::from_secs_f64(scaling.poll_interval.max(1.0)))
-}
 
 /// Entry point for both normal reconciles and finalizer cleanup.
 pub async fn reconcile(
@@ -141,16 +118,10 @@ pub async fn reconcile(
         ctx.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
-        {
-            let key = (pool.namespace().unwrap_or_default(), pool.name_any());
-            let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-            match &result {
-                Ok(_) => {
-                    failures.remove(&key);
-                }
-                Err(_) => *failures.entry(key).or_default() += 1,
-            }
-        }
+        ctx.failures.record(
+            &(pool.namespace().unwrap_or_default(), pool.name_any()),
+            result.is_ok(),
+        );
         if let Err(e) = &result {
             tracing::warn!(reason = %e.reason(), error = %e, "reconcile failed");
             let pool_gone = matches!(e, ReconcileError::Kube(kube::Error::Api(s)) if s.code == 404);
@@ -263,45 +234,6 @@ async fn reconcile_inner(pool: &RunnerPool, ctx: &Context) -> Result<Requeue, Re
         PoolMode::Static => reconcile_static(pool, ctx, &valid).await,
         PoolMode::Managed => reconcile_managed(pool, ctx, &valid, &api).await,
     }
-}
-
-/// The pool's runners are gone: forget its metrics, release its credentials, let it go.
-async fn finish_deletion(
-    ctx: &Context,
-    pool: &RunnerPool,
-    api: &Api<DynamicObject>,
-) -> Result<Requeue, ReconcileError> {
-    let ns = pool.namespace().unwrap_or_default();
-    let name = pool.name_any();
-    // The pool's finalizer first: while it stays, the pool may need its credentials again.
-    remove_finalizer_from(api, &pool.metadata, pool::FINALIZER).await?;
-    let held = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.credentials_secret.clone());
-    if let Some(secret) = held {
-        // No reconcile of this pool follows: a failure here is retried at once, and what
-        // still fails is released when the operator next starts leading.
-        let mut attempts = 0;
-        while let Err(e) = release_credentials(ctx, &ns, &secret, Some(&name)).await {
-            attempts += 1;
-            if attempts == 3 {
-                tracing::warn!(namespace = %ns, secret = %secret, error = %e, "cannot release the credentials Secret");
-                break;
-            }
-        }
-    }
-    ctx.metrics.forget_pool(&ns, &name);
-    ctx.hub.forget_pool(&(ns.clone(), name.clone()));
-    ctx.demand.forget(&ns, &name);
-    ctx.registrations.forget(&(ns.clone(), name.clone()));
-    ctx.secret_references.set(&ns, &name, &[]);
-    ctx.queue_waits
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .forget(&format!("{ns}/{name}"));
-    tracing::info!("pool deleted: its runners are gone from Bitbucket");
-    Ok(Requeue::await_change())
 }
 
 async fn reconcile_managed(
@@ -429,43 +361,6 @@ async fn reconcile_managed(
     report.problem = planned.problem(deleting_credentials.as_deref());
     write_status(ctx, pool, report).await?;
     Ok(Requeue::requeue(poll))
-}
-
-/// Requeue policy on errors: as the error says, but never later than the pool's next poll
-/// for transient failures, so that a pool recovers within a poll once the fault is gone.
-pub fn error_policy(
-    object: Arc<DynamicObject>,
-    error: &ReconcileError,
-    ctx: Arc<Context>,
-) -> Requeue {
-    let pool = read_pool(&object).unwrap_or_else(|unreadable| unreadable.stand_in);
-    let poll = pool
-        .spec
-        .scaling
-        .resolve()
-        .map(|s| poll_period(&ctx, &s))
-        .unwrap_or(Duration::from_secs(15));
-    let nominal = match error {
-        ReconcileError::Kube(_) => error.retry().min(poll),
-        ReconcileError::Degraded {
-            reason: Reason::ApiUnreachable,
-            ..
-        } => error.retry().min(poll),
-        _ => error.retry(),
-    };
-    let failures = ctx
-        .failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&(pool.namespace().unwrap_or_default(), pool.name_any()))
-        .copied()
-        .unwrap_or(1);
-    let spread = fastrand::f64();
-    Requeue::requeue(match error.reason() {
-        // Bitbucket said when: never sooner, only spread later.
-        Reason::RateLimited => nominal.mul_f64(1.0 + 0.2 * spread),
-        _ => error::backoff(nominal, failures, spread),
-    })
 }
 
 #[cfg(test)]
