@@ -9,6 +9,27 @@ use crate::Error;
 use crate::model::PipelineStep;
 
 impl Client {
+    /// Every step of one pipeline, as `T` reads them.
+    async fn pipeline_steps<T: serde::de::DeserializeOwned>(
+        &self,
+        workspace: &str,
+        repository: &str,
+        pipeline: &str,
+    ) -> Result<Vec<T>, Error> {
+        let mut url = self.api_url(&[
+            "2.0",
+            "repositories",
+            workspace,
+            repository,
+            "pipelines",
+            pipeline,
+            "steps",
+        ]);
+        url.query_pairs_mut().append_pair("pagelen", "100");
+        let what = format!("listing the steps of pipeline {pipeline}");
+        self.list_all("list_steps", url, &what).await
+    }
+
     /// Steps of a repository's pending and in-progress pipelines that have not finished.
     pub async fn active_steps(
         &self,
@@ -40,18 +61,9 @@ impl Client {
         let pipelines: Vec<Pipeline> = self.list_all("list_pipelines", url, &what).await?;
         let mut steps = Vec::new();
         for pipeline in pipelines {
-            let mut url = self.api_url(&[
-                "2.0",
-                "repositories",
-                workspace,
-                repository,
-                "pipelines",
-                &pipeline.uuid,
-                "steps",
-            ]);
-            url.query_pairs_mut().append_pair("pagelen", "100");
-            let what = format!("listing the steps of pipeline {}", pipeline.uuid);
-            let page: Vec<Step> = self.list_all("list_steps", url, &what).await?;
+            let page: Vec<Step> = self
+                .pipeline_steps(workspace, repository, &pipeline.uuid)
+                .await?;
             steps.extend(
                 page.into_iter()
                     .filter(|s| s.state.name != "COMPLETED")
@@ -170,18 +182,9 @@ impl Client {
                 what: format!("the pipeline of {commit} in {workspace}/{repository}"),
             });
         };
-        let mut url = self.api_url(&[
-            "2.0",
-            "repositories",
-            workspace,
-            repository,
-            "pipelines",
-            &pipeline.uuid,
-            "steps",
-        ]);
-        url.query_pairs_mut().append_pair("pagelen", "100");
-        let what = format!("the steps of pipeline {}", pipeline.uuid);
-        let steps: Vec<Step> = self.list_all("list_steps", url, &what).await?;
+        let steps: Vec<Step> = self
+            .pipeline_steps(workspace, repository, &pipeline.uuid)
+            .await?;
         Ok(steps
             .into_iter()
             .filter_map(|s| Some((s.name?, s.duration_in_seconds?)))
