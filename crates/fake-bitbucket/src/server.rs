@@ -288,22 +288,14 @@ fn router(app: Arc<App>) -> Router {
         .merge(runners("/internal/repositories/{ws}/{repo}"))
         .route("/2.0/workspaces/{ws}", get(get_workspace))
         .route("/2.0/repositories/{ws}/{repo}", get(get_repository))
-        .route(
+        .merge(with_and_without_slash(
             "/2.0/repositories/{ws}/{repo}/pipelines",
             get(pipelines::list_pipelines),
-        )
-        .route(
-            "/2.0/repositories/{ws}/{repo}/pipelines/",
-            get(pipelines::list_pipelines),
-        )
-        .route(
+        ))
+        .merge(with_and_without_slash(
             "/2.0/repositories/{ws}/{repo}/pipelines/{pipeline}/steps",
             get(pipelines::list_steps),
-        )
-        .route(
-            "/2.0/repositories/{ws}/{repo}/pipelines/{pipeline}/steps/",
-            get(pipelines::list_steps),
-        )
+        ))
         .route(
             "/2.0/repositories/{ws}/{repo}/src/{commit}/{*path}",
             get(pipelines::source_file),
@@ -741,6 +733,16 @@ async fn fake_faults(State(app): State<Arc<App>>) -> Json<Faults> {
 async fn fake_set_faults(State(app): State<Arc<App>>, Json(faults): Json<Faults>) -> Json<Faults> {
     app.world().faults = faults.clone();
     Json(faults)
+}
+
+/// A list route as Bitbucket serves it: with or without a trailing slash.
+fn with_and_without_slash<S: Clone + Send + Sync + 'static>(
+    path: &str,
+    handler: axum::routing::MethodRouter<S>,
+) -> Router<S> {
+    Router::new()
+        .route(path, handler.clone())
+        .route(&format!("{path}/"), handler)
 }
 
 async fn fake_clock(State(app): State<Arc<App>>) -> Json<Value> {
