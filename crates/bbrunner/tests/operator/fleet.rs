@@ -333,6 +333,11 @@ async fn deleting_the_namespace_lets_a_busy_runner_finish_its_step() {
         "the step did not end well"
     );
     assert_eq!(world.steps(StepState::Interrupted), 0);
+    runners_and_namespace_gone(&world).await;
+}
+
+/// The pool's runners gone from Bitbucket, and its namespace from the cluster.
+async fn runners_and_namespace_gone(world: &World) {
     eventually("runners and namespace gone", 40, || async {
         world.runners().is_empty()
             && Api::<Namespace>::all(world.client.clone())
@@ -351,15 +356,7 @@ async fn deleting_the_namespace_removes_its_pools_runners() {
         .delete(NS, &DeleteParams::default())
         .await
         .unwrap();
-    eventually("runners and namespace gone", 40, || async {
-        world.runners().is_empty()
-            && Api::<Namespace>::all(world.client.clone())
-                .get_opt(NS)
-                .await
-                .unwrap()
-                .is_none()
-    })
-    .await;
+    runners_and_namespace_gone(&world).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
