@@ -669,5 +669,21 @@ pub fn plan_static(wanted: &[RunnerUuid], pods: &[ObservedPod]) -> Vec<Action> {
     actions
 }
 
+/// The runner pods whose busy mark (`manifests::ANNOTATION_BUSY`) differs from their
+/// runner's state, and the mark each should carry: on while the runner runs a step, off
+/// otherwise (a pod whose runner is gone from Bitbucket has nothing to wait for). `pods` are
+/// each pod's name, runner and current mark.
+pub fn busy_marks_to_change(
+    pods: &[(String, RunnerUuid, bool)],
+    runners: &[ObservedRunner],
+) -> Vec<(String, bool)> {
+    let busy: std::collections::BTreeSet<&RunnerUuid> =
+        runners.iter().filter(|r| r.busy).map(|r| &r.uuid).collect();
+    pods.iter()
+        .filter(|(_, runner, marked)| *marked != busy.contains(runner))
+        .map(|(name, _, marked)| (name.clone(), !marked))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

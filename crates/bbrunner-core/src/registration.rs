@@ -45,6 +45,29 @@ impl PartialEq for RunnerRegistration {
     }
 }
 
+/// A pool, by namespace and name.
+pub type PoolKey = (String, String);
+
+/// The pool that holds an imported runner, of those whose pods run it (`pods`: each pod's
+/// pool and creation time, in seconds): the one with the oldest pod, by creation and then by
+/// name, whoever asks; with none, the one `remembered`; else the one asking. One registration
+/// runs in one pod: two agents on one runner take each other's steps.
+pub fn holder(
+    asking: &PoolKey,
+    pods: &[(PoolKey, Option<f64>)],
+    remembered: Option<&PoolKey>,
+) -> PoolKey {
+    pods.iter()
+        .min_by(|(a, at), (b, bt)| {
+            let when = |t: &Option<f64>| t.unwrap_or(f64::INFINITY);
+            when(at).total_cmp(&when(bt)).then_with(|| a.cmp(b))
+        })
+        .map(|(pool, _)| pool)
+        .or(remembered)
+        .unwrap_or(asking)
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +91,30 @@ mod tests {
             ..reg
         };
         assert_eq!(repo.scope(), Scope::Repository);
+    }
+
+    fn key(ns: &str, name: &str) -> PoolKey {
+        (ns.to_owned(), name.to_owned())
+    }
+
+    #[test]
+    fn the_oldest_pod_s_pool_holds_the_runner_whoever_asks() {
+        let pods = [
+            (key("b", "second"), Some(200.0)),
+            (key("a", "first"), Some(100.0)),
+        ];
+        for asking in [key("a", "first"), key("b", "second"), key("c", "third")] {
+            assert_eq!(holder(&asking, &pods, None), key("a", "first"));
+        }
+        // Created in the same second: by namespace and name, the same answer for everyone.
+        let tied = [(key("b", "x"), Some(100.0)), (key("a", "y"), Some(100.0))];
+        assert_eq!(holder(&key("b", "x"), &tied, None), key("a", "y"));
+    }
+
+    #[test]
+    fn without_a_pod_the_remembered_holder_keeps_the_runner_else_the_asker_takes_it() {
+        let first = key("a", "first");
+        assert_eq!(holder(&key("b", "second"), &[], Some(&first)), first);
+        assert_eq!(holder(&key("b", "second"), &[], None), key("b", "second"));
     }
 }

@@ -799,3 +799,32 @@ proptest! {
         prop_assert!(n.min(max) + creates <= max + pool.rollout_surge(), "{:?}", p.actions);
     }
 }
+
+#[test]
+fn only_busy_marks_that_differ_from_the_runner_s_state_change() {
+    let uuid = |n: u8| RunnerUuid::parse(&format!("{n:08}-0000-0000-0000-000000000000")).unwrap();
+    let runner = |n: u8, busy: bool| ObservedRunner {
+        uuid: uuid(n),
+        status: RunnerStatus::Online,
+        busy,
+        status_since: None,
+        labels: None,
+    };
+    let pod = |n: u8, marked: bool| (format!("pod-{n}"), uuid(n), marked);
+    let pods = [pod(1, false), pod(2, true), pod(3, true), pod(4, false)];
+    let runners = [
+        runner(1, true),
+        runner(2, true),
+        runner(3, false),
+        runner(4, false),
+    ];
+    assert_eq!(
+        busy_marks_to_change(&pods, &runners),
+        [("pod-1".to_owned(), true), ("pod-3".to_owned(), false)]
+    );
+    // A pod whose runner is gone from Bitbucket has nothing to wait for.
+    assert_eq!(
+        busy_marks_to_change(&[pod(5, true)], &[]),
+        [("pod-5".to_owned(), false)]
+    );
+}

@@ -3,11 +3,9 @@
 //! that a pod deleted by anyone (its namespace deleted, a node drained, `kubectl delete`)
 //! lets its step end first, up to `manifests::DRAIN_SECONDS`.
 
-use std::collections::BTreeSet;
-
 use bbrunner_core::ids::RunnerUuid;
 use bbrunner_core::manifests::{ANNOTATION_BUSY, LABEL_RUNNER_UUID};
-use bbrunner_core::plan::ObservedRunner;
+use bbrunner_core::plan::{ObservedRunner, busy_marks_to_change};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -15,35 +13,20 @@ use serde_json::json;
 use super::Context;
 use crate::operator::pod_view::PodView;
 
-/// A runner pod and whether it carries the busy mark.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct PodMark {
-    pub name: String,
-    pub runner: RunnerUuid,
-    pub marked: bool,
-}
+/// Each runner pod's name, runner and whether it carries the busy mark.
+pub(super) type PodMark = (String, RunnerUuid, bool);
 
 pub(super) fn pod_marks(pods: &[PodView]) -> Vec<PodMark> {
     pods.iter()
         .filter_map(|pod| {
-            Some(PodMark {
-                name: pod.name_any(),
-                runner: RunnerUuid::parse(pod.labels().get(LABEL_RUNNER_UUID)?).ok()?,
-                marked: pod
-                    .annotations()
+            Some((
+                pod.name_any(),
+                RunnerUuid::parse(pod.labels().get(LABEL_RUNNER_UUID)?).ok()?,
+                pod.annotations()
                     .get(ANNOTATION_BUSY)
                     .is_some_and(|v| v == "true"),
-            })
+            ))
         })
-        .collect()
-}
-
-/// The pods whose mark differs from their runner's state, and the mark each should carry.
-pub(super) fn marks_to_change(pods: &[PodMark], runners: &[ObservedRunner]) -> Vec<(String, bool)> {
-    let busy: BTreeSet<&RunnerUuid> = runners.iter().filter(|r| r.busy).map(|r| &r.uuid).collect();
-    pods.iter()
-        .filter(|pod| pod.marked != busy.contains(&pod.runner))
-        .map(|pod| (pod.name.clone(), !pod.marked))
         .collect()
 }
 
@@ -56,7 +39,7 @@ pub(super) async fn mark_busy_pods(
     runners: &[ObservedRunner],
 ) {
     let api: Api<PodView> = Api::namespaced(ctx.client.clone(), namespace);
-    for (pod, busy) in marks_to_change(pods, runners) {
+    for (pod, busy) in busy_marks_to_change(pods, runners) {
         let value = if busy { json!("true") } else { json!(null) };
         let patch = json!({"metadata": {"annotations": {ANNOTATION_BUSY: value}}});
         match api
@@ -78,53 +61,5 @@ pub(super) async fn mark_busy_pods(
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => tracing::warn!(pod, error = %e, "cannot mark the runner pod's step"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bbrunner_core::plan::RunnerStatus;
-
-    fn uuid(n: u8) -> RunnerUuid {
-        RunnerUuid::parse(&format!("{n:08}-0000-0000-0000-000000000000")).unwrap()
-    }
-
-    fn runner(n: u8, busy: bool) -> ObservedRunner {
-        ObservedRunner {
-            uuid: uuid(n),
-            status: RunnerStatus::Online,
-            busy,
-            status_since: None,
-            labels: None,
-        }
-    }
-
-    fn pod(n: u8, marked: bool) -> PodMark {
-        PodMark {
-            name: format!("pod-{n}"),
-            runner: uuid(n),
-            marked,
-        }
-    }
-
-    #[test]
-    fn only_marks_that_differ_from_the_runner_s_state_change() {
-        let pods = [pod(1, false), pod(2, true), pod(3, true), pod(4, false)];
-        let runners = [
-            runner(1, true),
-            runner(2, true),
-            runner(3, false),
-            runner(4, false),
-        ];
-        assert_eq!(
-            marks_to_change(&pods, &runners),
-            [("pod-1".to_owned(), true), ("pod-3".to_owned(), false)]
-        );
-        // A pod whose runner is gone from Bitbucket has nothing to wait for.
-        assert_eq!(
-            marks_to_change(&[pod(5, true)], &[]),
-            [("pod-5".to_owned(), false)]
-        );
     }
 }

@@ -8,15 +8,12 @@ use std::sync::Mutex;
 
 use bbrunner_core::ids::RunnerUuid;
 use bbrunner_core::manifests::LABEL_RUNNER_UUID;
+use bbrunner_core::registration::{PoolKey, holder};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 
 use crate::operator::pool::LABEL_POOL;
-
-/// A pool, by namespace and name.
-pub type PoolKey = (String, String);
 
 /// Which pool holds each imported runner, and the lock under which a static pool decides and
 /// creates its pods, so that two pools reconciled at once cannot both start one runner.
@@ -29,24 +26,6 @@ pub struct Registrations {
     /// so that another pool does not take the runner meanwhile; forgotten when the holder no
     /// longer lists it or is deleted. The pods are the truth across restarts.
     held: Mutex<BTreeMap<RunnerUuid, PoolKey>>,
-}
-
-/// The pool that holds a runner: the one with its oldest live pod (by creation, then name);
-/// with none, the one remembered; else the one asking.
-pub fn holder(
-    asking: &PoolKey,
-    pods: &[(PoolKey, Option<Time>)],
-    remembered: Option<&PoolKey>,
-) -> PoolKey {
-    pods.iter()
-        .min_by(|(a, at), (b, bt)| {
-            let when = |t: &Option<Time>| t.as_ref().map(|t| t.0);
-            when(at).cmp(&when(bt)).then_with(|| a.cmp(b))
-        })
-        .map(|(pool, _)| pool)
-        .or(remembered)
-        .unwrap_or(asking)
-        .clone()
 }
 
 impl Registrations {
@@ -90,7 +69,10 @@ impl Registrations {
                     .and_then(|l| l.get(LABEL_POOL))
                     .cloned();
                 if let (Some(namespace), Some(pool)) = (meta.namespace, pool) {
-                    pods.push(((namespace, pool), meta.creation_timestamp));
+                    let created = meta
+                        .creation_timestamp
+                        .map(|t| t.0.as_millisecond() as f64 / 1000.0);
+                    pods.push(((namespace, pool), created));
                 }
             }
         }
@@ -120,30 +102,6 @@ mod tests {
 
     fn key(ns: &str, name: &str) -> PoolKey {
         (ns.to_owned(), name.to_owned())
-    }
-
-    fn at(seconds: i64) -> Option<Time> {
-        Some(Time(
-            jiff::Timestamp::from_second(seconds).expect("a valid time"),
-        ))
-    }
-
-    #[test]
-    fn the_oldest_pod_s_pool_holds_the_runner_whoever_asks() {
-        let pods = [(key("b", "second"), at(200)), (key("a", "first"), at(100))];
-        for asking in [key("a", "first"), key("b", "second"), key("c", "third")] {
-            assert_eq!(holder(&asking, &pods, None), key("a", "first"));
-        }
-        // Created in the same second: by namespace and name, the same answer for everyone.
-        let tied = [(key("b", "x"), at(100)), (key("a", "y"), at(100))];
-        assert_eq!(holder(&key("b", "x"), &tied, None), key("a", "y"));
-    }
-
-    #[test]
-    fn without_a_pod_the_remembered_holder_keeps_the_runner_else_the_asker_takes_it() {
-        let first = key("a", "first");
-        assert_eq!(holder(&key("b", "second"), &[], Some(&first)), first);
-        assert_eq!(holder(&key("b", "second"), &[], None), key("b", "second"));
     }
 
     #[test]
