@@ -291,10 +291,20 @@ fn inputs_that_would_hang_or_mislead_are_refused_or_flagged() {
 
 /// The policy's figures of one run (`--format json`), by policy name.
 fn policy(args: &[&str], name: &str) -> serde_json::Value {
-    let mut all = vec!["simulate", "--format", "json"];
+    let mut all = vec!["simulate"];
     all.extend_from_slice(args);
-    let run = bbrunner(&all, "").success();
-    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    by_name(&json_report(&all), name)
+}
+
+/// The report of a `simulate` run given `args`, as `--format json` prints it.
+fn json_report(args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["--format", "json"]);
+    serde_json::from_str(&bbrunner(&all, "").success().stdout).unwrap()
+}
+
+/// One policy's figures in a report.
+fn by_name(report: &serde_json::Value, name: &str) -> serde_json::Value {
     report["policies"]
         .as_array()
         .unwrap()
@@ -405,19 +415,8 @@ fn pipelines_are_measured_by_their_overhead_with_and_without_webhooks() {
         table.lines().next().unwrap().contains("pipe p95 s"),
         "{table}"
     );
-    let mut json_args = args.to_vec();
-    json_args.extend(["--format", "json"]);
-    let run = bbrunner(&json_args, "").success();
-    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let by_name = |name: &str| {
-        report["policies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .cloned()
-            .unwrap()
-    };
+    let report = json_report(&args);
+    let by_name = |name: &str| by_name(&report, name);
     let (polled, hooked, bare) = (
         by_name("idle-buffer"),
         by_name("idle-buffer,webhooks"),

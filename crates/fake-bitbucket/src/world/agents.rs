@@ -17,6 +17,18 @@ impl World {
         Some(json!({"access_token": token, "token_type": "bearer", "expires_in": 3600}))
     }
 
+    /// The agent's token is valid and is this runner's.
+    fn authorize_agent(&self, token: &str, runner_uuid: &str) -> Result<(), ApiError> {
+        let owner = self
+            .runner_tokens
+            .get(token)
+            .ok_or_else(|| ApiError::new(401, "Invalid or expired runner token"))?;
+        if !owner.eq_ignore_ascii_case(runner_uuid) {
+            return Err(ApiError::new(403, "This token belongs to another runner"));
+        }
+        Ok(())
+    }
+
     /// An agent checks in: heartbeat, and when idle and enabled, take the oldest step it can.
     pub fn poll(
         &mut self,
@@ -25,13 +37,7 @@ impl World {
         session: &str,
         now: f64,
     ) -> Result<Value, ApiError> {
-        let owner = self
-            .runner_tokens
-            .get(token)
-            .ok_or_else(|| ApiError::new(401, "Invalid or expired runner token"))?;
-        if !owner.eq_ignore_ascii_case(runner_uuid) {
-            return Err(ApiError::new(403, "This token belongs to another runner"));
-        }
+        self.authorize_agent(token, runner_uuid)?;
         let i = self
             .runners
             .iter()
@@ -99,13 +105,7 @@ impl World {
         step_id: &str,
         now: f64,
     ) -> Result<(), ApiError> {
-        let owner = self
-            .runner_tokens
-            .get(token)
-            .ok_or_else(|| ApiError::new(401, "Invalid or expired runner token"))?;
-        if !owner.eq_ignore_ascii_case(runner_uuid) {
-            return Err(ApiError::new(403, "This token belongs to another runner"));
-        }
+        self.authorize_agent(token, runner_uuid)?;
         let running_here = self.steps.iter().any(|s| {
             s.id == step_id
                 && s.state == StepState::Running
