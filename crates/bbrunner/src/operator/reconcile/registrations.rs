@@ -36,17 +36,22 @@ impl Registrations {
         }
     }
 
-    /// Who holds `runner`, as `asking` sees it now: from the live pods of every pool, and the
-    /// holder remembered. Remembered as the holder from then on.
+    /// Who holds each of `runners`, as `asking` sees it now: from the live pods of every pool
+    /// (one list, of every runner at once), and the holder remembered. Remembered as the
+    /// holders from then on.
     pub(super) async fn claim(
         &self,
         client: &kube::Client,
         asking: &PoolKey,
-        runner: &RunnerUuid,
-    ) -> Result<PoolKey, kube::Error> {
+        runners: &[RunnerUuid],
+    ) -> Result<Vec<PoolKey>, kube::Error> {
+        if runners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let uuids: Vec<&str> = runners.iter().map(RunnerUuid::bare).collect();
         let selector = ListParams::default().labels(&format!(
-            "{LABEL_RUNNER_UUID}={},{LABEL_POOL}",
-            runner.bare()
+            "{LABEL_RUNNER_UUID} in ({}),{LABEL_POOL}",
+            uuids.join(",")
         ));
         let apis: Vec<Api<PartialObjectMeta<Pod>>> = if self.namespaces.is_empty() {
             vec![Api::all(client.clone())]
@@ -56,30 +61,42 @@ impl Registrations {
                 .map(|ns| Api::namespaced(client.clone(), ns))
                 .collect()
         };
-        let mut pods = Vec::new();
+        // Each live pod's runner, pool and creation time.
+        let mut pods: Vec<(String, PoolKey, Option<f64>)> = Vec::new();
         for api in apis {
             for pod in api.list_metadata(&selector).await?.items {
                 let meta = pod.metadata;
                 if meta.deletion_timestamp.is_some() {
                     continue;
                 }
-                let pool = meta
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_POOL))
-                    .cloned();
-                if let (Some(namespace), Some(pool)) = (meta.namespace, pool) {
-                    let created = meta
-                        .creation_timestamp
-                        .map(|t| t.0.as_millisecond() as f64 / 1000.0);
-                    pods.push(((namespace, pool), created));
-                }
+                let labels = meta.labels.unwrap_or_default();
+                let (Some(namespace), Some(pool), Some(runner)) = (
+                    meta.namespace,
+                    labels.get(LABEL_POOL).cloned(),
+                    labels.get(LABEL_RUNNER_UUID).cloned(),
+                ) else {
+                    continue;
+                };
+                let created = meta
+                    .creation_timestamp
+                    .map(|t| t.0.as_millisecond() as f64 / 1000.0);
+                pods.push((runner, (namespace, pool), created));
             }
         }
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let holder = holder(asking, &pods, held.get(runner));
-        held.insert(runner.clone(), holder.clone());
-        Ok(holder)
+        Ok(runners
+            .iter()
+            .map(|runner| {
+                let running: Vec<(PoolKey, Option<f64>)> = pods
+                    .iter()
+                    .filter(|(r, _, _)| r.eq_ignore_ascii_case(runner.bare()))
+                    .map(|(_, pool, created)| (pool.clone(), *created))
+                    .collect();
+                let holder = holder(asking, &running, held.get(runner));
+                held.insert(runner.clone(), holder.clone());
+                holder
+            })
+            .collect())
     }
 
     /// `pool` now lists only `runners`: the others it held are free.

@@ -68,16 +68,19 @@ pub(super) async fn reconcile_static(
     // runner. A runner another pool holds is left to it (a pod of ours for it is deleted).
     let _deciding = ctx.registrations.deciding.lock().await;
     let me = (ns.clone(), name.clone());
-    let mut taken = None;
-    for (index, (uuid, secret_name, _)) in wanted.iter().enumerate() {
-        let holder = ctx.registrations.claim(&ctx.client, &me, uuid).await?;
-        if holder != me && taken.is_none() {
-            taken = Some((index, uuid.clone(), secret_name.clone(), holder));
-        }
-    }
-    if let Some((_, uuid, _, _)) = &taken {
-        wanted.retain(|(u, _, _)| u != uuid);
-    }
+    let runners: Vec<RunnerUuid> = wanted.iter().map(|(u, _, _)| u.clone()).collect();
+    let holders = ctx.registrations.claim(&ctx.client, &me, &runners).await?;
+    // Every runner another pool holds is left to it; the first is named in the condition.
+    let taken = wanted
+        .iter()
+        .zip(&holders)
+        .enumerate()
+        .find(|(_, (_, holder))| **holder != me)
+        .map(|(index, ((uuid, secret_name, _), holder))| {
+            (index, uuid.clone(), secret_name.clone(), holder.clone())
+        });
+    let mut holders = holders.iter();
+    wanted.retain(|_| holders.next() == Some(&me));
     let uuids: Vec<RunnerUuid> = wanted.iter().map(|(u, _, _)| u.clone()).collect();
     ctx.registrations.keep_only(&me, &uuids);
     let selector = ListParams::default().labels(&format!("{LABEL_POOL}={name}"));
