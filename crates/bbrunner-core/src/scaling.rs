@@ -154,6 +154,14 @@ pub fn fair_poll_interval(requests_per_hour: u32, scopes: usize) -> Seconds {
     3600.0 * scopes.max(1) as f64 / lists_per_hour
 }
 
+/// How long a scope's runner list may be reused, for a pool polling every `poll` seconds
+/// with its identity's `fair` interval: half a poll, so that each poll sees a fresh list, and
+/// never much less than the fair interval, so that reconciles woken between polls (a pod's
+/// change, a webhook) reuse it and the lists stay within the share.
+pub fn list_max_age(poll: Seconds, fair: Seconds) -> Seconds {
+    (poll / 2.0).max(fair * 0.9)
+}
+
 /// Whether a pool reads the queue (the pipelines API) at this poll: `queue` pools only, and only
 /// while `calls` more requests leave [`QUEUE_BUDGET_RESERVE`] of the budget; otherwise the
 /// policy falls back to idle-buffer. The operator and the simulator both ask this.

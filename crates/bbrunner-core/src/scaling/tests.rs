@@ -442,3 +442,10 @@ fn an_identity_s_scopes_share_three_fifths_of_its_budget_for_their_lists() {
     // Never a division by zero.
     assert!(fair_poll_interval(0, 0).is_finite());
 }
+
+#[test]
+fn a_list_serves_half_a_poll_and_never_much_less_than_the_fair_share() {
+    assert_eq!(list_max_age(15.0, 6.0), 7.5);
+    // A pool held to its share (polling every 20 s) refetches at each poll, not between.
+    assert_eq!(list_max_age(20.0, 20.0), 18.0);
+}

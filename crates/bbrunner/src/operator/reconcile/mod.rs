@@ -307,16 +307,14 @@ async fn reconcile_managed(
         .hub
         .client(&(ns.clone(), name.clone()), credentials, &scope)
         .map_err(from_bitbucket)?;
-    let polls_every = poll_in_effect(ctx, &valid.scaling, &client);
-    let poll = ctx
-        .clock
-        .real(Duration::from_secs_f64(polls_every.max(1.0)));
+    let polling = Polling::of(ctx, &valid.scaling, &client);
+    let poll = polling.period(ctx);
     let bitbucket = PoolBitbucket {
         client: &client,
         scope: &scope,
         identity: &identity,
     };
-    let (observation, marks) = observe_managed(ctx, pool, valid, &bitbucket).await?;
+    let (observation, marks) = observe_managed(ctx, pool, valid, &bitbucket, &polling).await?;
     drain::mark_busy_pods(ctx, &ns, &marks, &observation.runners).await;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
@@ -346,7 +344,7 @@ async fn reconcile_managed(
         problem: None,
         credentials_secret,
         api_calls: Some((client.opaque_id(), client.calls_last_hour())),
-        poll_in_effect: Some(polls_every),
+        poll_in_effect: Some(polling.every),
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
         rollout_surge: Some(settings.rollout_surge()),
     };

@@ -418,26 +418,16 @@ pub(super) async fn observe_managed(
     pool: &RunnerPool,
     valid: &ValidPool,
     bitbucket: &PoolBitbucket<'_>,
+    polling: &Polling,
 ) -> Result<(Observation, Vec<super::drain::PodMark>), ReconcileError> {
     let PoolBitbucket {
         client,
         scope,
         identity,
     } = bitbucket;
-    // Each poll sees a fresh list (half the poll old at most), and reconciles woken between
-    // polls reuse it: the lists stay within the identity's fair share.
-    let polls_every = poll_in_effect(ctx, &valid.scaling, client);
-    let max_age = ctx
-        .clock
-        .real(Duration::from_secs_f64(polls_every.max(1.0)))
-        .mul_f64(0.5)
-        .max(
-            ctx.clock
-                .real(Duration::from_secs_f64(fair_poll(ctx, client) * 0.9)),
-        );
     let listed = ctx
         .hub
-        .runners(client, scope, max_age)
+        .runners(client, scope, polling.list_max_age(ctx))
         .await
         .map_err(from_bitbucket)?;
     let (pods, secrets) = pool_objects(ctx, pool).await?;
