@@ -56,6 +56,11 @@ impl Clock {
         self.at(time.0.as_millisecond() as f64 / 1000.0)
     }
 
+    /// Seconds of this clock in one wall-clock second.
+    pub fn per_wall_second(&self) -> f64 {
+        self.scale
+    }
+
     /// The real time to wait for `d` of this clock.
     pub fn real(&self, d: Duration) -> Duration {
         d.div_f64(self.scale)

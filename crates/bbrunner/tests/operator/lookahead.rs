@@ -61,16 +61,21 @@ fn idle_online(world: &World) -> usize {
         .count()
 }
 
+/// The operator log's last 40 lines, newest first, for a failure's message.
+fn newest_lines(log: &Path) -> String {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let newest: Vec<&str> = log.lines().rev().take(40).collect();
+    newest.join("\n")
+}
+
 async fn until(world: &World, log: &Path, what: &str, seconds: u64, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while !done() {
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            let newest: Vec<&str> = log.lines().rev().take(40).collect();
             let deliveries = world.bitbucket.with_world(|w, _| w.deliveries.len());
             panic!(
                 "{what}: not within {seconds} s ({deliveries} webhook deliveries)\noperator log, newest first:\n{}",
-                newest.join("\n")
+                newest_lines(log)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -150,7 +155,8 @@ async fn webhooks_ready_the_test_stage_before_it_queues_and_polling_covers_their
     }
     assert!(
         most_ready >= 3,
-        "only {most_ready} idle runners were ready as the four tests queued (one frees up from the build)"
+        "only {most_ready} idle runners were ready as the four tests queued (one frees up from the build)\noperator log, newest first:\n{}",
+        newest_lines(&log)
     );
     let accepted = world.bitbucket.with_world(|w, _| {
         w.deliveries

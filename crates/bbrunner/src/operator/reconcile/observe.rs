@@ -17,6 +17,7 @@ use kube::core::{ApiResource, PartialObjectMeta};
 use secrecy::SecretString;
 use serde_json::json;
 
+use crate::operator::clock::Clock;
 use crate::operator::crd::{RunnerPool, RunnerPoolSpec};
 use crate::operator::demand::Asking;
 use crate::operator::metrics::PoolLabels;
@@ -167,10 +168,7 @@ pub(super) fn format_time(seconds: f64) -> Option<String> {
 }
 
 /// A pod as the planner sees it, its times on the operator's clock.
-pub(super) fn observe_pod(
-    pod: &PodView,
-    clock: &crate::operator::clock::Clock,
-) -> Option<ObservedPod> {
+pub(super) fn observe_pod(pod: &PodView, clock: &Clock) -> Option<ObservedPod> {
     let runner = RunnerUuid::parse(pod.labels().get(LABEL_RUNNER_UUID)?).ok()?;
     let status = pod.status.clone().unwrap_or_default();
     let phase = match status.phase.as_deref() {
@@ -366,6 +364,16 @@ pub(super) async fn queued_steps(
     Some(waiting as u32)
 }
 
+/// How long each pod took to become Ready, at the slowest its timestamps allow. Kubernetes
+/// writes them in whole seconds, so a start may have lasted up to one wall second more than
+/// they show: little against a real start, but on a fast clock (a simulation) a start read as
+/// zero would ask for runners too late.
+fn slowest_starts(pods: &[ObservedPod], clock: &Clock) -> Vec<f64> {
+    pods.iter()
+        .filter_map(|p| Some(p.ready_since? - p.created_at + clock.per_wall_second()))
+        .collect()
+}
+
 /// Runners the pool should ready for the next stages of pipelines under way that the
 /// webhooks told of (0 with its lookahead off, or when none did).
 async fn runners_ahead(
@@ -378,10 +386,7 @@ async fn runners_ahead(
     if !valid.scaling.lookahead {
         return 0;
     }
-    let recent_starts: Vec<f64> = pods
-        .iter()
-        .filter_map(|p| Some(p.ready_since? - p.created_at))
-        .collect();
+    let recent_starts = slowest_starts(pods, &ctx.clock);
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     let serves = |labels: &[String]| valid.labels.serves(labels);
     let ahead = ctx
@@ -519,7 +524,6 @@ pub(super) fn pool_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::clock::Clock;
 
     fn pod(value: serde_json::Value) -> PodView {
         serde_json::from_value(value).unwrap()
@@ -557,6 +561,35 @@ mod tests {
         assert_eq!(seen.ready_since, Some(1_767_225_605.0));
         // Not a runner pod: not observed.
         assert!(observe_pod(&pod(json!({"metadata": {"name": "other"}})), &clock).is_none());
+    }
+
+    #[test]
+    fn a_start_counts_the_wall_second_its_timestamps_may_hide() {
+        let pod = |created: &str, ready: Option<&str>| {
+            let mut conditions = vec![];
+            if let Some(ready) = ready {
+                conditions
+                    .push(json!({"type": "Ready", "status": "True", "lastTransitionTime": ready}));
+            }
+            observe_pod(
+                &pod(json!({
+                    "metadata": {"name": "p", "creationTimestamp": created, "labels": {LABEL_RUNNER_UUID: UUID}},
+                    "status": {"phase": "Running", "conditions": conditions},
+                })),
+                &Clock::wall(),
+            )
+            .unwrap()
+        };
+        let pods = [
+            pod("2026-01-01T00:00:00Z", Some("2026-01-01T00:00:00Z")),
+            pod("2026-01-01T00:00:00Z", Some("2026-01-01T00:00:20Z")),
+            pod("2026-01-01T00:00:00Z", None),
+        ];
+        assert_eq!(slowest_starts(&pods, &Clock::wall()), vec![1.0, 21.0]);
+        // Thirty times faster: the hidden wall second is thirty seconds of the clock.
+        let fast = Clock::scaled(1_767_225_600.0, 30.0);
+        let pods = [pod("2026-01-01T00:00:00Z", Some("2026-01-01T00:00:00Z"))];
+        assert_eq!(slowest_starts(&pods, &fast), vec![30.0]);
     }
 
     #[test]
