@@ -1,7 +1,10 @@
 //! A runner agent: what the real runner container does, reduced to what Bitbucket sees.
 //! Configured from the same environment variables as the runner image; authenticates with
 //! its runner's OAuth client, polls for work every 30 s (scaled by the fake), runs assigned
-//! steps by sleeping their duration, and reports them done.
+//! steps by sleeping their duration, and reports them done. In a real container beside dind,
+//! `BBRUNNER_STEP_COMMAND` makes it also run each step's work as a shell command (the real
+//! runner runs the step's script in a container through dind), and report the step failed
+//! when the command fails.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,6 +32,9 @@ pub struct AgentConfig {
     pub oauth_client_id: String,
     pub oauth_client_secret: SecretString,
     pub working_directory: String,
+    /// A shell command run for every step (`BBRUNNER_STEP_COMMAND`); its exit status is the
+    /// step's result.
+    pub step_command: Option<String>,
 }
 
 impl AgentConfig {
@@ -49,6 +55,7 @@ impl AgentConfig {
             oauth_client_id: get("OAUTH_CLIENT_ID")?,
             oauth_client_secret: SecretString::from(get("OAUTH_CLIENT_SECRET")?),
             working_directory: get("WORKING_DIRECTORY").unwrap_or_else(|_| "/tmp".into()),
+            step_command: get("BBRUNNER_STEP_COMMAND").ok(),
         })
     }
 }
@@ -188,13 +195,40 @@ async fn run(config: AgentConfig, mut stopped: watch::Receiver<bool>) {
                     .await;
             }
         }
+        let result = match &config.step_command {
+            Some(command) => run_step_command(command, &config.working_directory).await,
+            None => "SUCCESSFUL",
+        };
         let _ = http
             .post(format!(
                 "{}/_runner/v1/runners/{}/steps/{}/complete",
                 config.url, config.runner_uuid, step.id
             ))
             .bearer_auth(&current)
+            .json(&json!({"result": result}))
             .send()
             .await;
+    }
+}
+
+/// The step's work as a shell command: its output goes to the agent's, as a step's log would,
+/// and its exit status says whether the step succeeded.
+async fn run_step_command(command: &str, working_directory: &str) -> &'static str {
+    let status = tokio::process::Command::new("/bin/sh")
+        .args(["-c", command])
+        .current_dir(working_directory)
+        .kill_on_drop(true)
+        .status()
+        .await;
+    match status {
+        Ok(status) if status.success() => "SUCCESSFUL",
+        Ok(status) => {
+            tracing::warn!(%status, "the step's command failed");
+            "FAILED"
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the step's command did not start");
+            "FAILED"
+        }
     }
 }

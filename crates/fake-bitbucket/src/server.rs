@@ -694,10 +694,18 @@ async fn agent_complete(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((runner, step)): Path<(String, String)>,
+    body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let now = app.now();
+    // `{"result": "FAILED"}` from an agent whose step's command failed; no body is success.
+    let failed = serde_json::from_slice::<Value>(&body).is_ok_and(|b| b["result"] == "FAILED");
+    let state = if failed {
+        crate::world::StepState::Failed
+    } else {
+        crate::world::StepState::Completed
+    };
     app.world()
-        .complete(&bearer(&headers), &runner, &step, now)?;
+        .complete(&bearer(&headers), &runner, &step, state, now)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -44,6 +44,50 @@ async fn fetch_json(request: reqwest::RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
 }
 
+async fn create_runner(http: &reqwest::Client, url: &str, workspace_uuid: &str) -> Value {
+    http.post(format!(
+        "{url}/internal/workspaces/{workspace_uuid}/pipelines-config/runners"
+    ))
+    .basic_auth("dev@acme.test", Some("tok"))
+    .json(&json!({"name": "bbrunner-test", "labels": ["self.hosted", "linux", "build"]}))
+    .send()
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
+}
+
+/// `fake-bitbucket agent` with the runner's environment, as its container would have it.
+async fn agent(http: &reqwest::Client, url: &str, runner: &Value, env: &[(&str, &str)]) -> Killed {
+    let ws = fetch_json(
+        http.get(format!("{url}/2.0/workspaces/acme"))
+            .basic_auth("dev@acme.test", Some("tok")),
+    )
+    .await;
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_fake-bitbucket"))
+            .args(["agent", "--url", url])
+            .env("ACCOUNT_UUID", ws["uuid"].as_str().unwrap())
+            .env("RUNNER_UUID", runner["uuid"].as_str().unwrap())
+            .env(
+                "OAUTH_CLIENT_ID",
+                runner["oauth_client"]["id"].as_str().unwrap(),
+            )
+            .env(
+                "OAUTH_CLIENT_SECRET",
+                runner["oauth_client"]["secret"].as_str().unwrap(),
+            )
+            .env("WORKING_DIRECTORY", "/tmp")
+            .envs(env.iter().copied())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 async fn wait_for(mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -84,45 +128,9 @@ async fn a_runner_agent_process_registers_and_runs_a_step() {
         .await
         .unwrap();
     assert_eq!(by_slug.status(), 404);
-    let created: Value = http
-        .post(format!(
-            "{url}/internal/workspaces/{uuid}/pipelines-config/runners"
-        ))
-        .basic_auth("dev@acme.test", Some("tok"))
-        .json(&json!({"name": "bbrunner-test", "labels": ["self.hosted", "linux", "build"]}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = create_runner(&http, &url, &uuid).await;
     assert_eq!(created["state"]["status"], "UNREGISTERED");
-    let ws = fetch_json(
-        http.get(format!("{url}/2.0/workspaces/acme"))
-            .basic_auth("dev@acme.test", Some("tok")),
-    )
-    .await;
-
-    let _agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_fake-bitbucket"))
-            .args(["agent", "--url", &url])
-            .env("ACCOUNT_UUID", ws["uuid"].as_str().unwrap())
-            .env("RUNNER_UUID", created["uuid"].as_str().unwrap())
-            .env(
-                "OAUTH_CLIENT_ID",
-                created["oauth_client"]["id"].as_str().unwrap(),
-            )
-            .env(
-                "OAUTH_CLIENT_SECRET",
-                created["oauth_client"]["secret"].as_str().unwrap(),
-            )
-            .env("WORKING_DIRECTORY", "/tmp")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = agent(&http, &url, &created, &[]).await;
     let runners = format!("{url}/_fake/runners");
     wait_for(async || {
         let all = fetch_json(http.get(&runners)).await;
@@ -173,4 +181,64 @@ async fn a_runner_agent_process_registers_and_runs_a_step() {
         .unwrap()
         .status();
     assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn an_agent_with_a_step_command_reports_its_exit_status_as_the_steps_result() {
+    let (_fake, url) = start_fake();
+    let http = reqwest::Client::new();
+    let workspace = fetch_json(
+        http.get(format!("{url}/2.0/workspaces/acme"))
+            .basic_auth("dev@acme.test", Some("tok")),
+    )
+    .await;
+    let uuid = workspace["uuid"]
+        .as_str()
+        .unwrap()
+        .replace('{', "%7B")
+        .replace('}', "%7D");
+    let runner = create_runner(&http, &url, &uuid).await;
+    let dir = std::env::temp_dir().join(format!("fake-bb-step-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let code = dir.join("code");
+    std::fs::write(&code, "0").unwrap();
+    let command = format!(
+        "echo ran >> {0}/log; exit \"$(cat {0}/code)\"",
+        dir.display()
+    );
+    let _agent = agent(&http, &url, &runner, &[("BBRUNNER_STEP_COMMAND", &command)]).await;
+    wait_for(async || {
+        fetch_json(http.get(format!("{url}/_fake/runners"))).await[0]["state"] == "ONLINE"
+    })
+    .await;
+    let mut results = Vec::new();
+    for exit in ["0", "3"] {
+        std::fs::write(&code, exit).unwrap();
+        let step = fetch_json(http.post(format!("{url}/_fake/steps")).json(
+            &json!({"workspace": "acme", "labels": ["self.hosted", "build"], "duration_s": 30}),
+        ))
+        .await;
+        let id = step["id"].clone();
+        let mut state = Value::Null;
+        wait_for(async || {
+            let steps = fetch_json(http.get(format!("{url}/_fake/steps"))).await;
+            state = steps
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["id"] == id)
+                .map(|s| s["state"].clone())
+                .unwrap_or_default();
+            state == "completed" || state == "failed"
+        })
+        .await;
+        results.push(state);
+    }
+    let steps = fetch_json(http.get(format!("{url}/_fake/steps"))).await;
+    assert_eq!(results, [json!("completed"), json!("failed")], "{steps}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("log")).unwrap(),
+        "ran\nran\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -103,6 +103,7 @@ impl World {
         token: &str,
         runner_uuid: &str,
         step_id: &str,
+        state: StepState,
         now: f64,
     ) -> Result<(), ApiError> {
         self.authorize_agent(token, runner_uuid)?;
@@ -116,7 +117,7 @@ impl World {
         if !running_here {
             return Err(ApiError::new(409, "The step is not running on this runner"));
         }
-        self.finish_step(step_id, StepState::Completed, None, now);
+        self.finish_step(step_id, state, None, now);
         if let Some(r) = self
             .runners
             .iter_mut()

@@ -82,7 +82,8 @@ fn runner_lifecycle_unregistered_online_busy_idle_disabled_deleted() {
     let busy = w.get_runner(&ws(&w), &uuid, 5.0).unwrap();
     assert_eq!(busy["state"]["step"]["uuid"], step_id);
 
-    w.complete(&token, &uuid, &step_id, 64.0).unwrap();
+    w.complete(&token, &uuid, &step_id, StepState::Completed, 64.0)
+        .unwrap();
     assert_eq!(step_state(&w, &step_id), StepState::Completed);
     assert!(w.get_runner(&ws(&w), &uuid, 65.0).unwrap()["state"]["step"].is_null());
 
@@ -123,7 +124,8 @@ fn deleting_a_busy_runner_interrupts_its_step_and_a_busy_disabled_runner_finishe
     w.poll(&token, &uuid, "s", 1.0).unwrap();
     w.set_runner_state(&ws(&w), &uuid, &json!({"status": "DISABLED"}), 2.0)
         .unwrap();
-    w.complete(&token, &uuid, &first, 11.0).unwrap();
+    w.complete(&token, &uuid, &first, StepState::Completed, 11.0)
+        .unwrap();
     assert_eq!(step_state(&w, &first), StepState::Completed);
 
     w.set_runner_state(&ws(&w), &uuid, &json!({"status": "ENABLED"}), 12.0)
@@ -147,7 +149,8 @@ fn steps_go_fifo_to_runners_with_all_their_labels_and_scope() {
     let a = w.submit_step(&step(&[], 5.0), 2.0).unwrap();
     let b = w.submit_step(&step(&[], 5.0), 3.0).unwrap();
     assert_eq!(w.poll(&token, &plain, "s", 4.0).unwrap()["step"]["id"], a);
-    w.complete(&token, &plain, &a, 9.0).unwrap();
+    w.complete(&token, &plain, &a, StepState::Completed, 9.0)
+        .unwrap();
     assert_eq!(w.poll(&token, &plain, "s", 10.0).unwrap()["step"]["id"], b);
     assert_eq!(step_state(&w, &gpu), StepState::Queued);
     w.tick(1.0 + QUEUE_TIMEOUT_S + 1.0);
@@ -306,7 +309,8 @@ fn run_all(w: &mut World, token: &str, uuid: &str, mut now: f64) -> f64 {
             return now;
         };
         now += 10.0;
-        w.complete(token, uuid, &id, now).unwrap();
+        w.complete(token, uuid, &id, StepState::Completed, now)
+            .unwrap();
     }
 }
 
