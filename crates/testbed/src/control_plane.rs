@@ -20,6 +20,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use node_agent::{AgentConfig, NodeAgent, NodeConfig};
 
+use crate::kubelet_node::{self, KubeletNode, NodeOptions};
 use crate::pki::{Authority, PkiError, Subject, service_account_keys};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,9 @@ pub struct Options {
     pub pod_mtu: u16,
     /// More flags for kube-apiserver.
     pub apiserver_args: Vec<String>,
+    /// A real kubelet node (see [`crate::kubelet_node`]) beside the agent nodes, running the
+    /// images `./scripts/node-images` built into this folder.
+    pub kubelet_node: Option<PathBuf>,
 }
 
 impl Options {
@@ -84,6 +88,7 @@ impl Options {
             pod_start_latency: Duration::from_millis(500),
             pod_mtu: 1450,
             apiserver_args: Vec::new(),
+            kubelet_node: None,
         }
     }
 }
@@ -231,6 +236,8 @@ pub struct ControlPlane {
     ca: PathBuf,
     client: Client,
     agent: Option<NodeAgent>,
+    kubelet: Option<KubeletNode>,
+    egress: Option<tokio::task::JoinHandle<()>>,
     /// In start order; stopped in reverse.
     processes: Vec<Process>,
 }
@@ -371,6 +378,32 @@ impl ControlPlane {
             "--endpoint-reconciler-type=none".into(),
             "--profiling=false".into(),
         ];
+        // A kubelet node's address is inside its own network namespace: the API server reaches
+        // it (logs, exec, port-forward) through an egress proxy of ours, as a cluster behind
+        // Konnectivity does.
+        let egress = match &options.kubelet_node {
+            Some(_) => {
+                let socket = dir.join("egress.sock");
+                let config = dir.join("egress.yaml");
+                write(
+                    &config,
+                    &format!(
+                        "apiVersion: apiserver.k8s.io/v1beta1\nkind: EgressSelectorConfiguration\negressSelections:\n- name: cluster\n  connection:\n    proxyProtocol: HTTPConnect\n    transport:\n      uds:\n        udsName: {}\n",
+                        socket.display()
+                    ),
+                )?;
+                apiserver_args.push(arg("egress-selector-config-file", config));
+                Some(
+                    crate::relay::connect_proxy(
+                        &socket,
+                        kubelet_node::NODE_IP.into(),
+                        dir.join("kubelet-node/kubelet.sock"),
+                    )
+                    .map_err(io("the API server's egress proxy"))?,
+                )
+            }
+            None => None,
+        };
         apiserver_args.extend(options.apiserver_args.iter().cloned());
         let mut apiserver = Process::spawn(
             "kube-apiserver",
@@ -486,6 +519,41 @@ impl ControlPlane {
             nodes,
         )
         .await?;
+        let kubelet = match &options.kubelet_node {
+            Some(images) => {
+                let name = kubelet_node::NODE_NAME;
+                let pem = ca.client(&Subject {
+                    user: &format!("system:node:{name}"),
+                    group: Some("system:nodes"),
+                })?;
+                let (cert, key) = (file(&format!("{name}.crt")), file(&format!("{name}.key")));
+                write(&cert, &pem.cert)?;
+                write(&key, &pem.key)?;
+                let config = dir.join(format!("{name}.kubeconfig"));
+                write(
+                    &config,
+                    &kubeconfig(&server, &file("ca.crt"), &cert_user(&cert, &key)),
+                )?;
+                let node_dir = dir.join("kubelet-node");
+                let mut node = KubeletNode::start(&NodeOptions {
+                    dir: node_dir.clone(),
+                    kube_bin: options.bin_dir.clone(),
+                    images: images.clone(),
+                    api_port,
+                    ca: file("ca.crt"),
+                    kubeconfig: config,
+                    bitbucket_port: options
+                        .bitbucket_url
+                        .as_deref()
+                        .and_then(|u| u.parse::<reqwest::Url>().ok())
+                        .and_then(|u| u.port_or_known_default()),
+                    mtu: options.pod_mtu,
+                })?;
+                wait_until_ready(&client, name, &mut node, &node_dir).await?;
+                Some(node)
+            }
+            None => None,
+        };
 
         Ok(Self {
             server,
@@ -495,6 +563,8 @@ impl ControlPlane {
             ca: file("ca.crt"),
             client,
             agent: Some(agent),
+            kubelet,
+            egress,
             processes,
         })
     }
@@ -544,6 +614,10 @@ impl ControlPlane {
 
     /// Stop the nodes, then the control plane's processes, newest first.
     pub fn stop(&mut self) {
+        drop(self.kubelet.take());
+        if let Some(egress) = self.egress.take() {
+            egress.abort();
+        }
         drop(self.agent.take());
         while let Some(mut process) = self.processes.pop() {
             process.stop();
@@ -566,6 +640,35 @@ fn kubernetes_version(bin_dir: &Path) -> String {
         .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
         .and_then(|v| v["clientVersion"]["gitVersion"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "v0.0.0".into())
+}
+
+/// Wait for the kubelet node to register and report Ready, failing early if it stops.
+async fn wait_until_ready(
+    client: &Client,
+    name: &str,
+    node: &mut KubeletNode,
+    dir: &Path,
+) -> Result<(), Error> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let limit = Duration::from_secs(120);
+    let started = Instant::now();
+    loop {
+        node.check_alive(dir)?;
+        let ready = nodes.get_opt(name).await?.is_some_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if ready {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(Error::Timeout("the kubelet node", limit));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Poll `ready` until it holds, failing early if `process` exits.

@@ -4,7 +4,9 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod kubelet_node;
 pub mod pki;
+pub mod relay;
 mod testbed;
 
 pub use cluster::{Backend, Cluster};

@@ -1,7 +1,8 @@
-//! `kube-up --dir DIR [--bitbucket-url URL] [--nodes N]`: a real Kubernetes control plane on
-//! loopback (see `testbed::control_plane`). Prints one JSON line once the API server is healthy
-//! and the nodes are Ready, then runs until SIGTERM or Ctrl-C and stops every process it
-//! started.
+//! `kube-up --dir DIR [--bitbucket-url URL] [--nodes N] [--node kubelet]`: a real Kubernetes
+//! control plane on loopback (see `testbed::control_plane`), with agent nodes and, asked for, a
+//! real kubelet node (see `testbed::kubelet_node`). Prints one JSON line once the API server is
+//! healthy and the nodes are Ready, then runs until SIGTERM or Ctrl-C and stops every process
+//! it started.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,11 @@ struct Cli {
     /// Nodes run by the node agent.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=50))]
     nodes: u32,
+    /// `kubelet`: also a real kubelet node, `kubelet-1`, with containerd, runc and a CNI
+    /// bridge at MTU 1450 in network and mount namespaces of its own (root; the images of
+    /// ./scripts/node-images).
+    #[arg(long, value_parser = ["kubelet"])]
+    node: Option<String>,
     /// Time from a pod being bound to a node to its containers running, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pod_start_latency_ms: u64,
@@ -52,15 +58,36 @@ async fn main() -> Result<()> {
     options.nodes = cli.nodes;
     options.bitbucket_url = cli.bitbucket_url;
     options.pod_start_latency = Duration::from_millis(cli.pod_start_latency_ms);
+    let mut ready = serde_json::Map::new();
+    if cli.node.is_some() {
+        let images = std::env::var_os("BBRUNNER_NODE_IMAGES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target/node-images"));
+        if let Some(missing) = testbed::kubelet_node::missing_prerequisite(&bin_dir, &images) {
+            anyhow::bail!("--node kubelet: {missing}");
+        }
+        let built: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(images.join("images.json"))?)?;
+        ready.insert("images".into(), built);
+        if options.bitbucket_url.is_some() {
+            ready.insert(
+                "bitbucketUrlForPods".into(),
+                testbed::kubelet_node::BITBUCKET_URL_FOR_PODS.into(),
+            );
+        }
+        options.kubelet_node = Some(images);
+    }
     let mut plane = ControlPlane::start(options).await?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "kubeconfig": plane.kubeconfig(),
-            "server": plane.server(),
-            "kubectl": plane.kubectl(),
-        })
+    ready.insert(
+        "kubeconfig".into(),
+        plane.kubeconfig().display().to_string().into(),
     );
+    ready.insert("server".into(), plane.server().into());
+    ready.insert(
+        "kubectl".into(),
+        plane.kubectl().display().to_string().into(),
+    );
+    println!("{}", serde_json::Value::Object(ready));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {},
