@@ -23,6 +23,7 @@ mod forecast;
 mod fuzz;
 mod hostile;
 mod image;
+mod kubelet;
 mod lookahead;
 mod policy;
 mod prometheus;

@@ -1,0 +1,171 @@
+//! The seed's pod as real containers: a RunnerPool on the images `./scripts/node-images`
+//! builds, scheduled on the real kubelet node of `kube-up --node kubelet` (Debian's containerd
+//! and runc, a CNI bridge at MTU 1450, in namespaces of its own). Its runner container is
+//! fake-bitbucket's agent and registers as a real runner would; its dind is Debian's dockerd
+//! behind bbrunner's start script; the step's work runs a nested container through that dind.
+//!
+//! Needs root, Debian's containerd, runc, containernetworking-plugins and socat, kube-build's
+//! kubelet and the node's images (`./scripts/test` installs and builds them). Skips loudly
+//! without them, never under CI=true.
+
+use super::*;
+
+/// What the step runs, as the runner runs a step's script in a container through dind: a
+/// busybox container (imported: nothing can be pulled) that reports its own `eth0` MTU.
+const STEP_COMMAND: &str = "docker image inspect bb:1 >/dev/null 2>&1 || docker import /opt/bbrunner/busybox.tar bb:1 >/dev/null; echo \"nested eth0 MTU $(docker run --rm bb:1 cat /sys/class/net/eth0/mtu)\"";
+
+fn kubectl_text(world: &World, args: &[&str]) -> String {
+    let out = world.bed.kubectl(args, "");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Whether the pod's runner container and its dind sidecar are both Ready.
+fn both_ready(pod: &Pod) -> bool {
+    let status = pod.status.clone().unwrap_or_default();
+    let ready = |statuses: Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>, name: &str| {
+        statuses
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name == name && c.ready)
+    };
+    ready(status.container_statuses, "runner") && ready(status.init_container_statuses, "docker")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
+    let test = "the_seeds_pod_runs_as_real_containers_on_a_kubelet_node";
+    let Some(kube_bin) = testbed::cluster::real_binaries(test) else {
+        return;
+    };
+    let images = workspace_file("target/node-images");
+    if !tier_runs(
+        "the kubelet node tier",
+        "root, Debian's containerd, runc, CNI plugins and socat, and ./scripts/node-images",
+        test,
+        testbed::kubelet_node::missing_prerequisite(&kube_bin, &images),
+    ) {
+        return;
+    }
+    let built: Value =
+        serde_json::from_slice(&std::fs::read(images.join("images.json")).unwrap()).unwrap();
+    let image = |name: &str| built[name].as_str().unwrap().to_owned();
+    let bed = testbed::Testbed::real("op-kubelet", bitbucket_config(), |o| {
+        o.nodes = 1;
+        o.kubelet_node = Some(images.clone());
+    })
+    .await
+    .expect("the binaries are there");
+    let world = World {
+        bitbucket: bed.bitbucket,
+        cluster: Cluster::prepare(bed.cluster).await,
+    };
+    let log = world.dir.join("operator.log");
+    let _operator = world.operator_logging(
+        &[],
+        "info",
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let mut spec = managed(1, 1);
+    spec["runner"] = json!({
+        "image": image("runner"),
+        "env": [{"name": "BBRUNNER_STEP_COMMAND", "value": STEP_COMMAND}],
+    });
+    spec["dind"] = json!({"image": image("dind"), "mtu": "auto"});
+    spec["podTemplate"] =
+        json!({"nodeSelector": {"kubernetes.io/hostname": testbed::kubelet_node::NODE_NAME}});
+    world.pool("seed", spec).await;
+
+    let explain = |what: &str| {
+        let pods = world
+            .bed
+            .kubectl(&["get", "pods", "-n", NS, "-o", "wide"], "");
+        let events = world.bed.kubectl(&["get", "events", "-n", NS], "");
+        let operator = std::fs::read_to_string(&log).unwrap_or_default();
+        let newest: Vec<&str> = operator.lines().rev().take(20).collect();
+        format!(
+            "{what}\n{}\n{}\noperator log, newest first:\n{}",
+            String::from_utf8_lossy(&pods.stdout),
+            String::from_utf8_lossy(&events.stdout),
+            newest.join("\n")
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let pod = loop {
+        let ready = world.pods().await.into_iter().find(both_ready);
+        if let Some(pod) = ready {
+            break pod;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            explain("no pod with both containers Ready within 180 s")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let name = pod.metadata.name.clone().unwrap();
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(testbed::kubelet_node::NODE_NAME)
+    );
+    let exec = |container: &str, command: &[&str]| {
+        let mut args = vec!["exec", "-n", NS, name.as_str(), "-c", container, "--"];
+        args.extend(command);
+        kubectl_text(&world, &args)
+    };
+    // The pod network's MTU, as the CNI bridge gave it, and dind's, derived by the start script.
+    assert_eq!(exec("docker", &["cat", "/sys/class/net/eth0/mtu"]), "1450");
+    let dind_log = kubectl_text(&world, &["logs", "-n", NS, &name, "-c", "docker"]);
+    assert!(
+        dind_log.contains("bbrunner: pod eth0 MTU is 1450"),
+        "{dind_log}"
+    );
+    // (docker0 itself reads 1500 until a container joins it: the nested container's own eth0,
+    // below, is what counts.)
+    let version = exec(
+        "docker",
+        &["docker", "info", "--format", "{{.ServerVersion}}"],
+    );
+    assert!(!version.is_empty(), "docker info answered nothing");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while online(&world.runners()) < 1 {
+        if Instant::now() > deadline {
+            let runner_log = world
+                .bed
+                .kubectl(&["logs", "-n", NS, &name, "-c", "runner"], "");
+            panic!(
+                "{}\nthe runner container's log:\n{}{}",
+                explain("the runner was not ONLINE in fake-bitbucket within 60 s"),
+                String::from_utf8_lossy(&runner_log.stdout),
+                String::from_utf8_lossy(&runner_log.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    world.submit(1, 30.0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while world.steps(StepState::Completed) < 1 {
+        assert_eq!(
+            world.steps(StepState::Failed),
+            0,
+            "{}",
+            explain("the step failed")
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            explain("the step did not complete within 120 s")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let runner_log = kubectl_text(&world, &["logs", "-n", NS, &name, "-c", "runner"]);
+    assert!(
+        runner_log.contains("nested eth0 MTU 1450"),
+        "the nested container's network: {runner_log}"
+    );
+}
