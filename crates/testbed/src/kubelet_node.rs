@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::control_plane::Error;
+use crate::error::{Error, io};
 
 /// The node's name, and its address inside its namespace (the pods' gateway).
 pub const NODE_NAME: &str = "kubelet-1";
@@ -95,11 +95,6 @@ pub struct KubeletNode {
     relays: Vec<JoinHandle<()>>,
     /// The Unix socket reaching the kubelet's port, for the API server's egress proxy.
     pub kubelet_socket: PathBuf,
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), Error> {

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod control_plane;
+mod error;
 pub mod kubelet_node;
 pub mod pki;
 pub mod relay;

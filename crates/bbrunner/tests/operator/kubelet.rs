@@ -24,6 +24,19 @@ fn kubectl_text(world: &World, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Prints an interface's MTU and the largest ICMP payload that reaches the node (10.88.0.1)
+/// with Don't Fragment set: a binary search with iputils' `ping -M do` (by its path: busybox's
+/// shell would run its own ping applet, which cannot set Don't Fragment).
+const LARGEST_DF_PAYLOAD: &str = "lo=1200; hi=1473; while [ $((hi - lo)) -gt 1 ]; do mid=$(((lo + hi) / 2)); if /bin/ping -M do -c 1 -W 1 -s $mid 10.88.0.1 >/dev/null 2>&1; then lo=$mid; else hi=$mid; fi; done; echo \"$(cat /sys/class/net/eth0/mtu) $lo\"";
+
+/// One hop of the MTU table: its interface MTU and the largest payload that passed.
+fn hop(measured: &str) -> (u32, u32) {
+    let mut words = measured
+        .split_whitespace()
+        .map(|w| w.parse::<u32>().unwrap());
+    (words.next().unwrap(), words.next().unwrap())
+}
+
 /// Whether the pod's runner container and its dind sidecar are both Ready.
 fn both_ready(pod: &Pod) -> bool {
     let status = pod.status.clone().unwrap_or_default();
@@ -85,12 +98,29 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
             .bed
             .kubectl(&["get", "pods", "-n", NS, "-o", "wide"], "");
         let events = world.bed.kubectl(&["get", "events", "-n", NS], "");
+        // dind's own words, from its last run if it crashed.
+        let dind = world.bed.kubectl(
+            &[
+                "logs",
+                "-n",
+                NS,
+                "-l",
+                "bbrunner.dev/pool=seed",
+                "-c",
+                "docker",
+                "--previous",
+                "--tail",
+                "20",
+            ],
+            "",
+        );
         let operator = std::fs::read_to_string(&log).unwrap_or_default();
         let newest: Vec<&str> = operator.lines().rev().take(20).collect();
         format!(
-            "{what}\n{}\n{}\noperator log, newest first:\n{}",
+            "{what}\n{}\n{}\ndind's last run:\n{}\noperator log, newest first:\n{}",
             String::from_utf8_lossy(&pods.stdout),
             String::from_utf8_lossy(&events.stdout),
+            String::from_utf8_lossy(&dind.stdout),
             newest.join("\n")
         )
     };
@@ -168,4 +198,55 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
         runner_log.contains("nested eth0 MTU 1450"),
         "the nested container's network: {runner_log}"
     );
+
+    // Measured by packets, each hop against the node: the pod's eth0 (from dind), a nested
+    // container on dind's default bridge (docker0, bbrunner's --mtu), and on user-defined
+    // networks, where the runner puts each step: at Docker's default 1500 and at the pod's MTU
+    // (what --default-network-opt gives from Docker 24 on; Debian's 20.10 here lacks it).
+    let nested = |network: &[&str]| {
+        let mut command = vec!["docker", "run", "--rm"];
+        command.extend(network);
+        command.extend(["bb:1", "sh", "-c", LARGEST_DF_PAYLOAD]);
+        hop(&exec("docker", &command))
+    };
+    exec("docker", &["docker", "network", "create", "step-default"]);
+    exec(
+        "docker",
+        &[
+            "docker",
+            "network",
+            "create",
+            "-o",
+            "com.docker.network.driver.mtu=1450",
+            "step-1450",
+        ],
+    );
+    let table = [
+        (
+            "pod eth0",
+            hop(&exec("docker", &["sh", "-c", LARGEST_DF_PAYLOAD])),
+        ),
+        ("dind's docker0 (bbrunner's --mtu)", nested(&[])),
+        (
+            "step network at Docker's default",
+            nested(&["--network", "step-default"]),
+        ),
+        (
+            "step network at the pod's MTU",
+            nested(&["--network", "step-1450"]),
+        ),
+    ];
+    eprintln!(
+        "hop | interface MTU | largest DF payload that passes | largest that fits the interface"
+    );
+    for (name, (mtu, passed)) in &table {
+        eprintln!("{name} | {mtu} | {passed} | {}", mtu - 28);
+    }
+    // Where the interface's MTU is the pod's, all it allows passes; at Docker's default, the
+    // container believes 1472 bytes fit, and 50 of them never arrive.
+    for (name, (mtu, passed)) in &table {
+        assert_eq!(*passed, 1422, "{name}: {table:?}");
+        let expected_mtu = if name.contains("default") { 1500 } else { 1450 };
+        assert_eq!(*mtu, expected_mtu, "{name}: {table:?}");
+    }
 }
