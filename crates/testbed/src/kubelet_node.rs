@@ -4,6 +4,10 @@
 //! address is the bridge's gateway, 10.88.0.1. Images come from `./scripts/node-images`,
 //! imported into containerd's `k8s.io` namespace: no registry is reached.
 //!
+//! Beyond the node, on a 1500-byte link, a far web server (10.89.0.2) whose ICMP
+//! "fragmentation needed" the node drops, as filtered cloud underlays do: the path-MTU black
+//! hole in which the seed's builds hang.
+//!
 //! Crossing the namespace boundary (see [`crate::relay`]): the kubelet reaches the API server
 //! at `127.0.0.1:PORT` inside, pods reach fake-bitbucket at `http://10.88.0.1`, and the API
 //! server reaches the kubelet through its egress proxy.
@@ -28,11 +32,16 @@ pub const NODE_IP: &str = "10.88.0.1";
 /// Where pods reach fake-bitbucket: the node's port 80, relayed to the host's fake.
 pub const BITBUCKET_URL_FOR_PODS: &str = "http://10.88.0.1";
 const POD_SUBNET: &str = "10.88.0.0/16";
+/// A web server beyond the node on a 1500-byte link, whose ICMP "fragmentation needed" the
+/// node drops: `http://10.89.0.2/big` is a large download through a path-MTU black hole.
+pub const FAR_HOST: &str = "10.89.0.2";
+const FAR_GATEWAY: &str = "10.89.0.1";
+pub const FAR_FILE_BYTES: u64 = 8 << 20;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CGROUP_PREFIX: &str = "bbrunner-node-";
 
 /// What a kubelet node needs from the host, with the package that brings it.
-const HOST_TOOLS: [(&str, &str); 7] = [
+const HOST_TOOLS: [(&str, &str); 9] = [
     ("/usr/bin/containerd", "containerd"),
     ("/usr/bin/ctr", "containerd"),
     ("/usr/sbin/runc", "runc"),
@@ -40,6 +49,8 @@ const HOST_TOOLS: [(&str, &str); 7] = [
     ("/usr/bin/socat", "socat"),
     ("/usr/bin/unshare", "util-linux"),
     ("/usr/sbin/ip", "iproute2"),
+    ("/usr/sbin/iptables", "iptables"),
+    ("/bin/busybox", "busybox-static"),
 ];
 
 /// Why a kubelet node cannot run here, if it cannot: not root, or a tool or the images missing.
@@ -317,6 +328,22 @@ ip link add cni0 type bridge
 ip link set cni0 mtu {mtu}
 ip addr add {NODE_IP}/16 dev cni0
 ip link set cni0 up
+# A far host beyond a 1500-byte link, as the internet is beyond a cloud overlay, whose
+# "fragmentation needed" the node drops, as filtered underlays do: a path-MTU black hole.
+echo 1 > /proc/sys/net/ipv4/ip_forward
+ip netns add far
+ip link add far0 type veth peer name far1
+ip link set far1 netns far
+ip addr add {FAR_GATEWAY}/24 dev far0
+ip link set far0 up
+ip -n far addr add {FAR_HOST}/24 dev far1
+ip -n far link set far1 up
+ip -n far link set lo up
+ip -n far route add {POD_SUBNET} via {FAR_GATEWAY}
+iptables -A OUTPUT -d {FAR_HOST} -p icmp --icmp-type fragmentation-needed -j DROP
+mkdir -p {far_files}
+head -c {FAR_FILE_BYTES} /dev/zero > {far_files}/big
+ip netns exec far busybox httpd -f -p {FAR_HOST}:80 -h {far_files} &
 socat TCP-LISTEN:{api_port},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{api_socket} &
 socat UNIX-LISTEN:{kubelet_socket},fork TCP:{NODE_IP}:10250 &
 {bitbucket_relay}setpriv --pdeathsig KILL containerd --config {config} > {containerd_log} 2>&1 &
@@ -330,6 +357,7 @@ exec setpriv --pdeathsig KILL {kubelet} --config {kubelet_config} --kubeconfig {
                 mtu = options.mtu,
                 api_port = options.api_port,
                 api_socket = path("api.sock"),
+                far_files = path("far"),
                 kubelet_socket = path("kubelet.sock"),
                 config = path("containerd.toml"),
                 containerd_log = path("containerd.log"),

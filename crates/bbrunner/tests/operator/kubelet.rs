@@ -249,4 +249,55 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
         let expected_mtu = if name.contains("default") { 1500 } else { 1450 };
         assert_eq!(*mtu, expected_mtu, "{name}: {table:?}");
     }
+
+    // The seed's hang, by a transfer: 8 MiB from a server beyond a 1500-byte link whose
+    // "fragmentation needed" is dropped (testbed's far host). On a step network at Docker's
+    // default the server's full-size segments never cross the pod's eth0 and the download
+    // stalls; at the pod's MTU, TCP's MSS keeps them small enough and it completes.
+    let url = format!("http://{}/big", testbed::kubelet_node::FAR_HOST);
+    // Debian's wget (by path), one try, giving up after 10 s without a byte.
+    let fetch = format!("/bin/wget -T 10 -t 1 -q -O /tmp/big {url}; wc -c < /tmp/big");
+    let download = |network: &str| {
+        let started = Instant::now();
+        let out = world.bed.kubectl(
+            &[
+                "exec",
+                "-n",
+                NS,
+                &name,
+                "-c",
+                "docker",
+                "--",
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                network,
+                "bb:1",
+                "sh",
+                "-c",
+                &fetch,
+            ],
+            "",
+        );
+        let bytes: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (bytes, started.elapsed().as_secs_f64())
+    };
+    let (stalled, stalled_s) = download("step-default");
+    let (completed, completed_s) = download("step-1450");
+    eprintln!(
+        "8 MiB download through a path-MTU black hole: step network at Docker's default: {stalled} bytes in {stalled_s:.1} s; at the pod's MTU: {completed} bytes in {completed_s:.1} s"
+    );
+    assert_eq!(
+        completed,
+        testbed::kubelet_node::FAR_FILE_BYTES,
+        "at the pod's MTU"
+    );
+    assert!(
+        stalled < testbed::kubelet_node::FAR_FILE_BYTES,
+        "at Docker's default the download should stall, but {stalled} bytes arrived"
+    );
 }
