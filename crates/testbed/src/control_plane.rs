@@ -460,19 +460,7 @@ impl ControlPlane {
         let mut nodes = Vec::new();
         for i in 1..=options.nodes {
             let name = format!("node-{i}");
-            let user = format!("system:node:{name}");
-            let pem = ca.client(&Subject {
-                user: &user,
-                group: Some("system:nodes"),
-            })?;
-            let (cert, key) = (file(&format!("{name}.crt")), file(&format!("{name}.key")));
-            write(&cert, &pem.cert)?;
-            write(&key, &pem.key)?;
-            let config = dir.join(format!("{name}.kubeconfig"));
-            write(
-                &config,
-                &kubeconfig(&server, &file("ca.crt"), &cert_user(&cert, &key)),
-            )?;
+            let config = node_kubeconfig(&ca, &pki, dir, &server, &name)?;
             let mut node = NodeConfig::new(&name);
             node.kubelet_version = kubernetes_version(&options.bin_dir);
             nodes.push((node, client_from(&config).await?));
@@ -490,18 +478,7 @@ impl ControlPlane {
         let kubelet = match &options.kubelet_node {
             Some(images) => {
                 let name = kubelet_node::NODE_NAME;
-                let pem = ca.client(&Subject {
-                    user: &format!("system:node:{name}"),
-                    group: Some("system:nodes"),
-                })?;
-                let (cert, key) = (file(&format!("{name}.crt")), file(&format!("{name}.key")));
-                write(&cert, &pem.cert)?;
-                write(&key, &pem.key)?;
-                let config = dir.join(format!("{name}.kubeconfig"));
-                write(
-                    &config,
-                    &kubeconfig(&server, &file("ca.crt"), &cert_user(&cert, &key)),
-                )?;
+                let config = node_kubeconfig(&ca, &pki, dir, &server, name)?;
                 let node_dir = dir.join("kubelet-node");
                 let mut node = KubeletNode::start(&NodeOptions {
                     dir: node_dir.clone(),
@@ -608,6 +585,33 @@ fn kubernetes_version(bin_dir: &Path) -> String {
         .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
         .and_then(|v| v["clientVersion"]["gitVersion"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "v0.0.0".into())
+}
+
+/// Node `name`'s kubelet identity (`system:node:NAME` in `system:nodes`), its certificate in
+/// `pki`, and a kubeconfig for it in `dir`.
+fn node_kubeconfig(
+    ca: &Authority,
+    pki: &Path,
+    dir: &Path,
+    server: &str,
+    name: &str,
+) -> Result<PathBuf, Error> {
+    let pem = ca.client(&Subject {
+        user: &format!("system:node:{name}"),
+        group: Some("system:nodes"),
+    })?;
+    let (cert, key) = (
+        pki.join(format!("{name}.crt")),
+        pki.join(format!("{name}.key")),
+    );
+    write(&cert, &pem.cert)?;
+    write(&key, &pem.key)?;
+    let config = dir.join(format!("{name}.kubeconfig"));
+    write(
+        &config,
+        &kubeconfig(server, &pki.join("ca.crt"), &cert_user(&cert, &key)),
+    )?;
+    Ok(config)
 }
 
 /// Wait for the kubelet node to register and report Ready, failing early if it stops.
