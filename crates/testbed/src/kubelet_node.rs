@@ -53,6 +53,25 @@ const HOST_TOOLS: [(&str, &str); 9] = [
     ("/bin/busybox", "busybox-static"),
 ];
 
+/// Where `./scripts/node-images` puts the node's images, unless `BBRUNNER_NODE_IMAGES` says
+/// otherwise.
+pub fn images_dir() -> PathBuf {
+    std::env::var_os("BBRUNNER_NODE_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::cluster::workspace().join("target/node-images"))
+}
+
+/// The images `./scripts/node-images` built into `dir`, by role (`pause`, `busybox`,
+/// `runner`, `dind`, `dockerService`), as references a pod spec names.
+pub fn built_images(dir: &Path) -> Result<serde_json::Value, Error> {
+    let path = dir.join("images.json");
+    let text = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|e| Error::Io {
+        what: format!("reading {}", path.display()),
+        source: std::io::Error::other(e),
+    })
+}
+
 /// Why a kubelet node cannot run here, if it cannot: not root, or a tool or the images missing.
 pub fn missing_prerequisite(kube_bin: &Path, images: &Path) -> Option<String> {
     let uid = Command::new("id").arg("-u").output().ok()?;

@@ -55,7 +55,7 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
     let Some(kube_bin) = testbed::cluster::real_binaries(test) else {
         return;
     };
-    let images = workspace_file("target/node-images");
+    let images = testbed::kubelet_node::images_dir();
     if !tier_runs(
         "the kubelet node tier",
         "root, Debian's containerd, runc, CNI plugins and socat, and ./scripts/node-images",
@@ -64,8 +64,7 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
     ) {
         return;
     }
-    let built: Value =
-        serde_json::from_slice(&std::fs::read(images.join("images.json")).unwrap()).unwrap();
+    let built = testbed::kubelet_node::built_images(&images).unwrap();
     let image = |name: &str| built[name].as_str().unwrap().to_owned();
     let bed = testbed::Testbed::real("op-kubelet", bitbucket_config(), |o| {
         o.nodes = 1;

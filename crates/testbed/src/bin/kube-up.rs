@@ -50,7 +50,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let bin_dir = match cli.bin_dir {
         Some(dir) => dir,
-        None => binaries(&workspace())?,
+        None => binaries(&testbed::cluster::workspace())?,
     };
     std::fs::create_dir_all(&cli.dir).with_context(|| format!("creating {}", cli.dir.display()))?;
     let dir = std::fs::canonicalize(&cli.dir)?;
@@ -60,15 +60,14 @@ async fn main() -> Result<()> {
     options.pod_start_latency = Duration::from_millis(cli.pod_start_latency_ms);
     let mut ready = serde_json::Map::new();
     if cli.node.is_some() {
-        let images = std::env::var_os("BBRUNNER_NODE_IMAGES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join("target/node-images"));
+        let images = testbed::kubelet_node::images_dir();
         if let Some(missing) = testbed::kubelet_node::missing_prerequisite(&bin_dir, &images) {
             anyhow::bail!("--node kubelet: {missing}");
         }
-        let built: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(images.join("images.json"))?)?;
-        ready.insert("images".into(), built);
+        ready.insert(
+            "images".into(),
+            testbed::kubelet_node::built_images(&images)?,
+        );
         if options.bitbucket_url.is_some() {
             ready.insert(
                 "bitbucketUrlForPods".into(),
@@ -95,13 +94,4 @@ async fn main() -> Result<()> {
     }
     plane.stop();
     Ok(())
-}
-
-/// The workspace this binary was built from.
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("crates/testbed is two levels down")
-        .to_path_buf()
 }
