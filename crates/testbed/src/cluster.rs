@@ -43,14 +43,7 @@ impl Drop for Cluster {
     }
 }
 
-/// The workspace the tests run in.
-pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("crates/testbed is two levels down")
-        .to_path_buf()
-}
+pub use crate::workspace::workspace;
 
 fn under_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")

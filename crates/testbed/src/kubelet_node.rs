@@ -58,7 +58,7 @@ const HOST_TOOLS: [(&str, &str); 9] = [
 pub fn images_dir() -> PathBuf {
     std::env::var_os("BBRUNNER_NODE_IMAGES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::cluster::workspace().join("target/node-images"))
+        .unwrap_or_else(|| crate::workspace::workspace().join("target/node-images"))
 }
 
 /// The images `./scripts/node-images` built into `dir`, by role (`pause`, `busybox`,

@@ -9,6 +9,7 @@ pub mod kubelet_node;
 pub mod pki;
 pub mod relay;
 mod testbed;
+mod workspace;
 
 pub use cluster::{Backend, Cluster};
 pub use testbed::Testbed;
