@@ -26,7 +26,7 @@ pub use webhooks::signature;
 
 use crate::world::{
     ALL_SCOPES, ApiError, Faults, Identity, NoMatch, PipelineRequest, Repository, RequestRecord,
-    StepRequest, WebhookTarget, Workspace, World, new_uuid,
+    ScopeKey, StepRequest, WebhookTarget, Workspace, World, new_uuid,
 };
 
 /// How to seed and run the fake.
@@ -524,6 +524,22 @@ pub(crate) fn paginate(items: Vec<Value>, query: &PageQuery, base_url: &str, uri
     body
 }
 
+/// One runners route: authorized for runner:write, in the path's scope, under the world's lock.
+fn on_runners<T: IntoResponse>(
+    app: &App,
+    headers: &HeaderMap,
+    path: &ScopePath,
+    act: impl FnOnce(&mut World, ScopeKey, &str, f64) -> Result<T, ApiError>,
+) -> Result<Response, ApiError> {
+    let identity = authorize(app, headers, "runner:write")?;
+    let now = app.now();
+    let mut world = app.world();
+    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
+    let runner = path.runner.as_deref().unwrap_or("");
+    let response = act(&mut world, scope, runner, now)?;
+    Ok(served(&identity, response))
+}
+
 async fn list_runners(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -531,18 +547,13 @@ async fn list_runners(
     Query(query): Query<PageQuery>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let identity = authorize(&app, &headers, "runner:write")?;
-    let now = app.now();
-    let world = app.world();
-    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
-    let items: Vec<Value> = world
-        .runners_of(&scope)
-        .map(|r| world.runner_json(r, now, false))
-        .collect();
-    Ok(served(
-        &identity,
-        Json(paginate(items, &query, &world.base_url, &uri)),
-    ))
+    on_runners(&app, &headers, &path, |world, scope, _, now| {
+        let items: Vec<Value> = world
+            .runners_of(&scope)
+            .map(|r| world.runner_json(r, now, false))
+            .collect();
+        Ok(Json(paginate(items, &query, &world.base_url, &uri)))
+    })
 }
 
 async fn create_runner(
@@ -551,18 +562,16 @@ async fn create_runner(
     Path(path): Path<ScopePath>,
     body: Option<Json<Value>>,
 ) -> Result<Response, ApiError> {
-    let identity = authorize(&app, &headers, "runner:write")?;
-    let Some(Json(body)) = body else {
-        return Err(ApiError::new(
-            400,
-            "Expected a JSON body with name and labels",
-        ));
-    };
-    let now = app.now();
-    let mut world = app.world();
-    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
-    let created = world.create_runner(scope, &body, now)?;
-    Ok(served(&identity, (StatusCode::CREATED, Json(created))))
+    on_runners(&app, &headers, &path, |world, scope, _, now| {
+        let Some(Json(body)) = body else {
+            return Err(ApiError::new(
+                400,
+                "Expected a JSON body with name and labels",
+            ));
+        };
+        let created = world.create_runner(scope, &body, now)?;
+        Ok((StatusCode::CREATED, Json(created)))
+    })
 }
 
 async fn get_runner(
@@ -570,12 +579,9 @@ async fn get_runner(
     headers: HeaderMap,
     Path(path): Path<ScopePath>,
 ) -> Result<Response, ApiError> {
-    let identity = authorize(&app, &headers, "runner:write")?;
-    let now = app.now();
-    let world = app.world();
-    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
-    let runner = world.get_runner(&scope, path.runner.as_deref().unwrap_or(""), now)?;
-    Ok(served(&identity, Json(runner)))
+    on_runners(&app, &headers, &path, |world, scope, runner, now| {
+        Ok(Json(world.get_runner(&scope, runner, now)?))
+    })
 }
 
 async fn set_runner_state(
@@ -584,14 +590,10 @@ async fn set_runner_state(
     Path(path): Path<ScopePath>,
     body: Option<Json<Value>>,
 ) -> Result<Response, ApiError> {
-    let identity = authorize(&app, &headers, "runner:write")?;
     let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
-    let now = app.now();
-    let mut world = app.world();
-    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
-    let runner =
-        world.set_runner_state(&scope, path.runner.as_deref().unwrap_or(""), &body, now)?;
-    Ok(served(&identity, Json(runner)))
+    on_runners(&app, &headers, &path, |world, scope, runner, now| {
+        Ok(Json(world.set_runner_state(&scope, runner, &body, now)?))
+    })
 }
 
 async fn delete_runner(
@@ -599,12 +601,10 @@ async fn delete_runner(
     headers: HeaderMap,
     Path(path): Path<ScopePath>,
 ) -> Result<Response, ApiError> {
-    let identity = authorize(&app, &headers, "runner:write")?;
-    let now = app.now();
-    let mut world = app.world();
-    let scope = world.runner_scope(&path.ws, path.repo.as_deref())?;
-    world.delete_runner(&scope, path.runner.as_deref().unwrap_or(""), now)?;
-    Ok(served(&identity, StatusCode::NO_CONTENT))
+    on_runners(&app, &headers, &path, |world, scope, runner, now| {
+        world.delete_runner(&scope, runner, now)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

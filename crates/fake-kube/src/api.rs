@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, Faults};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::PatchRequest;
 use crate::types::{ApiError, FieldValidation, PatchKind, ResourceType};
 
 mod tables;
@@ -606,16 +607,16 @@ fn patch(
     }
     let name = target.name.as_deref().unwrap_or("");
     let status_only = target.subresource.as_deref() == Some("status");
-    let patched = cluster.patch(
-        &target.rt,
-        &target.version,
-        &namespace_of(target),
+    let patched = cluster.patch(PatchRequest {
+        rt: &target.rt,
+        version: &target.version,
+        namespace: &namespace_of(target),
         name,
         kind,
-        value,
+        body: value,
         status_only,
-        query.get("fieldManager").map(String::as_str),
-    )?;
+        field_manager: query.get("fieldManager").map(String::as_str),
+    })?;
     Ok((StatusCode::OK, patched))
 }
 

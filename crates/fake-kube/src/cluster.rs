@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::store::Store;
-use crate::types::{ApiError, PatchKind, ResourceType};
+use crate::store::{PatchRequest, Store};
+use crate::types::{ApiError, ResourceType};
 
 /// Fault injection on the Kubernetes API (not on `/_fake/`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -374,30 +374,11 @@ impl Cluster {
         Ok(created)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn patch(
-        &self,
-        rt: &ResourceType,
-        version: &str,
-        namespace: &str,
-        name: &str,
-        kind: PatchKind,
-        patch: Value,
-        status_only: bool,
-        manager: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    pub fn patch(&self, request: PatchRequest<'_>) -> Result<Value, ApiError> {
+        let (rt, name, status_only) = (request.rt, request.name, request.status_only);
         let mut store = self.store();
-        let existed = store.get(rt, namespace, name).is_ok();
-        let patched = store.patch(
-            rt,
-            version,
-            namespace,
-            name,
-            kind,
-            patch,
-            status_only,
-            manager,
-        )?;
+        let existed = store.get(rt, request.namespace, name).is_ok();
+        let patched = store.patch(request)?;
         if rt.kind == "CustomResourceDefinition" && !status_only {
             store.register_crd(&patched);
         }
@@ -448,16 +429,11 @@ impl Cluster {
                         .unwrap_or_default();
                     let ns = v["metadata"]["namespace"].as_str().unwrap_or("").to_owned();
                     let dep_name = v["metadata"]["name"].as_str().unwrap_or("").to_owned();
-                    let version = t.versions[0].clone();
-                    let _ = store.patch(
+                    let _ = store.merge(
                         &t,
-                        &version,
                         &ns,
                         &dep_name,
-                        PatchKind::Merge,
                         json!({"metadata": {"ownerReferences": refs}}),
-                        false,
-                        None,
                     );
                 }
             }
@@ -471,16 +447,11 @@ impl Cluster {
                 if !finalizers.iter().any(|f| f == "foregroundDeletion") {
                     finalizers.push(json!("foregroundDeletion"));
                 }
-                let version = rt.versions[0].clone();
-                store.patch(
+                store.merge(
                     rt,
-                    &version,
                     namespace,
                     name,
-                    PatchKind::Merge,
                     json!({"metadata": {"finalizers": finalizers}}),
-                    false,
-                    None,
                 )?;
             }
             _ => {}

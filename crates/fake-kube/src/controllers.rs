@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, owned_by};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::types::{PatchKind, ResourceType};
+use crate::types::ResourceType;
 
 /// A CPU quantity in millicores.
 pub fn cpu_millis(q: &Value) -> i64 {
@@ -211,16 +211,11 @@ fn garbage_collect(cluster: &Cluster) {
             })
             .unwrap_or_default();
         let (ns, name) = key(&v);
-        let version = t.versions[0].clone();
-        let _ = store.patch(
+        let _ = store.merge(
             &t,
-            &version,
             &ns,
             &name,
-            PatchKind::Merge,
             json!({"metadata": {"finalizers": finalizers}}),
-            false,
-            None,
         );
     }
 }
@@ -541,15 +536,11 @@ fn schedule(cluster: &Cluster) {
                 let entry = used.entry(node_name.clone()).or_default();
                 entry.0 += cpu;
                 entry.1 += mem;
-                let _ = store.patch(
+                let _ = store.merge(
                     &pod_type,
-                    "v1",
                     &ns,
                     &name,
-                    PatchKind::Merge,
                     json!({"spec": {"nodeName": node_name}}),
-                    false,
-                    None,
                 );
                 let mut status = pod["status"].clone();
                 status["conditions"] = json!([{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]);

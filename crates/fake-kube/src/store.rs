@@ -15,6 +15,8 @@ use crate::validate;
 mod crds;
 mod patch;
 
+pub use patch::PatchRequest;
+
 type ObjectKey = (String, String, String);
 
 /// Every object of the cluster, its resourceVersion and the watch log.

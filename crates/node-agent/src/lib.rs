@@ -12,6 +12,21 @@ pub mod node;
 pub mod pod;
 pub mod tls;
 
+#[cfg(test)]
+mod test_support {
+    /// The `status` of an object's condition of type `kind`.
+    pub fn condition_status<'a>(
+        status: &'a serde_json::Value,
+        kind: &str,
+    ) -> &'a serde_json::Value {
+        status["conditions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["type"] == kind))
+            .map(|c| &c["status"])
+            .unwrap_or_else(|| panic!("no {kind} condition"))
+    }
+}
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

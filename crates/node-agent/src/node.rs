@@ -123,13 +123,10 @@ mod tests {
         );
         assert_eq!(node["metadata"]["labels"]["pool"], "ci");
         assert_eq!(node["status"]["allocatable"]["ephemeral-storage"], "1Ti");
-        let ready = node["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap();
-        assert_eq!(ready["status"], "True");
+        assert_eq!(
+            crate::test_support::condition_status(&node["status"], "Ready"),
+            "True"
+        );
         assert_eq!(
             node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
             10250

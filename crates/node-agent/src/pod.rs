@@ -450,13 +450,7 @@ mod tests {
             s["initContainerStatuses"][1]["state"]["terminated"]["reason"],
             "Completed"
         );
-        let ready = s["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap();
-        assert_eq!(ready["status"], "True");
+        assert_eq!(crate::test_support::condition_status(&s, "Ready"), "True");
         assert_eq!(s["podIPs"][0]["ip"], "10.244.1.2");
     }
 

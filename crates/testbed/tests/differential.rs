@@ -94,6 +94,23 @@ fn config_map(name: &str, data: Value) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap()
 }
 
+/// A ConfigMap `name` that a finalizer holds once deleted, until `release`.
+async fn hold(api: &Api<ConfigMap>, name: &str) {
+    let mut held = config_map(name, json!({}));
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    api.create(&PostParams::default(), &held).await.unwrap();
+}
+
+async fn release(api: &Api<ConfigMap>, name: &str) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+}
+
 fn api_error(result: Result<impl std::fmt::Debug, kube::Error>) -> kube::core::Status {
     match result {
         Err(kube::Error::Api(status)) => *status,
@@ -367,9 +384,7 @@ async fn watches_resume_stream_initial_events_and_expire(cluster: &Cluster, ns: 
 
 async fn finalizers_hold_a_deleted_object(cluster: &Cluster, ns: &str) {
     let api: Api<ConfigMap> = Api::namespaced(cluster.client(), ns);
-    let mut held = config_map("held", json!({}));
-    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
-    api.create(&PostParams::default(), &held).await.unwrap();
+    hold(&api, "held").await;
     api.delete("held", &DeleteParams::default()).await.unwrap();
     let marked = api.get("held").await.unwrap();
     assert!(marked.metadata.deletion_timestamp.is_some());
@@ -394,13 +409,7 @@ async fn finalizers_hold_a_deleted_object(cluster: &Cluster, ns: &str) {
         "{}",
         refused.message
     );
-    api.patch(
-        "held",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    release(&api, "held").await;
     eventually("the released object goes", || async {
         api.get_opt("held").await.unwrap().is_none()
     })
@@ -472,9 +481,7 @@ async fn owner_references_collect_garbage_in_the_background_and_foreground(
 
 async fn a_deleted_namespace_empties_and_refuses_new_content(cluster: &Cluster, ns: &str) {
     let api: Api<ConfigMap> = Api::namespaced(cluster.client(), ns);
-    let mut held = config_map("held", json!({}));
-    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
-    api.create(&PostParams::default(), &held).await.unwrap();
+    hold(&api, "held").await;
     let namespaces: Api<Namespace> = Api::all(cluster.client());
     namespaces
         .delete(ns, &DeleteParams::default())
@@ -506,13 +513,7 @@ async fn a_deleted_namespace_empties_and_refuses_new_content(cluster: &Cluster, 
             .is_some()
     })
     .await;
-    api.patch(
-        "held",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    release(&api, "held").await;
     eventually("the namespace goes", || async {
         namespaces.get_opt(ns).await.unwrap().is_none()
     })
@@ -656,36 +657,45 @@ async fn the_status_subresource_splits_spec_and_status(cluster: &Cluster, ns: &s
         "status ignored on create"
     );
     assert_eq!(created.metadata.generation, Some(1));
-    let status = api
-        .patch_status(
-            "split",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Ready"}, "spec": {"size": 9}})),
-        )
+    // Each write names both parts; only its own part lands, and only spec bumps the generation.
+    let both = |phase: &str, size: u32| {
+        Patch::Merge(json!({"status": {"phase": phase}, "spec": {"size": size}}))
+    };
+    let through_status = api
+        .patch_status("split", &PatchParams::default(), &both("Ready", 9))
         .await
         .unwrap();
-    assert_eq!(status.data["status"]["phase"], "Ready");
+    let through_object = api
+        .patch("split", &PatchParams::default(), &both("Gone", 2))
+        .await
+        .unwrap();
+    let seen = |o: &DynamicObject| {
+        (
+            o.data["status"]["phase"].clone(),
+            o.data["spec"]["size"].clone(),
+            o.metadata.generation,
+        )
+    };
     assert_eq!(
-        status.data["spec"]["size"], 1,
-        "spec ignored through /status"
+        [seen(&through_status), seen(&through_object)],
+        [
+            (json!("Ready"), json!(1), Some(1)),
+            (json!("Ready"), json!(2), Some(2)),
+        ],
+        "spec ignored through /status, status ignored on the object, a spec change bumps the generation"
     );
-    assert_eq!(status.metadata.generation, Some(1));
-    let spec = api
+    let labelled = api
         .patch(
             "split",
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Gone"}, "spec": {"size": 2}})),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
         )
         .await
         .unwrap();
     assert_eq!(
-        spec.data["status"]["phase"], "Ready",
-        "status ignored on the object"
-    );
-    assert_eq!(
-        spec.metadata.generation,
+        labelled.metadata.generation,
         Some(2),
-        "a spec change bumps the generation"
+        "a metadata change does not bump the generation"
     );
 }
 

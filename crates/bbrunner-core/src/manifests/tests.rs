@@ -194,19 +194,7 @@ fn runner_and_dind_share_the_three_volumes_at_the_same_paths() {
 #[test]
 fn runner_env_comes_from_the_secret_and_extra_env_is_kept() {
     let r = rendered(&options());
-    let env = r
-        .deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let env = pod(&r).containers[0].env.clone().unwrap();
     let from_secret = |name: &str| {
         env.iter()
             .find(|e| e.name == name)

@@ -244,72 +244,68 @@ pub fn secret(pool: &RunnerPool, registration: &RunnerRegistration) -> Secret {
     }
 }
 
-/// The revision of the pool's pod template: what every runner pod is made from, the runner's
-/// own registration aside. A pod of another revision is from an earlier spec.
-pub fn template_revision(pool: &RunnerPool, valid: &ValidPool, repository_scoped: bool) -> String {
-    let placeholder =
-        RunnerUuid::parse("00000000-0000-0000-0000-000000000000").expect("a well-formed UUID");
-    let name = pool.metadata.name.as_deref().unwrap_or("");
-    let template = pod_from_template(
-        pool,
-        valid,
-        &placeholder,
-        &object_name(name, &placeholder),
-        repository_scoped,
-    );
-    manifests::template_revision(&template)
+/// What every runner pod of a pool is made from, the runner's own registration aside.
+#[derive(Clone, Copy)]
+pub struct PodTemplate<'a> {
+    pub pool: &'a RunnerPool,
+    pub valid: &'a ValidPool,
+    pub repository_scoped: bool,
 }
 
-/// The pod of one runner, reading its registration from `secret_name`, marked with the
-/// template revision it is made from.
-pub fn pod(
-    pool: &RunnerPool,
-    valid: &ValidPool,
-    runner: &RunnerUuid,
-    secret_name: &str,
-    repository_scoped: bool,
-) -> Pod {
-    let mut pod = pod_from_template(pool, valid, runner, secret_name, repository_scoped);
-    let revision = template_revision(pool, valid, repository_scoped);
-    pod.metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(ANNOTATION_TEMPLATE.to_owned(), revision);
-    pod
-}
+impl PodTemplate<'_> {
+    /// The template's revision; a pod of another revision is from an earlier spec.
+    pub fn revision(&self) -> String {
+        let placeholder =
+            RunnerUuid::parse("00000000-0000-0000-0000-000000000000").expect("a well-formed UUID");
+        let name = self.pool.metadata.name.as_deref().unwrap_or("");
+        manifests::template_revision(
+            &self.unmarked_pod(&placeholder, &object_name(name, &placeholder)),
+        )
+    }
 
-fn pod_from_template(
-    pool: &RunnerPool,
-    valid: &ValidPool,
-    runner: &RunnerUuid,
-    secret_name: &str,
-    repository_scoped: bool,
-) -> Pod {
-    let name = pool.metadata.name.as_deref().unwrap_or("");
-    let mut labels = pool.spec.pod_template.labels.clone().unwrap_or_default();
-    labels.extend(pool_labels(pool, runner));
-    let mut annotations = pool
-        .spec
-        .pod_template
-        .annotations
-        .clone()
-        .unwrap_or_default();
-    annotations.extend(manifests::runner_pod_annotations());
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(object_name(name, runner)),
-            namespace: pool.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: owner(pool).map(|o| vec![o]),
-            ..Default::default()
-        },
-        spec: Some(manifests::runner_pod_spec(&pod_config(
+    /// The pod of one runner, reading its registration from `secret_name`, marked with the
+    /// template revision it is made from.
+    pub fn pod(&self, runner: &RunnerUuid, secret_name: &str) -> Pod {
+        let mut pod = self.unmarked_pod(runner, secret_name);
+        pod.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_TEMPLATE.to_owned(), self.revision());
+        pod
+    }
+
+    fn unmarked_pod(&self, runner: &RunnerUuid, secret_name: &str) -> Pod {
+        let Self {
             pool,
             valid,
-            secret_name,
             repository_scoped,
-        ))),
-        status: None,
+        } = *self;
+        let name = pool.metadata.name.as_deref().unwrap_or("");
+        let mut labels = pool.spec.pod_template.labels.clone().unwrap_or_default();
+        labels.extend(pool_labels(pool, runner));
+        let mut annotations = pool
+            .spec
+            .pod_template
+            .annotations
+            .clone()
+            .unwrap_or_default();
+        annotations.extend(manifests::runner_pod_annotations());
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(object_name(name, runner)),
+                namespace: pool.metadata.namespace.clone(),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                owner_references: owner(pool).map(|o| vec![o]),
+                ..Default::default()
+            },
+            spec: Some(manifests::runner_pod_spec(&pod_config(
+                pool,
+                valid,
+                secret_name,
+                repository_scoped,
+            ))),
+            status: None,
+        }
     }
 }

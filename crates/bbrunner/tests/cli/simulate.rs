@@ -122,6 +122,13 @@ fn a_trace_file_and_a_pool_manifest_drive_the_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `simulate` with `args` fails, prints nothing on stdout and says `says` on stderr.
+fn refuses(args: &[&str], says: &str) {
+    let run = bbrunner(args, "").failure();
+    assert_eq!(run.stdout, "", "{args:?}");
+    assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+}
+
 #[test]
 fn bad_input_is_named() {
     let dir = std::env::temp_dir().join(format!("bbrunner-sim-bad-{}", std::process::id()));
@@ -135,33 +142,25 @@ fn bad_input_is_named() {
 
     let pool = dir.join("pool.yaml");
     std::fs::write(&pool, "spec:\n  scaling:\n    min: 5\n    max: 2\n").unwrap();
-    let run = bbrunner(
-        &[
-            "simulate",
-            "--scenario",
-            "steady",
-            "--pool",
-            pool.to_str().unwrap(),
-        ],
-        "",
-    )
-    .failure();
-    assert!(
-        run.stderr.contains("min (5) is greater than max (2)"),
-        "{}",
-        run.stderr
-    );
-
-    let run = bbrunner(&["simulate", "--scenario", "monday"], "").failure();
-    assert!(run.stderr.contains("--scenario \"monday\" is not built in"));
-    let run = bbrunner(
-        &["simulate", "--scenario", "steady", "--policy", "magic"],
-        "",
-    )
-    .failure();
-    assert!(run.stderr.contains("--policy \"magic\" is not a policy"));
-    let run = bbrunner(&["simulate"], "").failure();
-    assert!(run.stderr.contains("--trace") && run.stderr.contains("--scenario"));
+    let pool = pool.to_str().unwrap();
+    for (args, says) in [
+        (
+            &["simulate", "--scenario", "steady", "--pool", pool][..],
+            "min (5) is greater than max (2)",
+        ),
+        (
+            &["simulate", "--scenario", "monday"],
+            "--scenario \"monday\" is not built in",
+        ),
+        (
+            &["simulate", "--scenario", "steady", "--policy", "magic"],
+            "--policy \"magic\" is not a policy",
+        ),
+        (&["simulate"], "--trace"),
+        (&["simulate"], "--scenario"),
+    ] {
+        refuses(args, says);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -171,7 +170,7 @@ fn inputs_that_would_hang_or_mislead_are_refused_or_flagged() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
 
-    let run = bbrunner(
+    refuses(
         &[
             "simulate",
             "--scenario",
@@ -179,17 +178,15 @@ fn inputs_that_would_hang_or_mislead_are_refused_or_flagged() {
             "--policy",
             "idle-buffer:0s",
         ],
-        "",
-    )
-    .failure();
-    assert!(run.stderr.contains("under 1s"), "{}", run.stderr);
+        "under 1s",
+    );
 
     std::fs::write(
         path("zero-poll.yaml"),
         "kind: RunnerPool\nspec:\n  scaling:\n    pollInterval: 0s\n",
     )
     .unwrap();
-    let run = bbrunner(
+    refuses(
         &[
             "simulate",
             "--scenario",
@@ -197,18 +194,15 @@ fn inputs_that_would_hang_or_mislead_are_refused_or_flagged() {
             "--pool",
             &path("zero-poll.yaml"),
         ],
-        "",
-    )
-    .failure();
-    assert!(run.stderr.contains("pollInterval"), "{}", run.stderr);
+        "pollInterval",
+    );
 
     for (line, field) in [
         ("{\"at\": 1e12, \"duration\": 60}", "\"at\""),
         ("{\"at\": 0, \"duration\": 1e300}", "\"duration\""),
     ] {
         std::fs::write(path("far.jsonl"), format!("{line}\n")).unwrap();
-        let run = bbrunner(&["simulate", "--trace", &path("far.jsonl")], "").failure();
-        assert!(run.stderr.contains(field), "{line}: {}", run.stderr);
+        refuses(&["simulate", "--trace", &path("far.jsonl")], field);
     }
 
     // Polling every second costs more calls than Bitbucket allows: flagged, in both outputs.
@@ -442,12 +436,10 @@ fn pipelines_are_measured_by_their_overhead_with_and_without_webhooks() {
         ("atlassian-ratio,webhooks", "reads neither webhooks"),
         ("queue,telepathy", "\"telepathy\" is not an option"),
     ] {
-        let run = bbrunner(
+        refuses(
             &["simulate", "--scenario", "steady", "--policy", policy],
-            "",
-        )
-        .failure();
-        assert!(run.stderr.contains(complaint), "{}", run.stderr);
+            complaint,
+        );
     }
 }
 

@@ -369,21 +369,14 @@ fn rendered_dind_command(args: &[&str]) -> Vec<String> {
     let mut all = vec!["render", "--docker-command", "-"];
     all.extend(args);
     let command = std::fs::read_to_string(workspace_file("examples/docker-command.txt")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bbrunner"))
-        .args(&all)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(command.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut render = Command::new(env!("CARGO_BIN_EXE_bbrunner"));
+    render.args(&all);
+    let out = testbed::cluster::run_with_stdin(render, &command, "bbrunner was not built");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();

@@ -96,22 +96,11 @@ impl Prometheus {
 }
 
 fn promtool(args: &[&str], stdin: &str) -> std::process::Output {
-    use std::io::Write as _;
-    let mut child = Command::new("promtool")
+    let mut command = Command::new("promtool");
+    command
         .args(args)
-        .current_dir(workspace_file("deploy/prometheus"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+        .current_dir(workspace_file("deploy/prometheus"));
+    testbed::cluster::run_with_stdin(command, stdin, "promtool is not installed")
 }
 
 /// Grafana's template variables, as "All" selects them.

@@ -6,19 +6,52 @@ use serde_json::{Value, json};
 
 use super::*;
 
+/// A PATCH as the API receives it.
+pub struct PatchRequest<'a> {
+    pub rt: &'a ResourceType,
+    pub version: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub kind: PatchKind,
+    pub body: Value,
+    /// Through the status subresource: only `status` changes.
+    pub status_only: bool,
+    pub field_manager: Option<&'a str>,
+}
+
 impl Store {
-    #[allow(clippy::too_many_arguments)]
-    pub fn patch(
+    /// A merge patch by a control-plane component (a controller, the garbage collector).
+    pub fn merge(
         &mut self,
         rt: &ResourceType,
-        version: &str,
         namespace: &str,
         name: &str,
-        kind: PatchKind,
-        patch: Value,
-        status_only: bool,
-        field_manager: Option<&str>,
+        body: Value,
     ) -> Result<Value, ApiError> {
+        let version = rt.versions.first().cloned().unwrap_or_default();
+        self.patch(PatchRequest {
+            rt,
+            version: &version,
+            namespace,
+            name,
+            kind: PatchKind::Merge,
+            body,
+            status_only: false,
+            field_manager: None,
+        })
+    }
+
+    pub fn patch(&mut self, request: PatchRequest<'_>) -> Result<Value, ApiError> {
+        let PatchRequest {
+            rt,
+            version,
+            namespace,
+            name,
+            kind,
+            body: patch,
+            status_only,
+            field_manager,
+        } = request;
         let request = crate::structural::request();
         let manager = field_manager
             .map(str::to_owned)

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::operator::crd::RunnerPool;
-use crate::operator::pool::{self, ANNOTATION_RAN_STEP, ValidPool};
+use crate::operator::pool::{self, ANNOTATION_RAN_STEP, PodTemplate, ValidPool};
 
 use super::*;
 
@@ -38,7 +38,11 @@ pub(super) async fn execute(
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let repository_scoped = pool.spec.repository.is_some();
+    let template = PodTemplate {
+        pool,
+        valid,
+        repository_scoped: pool.spec.repository.is_some(),
+    };
     let mut bitbucket_changes = 0;
     let ignore_missing = |r: Result<_, kube::Error>| match r {
         Ok(_) => Ok(()),
@@ -108,13 +112,7 @@ pub(super) async fn execute(
                 );
                 pods.create(
                     &PostParams::default(),
-                    &pool::pod(
-                        pool,
-                        valid,
-                        &registration.runner_uuid,
-                        &secret_name,
-                        repository_scoped,
-                    ),
+                    &template.pod(&registration.runner_uuid, &secret_name),
                 )
                 .await?;
                 done(action, &registration.runner_uuid, "created its pod");
@@ -133,7 +131,7 @@ pub(super) async fn execute(
             }
             Action::CreatePod(uuid) => {
                 let secret_name = pool::object_name(&name, uuid);
-                let pod = pool::pod(pool, valid, uuid, &secret_name, repository_scoped);
+                let pod = template.pod(uuid, &secret_name);
                 match pods.create(&PostParams::default(), &pod).await {
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     other => {

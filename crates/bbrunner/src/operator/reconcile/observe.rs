@@ -23,7 +23,7 @@ use crate::operator::demand::Asking;
 use crate::operator::metrics::PoolLabels;
 use crate::operator::pod_view::PodView;
 use crate::operator::pool::{
-    self, ANNOTATION_RAN_STEP, ANNOTATION_TEMPLATE, LABEL_POOL, ValidPool,
+    self, ANNOTATION_RAN_STEP, ANNOTATION_TEMPLATE, LABEL_POOL, PodTemplate, ValidPool,
 };
 
 use super::*;
@@ -513,11 +513,14 @@ pub(super) fn pool_settings(
         deleting_since,
         deletion_grace: ctx.settings.deletion_grace.as_secs_f64(),
         labels: valid.labels.as_slice().to_vec(),
-        template: Some(pool::template_revision(
-            pool,
-            valid,
-            pool.spec.repository.is_some(),
-        )),
+        template: Some(
+            PodTemplate {
+                pool,
+                valid,
+                repository_scoped: pool.spec.repository.is_some(),
+            }
+            .revision(),
+        ),
     }
 }
 

@@ -14,7 +14,7 @@ use kube::runtime::controller::Action as Requeue;
 
 use crate::operator::crd::RunnerPool;
 use crate::operator::pod_view::PodView;
-use crate::operator::pool::{self, LABEL_POOL, ValidPool};
+use crate::operator::pool::{self, LABEL_POOL, PodTemplate, ValidPool};
 
 use super::*;
 
@@ -101,7 +101,12 @@ pub(super) async fn reconcile_static(
                 match pods
                     .create(
                         &PostParams::default(),
-                        &pool::pod(pool, valid, &uuid, secret_name, *repository_scoped),
+                        &PodTemplate {
+                            pool,
+                            valid,
+                            repository_scoped: *repository_scoped,
+                        }
+                        .pod(&uuid, secret_name),
                     )
                     .await
                 {
@@ -136,7 +141,12 @@ pub(super) async fn reconcile_static(
             Duration::from_secs(30),
         ));
     }
-    let revision = pool::template_revision(pool, valid, false);
+    let revision = PodTemplate {
+        pool,
+        valid,
+        repository_scoped: false,
+    }
+    .revision();
     let counts = static_counts(wanted.len(), &observed, &revision);
     record_metrics(ctx, pool, &counts, wanted.len() as u32);
     let report = StatusReport {
