@@ -3,6 +3,7 @@
 //! its inputs, which is what lets the CLI, the operator and the simulator share it.
 
 pub mod admin_policy;
+pub mod cache;
 pub mod clock_skew;
 pub mod demand;
 pub mod dockerd;

@@ -1,0 +1,206 @@
+//! Warm runners: which persistent Docker cache volume (a PersistentVolumeClaim per runner
+//! slot) each new runner pod mounts, which claims to create and which to delete.
+//!
+//! One image store must never be opened by two daemons, so a claim is handed to one pod at a
+//! time and on to the next only once that pod is over. The decision reads what is observed
+//! (pods and the claims they mount, and the claims' own marks), never the operator's memory,
+//! so that a restarted operator, or two during an upgrade, decide alike. Kubernetes enforces
+//! the same from its side (`ReadWriteOncePod`), and dind's start script from the daemon's
+//! (a lock file on the volume).
+
+use crate::units::Seconds;
+
+/// A pool's cache, as its spec asks for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Off: no pod mounts a claim, and the claims go once free for `delete_after`.
+    pub enabled: bool,
+    /// How many claims to keep when the pool shrinks (by default the pool's `max`).
+    pub retain: u32,
+    /// How long a claim stays free before it may be deleted (the pool's scale-down delay).
+    pub delete_after: Seconds,
+}
+
+/// The name of a pool's claim for slot `slot`.
+pub fn claim_name(pool: &str, slot: u32) -> String {
+    format!("{pool}-cache-{slot}")
+}
+
+/// The slot of a claim named by [`claim_name`] for `pool`.
+pub fn slot_of(pool: &str, claim: &str) -> Option<u32> {
+    let digits = claim.strip_prefix(pool)?.strip_prefix("-cache-")?;
+    // `01` would name the slot of `1` a second time.
+    if digits.starts_with('0') && digits.len() > 1 {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// One of the pool's claims.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedClaim {
+    pub name: String,
+    pub created_at: Seconds,
+    /// Deleted, and held only by Kubernetes' protection until no pod mounts it.
+    pub terminating: bool,
+    /// The pod the claim was last handed to, and when (the claim's own marks).
+    pub handed_to: Option<Handover>,
+}
+
+/// A claim's mark of the pod it was handed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handover {
+    pub pod: String,
+    pub at: Seconds,
+}
+
+/// A pod of the pool that mounts a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimUser {
+    pub pod: String,
+    pub claim: String,
+    /// Its containers may still run: the pod exists and has not Succeeded or Failed.
+    pub live: bool,
+}
+
+/// How long a handover without its pod keeps the claim: the operator marks the claim, then
+/// creates the pod; another operator must not take the claim in between.
+pub const HANDOVER_GRACE: Seconds = 120.0;
+
+/// What to do with the pool's claims at one reconcile.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CachePlan {
+    /// For each new pod, in order, the claim it mounts: existing ones warmest first, then
+    /// new ones to create.
+    pub handovers: Vec<ClaimChoice>,
+    /// Free claims past `retain`, or of a pool whose cache is off, free for long enough.
+    pub delete: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimChoice {
+    /// A free claim: warm if it was used before.
+    Reuse { claim: String, warm: bool },
+    /// A new claim, for a new slot.
+    Create { claim: String },
+}
+
+impl ClaimChoice {
+    pub fn claim(&self) -> &str {
+        match self {
+            ClaimChoice::Reuse { claim, .. } | ClaimChoice::Create { claim } => claim,
+        }
+    }
+}
+
+/// The state of each claim, for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheCounts {
+    /// Mounted by a live pod, or just handed to one.
+    pub in_use: u32,
+    /// Free, and used before: the next pod starts warm on it.
+    pub warm: u32,
+    /// Free, never used.
+    pub cold: u32,
+    pub terminating: u32,
+}
+
+impl CacheCounts {
+    pub fn total(&self) -> u32 {
+        self.in_use + self.warm + self.cold + self.terminating
+    }
+}
+
+/// Whether a claim is in use: a live pod mounts it, or it was handed to a pod that does not
+/// exist yet within the grace (its creation may be under way).
+fn in_use(claim: &ObservedClaim, users: &[ClaimUser], now: Seconds) -> bool {
+    let mounted = users.iter().any(|u| u.claim == claim.name && u.live);
+    let awaited = claim
+        .handed_to
+        .as_ref()
+        .is_some_and(|h| now - h.at < HANDOVER_GRACE && !users.iter().any(|u| u.pod == h.pod));
+    mounted || awaited
+}
+
+/// When a claim was last used: its last handover, else its creation.
+fn last_used(claim: &ObservedClaim) -> Seconds {
+    claim.handed_to.as_ref().map_or(claim.created_at, |h| h.at)
+}
+
+pub fn counts(claims: &[ObservedClaim], users: &[ClaimUser], now: Seconds) -> CacheCounts {
+    let mut counts = CacheCounts::default();
+    for claim in claims {
+        if claim.terminating {
+            counts.terminating += 1;
+        } else if in_use(claim, users, now) {
+            counts.in_use += 1;
+        } else if claim.handed_to.is_some() {
+            counts.warm += 1;
+        } else {
+            counts.cold += 1;
+        }
+    }
+    counts
+}
+
+/// The claims for `new_pods` new runner pods of `pool`, and the claims to delete.
+pub fn plan(
+    pool: &str,
+    settings: &CacheSettings,
+    claims: &[ObservedClaim],
+    users: &[ClaimUser],
+    new_pods: usize,
+    now: Seconds,
+) -> CachePlan {
+    let mut free: Vec<&ObservedClaim> = claims
+        .iter()
+        .filter(|c| !c.terminating && !in_use(c, users, now))
+        .collect();
+    // Warmest first: the most recent handover; never-used claims last, lowest slot first.
+    free.sort_by(|a, b| {
+        let used = |c: &ObservedClaim| c.handed_to.as_ref().map(|h| h.at);
+        used(b)
+            .partial_cmp(&used(a))
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| slot_of(pool, &a.name).cmp(&slot_of(pool, &b.name)))
+    });
+    let new_pods = if settings.enabled { new_pods } else { 0 };
+    let reused = new_pods.min(free.len());
+    let mut handovers: Vec<ClaimChoice> = free[..reused]
+        .iter()
+        .map(|c| ClaimChoice::Reuse {
+            claim: c.name.clone(),
+            warm: c.handed_to.is_some(),
+        })
+        .collect();
+    let mut taken_slots: Vec<u32> = claims
+        .iter()
+        .filter_map(|c| slot_of(pool, &c.name))
+        .collect();
+    let mut next_slot = 0;
+    while handovers.len() < new_pods {
+        while taken_slots.contains(&next_slot) {
+            next_slot += 1;
+        }
+        taken_slots.push(next_slot);
+        handovers.push(ClaimChoice::Create {
+            claim: claim_name(pool, next_slot),
+        });
+    }
+    // Past `retain` (none when the cache is off), the coldest free claims go, once free for
+    // the delay.
+    let kept = claims.iter().filter(|c| !c.terminating).count() + (new_pods - reused);
+    let retain = if settings.enabled { settings.retain } else { 0 };
+    let excess = kept.saturating_sub(retain as usize);
+    let delete = free[reused..]
+        .iter()
+        .rev()
+        .filter(|c| now - last_used(c) >= settings.delete_after)
+        .take(excess)
+        .map(|c| c.name.clone())
+        .collect();
+    CachePlan { handovers, delete }
+}
+
+#[cfg(test)]
+mod tests;
