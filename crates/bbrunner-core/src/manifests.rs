@@ -14,9 +14,9 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, Lifecycle, LifecycleHandler,
-    LocalObjectReference, ObjectFieldSelector, PodSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Toleration, TopologySpreadConstraint,
-    Volume, VolumeMount,
+    LocalObjectReference, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use thiserror::Error;
@@ -243,6 +243,9 @@ pub struct RunnerPodConfig {
     pub disk_gib: Option<u32>,
     pub dind: DindSpec,
     pub placement: PodPlacement,
+    /// The PersistentVolumeClaim holding Docker's data across runner pods (the warm cache);
+    /// `None`: an `emptyDir` that dies with the pod.
+    pub cache_claim: Option<String>,
 }
 
 impl RunnerPodConfig {
@@ -483,6 +486,31 @@ const VOLUME_DOCKER_DATA: &str = "docker-data";
 /// `--default-network-opt` (the user-defined networks the runner puts each step on). The flag
 /// is tested, not guessed from the tag: Docker 20.10 refuses it and would never start.
 pub const DIND_START_SCRIPT: &str = r#"mtu="$1"; shift
+if [ -n "$BBRUNNER_CACHE" ]; then
+  command -v flock >/dev/null || { echo "bbrunner: this dind image has no flock, so it cannot lock its cache volume; refusing to open a store another daemon may use" >&2; exit 78; }
+  exec 9>>/var/lib/docker/.bbrunner-lock
+  flock -n 9 || { echo "bbrunner: another Docker daemon has this cache volume open; refusing to open its store" >&2; exit 75; }
+  usage() { df -Pk /var/lib/docker | awk 'NR == 2 { print int($3 * 100 / $2) }'; }
+  used="$(usage)"
+  if [ "$used" -ge 90 ]; then
+    echo "bbrunner: cache volume ${used}% full: emptied, so that steps do not run out of disk"
+    find /var/lib/docker -mindepth 1 -maxdepth 1 ! -name .bbrunner-lock -exec rm -rf {} +
+    used="$(usage)"
+  fi
+  echo "bbrunner: cache volume locked for this daemon, ${used}% used"
+  keep="$(df -Pk /var/lib/docker | awk 'NR == 2 { print int($2 * 2 / 5) }')"
+  printf '{"builder": {"gc": {"enabled": true, "defaultKeepStorage": "%sKB"}}}\n' "$keep" > /var/run/bbrunner-daemon.json
+  set -- --config-file=/var/run/bbrunner-daemon.json "$@"
+  (while sleep 300; do
+    if [ "$(usage)" -ge 70 ]; then
+      echo "bbrunner: cache volume $(usage)% full: pruning what no step used for a day"
+      docker container prune -f >/dev/null
+      docker image prune -af --filter until=24h >/dev/null
+      docker builder prune -af --keep-storage "${keep}KB" >/dev/null
+      echo "bbrunner: cache volume $(usage)% used after pruning"
+    fi
+  done) &
+fi
 if [ "$mtu" = auto ]; then
   mtu="$(cat /sys/class/net/eth0/mtu)" || exit 1
   echo "bbrunner: pod eth0 MTU is $mtu"
@@ -532,6 +560,12 @@ fn dind_container(config: &RunnerPodConfig) -> Container {
         // dind as well, since dind pulls the steps' images.
         env: Some(
             std::iter::once(env("DOCKER_TLS_CERTDIR", ""))
+                .chain(
+                    config
+                        .cache_claim
+                        .is_some()
+                        .then(|| env("BBRUNNER_CACHE", "1")),
+                )
                 .chain(
                     config
                         .secret_env
@@ -671,7 +705,17 @@ pub fn runner_pod_spec(config: &RunnerPodConfig) -> PodSpec {
                 VOLUME_DOCKER_CONTAINERS,
             ]
             .into_iter()
-            .map(|volume| empty_dir(volume, config.disk().volume_limit(volume)))
+            .map(|volume| match &config.cache_claim {
+                Some(claim) if volume == VOLUME_DOCKER_DATA => Volume {
+                    name: volume.to_owned(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim.clone(),
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                },
+                _ => empty_dir(volume, config.disk().volume_limit(volume)),
+            })
             .chain([Volume {
                 name: VOLUME_POD_INFO.to_owned(),
                 downward_api: Some(DownwardAPIVolumeSource {

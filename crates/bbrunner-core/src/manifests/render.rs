@@ -119,6 +119,7 @@ pub fn render_runner(
         disk_gib: options.disk_gib,
         dind: options.dind.clone(),
         placement: options.placement.clone(),
+        cache_claim: None,
     };
     pod_config.validate()?;
 

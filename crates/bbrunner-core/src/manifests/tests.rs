@@ -409,6 +409,7 @@ fn plain_config() -> RunnerPodConfig {
         disk_gib: None,
         dind: DindSpec::default(),
         placement: PodPlacement::default(),
+        cache_claim: None,
     }
 }
 
@@ -682,5 +683,50 @@ fn a_deleted_runner_pod_waits_for_its_step_while_marked_busy() {
     assert_eq!(
         file.field_ref.as_ref().unwrap().field_path,
         "metadata.annotations"
+    );
+}
+
+#[test]
+fn a_cached_pod_keeps_docker_data_on_its_claim_and_tells_dind_to_lock_it() {
+    let mut config = plain_config();
+    config.cache_claim = Some("ci-cache-2".into());
+    let spec = runner_pod_spec(&config);
+    let volumes = spec.volumes.unwrap();
+    let data = volumes.iter().find(|v| v.name == "docker-data").unwrap();
+    assert_eq!(
+        data.persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.as_str()),
+        Some("ci-cache-2")
+    );
+    assert!(data.empty_dir.is_none());
+    // The step logs the runner reads stay with the pod.
+    let containers = volumes
+        .iter()
+        .find(|v| v.name == "docker-containers")
+        .unwrap();
+    assert!(containers.empty_dir.is_some());
+    let dind = &spec.init_containers.unwrap()[0];
+    let env = dind.env.as_ref().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "BBRUNNER_CACHE" && e.value.as_deref() == Some("1"))
+    );
+
+    let uncached = runner_pod_spec(&plain_config());
+    assert!(
+        uncached
+            .volumes
+            .unwrap()
+            .iter()
+            .all(|v| v.persistent_volume_claim.is_none())
+    );
+    assert!(
+        uncached.init_containers.unwrap()[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|e| e.name != "BBRUNNER_CACHE")
     );
 }

@@ -224,6 +224,7 @@ fn pod_config(
             service_account_name: t.service_account_name.clone(),
             image_pull_secrets: t.image_pull_secrets.clone(),
         },
+        cache_claim: None,
     }
 }
 

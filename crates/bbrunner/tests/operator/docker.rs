@@ -139,8 +139,46 @@ fn docker_cgroups() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where dind keeps Docker's data, and what else its container gets.
+#[derive(Default, Clone, Copy)]
+struct DindOptions<'a> {
+    /// A host directory bound at /var/lib/docker (a cache volume); `None`: a private tmpfs.
+    store: Option<&'a Path>,
+    env: &'a [(&'a str, &'a str)],
+}
+
 impl Dind {
     fn start(tag: &str, command: &[String]) -> Self {
+        Self::start_with(tag, command, DindOptions::default())
+    }
+
+    fn start_with(tag: &str, command: &[String], options: DindOptions<'_>) -> Self {
+        let dind = Self::spawn(tag, command, options);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dind.docker_raw(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start:\n{}",
+                dind.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        dind
+    }
+
+    /// How the start script ended, if it did within `within`.
+    fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.daemon.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn spawn(tag: &str, command: &[String], options: DindOptions<'_>) -> Self {
         let netns = Netns::new(tag);
         let dir =
             std::env::temp_dir().join(format!("bbrunner-docker-{tag}-{}", std::process::id()));
@@ -164,12 +202,16 @@ mount -t sysfs sysfs /sys
 mount --rbind {cg} /sys/fs/cgroup
 mkdir -p /var/lib/docker
 mount -t tmpfs tmpfs /var/run
-mount -t tmpfs tmpfs /var/lib/docker
+{store}
 export PATH={shim}:$PATH
 exec python3 -c 'import json, os; c = json.load(open(\"{dir}/command.json\")); os.execvp(c[0], c)'",
             cg = dir.join("cgroup").display(),
             shim = dir.join("shim").display(),
             dir = dir.display(),
+            store = match options.store {
+                Some(store) => format!("mount --bind {} /var/lib/docker", store.display()),
+                None => "mount -t tmpfs tmpfs /var/lib/docker".to_owned(),
+            },
         );
         let log = dir.join("dind.log");
         let cgroups_before = docker_cgroups();
@@ -184,28 +226,19 @@ exec python3 -c 'import json, os; c = json.load(open(\"{dir}/command.json\")); o
                 "-c",
                 &inner,
             ])
+            .envs(options.env.iter().copied())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())
             .spawn()
             .unwrap();
-        let dind = Self {
+        Self {
             _netns: netns,
             dir,
             pid: child.id(),
             daemon: child,
             log,
             cgroups_before,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !dind.docker_raw(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not start:\n{}",
-                dind.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(250));
         }
-        dind
     }
 
     fn log_text(&self) -> String {
@@ -632,4 +665,160 @@ fn the_dind_start_script_passes_the_network_option_to_a_dockerd_that_takes_it() 
         "{started}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The test's directory, with the host directory standing in for a runner slot's cache
+/// volume: removed however the test ends (dind's mounts in it die with their mount
+/// namespaces first).
+struct CacheStore(PathBuf);
+
+impl CacheStore {
+    fn new(test: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("bbrunner-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("store")).unwrap();
+        Self(root)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.0.join("store")
+    }
+}
+
+impl Drop for CacheStore {
+    fn drop(&mut self) {
+        // A test may have mounted a small filesystem there.
+        let _ = run("umount", &[self.store().to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The warm cache on a real dockerd: one store, daemons one after the other (runner pods on
+/// one claim). The second daemon finds the first one's images and build layers; a daemon
+/// started while another has the store open refuses, whatever the operator decided.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_volume_keeps_images_and_layers_across_daemons_and_admits_one_at_a_time() {
+    if !runnable("a_cache_volume_keeps_images_and_layers_across_daemons_and_admits_one_at_a_time") {
+        return;
+    }
+    let cleanup = CacheStore::new("cache");
+    let (root, store) = (cleanup.0.clone(), cleanup.store());
+    let context = root.join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    // Three layers of 8 MiB each, as a multi-stage toolchain image would have.
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM bb:1\n\
+         RUN busybox dd if=/dev/urandom of=/toolchain bs=1M count=8\n\
+         RUN busybox dd if=/dev/urandom of=/dependencies bs=1M count=8\n\
+         RUN busybox dd if=/dev/urandom of=/build bs=1M count=8\n",
+    )
+    .unwrap();
+    let busybox = busybox_tar(&root);
+    let command = rendered_dind_command(&["--mtu", "auto"]);
+    let cached = DindOptions {
+        store: Some(&store),
+        env: &[("BBRUNNER_CACHE", "1")],
+    };
+    let build = |dind: &Dind| {
+        let started = Instant::now();
+        let out = dind.docker(&["build", "-t", "built:1", context.to_str().unwrap()]);
+        (started.elapsed(), out)
+    };
+
+    let first = Dind::start_with("cache-1", &command, cached);
+    assert!(
+        first
+            .log_text()
+            .contains("cache volume locked for this daemon"),
+        "{}",
+        first.log_text()
+    );
+    first.import(&busybox, "bb:1", &[]);
+    let (cold, cold_output) = build(&first);
+    assert!(!cold_output.contains("Using cache"), "{cold_output}");
+
+    let mut second = Dind::spawn("cache-2", &command, cached);
+    let refused = second.exit_within(Duration::from_secs(30));
+    assert_eq!(
+        refused.and_then(|s| s.code()),
+        Some(75),
+        "a second daemon on an open store:\n{}",
+        second.log_text()
+    );
+    assert!(
+        second
+            .log_text()
+            .contains("another Docker daemon has this cache volume open"),
+        "{}",
+        second.log_text()
+    );
+    drop(second);
+    drop(first);
+
+    // The next pod on the claim: the lock of the stopped daemon went with it.
+    let third = Dind::start_with("cache-3", &command, cached);
+    assert!(
+        third
+            .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .contains("built:1"),
+        "the image built by the previous daemon is gone"
+    );
+    let (warm, warm_output) = build(&third);
+    assert_eq!(
+        warm_output.matches("Using cache").count(),
+        3,
+        "every layer from the store:\n{warm_output}"
+    );
+    eprintln!(
+        "cache: a three-layer build took {:.2} s cold and {:.2} s warm on the next daemon",
+        cold.as_secs_f64(),
+        warm.as_secs_f64()
+    );
+}
+
+/// A cache volume nearly full when its daemon starts is emptied first: a cold start costs
+/// minutes, a full disk costs the step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nearly_full_cache_volume_is_emptied_before_its_daemon_opens_it() {
+    if !runnable("a_nearly_full_cache_volume_is_emptied_before_its_daemon_opens_it") {
+        return;
+    }
+    let cleanup = CacheStore::new("cache-full");
+    let store = cleanup.store();
+    ok(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64m",
+            "tmpfs",
+            store.to_str().unwrap(),
+        ],
+    );
+    let leftover = store.join("leftover-layers");
+    ok(
+        "dd",
+        &[
+            "if=/dev/zero",
+            &format!("of={}", leftover.display()),
+            "bs=1M",
+            "count=60",
+        ],
+    );
+    let command = rendered_dind_command(&["--mtu", "auto"]);
+    let dind = Dind::start_with(
+        "cache-full",
+        &command,
+        DindOptions {
+            store: Some(&store),
+            env: &[("BBRUNNER_CACHE", "1")],
+        },
+    );
+    let log = dind.log_text();
+    assert!(log.contains("% full: emptied"), "{log}");
+    assert!(!leftover.exists(), "the leftover is still there");
+    assert!(store.join(".bbrunner-lock").exists());
+    dind.docker(&["info"]);
 }
