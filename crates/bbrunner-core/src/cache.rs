@@ -63,8 +63,18 @@ pub struct ClaimUser {
     pub live: bool,
 }
 
-/// How long a handover without its pod keeps the claim: the operator marks the claim, then
-/// creates the pod; another operator must not take the claim in between.
+/// The pool's pods as the claims see them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PoolPods {
+    /// The claims existing pods mount.
+    pub mounts: Vec<ClaimUser>,
+    /// Pods not created yet whose runner is registered (its Secret exists): the operator
+    /// marks a claim, then creates the pod, and another operator must not take the claim in
+    /// between. A pod that came and went is not coming.
+    pub coming: Vec<String>,
+}
+
+/// How long a handover to a coming pod keeps the claim, should the pod never be created.
 pub const HANDOVER_GRACE: Seconds = 120.0;
 
 /// What to do with the pool's claims at one reconcile.
@@ -111,14 +121,14 @@ impl CacheCounts {
     }
 }
 
-/// Whether a claim is in use: a live pod mounts it, or it was handed to a pod that does not
-/// exist yet within the grace (its creation may be under way).
-fn in_use(claim: &ObservedClaim, users: &[ClaimUser], now: Seconds) -> bool {
-    let mounted = users.iter().any(|u| u.claim == claim.name && u.live);
+/// Whether a claim is in use: a live pod mounts it, or it was handed to a pod that is coming,
+/// within the grace.
+fn in_use(claim: &ObservedClaim, pods: &PoolPods, now: Seconds) -> bool {
+    let mounted = pods.mounts.iter().any(|u| u.claim == claim.name && u.live);
     let awaited = claim
         .handed_to
         .as_ref()
-        .is_some_and(|h| now - h.at < HANDOVER_GRACE && !users.iter().any(|u| u.pod == h.pod));
+        .is_some_and(|h| now - h.at < HANDOVER_GRACE && pods.coming.contains(&h.pod));
     mounted || awaited
 }
 
@@ -127,12 +137,12 @@ fn last_used(claim: &ObservedClaim) -> Seconds {
     claim.handed_to.as_ref().map_or(claim.created_at, |h| h.at)
 }
 
-pub fn counts(claims: &[ObservedClaim], users: &[ClaimUser], now: Seconds) -> CacheCounts {
+pub fn counts(claims: &[ObservedClaim], pods: &PoolPods, now: Seconds) -> CacheCounts {
     let mut counts = CacheCounts::default();
     for claim in claims {
         if claim.terminating {
             counts.terminating += 1;
-        } else if in_use(claim, users, now) {
+        } else if in_use(claim, pods, now) {
             counts.in_use += 1;
         } else if claim.handed_to.is_some() {
             counts.warm += 1;
@@ -143,18 +153,61 @@ pub fn counts(claims: &[ObservedClaim], users: &[ClaimUser], now: Seconds) -> Ca
     counts
 }
 
+impl CachePlan {
+    /// The claims and pods as they will be once the plan is carried out: handed-over claims
+    /// awaited by their new pods, deleted ones terminating, created ones added.
+    pub fn applied(
+        &self,
+        claims: &[ObservedClaim],
+        pods: &PoolPods,
+        now: Seconds,
+    ) -> (Vec<ObservedClaim>, PoolPods) {
+        let new_pod = |claim: &str| format!("new pod on {claim}");
+        let handover = |claim: &str| Handover {
+            pod: new_pod(claim),
+            at: now,
+        };
+        let mut after: Vec<ObservedClaim> = claims
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                if self.delete.contains(&c.name) {
+                    c.terminating = true;
+                }
+                if self.handovers.iter().any(|h| h.claim() == c.name) {
+                    c.handed_to = Some(handover(&c.name));
+                }
+                c
+            })
+            .collect();
+        after.extend(self.handovers.iter().filter_map(|h| match h {
+            ClaimChoice::Create { claim } => Some(ObservedClaim {
+                name: claim.clone(),
+                created_at: now,
+                terminating: false,
+                handed_to: Some(handover(claim)),
+            }),
+            ClaimChoice::Reuse { .. } => None,
+        }));
+        let mut pods = pods.clone();
+        pods.coming
+            .extend(self.handovers.iter().map(|h| new_pod(h.claim())));
+        (after, pods)
+    }
+}
+
 /// The claims for `new_pods` new runner pods of `pool`, and the claims to delete.
 pub fn plan(
     pool: &str,
     settings: &CacheSettings,
     claims: &[ObservedClaim],
-    users: &[ClaimUser],
+    pods: &PoolPods,
     new_pods: usize,
     now: Seconds,
 ) -> CachePlan {
     let mut free: Vec<&ObservedClaim> = claims
         .iter()
-        .filter(|c| !c.terminating && !in_use(c, users, now))
+        .filter(|c| !c.terminating && !in_use(c, pods, now))
         .collect();
     // Warmest first: the most recent handover; never-used claims last, lowest slot first.
     free.sort_by(|a, b| {

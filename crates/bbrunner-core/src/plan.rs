@@ -230,6 +230,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// How many runner pods the actions create (each may take a cache claim).
+    pub fn pods_to_create(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::CreateRunner | Action::ReplaceRunner(_) | Action::CreatePod(_)
+                )
+            })
+            .count()
+    }
+
     /// Why `action` is planned.
     pub fn reason(&self, action: &Action) -> &'static str {
         match action {

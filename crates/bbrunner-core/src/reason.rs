@@ -84,6 +84,8 @@ reasons! {
     Scaled => Progress,
     PoolDeleted => Progress,
     CleanupAbandoned => Bitbucket,
+    CacheVolumeCreated => Progress,
+    CacheVolumeDeleted => Progress,
 }
 
 impl fmt::Display for Reason {

@@ -41,6 +41,45 @@ pub fn format_duration(seconds: Seconds) -> String {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{field} {value:?} is not a size; write a whole number with a binary or decimal suffix, such as 50Gi or 100G"
+)]
+pub struct SizeError {
+    pub field: &'static str,
+    pub value: String,
+}
+
+/// Bytes of a Kubernetes storage quantity: a whole number with an optional suffix (`50Gi`,
+/// `100G`, `1Ti`, `512Mi`). Fractions and exponents, which storage sizes do not use, are
+/// refused rather than guessed.
+pub fn parse_bytes(field: &'static str, value: &str) -> Result<u64, SizeError> {
+    let error = || SizeError {
+        field,
+        value: value.to_owned(),
+    };
+    let digits_end = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| error())?;
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "P" => 1000u64.pow(5),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return Err(error()),
+    };
+    number.checked_mul(multiplier).ok_or_else(error)
+}
+
 /// Bitbucket's limit of runners per workspace and per repository.
 pub const RUNNERS_PER_SCOPE: u32 = 100;
 
@@ -72,5 +111,19 @@ mod tests {
                 .starts_with("scaleDownDelay \"soon\" is not a duration")
         );
         assert!(parse_duration("x", "-5m").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_as_kubernetes_writes_them_or_name_the_field() {
+        assert_eq!(parse_bytes("size", "50Gi").unwrap(), 50 << 30);
+        assert_eq!(parse_bytes("size", "100G").unwrap(), 100_000_000_000);
+        assert_eq!(parse_bytes("size", "1024").unwrap(), 1024);
+        for bad in ["", "Gi", "1.5Gi", "5gb", "-1Gi", "1e9", "99999999999Pi"] {
+            let err = parse_bytes("spec.cache.size", bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("spec.cache.size"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

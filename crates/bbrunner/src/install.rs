@@ -173,6 +173,13 @@ fn pool_rules() -> Vec<PolicyRule> {
             &["secrets"],
             &["get", "list", "watch", "create", "delete", "patch"],
         ),
+        // The warm cache's claims: listed per pool, created, marked when handed to a pod
+        // (patch), deleted past `retain`.
+        rule(
+            &[""],
+            &["persistentvolumeclaims"],
+            &["list", "create", "patch", "delete"],
+        ),
         // Events of runner creation, draining, deletion and scaling.
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
     ]

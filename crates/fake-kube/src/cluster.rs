@@ -91,6 +91,22 @@ fn builtin_types() -> Vec<ResourceType> {
         ResourceType::builtin("", "v1", "Node", "nodes", false, true),
         ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, false),
         ResourceType::builtin("", "v1", "Service", "services", true, true),
+        ResourceType::builtin(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            true,
+            true,
+        ),
+        ResourceType::builtin(
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            false,
+            true,
+        ),
         ResourceType::builtin("apps", "v1", "Deployment", "deployments", true, true),
         ResourceType::builtin("batch", "v1", "Job", "jobs", true, true),
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, false),
@@ -333,6 +349,20 @@ impl Cluster {
                         "pods is forbidden: error looking up service account {namespace}/{account}: serviceaccount \"{account}\" not found"
                     ),
                 ));
+            }
+        }
+        let mut body = body;
+        if rt.kind == "PersistentVolumeClaim"
+            && let Some(meta) = body["metadata"].as_object_mut()
+        {
+            // StorageObjectInUseProtection: a claim outlives its deletion while a pod uses it.
+            let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(list) = finalizers.as_array_mut()
+                && !list
+                    .iter()
+                    .any(|f| f == crate::volumes::PROTECTION_FINALIZER)
+            {
+                list.push(json!(crate::volumes::PROTECTION_FINALIZER));
             }
         }
         let mut created = store.create(rt, version, namespace, body)?;

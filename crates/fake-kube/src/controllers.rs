@@ -143,6 +143,7 @@ pub fn tick(cluster: &Cluster) {
     namespaces(cluster);
     deployments(cluster);
     jobs(cluster);
+    crate::volumes::run(cluster);
     schedule(cluster);
     pods_of_missing_nodes(cluster);
     // The version seen before this pass: if the pass itself wrote, the next one runs too.
@@ -509,6 +510,18 @@ fn schedule(cluster: &Cluster) {
         .iter()
         .filter(|p| p["spec"]["nodeName"].is_null() && p["metadata"]["deletionTimestamp"].is_null())
     {
+        let (ns, name) = key(pod);
+        if let Some(reason) =
+            crate::volumes::unschedulable_for_claims(&store, pod, &pods, nodes.len())
+        {
+            let message = format!("0/{} nodes are available: {reason}.", nodes.len());
+            if pod["status"]["conditions"][0]["message"] != json!(message) {
+                let mut status = pod["status"].clone();
+                status["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]);
+                let _ = store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
+            }
+            continue;
+        }
         let (cpu, mem) = pod_requests(&pod["spec"]);
         let selector = pod["spec"]["nodeSelector"].as_object();
         let mut short_cpu = 0;
@@ -529,7 +542,6 @@ fn schedule(cluster: &Cluster) {
             short_mem += i32::from(!mem_ok);
             cpu_ok && mem_ok
         });
-        let (ns, name) = key(pod);
         match fit {
             Some(node) => {
                 let node_name = node["metadata"]["name"].as_str().unwrap_or("").to_owned();

@@ -17,6 +17,7 @@ mod strategic;
 mod structural;
 mod types;
 mod validate;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

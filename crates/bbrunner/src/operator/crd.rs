@@ -74,6 +74,29 @@ pub struct RunnerPoolSpec {
     pub dind: DindContainerSpec,
     #[serde(default)]
     pub pod_template: PodTemplateSpec,
+    /// Warm runners: a persistent Docker cache per runner slot (off when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// Each runner pod's dind keeps Docker's images and layers on a PersistentVolumeClaim of the
+/// pool (`<pool>-cache-<n>`), handed from one pod to the next and never to two at once, so
+/// that a new runner starts with what the last one pulled and built. Every step the pool runs
+/// shares what is cached: one pool is one trust boundary.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Each claim's size, a whole number with a suffix, such as 50Gi.
+    #[schemars(regex(pattern = r"^[0-9]{1,15}(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"))]
+    pub size: String,
+    /// The claims' StorageClass (default: the cluster's default). Its volumes must support
+    /// the ReadWriteOncePod access mode, as CSI drivers do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// How many claims to keep when the pool shrinks (default: spec.scaling.max).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub retain: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -298,6 +321,20 @@ pub struct RunnerPoolStatus {
     /// lists (each scope of the identity gets an even share).
     #[serde(default)]
     pub poll_interval_in_effect: Option<String>,
+    /// The warm cache's claims, for a pool with `spec.cache` (or claims left from one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStatus {
+    /// Claims of the pool.
+    pub volumes: u32,
+    /// Mounted by a runner pod, or just handed to one.
+    pub in_use: u32,
+    /// Free and used before: the next runner pods start warm on them.
+    pub warm: u32,
 }
 
 /// The CRD as installed: kube's derive, plus what the API server must enforce so that it

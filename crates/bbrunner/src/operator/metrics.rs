@@ -79,6 +79,9 @@ pub struct IdentityLabels {
     pub identity: String,
 }
 
+/// The states of the cache series, for removing a pool's.
+const CACHE_STATES: &[&str] = &["in-use", "warm", "cold", "terminating"];
+
 pub struct Metrics {
     /// The runner states `runners` is reported in.
     pub runners: Family<RunnerStateLabels, Gauge>,
@@ -96,6 +99,10 @@ pub struct Metrics {
     /// Runners a pool readies for the stages ahead of pipelines under way.
     pub runners_ahead: Family<PoolLabels, Gauge>,
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    /// A pool's cache claims by state: in-use, warm, cold, terminating.
+    pub cache_volumes: Family<RunnerStateLabels, Gauge>,
+    /// Runner pods started on a cache claim, by its temperature: warm (used before), cold.
+    cache_starts: Family<RunnerStateLabels, Counter>,
     definition_errors: Family<ReasonLabels, Counter>,
     pub leader: Gauge,
     /// One series per pool: 1 with its reason while Degraded, 0 with an empty reason while not.
@@ -184,6 +191,18 @@ impl Metrics {
             Unit::Other("requests".to_owned()),
             budget_remaining.clone(),
         );
+        let cache_volumes = Family::<RunnerStateLabels, Gauge>::default();
+        registry.register(
+            "cache_volumes",
+            "A pool's Docker cache claims by state: in-use, warm (free, used before), cold (free, never used), terminating",
+            cache_volumes.clone(),
+        );
+        let cache_starts = Family::<RunnerStateLabels, Counter>::default();
+        registry.register(
+            "cache_starts",
+            "Runner pods started on a cache claim, by state: warm (the claim was used before) or cold",
+            cache_starts.clone(),
+        );
         let pool_degraded = Family::<DegradedLabels, Gauge>::default();
         registry.register(
             "pool_degraded",
@@ -231,6 +250,8 @@ impl Metrics {
             budget_remaining,
             step_queue_wait,
             runners_ahead,
+            cache_volumes,
+            cache_starts,
             webhook_deliveries,
             definition_errors,
             leader,
@@ -307,6 +328,40 @@ impl Metrics {
         }
     }
 
+    /// A runner pod started on a cache claim.
+    pub fn count_cache_start(&self, namespace: &str, pool: &str, warm: bool) {
+        self.cache_starts
+            .get_or_create(&RunnerStateLabels {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                state: if warm { "warm" } else { "cold" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A pool's cache claims by state.
+    pub fn set_cache_volumes(
+        &self,
+        namespace: &str,
+        pool: &str,
+        counts: bbrunner_core::cache::CacheCounts,
+    ) {
+        for (state, n) in [
+            ("in-use", counts.in_use),
+            ("warm", counts.warm),
+            ("cold", counts.cold),
+            ("terminating", counts.terminating),
+        ] {
+            self.cache_volumes
+                .get_or_create(&RunnerStateLabels {
+                    namespace: namespace.to_owned(),
+                    pool: pool.to_owned(),
+                    state: state.to_owned(),
+                })
+                .set(i64::from(n));
+        }
+    }
+
     /// Remove every series of a pool that is gone, so that dashboards stop showing it.
     pub fn forget_pool(&self, namespace: &str, pool: &str) {
         self.forget_degraded(namespace, pool);
@@ -326,6 +381,15 @@ impl Metrics {
         self.poll_interval.remove(&labels);
         self.step_queue_wait.remove(&labels);
         self.runners_ahead.remove(&labels);
+        for state in CACHE_STATES {
+            let series = RunnerStateLabels {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                state: (*state).to_owned(),
+            };
+            self.cache_volumes.remove(&series);
+            self.cache_starts.remove(&series);
+        }
         self.error_series
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -1,5 +1,5 @@
-//! Runner pods as the reconcile reads them: metadata and the two status fields the planner
-//! uses. Listing full pods for every pool at every poll made pod specs the operator's largest
+//! Runner pods as the reconcile reads them: metadata, the two status fields the planner
+//! uses, and the claims the pod mounts (the warm cache). Listing full pods for every pool at every poll made pod specs the operator's largest
 //! memory use (heaptrack over the load benchmark, BENCHMARKS.md); serde skips the fields this
 //! view leaves out without allocating them.
 
@@ -14,7 +14,38 @@ use serde::Deserialize;
 pub struct PodView {
     pub metadata: ObjectMeta,
     #[serde(default)]
+    pub spec: Option<PodViewSpec>,
+    #[serde(default)]
     pub status: Option<PodViewStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodViewSpec {
+    #[serde(default)]
+    pub volumes: Vec<VolumeView>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeView {
+    pub persistent_volume_claim: Option<ClaimReference>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimReference {
+    pub claim_name: String,
+}
+
+impl PodView {
+    /// The PersistentVolumeClaims the pod mounts.
+    pub fn claims(&self) -> impl Iterator<Item = &str> {
+        self.spec
+            .iter()
+            .flat_map(|s| &s.volumes)
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
+            .map(|c| c.claim_name.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use super::crd::RunnerPool;
+use super::crd::{PoolMode, RunnerPool};
 
 pub const LABEL_POOL: &str = "bbrunner.dev/pool";
 pub const ANNOTATION_RAN_STEP: &str = "bbrunner.dev/ran-step";
@@ -45,6 +45,29 @@ pub struct ValidPool {
     pub size: RunnerSize,
     pub dind: DindSpec,
     pub runner_image: String,
+    /// The warm cache, when the pool asks for one.
+    pub cache: Option<ValidCache>,
+}
+
+/// A pool's warm cache, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidCache {
+    /// Each claim's size, as the spec writes it.
+    pub size: String,
+    pub storage_class_name: Option<String>,
+    /// Claims kept when the pool shrinks.
+    pub retain: u32,
+}
+
+impl ValidPool {
+    /// The cache decision's settings; with the cache off, every free claim goes.
+    pub fn cache_settings(&self) -> bbrunner_core::cache::CacheSettings {
+        bbrunner_core::cache::CacheSettings {
+            enabled: self.cache.is_some(),
+            retain: self.cache.as_ref().map_or(0, |c| c.retain),
+            delete_after: self.scaling.scale_down_delay,
+        }
+    }
 }
 
 impl ValidPool {
@@ -63,6 +86,7 @@ impl ValidPool {
                 resources: None,
             },
             runner_image: manifests::DEFAULT_RUNNER_IMAGE.to_owned(),
+            cache: None,
         }
     }
 }
@@ -117,11 +141,13 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
             "spec.workspace is empty; give the workspace slug or {uuid}".into(),
         ));
     }
+    let cache = validate_cache(pool, &scaling)?;
     let valid = ValidPool {
         labels,
         scaling,
         size,
         dind,
+        cache,
         runner_image: spec
             .runner
             .image
@@ -133,6 +159,38 @@ pub fn validate(pool: &RunnerPool) -> Result<ValidPool, InvalidSpec> {
         .validate()
         .map_err(|e| InvalidSpec(format!("spec: {e}")))?;
     Ok(valid)
+}
+
+/// The smallest cache worth its volume: one build image and its layers.
+const MIN_CACHE_BYTES: u64 = 1 << 30;
+
+fn validate_cache(pool: &RunnerPool, scaling: &Scaling) -> Result<Option<ValidCache>, InvalidSpec> {
+    let Some(cache) = &pool.spec.cache else {
+        return Ok(None);
+    };
+    if pool.spec.mode == PoolMode::Static {
+        return Err(InvalidSpec(
+            "spec.cache is for managed pools: a static pool's runners keep their pods; remove spec.cache or make the pool managed".into(),
+        ));
+    }
+    let bytes = bbrunner_core::units::parse_bytes("spec.cache.size", &cache.size)
+        .map_err(|e| InvalidSpec(e.to_string()))?;
+    if bytes < MIN_CACHE_BYTES {
+        return Err(InvalidSpec(format!(
+            "spec.cache.size is {}; a Docker cache needs at least 1Gi (images and layers of one build), such as 50Gi",
+            cache.size
+        )));
+    }
+    if let Some(class) = &cache.storage_class_name
+        && let Err(e) = manifests::validate_dns_subdomain("spec.cache.storageClassName", class)
+    {
+        return Err(InvalidSpec(e.to_string()));
+    }
+    Ok(Some(ValidCache {
+        size: cache.size.clone(),
+        storage_class_name: cache.storage_class_name.clone(),
+        retain: cache.retain.unwrap_or(scaling.max),
+    }))
 }
 
 /// A label or annotation key of the bbrunner.dev domain or a subdomain of it.
@@ -259,15 +317,21 @@ impl PodTemplate<'_> {
         let placeholder =
             RunnerUuid::parse("00000000-0000-0000-0000-000000000000").expect("a well-formed UUID");
         let name = self.pool.metadata.name.as_deref().unwrap_or("");
-        manifests::template_revision(
-            &self.unmarked_pod(&placeholder, &object_name(name, &placeholder)),
-        )
+        // Which claim a pod mounts is the runner's own, like its registration; whether the
+        // pool has a cache at all is the template's.
+        let claim = self.valid.cache.as_ref().map(|_| "cache");
+        manifests::template_revision(&self.unmarked_pod(
+            &placeholder,
+            &object_name(name, &placeholder),
+            claim,
+        ))
     }
 
-    /// The pod of one runner, reading its registration from `secret_name`, marked with the
-    /// template revision it is made from.
-    pub fn pod(&self, runner: &RunnerUuid, secret_name: &str) -> Pod {
-        let mut pod = self.unmarked_pod(runner, secret_name);
+    /// The pod of one runner, reading its registration from `secret_name` and keeping Docker's
+    /// data on `claim` (the warm cache) if given, marked with the template revision it is made
+    /// from.
+    pub fn pod(&self, runner: &RunnerUuid, secret_name: &str, claim: Option<&str>) -> Pod {
+        let mut pod = self.unmarked_pod(runner, secret_name, claim);
         pod.metadata
             .annotations
             .get_or_insert_with(Default::default)
@@ -275,7 +339,7 @@ impl PodTemplate<'_> {
         pod
     }
 
-    fn unmarked_pod(&self, runner: &RunnerUuid, secret_name: &str) -> Pod {
+    fn unmarked_pod(&self, runner: &RunnerUuid, secret_name: &str, claim: Option<&str>) -> Pod {
         let Self {
             pool,
             valid,
@@ -300,12 +364,10 @@ impl PodTemplate<'_> {
                 owner_references: owner(pool).map(|o| vec![o]),
                 ..Default::default()
             },
-            spec: Some(manifests::runner_pod_spec(&pod_config(
-                pool,
-                valid,
-                secret_name,
-                repository_scoped,
-            ))),
+            spec: Some(manifests::runner_pod_spec(&RunnerPodConfig {
+                cache_claim: claim.map(str::to_owned),
+                ..pod_config(pool, valid, secret_name, repository_scoped)
+            })),
             status: None,
         }
     }

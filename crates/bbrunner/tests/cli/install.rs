@@ -100,6 +100,7 @@ fn rbac_is_exactly_what_the_operator_uses() {
             "bbrunner.dev runnerpools/status patch",
             " pods get,list,watch,create,delete,patch",
             " secrets get,list,watch,create,delete,patch",
+            " persistentvolumeclaims list,create,patch,delete",
             "events.k8s.io events create,patch",
             " namespaces get",
         ]

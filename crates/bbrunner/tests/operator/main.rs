@@ -16,6 +16,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
 mod budget;
+mod cache;
 mod chaos;
 mod docker;
 mod fleet;

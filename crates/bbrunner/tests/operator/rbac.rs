@@ -155,7 +155,7 @@ async fn the_operator_needs_exactly_the_installed_rbac() {
         .iter()
         .filter_map(|d| d["rules"].as_array().map(|r| r.len()))
         .sum::<usize>();
-    assert_eq!(rules, 8);
+    assert_eq!(rules, 9);
     // A few at a time: each failing run waits out its deadline, mostly idle.
     let drops: Vec<usize> = (0..rules).collect();
     for batch in drops.chunks(3) {

@@ -25,6 +25,7 @@ pub(super) async fn execute(
     valid: &ValidPool,
     bitbucket: &PoolBitbucket<'_>,
     planned: &Plan,
+    handovers: &mut super::cache::Handovers<'_>,
 ) -> Result<usize, ReconcileError> {
     let PoolBitbucket {
         client,
@@ -110,9 +111,10 @@ pub(super) async fn execute(
                     &registration.runner_uuid,
                     &format!("created its registration Secret {secret_name}"),
                 );
+                let claim = handovers.take(&secret_name).await?;
                 pods.create(
                     &PostParams::default(),
-                    &template.pod(&registration.runner_uuid, &secret_name),
+                    &template.pod(&registration.runner_uuid, &secret_name, claim.as_deref()),
                 )
                 .await?;
                 done(action, &registration.runner_uuid, "created its pod");
@@ -131,7 +133,9 @@ pub(super) async fn execute(
             }
             Action::CreatePod(uuid) => {
                 let secret_name = pool::object_name(&name, uuid);
-                let pod = template.pod(uuid, &secret_name);
+                // The pod is named like its Secret.
+                let claim = handovers.take(&secret_name).await?;
+                let pod = template.pod(uuid, &secret_name, claim.as_deref());
                 match pods.create(&PostParams::default(), &pod).await {
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     other => {
@@ -326,7 +330,9 @@ mod tests {
                 scope: &scope,
                 identity: &identity,
             };
-            execute(&ctx, &pool, &valid, &bitbucket, &planned).await
+            let mut handovers =
+                super::super::cache::Handovers::new(&ctx, &pool, None, &[], &Default::default());
+            execute(&ctx, &pool, &valid, &bitbucket, &planned, &mut handovers).await
         });
         let name = "builds-00000000-0000-4000-8000-000000000001";
         let pod = fixture::expect(

@@ -1,6 +1,7 @@
 //! One reconcile of one pool: observe (Kubernetes and Bitbucket) → plan (pure, in the core)
 //! → execute → status. Every step is safe to interrupt: the next reconcile observes again.
 
+mod cache;
 mod drain;
 mod error;
 mod execute;
@@ -314,11 +315,27 @@ async fn reconcile_managed(
         scope: &scope,
         identity: &identity,
     };
-    let (observation, marks) = observe_managed(ctx, pool, valid, &bitbucket, &polling).await?;
+    let ManagedObservation {
+        observation,
+        marks,
+        pool_pods,
+    } = observe_managed(ctx, pool, valid, &bitbucket, &polling).await?;
     drain::mark_busy_pods(ctx, &ns, &marks, &observation.runners).await;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
-    let changed = execute(ctx, pool, valid, &bitbucket, &planned).await;
+    let claims = cache::list_claims(ctx, pool).await?;
+    let observed_claims = cache::observe_claims(&claims, &ctx.clock);
+    let cache_plan = bbrunner_core::cache::plan(
+        &name,
+        &valid.cache_settings(),
+        &observed_claims,
+        &pool_pods,
+        planned.pods_to_create(),
+        observation.now,
+    );
+    let mut handovers =
+        cache::Handovers::new(ctx, pool, valid.cache.as_ref(), &claims, &cache_plan);
+    let changed = execute(ctx, pool, valid, &bitbucket, &planned, &mut handovers).await;
     if changed.as_ref().is_ok_and(|n| *n > 0) || changed.is_err() {
         ctx.hub.invalidate(&client, &scope);
     }
@@ -335,6 +352,10 @@ async fn reconcile_managed(
         return finish_deletion(ctx, pool, api).await;
     }
     changed?;
+    cache::delete_claims(ctx, pool, &cache_plan.delete).await?;
+    let (claims_after, pods_after) =
+        cache_plan.applied(&observed_claims, &pool_pods, observation.now);
+    let cache_counts = bbrunner_core::cache::counts(&claims_after, &pods_after, observation.now);
     record_metrics(ctx, pool, &planned.counts, planned.decision.desired);
     let mut report = StatusReport {
         counts: planned.counts,
@@ -347,6 +368,7 @@ async fn reconcile_managed(
         poll_in_effect: Some(polling.every),
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
         rollout_surge: Some(settings.rollout_surge()),
+        cache: cache::cache_status(valid.cache.as_ref(), cache_counts),
     };
     if deleting_since.is_some() {
         // Busy runners are finishing their steps; the pool goes once they are done.

@@ -418,13 +418,21 @@ async fn runners_ahead(
 /// What the planner observes of a managed pool: its runners in Bitbucket (only those this
 /// cluster made for it), its pods and Secrets, its queue where read, and the policy's memory
 /// kept in its status.
+/// What a managed pool's reconcile observes: the planner's view, and the pods' marks and
+/// cache claims read from the same list.
+pub(super) struct ManagedObservation {
+    pub observation: Observation,
+    pub marks: Vec<super::drain::PodMark>,
+    pub pool_pods: bbrunner_core::cache::PoolPods,
+}
+
 pub(super) async fn observe_managed(
     ctx: &Context,
     pool: &RunnerPool,
     valid: &ValidPool,
     bitbucket: &PoolBitbucket<'_>,
     polling: &Polling,
-) -> Result<(Observation, Vec<super::drain::PodMark>), ReconcileError> {
+) -> Result<ManagedObservation, ReconcileError> {
     let PoolBitbucket {
         client,
         scope,
@@ -437,6 +445,10 @@ pub(super) async fn observe_managed(
         .map_err(from_bitbucket)?;
     let (pods, secrets) = pool_objects(ctx, pool).await?;
     let marks = super::drain::pod_marks(&pods);
+    let pool_pods = super::cache::pool_pods(
+        &pods,
+        secrets.iter().filter_map(|s| s.metadata.name.as_deref()),
+    );
     let observed_pods: Vec<ObservedPod> = pods
         .iter()
         .filter_map(|p| observe_pod(p, &ctx.clock))
@@ -494,7 +506,11 @@ pub(super) async fn observe_managed(
         ahead,
         scope_room: RUNNERS_PER_SCOPE.saturating_sub(listed.runners.len() as u32),
     };
-    Ok((observation, marks))
+    Ok(ManagedObservation {
+        observation,
+        marks,
+        pool_pods,
+    })
 }
 
 /// The pool as the planner needs it, at `now`.

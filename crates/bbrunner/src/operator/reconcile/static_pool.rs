@@ -106,7 +106,7 @@ pub(super) async fn reconcile_static(
                             valid,
                             repository_scoped: *repository_scoped,
                         }
-                        .pod(&uuid, secret_name),
+                        .pod(&uuid, secret_name, None),
                     )
                     .await
                 {
@@ -160,6 +160,7 @@ pub(super) async fn reconcile_static(
         poll_in_effect: None,
         step_network_mtu: dind_networks_mtu_warning(&valid.dind.image, valid.dind.mtu),
         rollout_surge: None,
+        cache: None,
     };
     write_status(ctx, pool, report).await?;
     Ok(Requeue::requeue(poll_period(ctx, &valid.scaling)))

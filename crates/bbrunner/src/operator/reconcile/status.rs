@@ -85,6 +85,8 @@ pub(super) struct StatusReport {
     pub(super) step_network_mtu: Option<String>,
     /// How many runners a rollout replaces at once (none for a static pool).
     pub(super) rollout_surge: Option<u32>,
+    /// The warm cache's claims, for a pool that has any.
+    pub(super) cache: Option<bbrunner_core::cache::CacheCounts>,
 }
 
 pub(super) async fn write_status(
@@ -103,7 +105,15 @@ pub(super) async fn write_status(
         poll_in_effect,
         step_network_mtu,
         rollout_surge,
+        cache,
     } = report;
+    if let Some(counts) = cache {
+        ctx.metrics.set_cache_volumes(
+            &pool.namespace().unwrap_or_default(),
+            &pool.name_any(),
+            counts,
+        );
+    }
     if let Some(seconds) = poll_in_effect {
         ctx.metrics
             .poll_interval
@@ -239,6 +249,11 @@ pub(super) async fn write_status(
         // To the nearest 10 below, so that the status (which wakes the pool) rarely changes.
         api_calls_last_hour: api_calls.map(|(_, calls)| calls / 10 * 10),
         poll_interval_in_effect: poll_in_effect.map(bbrunner_core::units::format_duration),
+        cache: cache.map(|c| crate::operator::crd::CacheStatus {
+            volumes: c.total(),
+            in_use: c.in_use,
+            warm: c.warm,
+        }),
     };
     apply_status(ctx, pool, &status).await?;
     let was_rolling = previous.outdated > 0;

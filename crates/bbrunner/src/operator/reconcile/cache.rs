@@ -1,0 +1,390 @@
+//! The warm cache's side of a reconcile: the pool's claims observed, each new pod's claim
+//! handed over (a new claim created, or a free one marked under optimistic concurrency, so
+//! that two operators cannot both take it), and the claims past `retain` deleted. What to do
+//! is the core's decision (`bbrunner_core::cache`); this is its IO.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bbrunner_core::cache::{
+    CacheCounts, CachePlan, ClaimChoice, ClaimUser, Handover, ObservedClaim, PoolPods,
+};
+use bbrunner_core::manifests::{LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGER};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::operator::clock::Clock;
+use crate::operator::crd::RunnerPool;
+use crate::operator::pod_view::PodView;
+use crate::operator::pool::{LABEL_POOL, ValidCache};
+
+use super::*;
+
+/// The pod a claim was last handed to, and when: the claim's own record, read by every
+/// operator, so that the decision never rests on one operator's memory.
+pub(super) const ANNOTATION_HANDED_TO: &str = "bbrunner.dev/handed-to";
+pub(super) const ANNOTATION_HANDED_AT: &str = "bbrunner.dev/handed-at";
+
+/// Kubernetes itself refuses a second pod on the claim (the scheduler keeps it Pending).
+const ACCESS_MODE: &str = "ReadWriteOncePod";
+
+pub(super) async fn list_claims(
+    ctx: &Context,
+    pool: &RunnerPool,
+) -> Result<Vec<PersistentVolumeClaim>, ReconcileError> {
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let selector = format!("{LABEL_POOL}={}", pool.name_any());
+    Ok(api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
+pub(super) fn observe_claims(
+    claims: &[PersistentVolumeClaim],
+    clock: &Clock,
+) -> Vec<ObservedClaim> {
+    claims
+        .iter()
+        .map(|claim| {
+            let annotations = claim.annotations();
+            let handed_to = annotations
+                .get(ANNOTATION_HANDED_TO)
+                .zip(
+                    annotations
+                        .get(ANNOTATION_HANDED_AT)
+                        .and_then(|t| parse_time(t)),
+                )
+                .map(|(pod, at)| Handover {
+                    pod: pod.clone(),
+                    at,
+                });
+            ObservedClaim {
+                name: claim.name_any(),
+                created_at: claim
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(clock.now(), |t| clock.at_time(t)),
+                terminating: claim.metadata.deletion_timestamp.is_some(),
+                handed_to,
+            }
+        })
+        .collect()
+}
+
+/// The pool's pods as the claims see them: the claims each mounts (its containers may run
+/// until it has Succeeded or Failed, deleted or not), and the pods to come, whose runner's
+/// registration Secret exists (a runner's pod is named like its Secret).
+pub(super) fn pool_pods<'a>(
+    pods: &[PodView],
+    secrets: impl IntoIterator<Item = &'a str>,
+) -> PoolPods {
+    let mounts: Vec<ClaimUser> = pods
+        .iter()
+        .flat_map(|pod| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            let live = !matches!(phase, Some("Succeeded" | "Failed"));
+            pod.claims().map(move |claim| ClaimUser {
+                pod: pod.name_any(),
+                claim: claim.to_owned(),
+                live,
+            })
+        })
+        .collect();
+    let coming = secrets
+        .into_iter()
+        .filter(|secret| {
+            !pods
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == Some(*secret))
+        })
+        .map(str::to_owned)
+        .collect();
+    PoolPods { mounts, coming }
+}
+
+/// The claims for this reconcile's new pods, handed over one by one as each pod is created.
+pub(super) struct Handovers<'a> {
+    ctx: &'a Context,
+    pool: &'a RunnerPool,
+    cache: Option<&'a ValidCache>,
+    /// Each observed claim's resourceVersion: a mark is written only onto the claim as seen.
+    versions: BTreeMap<String, String>,
+    choices: VecDeque<ClaimChoice>,
+}
+
+impl<'a> Handovers<'a> {
+    pub(super) fn new(
+        ctx: &'a Context,
+        pool: &'a RunnerPool,
+        cache: Option<&'a ValidCache>,
+        claims: &[PersistentVolumeClaim],
+        plan: &CachePlan,
+    ) -> Self {
+        Self {
+            ctx,
+            pool,
+            cache,
+            versions: claims
+                .iter()
+                .filter_map(|c| Some((c.name_any(), c.resource_version()?)))
+                .collect(),
+            choices: plan.handovers.iter().cloned().collect(),
+        }
+    }
+
+    /// The claim pod `pod` is to mount, now marked as handed to it; `None` without a cache.
+    /// Another operator that took the claim first makes this a conflict: the pod is not
+    /// created, and the next reconcile decides again.
+    pub(super) async fn take(&mut self, pod: &str) -> Result<Option<String>, ReconcileError> {
+        let Some(cache) = self.cache else {
+            return Ok(None);
+        };
+        let Some(choice) = self.choices.pop_front() else {
+            return Err(degraded(
+                Reason::KubernetesApi,
+                format!("no cache claim was planned for pod {pod}; the next reconcile plans again"),
+                std::time::Duration::from_secs(5),
+            ));
+        };
+        let ns = self.pool.namespace().unwrap_or_default();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let at = format_time(self.ctx.clock.now()).unwrap_or_default();
+        let (claim, temperature) = match &choice {
+            ClaimChoice::Create { claim } => {
+                api.create(
+                    &PostParams::default(),
+                    &claim_object(self.pool, cache, claim, pod, &at),
+                )
+                .await?;
+                tracing::info!(claim, pod, "created cache claim {claim} for pod {pod}");
+                publish(
+                    self.ctx,
+                    self.pool,
+                    EventType::Normal,
+                    Reason::CacheVolumeCreated,
+                    "Create",
+                    format!("cache claim {claim} ({}) created for pod {pod}", cache.size),
+                )
+                .await;
+                (claim, "new")
+            }
+            ClaimChoice::Reuse { claim, warm } => {
+                let version = self.versions.get(claim).cloned().unwrap_or_default();
+                let mark = json!({"metadata": {
+                    "resourceVersion": version,
+                    "annotations": {ANNOTATION_HANDED_TO: pod, ANNOTATION_HANDED_AT: at},
+                }});
+                api.patch(claim, &PatchParams::default(), &Patch::Merge(&mark))
+                    .await?;
+                let temperature = if *warm { "warm" } else { "cold" };
+                tracing::info!(
+                    claim,
+                    pod,
+                    "handed {temperature} cache claim {claim} to pod {pod}"
+                );
+                (claim, temperature)
+            }
+        };
+        self.ctx
+            .metrics
+            .count_cache_start(&ns, &self.pool.name_any(), temperature == "warm");
+        Ok(Some(claim.clone()))
+    }
+}
+
+/// A new claim of the pool's cache, already handed to `pod`. Owned by the pool, so that it
+/// goes with it.
+fn claim_object(
+    pool: &RunnerPool,
+    cache: &ValidCache,
+    name: &str,
+    pod: &str,
+    at: &str,
+) -> PersistentVolumeClaim {
+    let pool_name = pool.name_any();
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: pool.namespace(),
+            labels: Some(BTreeMap::from([
+                (
+                    LABEL_NAME.to_owned(),
+                    bbrunner_core::manifests::APP_NAME.to_owned(),
+                ),
+                (LABEL_INSTANCE.to_owned(), pool_name.clone()),
+                (LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned()),
+                (LABEL_POOL.to_owned(), pool_name),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (ANNOTATION_HANDED_TO.to_owned(), pod.to_owned()),
+                (ANNOTATION_HANDED_AT.to_owned(), at.to_owned()),
+            ])),
+            owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![ACCESS_MODE.to_owned()]),
+            storage_class_name: cache.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(cache.size.clone()),
+                )])),
+                limits: None,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Delete the claims the decision let go (past `retain`, or the cache turned off).
+pub(super) async fn delete_claims(
+    ctx: &Context,
+    pool: &RunnerPool,
+    names: &[String],
+) -> Result<(), ReconcileError> {
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    for name in names {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(claim = %name, "deleted cache claim {name}");
+        publish(
+            ctx,
+            pool,
+            EventType::Normal,
+            Reason::CacheVolumeDeleted,
+            "Delete",
+            format!("cache claim {name} deleted: free past spec.cache.retain, or the cache is off"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// The cache's share of the status: `None` for a pool without cache and without claims.
+pub(super) fn cache_status(cache: Option<&ValidCache>, counts: CacheCounts) -> Option<CacheCounts> {
+    (cache.is_some() || counts.total() > 0).then_some(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(name: &str, annotations: serde_json::Value) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "annotations": annotations},
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, phase: &str, claims: &[&str]) -> PodView {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "runner"}], "volumes":
+                claims.iter().map(|c| json!({"name": "docker-data", "persistentVolumeClaim": {"claimName": c}}))
+                    .chain([json!({"name": "work", "emptyDir": {}})])
+                    .collect::<Vec<_>>()},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_claims_marks_are_read_back_as_its_handover() {
+        let clock = Clock::wall();
+        let observed = observe_claims(
+            &[
+                claim(
+                    "ci-cache-0",
+                    json!({ANNOTATION_HANDED_TO: "ci-abc", ANNOTATION_HANDED_AT: "2026-01-01T00:05:00Z"}),
+                ),
+                // A mark without its time is no handover: the claim is cold.
+                claim("ci-cache-1", json!({ANNOTATION_HANDED_TO: "ci-def"})),
+            ],
+            &clock,
+        );
+        let created = parse_time("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(observed[0].created_at, created);
+        assert_eq!(
+            observed[0].handed_to,
+            Some(Handover {
+                pod: "ci-abc".into(),
+                at: created + 300.0
+            })
+        );
+        assert_eq!(observed[1].handed_to, None);
+        assert!(!observed[0].terminating);
+    }
+
+    #[test]
+    fn pods_mount_claims_until_they_have_succeeded_or_failed_and_registered_ones_are_coming() {
+        let pods = pool_pods(
+            &[
+                pod("a", "Running", &["ci-cache-0"]),
+                pod("b", "Failed", &["ci-cache-1"]),
+                pod("c", "Pending", &[]),
+                pod("d", "Succeeded", &["ci-cache-2"]),
+            ],
+            ["a", "c", "e"],
+        );
+        assert_eq!(
+            pods.mounts
+                .iter()
+                .map(|u| (u.pod.as_str(), u.claim.as_str(), u.live))
+                .collect::<Vec<_>>(),
+            [
+                ("a", "ci-cache-0", true),
+                ("b", "ci-cache-1", false),
+                ("d", "ci-cache-2", false)
+            ]
+        );
+        assert_eq!(pods.coming, ["e"]);
+    }
+
+    #[test]
+    fn a_new_claim_is_owned_by_its_pool_exclusive_and_marked() {
+        let pool: RunnerPool = serde_json::from_value(json!({
+            "apiVersion": "bbrunner.dev/v1alpha1", "kind": "RunnerPool",
+            "metadata": {"name": "ci", "namespace": "builds", "uid": "u-1"},
+            "spec": {"workspace": "acme"},
+        }))
+        .unwrap();
+        let cache = ValidCache {
+            size: "50Gi".into(),
+            storage_class_name: Some("fast".into()),
+            retain: 3,
+        };
+        let claim = claim_object(
+            &pool,
+            &cache,
+            "ci-cache-0",
+            "ci-abc",
+            "2026-01-01T00:00:00Z",
+        );
+        let value = serde_json::to_value(&claim).unwrap();
+        assert_eq!(value["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(value["metadata"]["labels"][LABEL_POOL], "ci");
+        assert_eq!(
+            value["metadata"]["annotations"][ANNOTATION_HANDED_TO],
+            "ci-abc"
+        );
+        assert_eq!(value["spec"]["accessModes"], json!(["ReadWriteOncePod"]));
+        assert_eq!(value["spec"]["resources"]["requests"]["storage"], "50Gi");
+        assert_eq!(value["spec"]["storageClassName"], "fast");
+    }
+}
