@@ -107,17 +107,13 @@ async fn claims(world: &World) -> Vec<PersistentVolumeClaim> {
 }
 
 /// Like `eventually`, but a timeout shows the pool's status, claims, pods and runners.
-async fn until<F, Fut>(world: &World, what: &str, seconds: u64, mut check: F)
+async fn until<F, Fut>(world: &World, what: &str, seconds: u64, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if reached(seconds, check).await {
+        return;
     }
     let claims: Vec<String> = claims(world)
         .await
@@ -157,6 +153,15 @@ where
         pool.as_ref().and_then(|p| p.metadata.generation),
         world.status("builds").await
     );
+}
+
+/// Merge `patch` into pool `builds`, as `kubectl patch --type merge` does.
+async fn edit_spec(world: &World, patch: Value) {
+    world
+        .pools()
+        .patch("builds", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,15 +230,7 @@ async fn claims_go_from_pod_to_pod_never_to_two_and_leave_with_their_pool() {
     .await;
 
     // A rollout: every runner replaced by one of the new spec, on the claims.
-    world
-        .pools()
-        .patch(
-            "builds",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"dind": {"mtu": 1400}}})),
-        )
-        .await
-        .unwrap();
+    edit_spec(&world, json!({"spec": {"dind": {"mtu": 1400}}})).await;
     until(&world, "rolled out, claims within retain", 60, || async {
         let status = world.status("builds").await;
         status["outdated"] == 0
@@ -264,15 +261,7 @@ async fn claims_go_from_pod_to_pod_never_to_two_and_leave_with_their_pool() {
     assert!(status["cache"]["warm"].as_u64().is_some(), "{status}");
 
     // The cache turned off: pods without claims, then the claims go.
-    world
-        .pools()
-        .patch(
-            "builds",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"cache": null}})),
-        )
-        .await
-        .unwrap();
+    edit_spec(&world, json!({"spec": {"cache": null}})).await;
     until(&world, "uncached pods, no claims left", 60, || async {
         let pods = world.pods().await;
         !pods.is_empty()
@@ -282,15 +271,7 @@ async fn claims_go_from_pod_to_pod_never_to_two_and_leave_with_their_pool() {
     .await;
 
     // And on again; then the pool goes, and its claims with it.
-    world
-        .pools()
-        .patch(
-            "builds",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"cache": {"size": "10Gi"}}})),
-        )
-        .await
-        .unwrap();
+    edit_spec(&world, json!({"spec": {"cache": {"size": "10Gi"}}})).await;
     until(&world, "cached pods again", 60, || async {
         let pods = world.pods().await;
         pods.len() >= 2 && pods.iter().all(|p| !claims_of(p).is_empty())

@@ -472,7 +472,18 @@ async fn logged_operator_with_a_broken_pool(
     (op, log_path, addr)
 }
 
-async fn eventually<F, Fut>(what: &str, seconds: u64, mut check: F)
+async fn eventually<F, Fut>(what: &str, seconds: u64, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if !reached(seconds, check).await {
+        panic!("{what}: not reached within {seconds} s");
+    }
+}
+
+/// Whether `check` holds within `seconds`, tried every 100 ms.
+async fn reached<F, Fut>(seconds: u64, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -480,11 +491,11 @@ where
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         if check().await {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{what}: not reached within {seconds} s");
+    false
 }
 
 /// The operator's metrics, as a scraper reads them.
