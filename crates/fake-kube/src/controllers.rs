@@ -143,7 +143,7 @@ pub fn tick(cluster: &Cluster) {
     namespaces(cluster);
     deployments(cluster);
     jobs(cluster);
-    crate::volumes::run(cluster);
+    cluster.with_store(crate::volumes::run);
     schedule(cluster);
     pods_of_missing_nodes(cluster);
     // The version seen before this pass: if the pass itself wrote, the next one runs too.

@@ -6,7 +6,6 @@
 
 use serde_json::{Value, json};
 
-use crate::cluster::Cluster;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::Store;
 use crate::types::ResourceType;
@@ -40,17 +39,16 @@ fn all(store: &Store, rt: &ResourceType) -> Vec<Value> {
 }
 
 /// Bind new claims, and let go of deleted ones no pod uses any more.
-pub fn run(cluster: &Cluster) {
-    let mut store = cluster.store();
+pub fn run(store: &mut Store) {
     let find =
         |store: &Store, plural: &str| store.find_type("", plural).cloned().expect("built in");
     let (claim_type, volume_type, pod_type) = (
-        find(&store, "persistentvolumeclaims"),
-        find(&store, "persistentvolumes"),
-        find(&store, "pods"),
+        find(store, "persistentvolumeclaims"),
+        find(store, "persistentvolumes"),
+        find(store, "pods"),
     );
-    let pods = all(&store, &pod_type);
-    for claim in all(&store, &claim_type) {
+    let pods = all(store, &pod_type);
+    for claim in all(store, &claim_type) {
         let namespace = claim["metadata"]["namespace"]
             .as_str()
             .unwrap_or("")
