@@ -239,15 +239,22 @@ pub fn object_name(pool: &str, runner: &RunnerUuid) -> String {
     format!("{pool}-{}", runner.bare())
 }
 
-fn pool_labels(pool: &RunnerPool, runner: &RunnerUuid) -> BTreeMap<String, String> {
+/// The labels of every object the operator makes for a pool (its pods, Secrets and claims).
+pub fn pool_labels(pool: &RunnerPool) -> BTreeMap<String, String> {
     let name = pool.metadata.name.clone().unwrap_or_default();
     BTreeMap::from([
         (LABEL_NAME.to_owned(), manifests::APP_NAME.to_owned()),
         (LABEL_INSTANCE.to_owned(), name.clone()),
         (LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned()),
         (LABEL_POOL.to_owned(), name),
-        (LABEL_RUNNER_UUID.to_owned(), runner.bare().to_owned()),
     ])
+}
+
+/// The labels of one runner's objects.
+fn runner_labels(pool: &RunnerPool, runner: &RunnerUuid) -> BTreeMap<String, String> {
+    let mut labels = pool_labels(pool);
+    labels.insert(LABEL_RUNNER_UUID.to_owned(), runner.bare().to_owned());
+    labels
 }
 
 fn owner(pool: &RunnerPool) -> Option<OwnerReference> {
@@ -293,7 +300,7 @@ pub fn secret(pool: &RunnerPool, registration: &RunnerRegistration) -> Secret {
         metadata: ObjectMeta {
             name: Some(object_name(name, &registration.runner_uuid)),
             namespace: pool.metadata.namespace.clone(),
-            labels: Some(pool_labels(pool, &registration.runner_uuid)),
+            labels: Some(runner_labels(pool, &registration.runner_uuid)),
             owner_references: owner(pool).map(|o| vec![o]),
             ..Default::default()
         },
@@ -347,7 +354,7 @@ impl PodTemplate<'_> {
         } = *self;
         let name = pool.metadata.name.as_deref().unwrap_or("");
         let mut labels = pool.spec.pod_template.labels.clone().unwrap_or_default();
-        labels.extend(pool_labels(pool, runner));
+        labels.extend(runner_labels(pool, runner));
         let mut annotations = pool
             .spec
             .pod_template

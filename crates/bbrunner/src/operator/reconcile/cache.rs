@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, VecDeque};
 use bbrunner_core::cache::{
     CacheCounts, CachePlan, ClaimChoice, ClaimUser, Handover, ObservedClaim, PoolPods,
 };
-use bbrunner_core::manifests::{LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGER};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
 };
@@ -210,20 +209,11 @@ fn claim_object(
     pod: &str,
     at: &str,
 ) -> PersistentVolumeClaim {
-    let pool_name = pool.name_any();
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: pool.namespace(),
-            labels: Some(BTreeMap::from([
-                (
-                    LABEL_NAME.to_owned(),
-                    bbrunner_core::manifests::APP_NAME.to_owned(),
-                ),
-                (LABEL_INSTANCE.to_owned(), pool_name.clone()),
-                (LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned()),
-                (LABEL_POOL.to_owned(), pool_name),
-            ])),
+            labels: Some(crate::operator::pool::pool_labels(pool)),
             annotations: Some(BTreeMap::from([
                 (ANNOTATION_HANDED_TO.to_owned(), pod.to_owned()),
                 (ANNOTATION_HANDED_AT.to_owned(), at.to_owned()),
