@@ -25,6 +25,7 @@ fn config(policy: PolicyKind, max: u32) -> SimConfig {
         history: PolicyMemory::default(),
         durations: Default::default(),
         webhooks: false,
+        cold_start: Default::default(),
     }
 }
 

@@ -124,7 +124,8 @@ impl ScalingSpec {
     }
 }
 
-/// The parts of a RunnerPool manifest the simulator reads: `spec.labels` and `spec.scaling`.
+/// The parts of a RunnerPool manifest the simulator reads: `spec.labels`, `spec.scaling`
+/// and whether `spec.cache` is on, with its `retain`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PoolManifest {
     #[serde(default)]
@@ -138,11 +139,27 @@ pub struct PoolManifestSpec {
     pub labels: Vec<String>,
     #[serde(default)]
     pub scaling: ScalingSpec,
+    #[serde(default)]
+    pub cache: Option<CacheRetainSpec>,
+}
+
+/// `spec.cache` as the simulator reads it: only how many volumes it keeps.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CacheRetainSpec {
+    #[serde(default)]
+    pub retain: Option<u32>,
 }
 
 impl PoolManifestSpec {
     pub fn resolve(&self) -> Result<(Labels, Scaling), PoolError> {
         Ok((Labels::new(&self.labels)?, self.scaling.resolve()?))
+    }
+
+    /// The warm cache's `retain` where the pool has a cache (default: the pool's max).
+    pub fn cache_retain(&self, scaling: &Scaling) -> Option<u32> {
+        self.cache
+            .as_ref()
+            .map(|cache| cache.retain.unwrap_or(scaling.max))
     }
 }
 

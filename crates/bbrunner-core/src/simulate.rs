@@ -14,7 +14,7 @@ use crate::labels::validate_label;
 use crate::manifests::RunnerSize;
 use crate::units::Seconds;
 
-pub use engine::{PolicyResult, Sample, SimConfig, StartLatency, simulate};
+pub use engine::{ColdStart, PolicyResult, Sample, SimConfig, StartLatency, simulate};
 pub use scenarios::Scenario;
 
 /// One step of a workload.

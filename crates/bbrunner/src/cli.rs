@@ -332,6 +332,15 @@ pub struct SimulateArgs {
     pub start_latency: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// What a step loses on a runner whose Docker store is empty (its pulls and a build from
+    /// no layers), e.g. 90s; the first step of each new runner pays it, unless the pool's warm
+    /// cache gives the runner a used volume. Default 0s: not modelled.
+    #[arg(long, default_value = "0s", value_name = "DUR")]
+    pub cold_start: String,
+    /// Give bbrunner's policies a warm cache keeping N volumes when the pool shrinks (as
+    /// spec.cache.retain; overrides the --pool's spec.cache). Atlassian's autoscaler has none.
+    #[arg(long, value_name = "N")]
+    pub cache_retain: Option<u32>,
     /// Weeks the pool served before the measured ones, for its demand forecast to learn from:
     /// for a scenario, other seeds of it on the same day of the week (default 4); for a trace,
     /// its first N weeks, the rest measured (default 0: all of it measured).

@@ -25,6 +25,7 @@ fn config(scaling: Scaling) -> SimConfig {
         history: PolicyMemory::default(),
         durations: Default::default(),
         webhooks: false,
+        cold_start: Default::default(),
     }
 }
 
@@ -465,4 +466,83 @@ fn webhooks_and_lookahead_ready_the_next_stage_before_it_queues() {
         ahead.api_calls_per_hour,
         blind.api_calls_per_hour
     );
+}
+
+/// Two bursts of `n` steps an hour apart: the pool grows for the first, shrinks to its
+/// minimum in the quiet, and grows again for the second.
+fn two_bursts(n: usize) -> Vec<TraceStep> {
+    (0..2)
+        .flat_map(|wave| (0..n).map(move |_| step(f64::from(wave) * 3600.0, 300.0)))
+        .collect()
+}
+
+fn bursting_pool() -> Scaling {
+    Scaling {
+        min: 1,
+        max: 6,
+        min_idle: 0,
+        policy: PolicyKind::Queue,
+        ..Scaling::default()
+    }
+}
+
+fn with_cold_start(cost: f64, cache_retain: Option<u32>) -> SimConfig {
+    SimConfig {
+        cold_start: ColdStart { cost, cache_retain },
+        ..config(bursting_pool())
+    }
+}
+
+#[test]
+fn without_a_cache_every_new_runner_starts_cold_and_its_first_step_pays_for_it() {
+    let steps = two_bursts(6);
+    let warm = simulate(&steps, &with_cold_start(0.0, None), &mut |_| {});
+    let cold = simulate(&steps, &with_cold_start(120.0, None), &mut |_| {});
+    // The runner online from the start is warm; each one created runs a cold first step.
+    assert_eq!(warm.runners_created, 10, "five new runners per burst");
+    assert_eq!(cold.runners_created, 10);
+    assert_eq!(cold.cold_steps, 10);
+    assert_eq!(cold.cache_volumes_peak, 0);
+    // Each cold step ran two minutes longer.
+    let extra = cold.busy_runner_hours - warm.busy_runner_hours;
+    assert!((extra - 10.0 * 120.0 / 3600.0).abs() < 1e-9, "{extra}");
+}
+
+#[test]
+fn a_cache_hands_the_first_bursts_volumes_to_the_second_bursts_runners() {
+    let steps = two_bursts(6);
+    let cached = simulate(&steps, &with_cold_start(120.0, Some(6)), &mut |_| {});
+    assert_eq!(cached.runners_created, 10);
+    // The five volumes made for the first burst come back warm for the second.
+    assert_eq!(cached.cold_steps, 5);
+    assert_eq!(
+        cached.cache_volumes_peak, 6,
+        "the first runner's and five more"
+    );
+    // Keeping two: the second burst finds two warm volumes and makes three cold ones.
+    let two = simulate(&steps, &with_cold_start(120.0, Some(2)), &mut |_| {});
+    assert_eq!(two.cold_steps, 5 + 4);
+    // Keeping none the volumes go once free for the scale-down delay: as cold as no cache.
+    let none = simulate(&steps, &with_cold_start(120.0, Some(0)), &mut |_| {});
+    assert_eq!(none.cold_steps, 10);
+}
+
+#[test]
+fn a_volume_freed_within_the_scale_down_delay_is_taken_warm_even_beyond_retain() {
+    // Runners idle from 300 s go after the 2000 s delay; their volumes would go 2000 s
+    // later, after the second burst (3600 s) has taken them.
+    let steps = two_bursts(6);
+    let slow = SimConfig {
+        scaling: Scaling {
+            scale_down_delay: 2000.0,
+            ..bursting_pool()
+        },
+        ..with_cold_start(120.0, Some(0))
+    };
+    let r = simulate(&steps, &slow, &mut |_| {});
+    assert_eq!(
+        r.runners_created, 10,
+        "the first burst's runners were replaced"
+    );
+    assert_eq!(r.cold_steps, 5);
 }

@@ -108,6 +108,7 @@ fn simulated(steps: &[(f64, f64)], time_scale: f64, start_latency: f64) -> Resul
             history: PolicyMemory::default(),
             durations: Default::default(),
             webhooks: false,
+            cold_start: Default::default(),
         };
         let result = simulate(&trace, &config, &mut |_| {});
         // Idle time over the demo's own span, until the last step is done (the simulator

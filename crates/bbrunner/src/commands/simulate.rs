@@ -6,8 +6,8 @@ use bbrunner_core::labels::Labels;
 use bbrunner_core::pool::PoolManifest;
 use bbrunner_core::scaling::{PolicyKind, PolicyMemory, Scaling};
 use bbrunner_core::simulate::{
-    PolicyResult, Scenario, SimConfig, StartLatency, TraceStep, learn, parse_trace, simulate,
-    split_weeks,
+    ColdStart, PolicyResult, Scenario, SimConfig, StartLatency, TraceStep, learn, parse_trace,
+    simulate, split_weeks,
 };
 use bbrunner_core::units::parse_duration;
 
@@ -109,6 +109,8 @@ fn workload(args: &SimulateArgs) -> Result<(Vec<TraceStep>, Vec<Vec<TraceStep>>)
 /// Weeks of history a scenario's pool has by default: the forecast's memory halves each
 /// week, so four weeks weigh about as much as any longer past.
 const DEFAULT_HISTORY_WEEKS: u32 = 4;
+/// Bitbucket stops a step at two hours: a cold start cannot cost more.
+const MAX_COLD_START: f64 = 7200.0;
 const MAX_HISTORY_WEEKS: u32 = 52;
 
 fn trace(path: &std::path::Path) -> Result<Vec<TraceStep>> {
@@ -119,9 +121,10 @@ fn trace(path: &std::path::Path) -> Result<Vec<TraceStep>> {
     })
 }
 
-fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling)> {
+/// The pool's labels, scaling and warm cache (`retain`, where it has one).
+fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling, Option<u32>)> {
     let Some(path) = &args.pool else {
-        return Ok((Labels::new::<_, &str>([])?, Scaling::default()));
+        return Ok((Labels::new::<_, &str>([])?, Scaling::default(), None));
     };
     let text = input::read_yaml(path)?;
     // One document or several (as `migrate` writes): the first RunnerPool is simulated.
@@ -146,10 +149,12 @@ fn pool(args: &SimulateArgs) -> Result<(Labels, Scaling)> {
             e.inner()
         )
     })?;
-    manifest
+    let (labels, scaling) = manifest
         .spec
         .resolve()
-        .with_context(|| format!("in {}", path.display()))
+        .with_context(|| format!("in {}", path.display()))?;
+    let retain = manifest.spec.cache_retain(&scaling);
+    Ok((labels, scaling, retain))
 }
 
 pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
@@ -165,8 +170,16 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
         );
     }
     let (steps, history) = workload(args)?;
-    let (labels, scaling) = pool(args)?;
+    let (labels, scaling, pool_retain) = pool(args)?;
     let mean = parse_duration("--start-latency", &args.start_latency)?;
+    let cold_start_cost = parse_duration("--cold-start", &args.cold_start)?;
+    if cold_start_cost > MAX_COLD_START {
+        bail!(
+            "--cold-start {}: more than Bitbucket's two-hour step limit; give what an empty Docker store costs a step, e.g. 90s",
+            args.cold_start
+        );
+    }
+    let cache_retain = args.cache_retain.or(pool_retain);
     let runs: Vec<PolicyRun> = if args.policies.is_empty() {
         PolicyKind::ALL
             .iter()
@@ -223,6 +236,11 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
                 _ => scaling.poll_interval = poll,
             }
         }
+        let cold_start = ColdStart {
+            cost: cold_start_cost,
+            // Atlassian's autoscaler keeps no volumes; the oracle's runners never restart.
+            cache_retain: cache_retain.filter(|_| run.kind != PolicyKind::AtlassianRatio),
+        };
         let mut config = SimConfig {
             labels: labels.clone(),
             scaling,
@@ -235,6 +253,7 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
             history: PolicyMemory::default(),
             durations: Default::default(),
             webhooks: run.webhooks,
+            cold_start,
         };
         // Only our policies learn: Atlassian's keeps no memory, and a pool whose min is its
         // max (the oracle) has nothing to ready.
@@ -289,7 +308,7 @@ pub fn run(args: &SimulateArgs) -> Result<ExitCode> {
     }
     let text = match args.format {
         TableFormat::Json => output::json(&Report { policies: &results })?,
-        TableFormat::Table => table(&results),
+        TableFormat::Table => table(&results, cold_start_cost > 0.0 || cache_retain.is_some()),
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
@@ -300,7 +319,9 @@ fn bitbucket_budget() -> u32 {
     900
 }
 
-fn table(results: &[PolicyResult]) -> String {
+/// The results as a table; `cold` adds the steps that ran on an empty store and the cache
+/// volumes the pool held.
+fn table(results: &[PolicyResult], cold: bool) -> String {
     // Pipeline columns only where the workload has pipelines.
     let pipelines = results.iter().any(|r| r.pipelines > 0);
     let mut out = format!(
@@ -324,6 +345,9 @@ fn table(results: &[PolicyResult]) -> String {
             " {:>10} {:>10} {:>11}",
             "pipe p50 s", "pipe p95 s", "pipe/oracle"
         ));
+    }
+    if cold {
+        out.push_str(&format!(" {:>6} {:>7}", "cold", "volumes"));
     }
     out.push('\n');
     let times = |r: Option<f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into());
@@ -357,6 +381,9 @@ fn table(results: &[PolicyResult]) -> String {
                 seconds(r.pipeline_overhead_p95_s),
                 times(r.pipeline_overhead_p95_vs_oracle)
             ));
+        }
+        if cold {
+            out.push_str(&format!(" {:>6} {:>7}", r.cold_steps, r.cache_volumes_peak));
         }
         out.push('\n');
     }

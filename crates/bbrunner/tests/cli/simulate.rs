@@ -483,3 +483,80 @@ fn a_pipeline_trace_learns_durations_from_its_history_weeks() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(ahead + 20.0 < blind, "{ahead} vs {blind}");
 }
+
+#[test]
+fn a_warm_cache_spares_cold_starts_and_the_pools_spec_cache_turns_it_on() {
+    let dir = std::env::temp_dir().join(format!("bbrunner-sim-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cached_pool = dir.join("cached.yaml");
+    std::fs::write(
+        &cached_pool,
+        "kind: RunnerPool\nspec:\n  cache: {size: 50Gi}\n  scaling: {max: 10}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "simulate",
+            "--scenario",
+            "pipelines",
+            "--cold-start",
+            "90s",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = bbrunner(&args, "").success().stdout;
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        report["policies"].as_array().unwrap().clone()
+    };
+    let field = |policies: &[serde_json::Value], name: &str, key: &str| {
+        let policy = policies.iter().find(|p| p["name"] == name).unwrap();
+        policy[key].as_f64().unwrap()
+    };
+    let uncached = run(&[]);
+    let cached = run(&["--pool", cached_pool.to_str().unwrap()]);
+    let flag = run(&["--cache-retain", "10"]);
+    assert_eq!(cached, flag, "spec.cache keeps max (10) volumes by default");
+    for policy in ["idle-buffer", "queue"] {
+        let cold = |p: &[serde_json::Value]| field(p, policy, "cold_steps");
+        assert!(cold(&uncached) > 0.0);
+        assert!(cold(&cached) < cold(&uncached), "{policy}");
+        assert!(field(&cached, policy, "cache_volumes_peak") > 0.0);
+        assert!(
+            field(&cached, policy, "pipeline_overhead_p50_s")
+                < field(&uncached, policy, "pipeline_overhead_p50_s"),
+            "{policy}: the cache shortens pipelines"
+        );
+    }
+    // Atlassian's autoscaler has no cache; the oracle's runners never start cold.
+    assert_eq!(
+        field(&cached, "atlassian-ratio", "cold_steps"),
+        field(&uncached, "atlassian-ratio", "cold_steps")
+    );
+    assert_eq!(field(&cached, "atlassian-ratio", "cache_volumes_peak"), 0.0);
+    assert_eq!(field(&uncached, "oracle", "cold_steps"), 0.0);
+    // The table shows the cold steps and volumes only where they are modelled.
+    let table = bbrunner(
+        &["simulate", "--scenario", "burst", "--cold-start", "1m"],
+        "",
+    )
+    .success()
+    .stdout;
+    assert!(
+        table.lines().next().unwrap().ends_with("cold volumes"),
+        "{table}"
+    );
+    let plain = bbrunner(&["simulate", "--scenario", "burst"], "")
+        .success()
+        .stdout;
+    assert!(!plain.contains("volumes"), "{plain}");
+    refuses(
+        &["simulate", "--scenario", "burst", "--cold-start", "3h"],
+        "--cold-start 3h: more than Bitbucket's two-hour step limit",
+    );
+    refuses(
+        &["simulate", "--scenario", "burst", "--cold-start", "fast"],
+        "--cold-start",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
