@@ -113,7 +113,10 @@ async fn pool_lifecycle_works(install_args: &[&str], drop_rule: Option<usize>) -
     let mut args = vec!["--leader-election", "--lease-namespace", OPERATOR_NS];
     args.extend(namespace_args.iter().map(String::as_str));
     let _op = world.operator_with(&kubeconfig, &args, "info", Stdio::null());
-    world.pool("builds", managed(1, 2)).await;
+    // With a cache, so that the claims' rule is exercised too.
+    let mut spec = managed(1, 2);
+    spec["cache"] = json!({"size": "1Gi"});
+    world.pool("builds", spec).await;
     let events = world.events();
     // A working operator gets here in about two seconds; the margin is for busy CI machines.
     let deadline = Instant::now() + Duration::from_secs(12);

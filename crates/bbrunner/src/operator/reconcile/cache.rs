@@ -33,10 +33,23 @@ pub(super) const ANNOTATION_HANDED_AT: &str = "bbrunner.dev/handed-at";
 /// Kubernetes itself refuses a second pod on the claim (the scheduler keeps it Pending).
 const ACCESS_MODE: &str = "ReadWriteOncePod";
 
+/// The pool's claims, where it may have any: a pool with `spec.cache`, one whose status still
+/// counts claims or whose pods mount one (the cache was turned off and they await deletion).
+/// Other pools cost no request, and an operator installed without the cache's RBAC still
+/// runs them.
 pub(super) async fn list_claims(
     ctx: &Context,
     pool: &RunnerPool,
+    pods: &PoolPods,
 ) -> Result<Vec<PersistentVolumeClaim>, ReconcileError> {
+    let had_claims = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.cache.as_ref())
+        .is_some_and(|c| c.volumes > 0);
+    if pool.spec.cache.is_none() && !had_claims && pods.mounts.is_empty() {
+        return Ok(Vec::new());
+    }
     let api: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
     let selector = format!("{LABEL_POOL}={}", pool.name_any());

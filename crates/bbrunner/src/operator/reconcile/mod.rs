@@ -323,7 +323,7 @@ async fn reconcile_managed(
     drain::mark_busy_pods(ctx, &ns, &marks, &observation.runners).await;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
-    let claims = cache::list_claims(ctx, pool).await?;
+    let claims = cache::list_claims(ctx, pool, &pool_pods).await?;
     let observed_claims = cache::observe_claims(&claims, &ctx.clock);
     let cache_plan = bbrunner_core::cache::plan(
         &name,
