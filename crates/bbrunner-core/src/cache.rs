@@ -45,6 +45,9 @@ pub struct ObservedClaim {
     pub terminating: bool,
     /// The pod the claim was last handed to, and when (the claim's own marks).
     pub handed_to: Option<Handover>,
+    /// When a pod could not be scheduled with it (the claim's mark): it is passed over for
+    /// [`SKIP_FOR`].
+    pub skipped_at: Option<Seconds>,
 }
 
 /// A claim's mark of the pod it was handed to.
@@ -61,6 +64,32 @@ pub struct ClaimUser {
     pub claim: String,
     /// Its containers may still run: the pod exists and has not Succeeded or Failed.
     pub live: bool,
+    /// The scheduler has not placed it: since when, and why, in its words.
+    pub unschedulable: Option<Unschedulable>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unschedulable {
+    pub since: Seconds,
+    pub message: String,
+}
+
+/// The runner pods a reconcile creates: how many, and the names of those recreated for a
+/// registered runner (their names were known before, so a claim may already be theirs).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewPods {
+    pub count: usize,
+    pub recreated: Vec<String>,
+}
+
+impl NewPods {
+    /// `count` pods for new runners.
+    pub fn fresh(count: usize) -> Self {
+        Self {
+            count,
+            recreated: Vec::new(),
+        }
+    }
 }
 
 /// The pool's pods as the claims see them.
@@ -76,15 +105,51 @@ pub struct PoolPods {
 
 /// How long a handover to a coming pod keeps the claim, should the pod never be created.
 pub const HANDOVER_GRACE: Seconds = 120.0;
+/// How long a pod may wait for the scheduler because of its claim (a volume bound to a full
+/// or lost node or zone, a claim its storage class never provisions) before the claim is
+/// skipped: a runner waits for room no longer than a start takes.
+pub const SCHEDULING_BOUND: Seconds = 120.0;
+/// How long a skipped claim is passed over before a pod may try it again.
+pub const SKIP_FOR: Seconds = 1800.0;
+
+/// Whether the scheduler's words blame the pod's volumes (`volume node affinity conflict`,
+/// `unbound immediate PersistentVolumeClaims`, `didn't find available persistent volumes`, a
+/// ReadWriteOncePod claim in use, a claim not found): another claim may fit where this one
+/// does not. Not memory, CPU or taints: no claim helps with those.
+pub fn blames_volumes(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("volume") || message.contains("persistentvolumeclaim")
+}
 
 /// What to do with the pool's claims at one reconcile.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CachePlan {
-    /// For each new pod, in order, the claim it mounts: existing ones warmest first, then
-    /// new ones to create.
+    /// Recreated pods that get back the claim already handed to them (their pod went before
+    /// it mounted it, or an operator stopped between marking the claim and creating the pod).
+    pub resumed: Vec<Resume>,
+    /// For each other new pod, in order, the claim it mounts: existing ones warmest first,
+    /// then new ones to create.
     pub handovers: Vec<ClaimChoice>,
+    /// Pods the scheduler refused because of their claim for [`SCHEDULING_BOUND`]: the claim
+    /// is marked skipped and the pod deleted, to be recreated on another claim.
+    pub skip: Vec<Skip>,
     /// Free claims past `retain`, or of a pool whose cache is off, free for long enough.
     pub delete: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub pod: String,
+    pub claim: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub claim: String,
+    pub pod: String,
+    /// How long the pod waited, and the scheduler's words.
+    pub waited: Seconds,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,12 +158,16 @@ pub enum ClaimChoice {
     Reuse { claim: String, warm: bool },
     /// A new claim, for a new slot.
     Create { claim: String },
+    /// No claim: one was skipped within [`SKIP_FOR`] and none is free, so the pod starts
+    /// with an empty store rather than wait on a new claim that may fail the same way.
+    Uncached,
 }
 
 impl ClaimChoice {
-    pub fn claim(&self) -> &str {
+    pub fn claim(&self) -> Option<&str> {
         match self {
-            ClaimChoice::Reuse { claim, .. } | ClaimChoice::Create { claim } => claim,
+            ClaimChoice::Reuse { claim, .. } | ClaimChoice::Create { claim } => Some(claim),
+            ClaimChoice::Uncached => None,
         }
     }
 }
@@ -112,13 +181,20 @@ pub struct CacheCounts {
     pub warm: u32,
     /// Free, never used.
     pub cold: u32,
+    /// Free, passed over for a while: a pod could not be scheduled with it.
+    pub skipped: u32,
     pub terminating: u32,
 }
 
 impl CacheCounts {
     pub fn total(&self) -> u32 {
-        self.in_use + self.warm + self.cold + self.terminating
+        self.in_use + self.warm + self.cold + self.skipped + self.terminating
     }
+}
+
+/// Skipped within [`SKIP_FOR`].
+fn skipped(claim: &ObservedClaim, now: Seconds) -> bool {
+    claim.skipped_at.is_some_and(|at| now - at < SKIP_FOR)
 }
 
 /// Whether a claim is in use: a live pod mounts it, or it was handed to a pod that is coming,
@@ -144,6 +220,8 @@ pub fn counts(claims: &[ObservedClaim], pods: &PoolPods, now: Seconds) -> CacheC
             counts.terminating += 1;
         } else if in_use(claim, pods, now) {
             counts.in_use += 1;
+        } else if skipped(claim, now) {
+            counts.skipped += 1;
         } else if claim.handed_to.is_some() {
             counts.warm += 1;
         } else {
@@ -167,6 +245,10 @@ impl CachePlan {
             pod: new_pod(claim),
             at: now,
         };
+        let handed = |name: &str| {
+            self.handovers.iter().any(|h| h.claim() == Some(name))
+                || self.resumed.iter().any(|r| r.claim == name)
+        };
         let mut after: Vec<ObservedClaim> = claims
             .iter()
             .map(|c| {
@@ -174,8 +256,11 @@ impl CachePlan {
                 if self.delete.contains(&c.name) {
                     c.terminating = true;
                 }
-                if self.handovers.iter().any(|h| h.claim() == c.name) {
+                if handed(&c.name) {
                     c.handed_to = Some(handover(&c.name));
+                }
+                if self.skip.iter().any(|s| s.claim == c.name) {
+                    c.skipped_at = Some(now);
                 }
                 c
             })
@@ -186,28 +271,69 @@ impl CachePlan {
                 created_at: now,
                 terminating: false,
                 handed_to: Some(handover(claim)),
+                skipped_at: None,
             }),
-            ClaimChoice::Reuse { .. } => None,
+            ClaimChoice::Reuse { .. } | ClaimChoice::Uncached => None,
         }));
         let mut pods = pods.clone();
-        pods.coming
-            .extend(self.handovers.iter().map(|h| new_pod(h.claim())));
+        // Skipped pods are deleted: they mount nothing any more.
+        pods.mounts
+            .retain(|u| !self.skip.iter().any(|s| s.pod == u.pod));
+        let claims = self.handovers.iter().filter_map(ClaimChoice::claim);
+        let resumed = self.resumed.iter().map(|r| r.claim.as_str());
+        pods.coming.extend(claims.chain(resumed).map(new_pod));
         (after, pods)
     }
 }
 
-/// The claims for `new_pods` new runner pods of `pool`, and the claims to delete.
+/// The claims for the `new_pods` of `pool`, the claims to skip and the claims to delete.
 pub fn plan(
     pool: &str,
     settings: &CacheSettings,
     claims: &[ObservedClaim],
     pods: &PoolPods,
-    new_pods: usize,
+    new_pods: &NewPods,
     now: Seconds,
 ) -> CachePlan {
+    let skip: Vec<Skip> = pods
+        .mounts
+        .iter()
+        .filter(|u| u.live)
+        .filter_map(|u| {
+            let stuck = u.unschedulable.as_ref()?;
+            let waited = now - stuck.since;
+            (waited >= SCHEDULING_BOUND && blames_volumes(&stuck.message)).then(|| Skip {
+                claim: u.claim.clone(),
+                pod: u.pod.clone(),
+                waited,
+                message: stuck.message.clone(),
+            })
+        })
+        .collect();
+    let passed_over = |c: &ObservedClaim| skipped(c, now) || skip.iter().any(|s| s.claim == c.name);
+    let enabled = settings.enabled;
+    // A recreated pod takes back the claim handed to it, unless it is passed over.
+    let resumed: Vec<Resume> = new_pods
+        .recreated
+        .iter()
+        .filter(|_| enabled)
+        .filter_map(|pod| {
+            let claim = claims.iter().find(|c| {
+                !c.terminating
+                    && !passed_over(c)
+                    && c.handed_to.as_ref().is_some_and(|h| &h.pod == pod)
+                    && !pods.mounts.iter().any(|u| u.claim == c.name && u.live)
+            })?;
+            Some(Resume {
+                pod: pod.clone(),
+                claim: claim.name.clone(),
+            })
+        })
+        .collect();
+    let resumed_claim = |c: &ObservedClaim| resumed.iter().any(|r| r.claim == c.name);
     let mut free: Vec<&ObservedClaim> = claims
         .iter()
-        .filter(|c| !c.terminating && !in_use(c, pods, now))
+        .filter(|c| !c.terminating && !in_use(c, pods, now) && !passed_over(c) && !resumed_claim(c))
         .collect();
     // Warmest first: the most recent handover; never-used claims last, lowest slot first.
     free.sort_by(|a, b| {
@@ -217,8 +343,12 @@ pub fn plan(
             .unwrap_or(std::cmp::Ordering::Equal)
             .then_with(|| slot_of(pool, &a.name).cmp(&slot_of(pool, &b.name)))
     });
-    let new_pods = if settings.enabled { new_pods } else { 0 };
-    let reused = new_pods.min(free.len());
+    let others = if enabled {
+        new_pods.count.saturating_sub(resumed.len())
+    } else {
+        0
+    };
+    let reused = others.min(free.len());
     let mut handovers: Vec<ClaimChoice> = free[..reused]
         .iter()
         .map(|c| ClaimChoice::Reuse {
@@ -226,33 +356,48 @@ pub fn plan(
             warm: c.handed_to.is_some(),
         })
         .collect();
+    // After a skip, no new claim: it would likely fail as the skipped one did.
+    let wary = claims.iter().any(passed_over);
     let mut taken_slots: Vec<u32> = claims
         .iter()
         .filter_map(|c| slot_of(pool, &c.name))
         .collect();
     let mut next_slot = 0;
-    while handovers.len() < new_pods {
+    let mut created = 0;
+    while handovers.len() < others {
+        if wary {
+            handovers.push(ClaimChoice::Uncached);
+            continue;
+        }
         while taken_slots.contains(&next_slot) {
             next_slot += 1;
         }
         taken_slots.push(next_slot);
+        created += 1;
         handovers.push(ClaimChoice::Create {
             claim: claim_name(pool, next_slot),
         });
     }
     // Past `retain` (none when the cache is off), the coldest free claims go, once free for
-    // the delay.
-    let kept = claims.iter().filter(|c| !c.terminating).count() + (new_pods - reused);
-    let retain = if settings.enabled { settings.retain } else { 0 };
+    // the delay: skipped ones first.
+    let kept = claims.iter().filter(|c| !c.terminating).count() + created;
+    let retain = if enabled { settings.retain } else { 0 };
     let excess = kept.saturating_sub(retain as usize);
-    let delete = free[reused..]
+    let skipped_free = claims
         .iter()
-        .rev()
+        .filter(|c| !c.terminating && !in_use(c, pods, now) && skipped(c, now));
+    let delete = skipped_free
+        .chain(free[reused..].iter().rev().copied())
         .filter(|c| now - last_used(c) >= settings.delete_after)
         .take(excess)
         .map(|c| c.name.clone())
         .collect();
-    CachePlan { handovers, delete }
+    CachePlan {
+        resumed,
+        handovers,
+        skip,
+        delete,
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ reasons! {
     CleanupAbandoned => Bitbucket,
     CacheVolumeCreated => Progress,
     CacheVolumeDeleted => Progress,
+    CacheVolumeUnschedulable => Cluster,
 }
 
 impl fmt::Display for Reason {

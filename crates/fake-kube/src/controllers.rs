@@ -481,6 +481,23 @@ fn jobs(cluster: &Cluster) {
     }
 }
 
+/// The pod's status once the scheduler says `message` of it, if that changes it. The
+/// condition's transition stays when the pod first became unschedulable.
+fn unschedulable_status(pod: &Value, message: &str) -> Option<Value> {
+    let previous = &pod["status"]["conditions"][0];
+    if previous["message"] == message {
+        return None;
+    }
+    let since = if previous["type"] == "PodScheduled" && previous["status"] == "False" {
+        previous["lastTransitionTime"].clone()
+    } else {
+        json!(now())
+    };
+    let mut status = pod["status"].clone();
+    status["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastTransitionTime": since}]);
+    Some(status)
+}
+
 fn schedule(cluster: &Cluster) {
     let pod_type = types(cluster, "", "pods");
     let node_type = types(cluster, "", "nodes");
@@ -515,9 +532,7 @@ fn schedule(cluster: &Cluster) {
             crate::volumes::unschedulable_for_claims(&store, pod, &pods, nodes.len())
         {
             let message = format!("0/{} nodes are available: {reason}.", nodes.len());
-            if pod["status"]["conditions"][0]["message"] != json!(message) {
-                let mut status = pod["status"].clone();
-                status["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]);
+            if let Some(status) = unschedulable_status(pod, &message) {
                 let _ = store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
             }
             continue;
@@ -576,10 +591,7 @@ fn schedule(cluster: &Cluster) {
                     nodes.len(),
                     reasons.join(", ")
                 );
-                let condition = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message});
-                if pod["status"]["conditions"][0]["message"] != condition["message"] {
-                    let mut status = pod["status"].clone();
-                    status["conditions"] = json!([condition]);
+                if let Some(status) = unschedulable_status(pod, &message) {
                     let _ =
                         store.replace(&pod_type, "v1", &ns, &name, json!({"status": status}), true);
                 }

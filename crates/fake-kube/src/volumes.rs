@@ -1,8 +1,9 @@
 //! PersistentVolumeClaims as a small cluster's volume controllers treat them: each new claim
-//! bound at once to a volume of its own (a default StorageClass with immediate binding), kept
-//! by its protection finalizer while a pod uses it, its volume deleted with it; and what the
-//! scheduler asks of a pod's claims (they exist, are not being deleted, and a
-//! ReadWriteOncePod claim has no other pod).
+//! bound at once to a volume of its own (a default StorageClass with immediate binding; a
+//! claim naming another class only once that StorageClass exists, as no provisioner serves
+//! a class that does not), kept by its protection finalizer while a pod uses it, its volume
+//! deleted with it; and what the scheduler asks of a pod's claims (they exist, are bound, are
+//! not being deleted, and a ReadWriteOncePod claim has no other pod).
 
 use serde_json::{Value, json};
 
@@ -47,6 +48,13 @@ pub fn run(store: &mut Store) {
         find(store, "persistentvolumes"),
         find(store, "pods"),
     );
+    let classes: Vec<String> = store
+        .find_type("storage.k8s.io", "storageclasses")
+        .map(|rt| all(store, rt))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
     let pods = all(store, &pod_type);
     for claim in all(store, &claim_type) {
         let namespace = claim["metadata"]["namespace"]
@@ -84,6 +92,23 @@ pub fn run(store: &mut Store) {
             continue;
         }
         if claim["spec"]["volumeName"].is_string() {
+            continue;
+        }
+        if let Some(class) = claim["spec"]["storageClassName"].as_str()
+            && !class.is_empty()
+            && !classes.iter().any(|c| c == class)
+        {
+            // Pending until its class exists.
+            if claim["status"]["phase"] != "Pending" {
+                let _ = store.replace(
+                    &claim_type,
+                    "v1",
+                    &namespace,
+                    &name,
+                    json!({"status": {"phase": "Pending"}}),
+                    true,
+                );
+            }
             continue;
         }
         let capacity = claim["spec"]["resources"]["requests"].clone();
@@ -137,6 +162,9 @@ pub fn unschedulable_for_claims(
         };
         if !claim["metadata"]["deletionTimestamp"].is_null() {
             return Some(format!("persistentvolumeclaim \"{name}\" is being deleted"));
+        }
+        if !claim["spec"]["volumeName"].is_string() {
+            return Some("pod has unbound immediate PersistentVolumeClaims".to_owned());
         }
         let exclusive = claim["spec"]["accessModes"]
             .as_array()

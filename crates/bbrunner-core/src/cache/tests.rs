@@ -17,6 +17,7 @@ fn claim(slot: u32, handed: Option<(&str, Seconds)>) -> ObservedClaim {
             pod: pod.to_owned(),
             at,
         }),
+        skipped_at: None,
     }
 }
 
@@ -25,6 +26,7 @@ fn user(pod: &str, slot: u32, live: bool) -> ClaimUser {
         pod: pod.to_owned(),
         claim: claim_name("ci", slot),
         live,
+        unschedulable: None,
     }
 }
 
@@ -41,7 +43,10 @@ fn none() -> PoolPods {
 }
 
 fn claims_of(plan: &CachePlan) -> Vec<&str> {
-    plan.handovers.iter().map(ClaimChoice::claim).collect()
+    plan.handovers
+        .iter()
+        .filter_map(ClaimChoice::claim)
+        .collect()
 }
 
 #[test]
@@ -64,7 +69,14 @@ fn the_warmest_free_claim_goes_first_and_new_slots_fill_the_gaps() {
         claim(4, Some(("busy", 50.0))),
     ];
     let users = [user("busy", 4, true), user("recent", 2, false)];
-    let plan = plan("ci", &ON, &claims, &mounting(&users), 5, 1000.0);
+    let plan = plan(
+        "ci",
+        &ON,
+        &claims,
+        &mounting(&users),
+        &NewPods::fresh(5),
+        1000.0,
+    );
     assert_eq!(
         claims_of(&plan),
         [
@@ -95,7 +107,7 @@ fn a_claim_is_never_handed_on_while_a_live_pod_mounts_it() {
         &ON,
         &claims,
         &mounting(&[user("draining", 0, true)]),
-        1,
+        &NewPods::fresh(1),
         1000.0,
     );
     assert_eq!(claims_of(&plan), ["ci-cache-1"]);
@@ -105,11 +117,11 @@ fn a_claim_is_never_handed_on_while_a_live_pod_mounts_it() {
         &ON,
         &claims,
         &mounting(&[user("draining", 0, false)]),
-        1,
+        &NewPods::fresh(1),
         1000.0,
     );
     assert_eq!(claims_of(&plan_after), ["ci-cache-0"]);
-    let plan_gone = super::plan("ci", &ON, &claims, &none(), 1, 1000.0);
+    let plan_gone = super::plan("ci", &ON, &claims, &none(), &NewPods::fresh(1), 1000.0);
     assert_eq!(claims_of(&plan_gone), ["ci-cache-0"]);
 }
 
@@ -122,13 +134,20 @@ fn a_fresh_handover_holds_the_claim_while_its_pod_is_coming() {
         mounts: Vec::new(),
         coming: vec!["coming".into()],
     };
-    let plan = plan("ci", &ON, &claims, &coming, 1, 1000.0);
+    let plan = plan("ci", &ON, &claims, &coming, &NewPods::fresh(1), 1000.0);
     assert_eq!(claims_of(&plan), ["ci-cache-1"]);
     // A handover whose pod never came frees the claim after the grace.
-    let later = super::plan("ci", &ON, &claims, &coming, 1, 990.0 + HANDOVER_GRACE);
+    let later = super::plan(
+        "ci",
+        &ON,
+        &claims,
+        &coming,
+        &NewPods::fresh(1),
+        990.0 + HANDOVER_GRACE,
+    );
     assert_eq!(claims_of(&later), ["ci-cache-0"]);
     // A pod that came and went (its runner replaced after a step) frees it at once.
-    let gone = super::plan("ci", &ON, &claims, &none(), 1, 1000.0);
+    let gone = super::plan("ci", &ON, &claims, &none(), &NewPods::fresh(1), 1000.0);
     assert_eq!(claims_of(&gone), ["ci-cache-0"]);
 }
 
@@ -136,7 +155,7 @@ fn a_fresh_handover_holds_the_claim_while_its_pod_is_coming() {
 fn terminating_claims_are_neither_handed_on_nor_reused_as_slots() {
     let mut gone = claim(0, Some(("old", 10.0)));
     gone.terminating = true;
-    let plan = plan("ci", &ON, &[gone], &none(), 1, 1000.0);
+    let plan = plan("ci", &ON, &[gone], &none(), &NewPods::fresh(1), 1000.0);
     assert_eq!(claims_of(&plan), ["ci-cache-1"]);
 }
 
@@ -149,12 +168,26 @@ fn past_retain_the_coldest_free_claims_go_after_the_delay() {
         claim(3, Some(("c", 50.0))),
     ];
     let retain_two = CacheSettings { retain: 2, ..ON };
-    let plan = plan("ci", &retain_two, &claims, &none(), 0, 1000.0);
+    let plan = plan(
+        "ci",
+        &retain_two,
+        &claims,
+        &none(),
+        &NewPods::fresh(0),
+        1000.0,
+    );
     // Coldest first: the never-used one, then the oldest handover; `a` is inside the delay
     // but two are kept anyway.
     assert_eq!(plan.delete, ["ci-cache-2", "ci-cache-3"]);
     // Within the delay, nothing goes.
-    let early = super::plan("ci", &retain_two, &claims, &none(), 0, 320.0);
+    let early = super::plan(
+        "ci",
+        &retain_two,
+        &claims,
+        &none(),
+        &NewPods::fresh(0),
+        320.0,
+    );
     assert_eq!(early.delete, ["ci-cache-2"]);
 }
 
@@ -170,7 +203,7 @@ fn a_pool_whose_cache_is_off_mounts_none_and_lets_every_free_claim_go() {
         &off,
         &claims,
         &mounting(&[user("b", 1, true)]),
-        3,
+        &NewPods::fresh(3),
         1000.0,
     );
     assert!(plan.handovers.is_empty());
@@ -181,7 +214,7 @@ fn a_pool_whose_cache_is_off_mounts_none_and_lets_every_free_claim_go() {
         &off,
         &claims,
         &mounting(&[user("b", 1, false)]),
-        3,
+        &NewPods::fresh(3),
         1300.0,
     );
     assert_eq!(later.delete, ["ci-cache-1", "ci-cache-0"]);
@@ -204,6 +237,7 @@ fn counts_say_what_each_claim_is() {
             in_use: 1,
             warm: 1,
             cold: 1,
+            skipped: 0,
             terminating: 1
         }
     );
@@ -219,7 +253,14 @@ fn the_plan_applied_counts_new_and_handed_claims_in_use_and_deleted_ones_going()
     ];
     let retain_two = CacheSettings { retain: 2, ..ON };
     // One new pod takes the warmest claim; the coldest free one goes past retain.
-    let plan = plan("ci", &retain_two, &claims, &none(), 1, 1000.0);
+    let plan = plan(
+        "ci",
+        &retain_two,
+        &claims,
+        &none(),
+        &NewPods::fresh(1),
+        1000.0,
+    );
     assert_eq!(claims_of(&plan), ["ci-cache-0"]);
     assert_eq!(plan.delete, ["ci-cache-1"]);
     let (claims_after, pods_after) = plan.applied(&claims, &none(), 1000.0);
@@ -230,28 +271,152 @@ fn the_plan_applied_counts_new_and_handed_claims_in_use_and_deleted_ones_going()
             in_use: 1,
             warm: 1,
             cold: 0,
+            skipped: 0,
             terminating: 1
         }
     );
-    let grown = super::plan("ci", &ON, &claims, &none(), 5, 1000.0);
+    let grown = super::plan("ci", &ON, &claims, &none(), &NewPods::fresh(5), 1000.0);
     let (claims_after, pods_after) = grown.applied(&claims, &none(), 1000.0);
     assert_eq!(counts(&claims_after, &pods_after, 1000.0).in_use, 5);
 }
 
-fn arbitrary_world() -> impl Strategy<Value = (Vec<ObservedClaim>, PoolPods, usize)> {
+#[test]
+fn a_pod_refused_for_its_volume_skips_its_claim_after_the_bound_and_no_new_claim_follows() {
+    let claims = [
+        claim(0, Some(("stuck", 900.0))),
+        claim(1, Some(("b", 100.0))),
+    ];
+    let stuck = |message: &str| ClaimUser {
+        unschedulable: Some(Unschedulable {
+            since: 900.0,
+            message: message.into(),
+        }),
+        ..user("stuck", 0, true)
+    };
+    let conflict = stuck("0/3 nodes are available: 3 node(s) had volume node affinity conflict.");
+    let within = plan(
+        "ci",
+        &ON,
+        &claims,
+        &mounting(std::slice::from_ref(&conflict)),
+        &NewPods::default(),
+        1000.0,
+    );
+    assert!(within.skip.is_empty(), "waiting less than the bound");
+    let past = 900.0 + SCHEDULING_BOUND;
+    let bound = plan(
+        "ci",
+        &ON,
+        &claims,
+        &mounting(std::slice::from_ref(&conflict)),
+        &NewPods::default(),
+        past,
+    );
+    assert_eq!(bound.skip.len(), 1);
+    assert_eq!(
+        (bound.skip[0].claim.as_str(), bound.skip[0].pod.as_str()),
+        ("ci-cache-0", "stuck")
+    );
+    assert!(
+        bound.skip[0]
+            .message
+            .contains("volume node affinity conflict")
+    );
+    // Memory is no claim's fault: the pod waits for room as any runner does.
+    let memory = stuck("0/3 nodes are available: 3 Insufficient memory.");
+    let no_fault = plan(
+        "ci",
+        &ON,
+        &claims,
+        &mounting(&[memory]),
+        &NewPods::default(),
+        past,
+    );
+    assert!(no_fault.skip.is_empty());
+
+    // Once marked (and its pod deleted), the claim is passed over; the free warm claim goes
+    // first, and past it pods start without a claim rather than on a new one.
+    let (after, pods_after) = bound.applied(&claims, &mounting(&[conflict]), past);
+    assert!(pods_after.mounts.is_empty());
+    assert_eq!(counts(&after, &pods_after, past).skipped, 1);
+    let next = plan("ci", &ON, &after, &none(), &NewPods::fresh(2), past + 10.0);
+    assert_eq!(
+        next.handovers,
+        [
+            ClaimChoice::Reuse {
+                claim: "ci-cache-1".into(),
+                warm: true
+            },
+            ClaimChoice::Uncached
+        ]
+    );
+    // After SKIP_FOR it may be tried again.
+    let again = plan(
+        "ci",
+        &ON,
+        &after,
+        &none(),
+        &NewPods::fresh(2),
+        past + SKIP_FOR,
+    );
+    assert_eq!(claims_of(&again), ["ci-cache-0", "ci-cache-1"]);
+}
+
+#[test]
+fn a_recreated_pod_gets_back_the_claim_handed_to_it() {
+    // The operator marked ci-cache-0 for pod "ci-r1" and stopped before creating it; a warmer
+    // claim is free, but the pod resumes its own and no other claim is taken for it.
+    let claims = [
+        claim(0, Some(("ci-r1", 990.0))),
+        claim(1, Some(("old", 995.0))),
+    ];
+    let coming = PoolPods {
+        mounts: Vec::new(),
+        coming: vec!["ci-r1".into()],
+    };
+    let recreated = NewPods {
+        count: 2,
+        recreated: vec!["ci-r1".into()],
+    };
+    let p = plan("ci", &ON, &claims, &coming, &recreated, 1000.0);
+    assert_eq!(
+        p.resumed,
+        [Resume {
+            pod: "ci-r1".into(),
+            claim: "ci-cache-0".into()
+        }]
+    );
+    assert_eq!(claims_of(&p), ["ci-cache-1"], "the other new pod");
+    // A claim skipped for that pod is not resumed.
+    let mut skipped = claims.clone();
+    skipped[0].skipped_at = Some(990.0);
+    let p = plan("ci", &ON, &skipped, &coming, &recreated, 1000.0);
+    assert!(p.resumed.is_empty());
+    assert_eq!(p.handovers.len(), 2);
+    assert!(!claims_of(&p).contains(&"ci-cache-0"));
+}
+
+fn arbitrary_world() -> impl Strategy<Value = (Vec<ObservedClaim>, PoolPods, NewPods)> {
     let claim = (
         0u32..8,
         any::<bool>(),
         proptest::option::of((0u8..6, 0.0..2000.0f64)),
+        proptest::option::of(0.0..2000.0f64),
     );
-    let user = (0u8..6, 0u32..8, any::<bool>());
+    let user = (
+        0u8..6,
+        0u32..8,
+        any::<bool>(),
+        proptest::option::of(0.0..2000.0f64),
+    );
     (
         proptest::collection::vec(claim, 0..8),
         proptest::collection::vec(user, 0..6),
         proptest::collection::vec(0u8..6, 0..4),
         0usize..6,
+        proptest::collection::vec(0u8..6, 0..3),
     )
-        .prop_map(|(claims, users, coming, new_pods)| {
+        .prop_map(|(claims, users, coming, count, recreated)| {
             let mut seen = Vec::new();
             let claims = claims
                 .into_iter()
@@ -260,7 +425,7 @@ fn arbitrary_world() -> impl Strategy<Value = (Vec<ObservedClaim>, PoolPods, usi
                     seen.push(*slot);
                     fresh
                 })
-                .map(|(slot, terminating, handed)| ObservedClaim {
+                .map(|(slot, terminating, handed, skipped_at)| ObservedClaim {
                     name: claim_name("ci", slot),
                     created_at: 0.0,
                     terminating,
@@ -268,46 +433,77 @@ fn arbitrary_world() -> impl Strategy<Value = (Vec<ObservedClaim>, PoolPods, usi
                         pod: format!("pod-{pod}"),
                         at,
                     }),
+                    skipped_at,
                 })
                 .collect();
             let users = users
                 .into_iter()
-                .map(|(pod, slot, live)| ClaimUser {
+                .map(|(pod, slot, live, stuck)| ClaimUser {
                     pod: format!("pod-{pod}"),
                     claim: claim_name("ci", slot),
                     live,
+                    unschedulable: stuck.map(|since| Unschedulable {
+                        since,
+                        message: "1 node(s) had volume node affinity conflict".into(),
+                    }),
                 })
                 .collect();
             let pods = PoolPods {
                 mounts: users,
                 coming: coming.into_iter().map(|pod| format!("pod-{pod}")).collect(),
             };
+            // Recreated pods are among the new ones, and exist no more.
+            let mut recreated: Vec<String> = recreated
+                .into_iter()
+                .map(|pod| format!("pod-{pod}"))
+                .filter(|pod| !pods.mounts.iter().any(|u| &u.pod == pod))
+                .collect();
+            recreated.sort();
+            recreated.dedup();
+            let new_pods = NewPods {
+                count: count.max(recreated.len()),
+                recreated,
+            };
             (claims, pods, new_pods)
         })
 }
 
 proptest! {
-    /// Whatever is observed: every new pod gets its own claim, none mounted by a live pod or
-    /// awaiting its pod, and a deleted claim is neither in use nor handed over.
+    /// Whatever is observed: every new pod gets its own claim (or none, after a skip), none
+    /// mounted by a live pod, awaiting its pod or passed over; a deleted claim is neither in
+    /// use nor handed over.
     #[test]
     fn handovers_are_exclusive((claims, pods, new_pods) in arbitrary_world(), retain in 0u32..8) {
         let settings = CacheSettings { retain, ..ON };
         let now = 2000.0;
-        let plan = plan("ci", &settings, &claims, &pods, new_pods, now);
-        prop_assert_eq!(plan.handovers.len(), new_pods);
+        let plan = plan("ci", &settings, &claims, &pods, &new_pods, now);
+        prop_assert_eq!(plan.handovers.len() + plan.resumed.len(), new_pods.count);
         let mut names: Vec<&str> = claims_of(&plan);
+        names.extend(plan.resumed.iter().map(|r| r.claim.as_str()));
+        let handed = names.len();
         names.sort_unstable();
         names.dedup();
-        prop_assert_eq!(names.len(), new_pods, "a claim handed to two pods");
+        prop_assert_eq!(names.len(), handed, "a claim handed to two pods");
+        let passed_over = |c: &ObservedClaim| {
+            c.skipped_at.is_some_and(|at| now - at < SKIP_FOR)
+                || plan.skip.iter().any(|s| s.claim == c.name)
+        };
         for choice in &plan.handovers {
-            let observed = claims.iter().find(|c| c.name == choice.claim());
+            let observed = claims.iter().find(|c| Some(c.name.as_str()) == choice.claim());
             match choice {
                 ClaimChoice::Reuse { .. } => {
                     let c = observed.expect("reused claims exist");
-                    prop_assert!(!c.terminating && !in_use(c, &pods, now));
+                    prop_assert!(!c.terminating && !in_use(c, &pods, now) && !passed_over(c));
                 }
                 ClaimChoice::Create { .. } => prop_assert!(observed.is_none()),
+                ClaimChoice::Uncached => prop_assert!(claims.iter().any(passed_over)),
             }
+        }
+        for resume in &plan.resumed {
+            let c = claims.iter().find(|c| c.name == resume.claim).expect("resumed claims exist");
+            prop_assert_eq!(&c.handed_to.as_ref().unwrap().pod, &resume.pod);
+            prop_assert!(!c.terminating && !passed_over(c));
+            prop_assert!(!pods.mounts.iter().any(|u| u.claim == c.name && u.live));
         }
         for name in &plan.delete {
             let c = claims.iter().find(|c| &c.name == name).expect("deleted claims exist");

@@ -335,6 +335,10 @@ pub struct CacheStatus {
     pub in_use: u32,
     /// Free and used before: the next runner pods start warm on them.
     pub warm: u32,
+    /// Passed over for a while: a pod could not be scheduled with them (see the
+    /// CacheVolumeUnschedulable Events).
+    #[serde(default)]
+    pub skipped: u32,
 }
 
 /// The CRD as installed: kube's derive, plus what the API server must enforce so that it

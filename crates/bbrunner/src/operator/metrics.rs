@@ -80,7 +80,7 @@ pub struct IdentityLabels {
 }
 
 /// The states of the cache series, for removing a pool's.
-const CACHE_STATES: &[&str] = &["in-use", "warm", "cold", "terminating"];
+const CACHE_STATES: &[&str] = &["in-use", "warm", "cold", "skipped", "terminating"];
 
 pub struct Metrics {
     /// The runner states `runners` is reported in.
@@ -194,7 +194,7 @@ impl Metrics {
         let cache_volumes = Family::<RunnerStateLabels, Gauge>::default();
         registry.register(
             "cache_volumes",
-            "A pool's Docker cache claims by state: in-use, warm (free, used before), cold (free, never used), terminating",
+            "A pool's Docker cache claims by state: in-use, warm (free, used before), cold (free, never used), skipped (a pod could not be scheduled with it), terminating",
             cache_volumes.clone(),
         );
         let cache_starts = Family::<RunnerStateLabels, Counter>::default();
@@ -350,6 +350,7 @@ impl Metrics {
             ("in-use", counts.in_use),
             ("warm", counts.warm),
             ("cold", counts.cold),
+            ("skipped", counts.skipped),
             ("terminating", counts.terminating),
         ] {
             self.cache_volumes

@@ -287,3 +287,85 @@ async fn claims_go_from_pod_to_pod_never_to_two_and_leave_with_their_pool() {
     assert!(seen.shared.is_empty(), "{:?}", seen.shared);
     drop(operator);
 }
+
+/// A claim its storage class never provisions keeps its pod Pending: after the scheduling
+/// bound the claim is skipped with a Warning Event, the pod recreated without a claim (no new
+/// claim follows that would fail alike), and the runner serves steps cold. On the operator's
+/// clock at 30 times real time, the two-minute bound passes in four seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_its_class_never_provisions_is_skipped_and_runners_serve_without_a_cache() {
+    let world = World::start("cache-skip").await;
+    let log = world.dir.join("operator.log");
+    let _operator = world.scaled_operator(&log);
+    let mut spec = managed(1, 2);
+    spec["scaling"]["pollInterval"] = "15s".into();
+    spec["scaling"]["scaleDownDelay"] = "90s".into();
+    spec["cache"] = json!({"size": "10Gi", "storageClassName": "fast-ssd"});
+    world.pool("builds", spec).await;
+    until(
+        &world,
+        "the pod Pending on its unbound claim",
+        20,
+        || async {
+            world.pods().await.iter().any(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter().any(|c| {
+                            c.message.as_deref().is_some_and(|m| {
+                                m.contains("unbound immediate PersistentVolumeClaims")
+                            })
+                        })
+                    })
+            })
+        },
+    )
+    .await;
+    until(&world, "a runner online without a claim", 40, || async {
+        let pods = world.pods().await;
+        online(&world.runners()) == 1
+            && pods.len() == 1
+            && pods.iter().all(|p| claims_of(p).is_empty())
+    })
+    .await;
+    let events = world.events().list(&ListParams::default()).await.unwrap();
+    let skipped: Vec<&DynamicObject> = events
+        .items
+        .iter()
+        .filter(|e| e.data["reason"] == "CacheVolumeUnschedulable")
+        .collect();
+    assert!(!skipped.is_empty(), "no Event says why");
+    assert_eq!(skipped[0].data["type"], "Warning");
+    let note = skipped[0].data["note"]
+        .as_str()
+        .or(skipped[0].data["message"].as_str())
+        .unwrap_or_default();
+    assert!(
+        note.contains("builds-cache-0")
+            && note.contains("unbound immediate PersistentVolumeClaims"),
+        "{note}"
+    );
+    let claims = claims(&world).await;
+    assert_eq!(claims.len(), 1, "no second claim after the skip");
+    assert!(
+        claims[0]
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("bbrunner.dev/skipped-at"))
+    );
+    until(
+        &world,
+        "the status counts the skipped claim",
+        10,
+        || async { world.status("builds").await["cache"]["skipped"] == 1 },
+    )
+    .await;
+    // No step is lost: the runner serves one without its cache.
+    world.submit(1, 5.0);
+    until(&world, "the step done", 30, || async {
+        world.steps(StepState::Completed) == 1
+    })
+    .await;
+}

@@ -9,22 +9,6 @@ use serde_json::Value;
 
 use super::*;
 
-/// The operator on fake-bitbucket's clock (30 times real time), so that 15 minutes of the week
-/// pass in 30 s; it logs to `log`.
-fn scaled_operator(world: &World, log: &Path) -> Operator {
-    let origin = world.bitbucket.with_world(|w, _| w.epoch).to_string();
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    world.operator_logging(
-        &["--time-scale", "30", "--clock-origin", &origin],
-        "info",
-        Stdio::from(log),
-    )
-}
-
 /// The profile in the status: one byte per 15 minutes of the week, in half-runners.
 fn profile(status: &Value) -> Vec<u8> {
     let encoded = status["demandProfile"].as_str().unwrap_or_default();
@@ -58,7 +42,7 @@ async fn until_status(world: &World, log: &Path, what: &str, done: impl Fn(&Valu
 async fn the_operator_learns_its_pools_demand_into_the_status_and_keeps_it_across_restarts() {
     let world = World::start("forecast").await;
     let log = world.dir.join("operator.log");
-    let operator = scaled_operator(&world, &log);
+    let operator = world.scaled_operator(&log);
     // The default poll and delay: on a clock 30 times faster, the 1 s poll of the real-time
     // tests would be 30 list calls a second and meet Bitbucket's rate limit.
     let mut spec = managed(1, 4);
@@ -85,7 +69,7 @@ async fn the_operator_learns_its_pools_demand_into_the_status_and_keeps_it_acros
     // A new operator reads the profile back: the next slot it folds in joins what was learned.
     drop(operator);
     let slot = world.status("builds").await["demandSlotTime"].clone();
-    let _operator = scaled_operator(&world, &log);
+    let _operator = world.scaled_operator(&log);
     until_status(
         &world,
         &log,

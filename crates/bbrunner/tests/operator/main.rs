@@ -146,6 +146,22 @@ impl World {
         self.operator_with(&self.kubeconfig, extra, level, log)
     }
 
+    /// The operator on fake-bitbucket's clock (30 times real time), so that 15 minutes of the
+    /// week pass in 30 s; it logs to `log`.
+    fn scaled_operator(&self, log: &std::path::Path) -> Operator {
+        let origin = self.bitbucket.with_world(|w, _| w.epoch).to_string();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        self.operator_logging(
+            &["--time-scale", "30", "--clock-origin", &origin],
+            "info",
+            Stdio::from(log),
+        )
+    }
+
     fn runners(&self) -> Vec<Value> {
         self.bitbucket.with_world(|w, now| {
             w.runners

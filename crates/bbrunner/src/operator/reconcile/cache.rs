@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bbrunner_core::cache::{
-    CacheCounts, CachePlan, ClaimChoice, ClaimUser, Handover, ObservedClaim, PoolPods,
+    CacheCounts, CachePlan, ClaimChoice, ClaimUser, Handover, ObservedClaim, PoolPods, SKIP_FOR,
+    Skip, Unschedulable,
 };
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
@@ -29,6 +30,8 @@ use super::*;
 /// operator, so that the decision never rests on one operator's memory.
 pub(super) const ANNOTATION_HANDED_TO: &str = "bbrunner.dev/handed-to";
 pub(super) const ANNOTATION_HANDED_AT: &str = "bbrunner.dev/handed-at";
+/// When a pod could not be scheduled with the claim: new pods pass it over for a while.
+pub(super) const ANNOTATION_SKIPPED_AT: &str = "bbrunner.dev/skipped-at";
 
 /// Kubernetes itself refuses a second pod on the claim (the scheduler keeps it Pending).
 const ACCESS_MODE: &str = "ReadWriteOncePod";
@@ -87,6 +90,9 @@ pub(super) fn observe_claims(
                     .map_or(clock.now(), |t| clock.at_time(t)),
                 terminating: claim.metadata.deletion_timestamp.is_some(),
                 handed_to,
+                skipped_at: annotations
+                    .get(ANNOTATION_SKIPPED_AT)
+                    .and_then(|t| parse_time(t)),
             }
         })
         .collect()
@@ -98,16 +104,19 @@ pub(super) fn observe_claims(
 pub(super) fn pool_pods<'a>(
     pods: &[PodView],
     secrets: impl IntoIterator<Item = &'a str>,
+    clock: &Clock,
 ) -> PoolPods {
     let mounts: Vec<ClaimUser> = pods
         .iter()
         .flat_map(|pod| {
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
             let live = !matches!(phase, Some("Succeeded" | "Failed"));
+            let unschedulable = unschedulable(pod, clock);
             pod.claims().map(move |claim| ClaimUser {
                 pod: pod.name_any(),
                 claim: claim.to_owned(),
                 live,
+                unschedulable: unschedulable.clone(),
             })
         })
         .collect();
@@ -123,6 +132,18 @@ pub(super) fn pool_pods<'a>(
     PoolPods { mounts, coming }
 }
 
+/// Since when, and why, the scheduler has found no node for `pod`.
+fn unschedulable(pod: &PodView, clock: &Clock) -> Option<Unschedulable> {
+    let condition = observe::unschedulable_condition(pod)?;
+    Some(Unschedulable {
+        since: condition
+            .last_transition_time
+            .as_ref()
+            .map_or(clock.now(), |t| clock.at_time(t)),
+        message: observe::unschedulable_message(condition),
+    })
+}
+
 /// The claims for this reconcile's new pods, handed over one by one as each pod is created.
 pub(super) struct Handovers<'a> {
     ctx: &'a Context,
@@ -130,6 +151,8 @@ pub(super) struct Handovers<'a> {
     cache: Option<&'a ValidCache>,
     /// Each observed claim's resourceVersion: a mark is written only onto the claim as seen.
     versions: BTreeMap<String, String>,
+    /// Recreated pods' own claims, by pod.
+    resumed: BTreeMap<String, String>,
     choices: VecDeque<ClaimChoice>,
 }
 
@@ -149,8 +172,30 @@ impl<'a> Handovers<'a> {
                 .iter()
                 .filter_map(|c| Some((c.name_any(), c.resource_version()?)))
                 .collect(),
+            resumed: plan
+                .resumed
+                .iter()
+                .map(|r| (r.pod.clone(), r.claim.clone()))
+                .collect(),
             choices: plan.handovers.iter().cloned().collect(),
         }
+    }
+
+    /// Mark `claim` as handed to `pod` now, if it is still as observed.
+    async fn mark(&self, claim: &str, pod: &str) -> Result<(), ReconcileError> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.pool.namespace().unwrap_or_default(),
+        );
+        let at = format_time(self.ctx.clock.now()).unwrap_or_default();
+        let version = self.versions.get(claim).cloned().unwrap_or_default();
+        let mark = json!({"metadata": {
+            "resourceVersion": version,
+            "annotations": {ANNOTATION_HANDED_TO: pod, ANNOTATION_HANDED_AT: at},
+        }});
+        api.patch(claim, &PatchParams::default(), &Patch::Merge(&mark))
+            .await?;
+        Ok(())
     }
 
     /// The claim pod `pod` is to mount, now marked as handed to it; `None` without a cache.
@@ -160,6 +205,12 @@ impl<'a> Handovers<'a> {
         let Some(cache) = self.cache else {
             return Ok(None);
         };
+        let ns = self.pool.namespace().unwrap_or_default();
+        if let Some(claim) = self.resumed.get(pod).cloned() {
+            self.mark(&claim, pod).await?;
+            tracing::info!(claim, pod, "handed cache claim {claim} back to pod {pod}");
+            return Ok(Some(claim));
+        }
         let Some(choice) = self.choices.pop_front() else {
             return Err(degraded(
                 Reason::KubernetesApi,
@@ -167,11 +218,10 @@ impl<'a> Handovers<'a> {
                 std::time::Duration::from_secs(5),
             ));
         };
-        let ns = self.pool.namespace().unwrap_or_default();
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let at = format_time(self.ctx.clock.now()).unwrap_or_default();
         let (claim, temperature) = match &choice {
             ClaimChoice::Create { claim } => {
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &ns);
+                let at = format_time(self.ctx.clock.now()).unwrap_or_default();
                 api.create(
                     &PostParams::default(),
                     &claim_object(self.pool, cache, claim, pod, &at),
@@ -190,13 +240,7 @@ impl<'a> Handovers<'a> {
                 (claim, "new")
             }
             ClaimChoice::Reuse { claim, warm } => {
-                let version = self.versions.get(claim).cloned().unwrap_or_default();
-                let mark = json!({"metadata": {
-                    "resourceVersion": version,
-                    "annotations": {ANNOTATION_HANDED_TO: pod, ANNOTATION_HANDED_AT: at},
-                }});
-                api.patch(claim, &PatchParams::default(), &Patch::Merge(&mark))
-                    .await?;
+                self.mark(claim, pod).await?;
                 let temperature = if *warm { "warm" } else { "cold" };
                 tracing::info!(
                     claim,
@@ -204,6 +248,16 @@ impl<'a> Handovers<'a> {
                     "handed {temperature} cache claim {claim} to pod {pod}"
                 );
                 (claim, temperature)
+            }
+            ClaimChoice::Uncached => {
+                tracing::info!(
+                    pod,
+                    "pod {pod} starts without a cache claim: one was skipped lately and none is free"
+                );
+                self.ctx
+                    .metrics
+                    .count_cache_start(&ns, &self.pool.name_any(), false);
+                return Ok(None);
             }
         };
         self.ctx
@@ -278,6 +332,54 @@ pub(super) async fn delete_claims(
     Ok(())
 }
 
+/// Pass over the claims the scheduler refused pods for: mark each, say why, and delete its
+/// pod, which the next reconcile recreates on another claim (or none). The runner is kept:
+/// it has not registered, and its Secret brings the pod back.
+pub(super) async fn skip_claims(
+    ctx: &Context,
+    pool: &RunnerPool,
+    skips: &[Skip],
+) -> Result<(), ReconcileError> {
+    let ns = pool.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<PodView> = Api::namespaced(ctx.client.clone(), &ns);
+    let at = format_time(ctx.clock.now()).unwrap_or_default();
+    for skip in skips {
+        let Skip {
+            claim,
+            pod,
+            waited,
+            message,
+        } = skip;
+        let mark = json!({"metadata": {"annotations": {ANNOTATION_SKIPPED_AT: at}}});
+        claims
+            .patch(claim, &PatchParams::default(), &Patch::Merge(&mark))
+            .await?;
+        let why = format!(
+            "pod {pod} waited {waited:.0}s for a node with cache claim {claim}: {message}; the claim is passed over for {}m and the pod recreated",
+            SKIP_FOR / 60.0
+        );
+        tracing::warn!(claim, pod, "{why}");
+        publish(
+            ctx,
+            pool,
+            EventType::Warning,
+            Reason::CacheVolumeUnschedulable,
+            "Skip",
+            why,
+        )
+        .await;
+        match pods.delete(pod, &DeleteParams::default()).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            other => {
+                other?;
+            }
+        }
+        tracing::info!(pod, "deleted pod {pod} to recreate it on another claim");
+    }
+    Ok(())
+}
+
 /// The cache's share of the status: `None` for a pool without cache and without claims.
 pub(super) fn cache_status(cache: Option<&ValidCache>, counts: CacheCounts) -> Option<CacheCounts> {
     (cache.is_some() || counts.total() > 0).then_some(counts)
@@ -344,6 +446,7 @@ mod tests {
                 pod("d", "Succeeded", &["ci-cache-2"]),
             ],
             ["a", "c", "e"],
+            &Clock::wall(),
         );
         assert_eq!(
             pods.mounts

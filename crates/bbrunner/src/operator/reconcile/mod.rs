@@ -325,12 +325,23 @@ async fn reconcile_managed(
     let planned = plan(&settings, &observation);
     let claims = cache::list_claims(ctx, pool, &pool_pods).await?;
     let observed_claims = cache::observe_claims(&claims, &ctx.clock);
+    let new_pods = bbrunner_core::cache::NewPods {
+        count: planned.pods_to_create(),
+        recreated: planned
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CreatePod(uuid) => Some(pool::object_name(&name, uuid)),
+                _ => None,
+            })
+            .collect(),
+    };
     let cache_plan = bbrunner_core::cache::plan(
         &name,
         &valid.cache_settings(),
         &observed_claims,
         &pool_pods,
-        planned.pods_to_create(),
+        &new_pods,
         observation.now,
     );
     let mut handovers =
@@ -352,6 +363,7 @@ async fn reconcile_managed(
         return finish_deletion(ctx, pool, api).await;
     }
     changed?;
+    cache::skip_claims(ctx, pool, &cache_plan.skip).await?;
     cache::delete_claims(ctx, pool, &cache_plan.delete).await?;
     let (claims_after, pods_after) =
         cache_plan.applied(&observed_claims, &pool_pods, observation.now);

@@ -10,7 +10,7 @@ use bbrunner_core::plan::{ObservedPod, ObservedRunner, PodPhase, RunnerStatus};
 use bbrunner_core::queue_wait::SeenStep;
 use bbrunner_core::scaling::reads_queue;
 use bitbucket::{Client, Credentials, RunnerScope};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{PodCondition, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, PartialObjectMeta};
@@ -167,6 +167,23 @@ pub(super) fn format_time(seconds: f64) -> Option<String> {
         .map(|t| t.to_string())
 }
 
+/// The pod's PodScheduled condition while the scheduler finds no node for it.
+pub(super) fn unschedulable_condition(pod: &PodView) -> Option<&PodCondition> {
+    pod.status.as_ref()?.conditions.iter().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    })
+}
+
+/// The scheduler's words in that condition.
+pub(super) fn unschedulable_message(condition: &PodCondition) -> String {
+    condition
+        .message
+        .clone()
+        .unwrap_or_else(|| "no node fits the pod".into())
+}
+
 /// A pod as the planner sees it, its times on the operator's clock.
 pub(super) fn observe_pod(pod: &PodView, clock: &Clock) -> Option<ObservedPod> {
     let runner = RunnerUuid::parse(pod.labels().get(LABEL_RUNNER_UUID)?).ok()?;
@@ -178,17 +195,8 @@ pub(super) fn observe_pod(pod: &PodView, clock: &Clock) -> Option<ObservedPod> {
         Some("Failed") => PodPhase::Failed,
         Some(_) => PodPhase::Unknown,
     };
+    let unschedulable = unschedulable_condition(pod).map(unschedulable_message);
     let conditions = status.conditions;
-    let unschedulable = conditions.iter().find_map(|c| {
-        (c.type_ == "PodScheduled"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable"))
-        .then(|| {
-            c.message
-                .clone()
-                .unwrap_or_else(|| "no node fits the pod".into())
-        })
-    });
     let ready_since = conditions
         .iter()
         .find(|c| c.type_ == "Ready" && c.status == "True")
@@ -448,6 +456,7 @@ pub(super) async fn observe_managed(
     let pool_pods = super::cache::pool_pods(
         &pods,
         secrets.iter().filter_map(|s| s.metadata.name.as_deref()),
+        &ctx.clock,
     );
     let observed_pods: Vec<ObservedPod> = pods
         .iter()

@@ -253,6 +253,7 @@ pub(super) async fn write_status(
             volumes: c.total(),
             in_use: c.in_use,
             warm: c.warm,
+            skipped: c.skipped,
         }),
     };
     apply_status(ctx, pool, &status).await?;
