@@ -49,6 +49,9 @@ pub struct LintPool {
     pub size: RunnerSize,
     pub mtu: Mtu,
     pub dind_image: String,
+    /// Where the pool has a warm cache and is no repository's own: the workspace whose every
+    /// repository's steps share its Docker stores.
+    pub shared_cache: Option<String>,
 }
 
 /// bbrunner's image for a step's `docker` service: a dind whose entrypoint passes
@@ -216,6 +219,7 @@ pub fn lint(
 ) -> Result<Vec<Diagnostic>, yaml::YamlError> {
     let doc = yaml::load(text)?;
     let mut step_networks_warned: BTreeSet<&str> = BTreeSet::new();
+    let mut shared_caches_warned: BTreeSet<&str> = BTreeSet::new();
     let mut out = schema_diagnostics(&doc);
     out.extend(typo_diagnostics(&doc));
     let root = &doc.value;
@@ -415,6 +419,28 @@ pub fn lint(
                 format!("services need {service_memory} MB; a {size}x step has {total} MB and keeps 1024 for the build container, so services get at most {}", total - 1024),
                 Some("lower definitions.services.*.memory, use fewer services, or raise the step's size".into()),
             ));
+        }
+
+        // A cache shared with other repositories' steps (one note a pool): one pool is one
+        // trust boundary.
+        for pool in &serving {
+            if let Some(workspace) = &pool.shared_cache
+                && shared_caches_warned.insert(&pool.name)
+            {
+                out.push(diag(
+                    doc.position(&runs_on_ptr),
+                    Severity::Warning,
+                    "shared-cache",
+                    format!(
+                        "pool {} serves this step with a warm Docker cache that every repository of workspace {workspace} shares: a step of any of them can leave images or build layers that this one runs",
+                        pool.name
+                    ),
+                    Some(format!(
+                        "give this repository a cached pool of its own (spec.repository), or drop spec.cache from pool {} if its repositories do not trust each other",
+                        pool.name
+                    )),
+                ));
+            }
         }
 
         // The step's own network, on a dind that cannot give it the pod's MTU (one note a pool).

@@ -7,6 +7,7 @@ fn pool(name: &str, labels: &[&str], size: RunnerSize, mtu: Mtu) -> LintPool {
         size,
         mtu,
         dind_image: crate::manifests::DEFAULT_DIND_IMAGE.into(),
+        shared_cache: None,
     }
 }
 
@@ -438,6 +439,25 @@ fn a_dind_before_docker_24_is_noted_once_for_the_steps_it_serves() {
             .iter()
             .any(|d| d.code == "step-network-mtu")
     );
+}
+
+#[test]
+fn a_cache_shared_with_other_repositories_is_noted_once_at_the_first_step_it_serves() {
+    let text = "pipelines:\n  default:\n    - step:\n        runs-on: [self.hosted, build]\n        script: [make]\n    - step:\n        runs-on: [self.hosted, build]\n        script: [make]\n";
+    let mut shared = pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1500));
+    shared.shared_cache = Some("acme".into());
+    let d = lint(text, &[shared]).unwrap();
+    assert_eq!(codes(&d), [("shared-cache", 4, 18)], "{d:?}");
+    assert_eq!(d[0].severity, Severity::Warning);
+    assert!(
+        d[0].message.contains("pool builds") && d[0].message.contains("workspace acme"),
+        "{}",
+        d[0].message
+    );
+    assert!(d[0].help.as_deref().unwrap().contains("spec.repository"));
+    // A repository's own cached pool, or a pool without a cache, is no one else's.
+    let own = pool("builds", &["build"], RunnerSize::X1, Mtu::Fixed(1500));
+    assert_eq!(lint(text, &[own]).unwrap(), vec![]);
 }
 
 #[test]

@@ -31,6 +31,12 @@ fn lint_pool(pool: &RunnerPool) -> Result<LintPool> {
         size,
         mtu,
         dind_image: pool.spec.dind_image(),
+        shared_cache: pool
+            .spec
+            .cache
+            .as_ref()
+            .filter(|_| pool.spec.repository.is_none())
+            .map(|_| pool.spec.workspace.clone()),
     })
 }
 

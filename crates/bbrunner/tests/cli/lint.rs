@@ -574,3 +574,58 @@ fn yaml_bombs_are_refused_in_the_pools_and_the_pipelines() {
     assert_eq!(capped.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("YAML bomb"), "{stderr}");
 }
+
+/// examples/cached-pool.yaml is one repository's pool: no warning. The same pool serving the
+/// whole workspace shares its cache across repositories, and lint says so at the step.
+#[test]
+fn a_cached_pool_shared_by_the_workspace_is_warned_about() {
+    let pipelines = crate::util::example("bitbucket-pipelines.yml");
+    let cached = crate::util::example("cached-pool.yaml");
+    let lint_with = |pools: &std::path::Path| {
+        bbrunner(
+            &[
+                "lint",
+                pipelines.to_str().unwrap(),
+                "--pools",
+                pools.to_str().unwrap(),
+            ],
+            "",
+        )
+    };
+    assert_eq!(lint_with(&cached).success().stdout, "");
+    let dir = std::env::temp_dir().join(format!("bbrunner-shared-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let workspace_pool = dir.join("pool.yaml");
+    let text = std::fs::read_to_string(&cached).unwrap();
+    std::fs::write(&workspace_pool, text.replace("  repository: app\n", "")).unwrap();
+    let run = lint_with(&workspace_pool).success();
+    assert!(
+        run.stdout
+            .contains("warning[shared-cache]: pool app-builds serves this step")
+            && run.stdout.contains("every repository of workspace acme"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.matches("warning[shared-cache]").count(),
+        1,
+        "one note per pool:\n{}",
+        run.stdout
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // simulate reads its cache: the volumes it keeps show beside the cold starts.
+    let sim = bbrunner(
+        &[
+            "simulate",
+            "--scenario",
+            "steady",
+            "--cold-start",
+            "90s",
+            "--pool",
+            cached.to_str().unwrap(),
+        ],
+        "",
+    )
+    .success();
+    assert!(sim.stdout.lines().next().unwrap().ends_with("cold volumes"));
+}

@@ -369,3 +369,45 @@ async fn a_claim_its_class_never_provisions_is_skipped_and_runners_serve_without
     })
     .await;
 }
+
+/// examples/cached-pool.yaml as a user applies it (its poll made fast for the test): admitted
+/// by the CRD, its runners online, each on a claim of the size it asks for.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_cached_pool_runs_its_runners_on_claims() {
+    let world = World::start("cache-example").await;
+    let _operator = world.operator(&[]);
+    let text = std::fs::read_to_string(workspace_file("examples/cached-pool.yaml")).unwrap();
+    let example: Value = serde_saphyr::from_str(&text).unwrap();
+    let name = example["metadata"]["name"].as_str().unwrap();
+    let mut spec = example["spec"].clone();
+    spec["scaling"]["pollInterval"] = "1s".into();
+    world.pool(name, spec).await;
+    let sized = |c: &PersistentVolumeClaim| {
+        c.spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .is_some_and(|q| q.0 == "50Gi")
+    };
+    assert!(
+        reached(30, || async {
+            let pods = world.pods().await;
+            let claims = claims(&world).await;
+            // Its warm runners (minIdle's default), each on a claim of its own.
+            let mounted: BTreeSet<Vec<String>> = pods.iter().map(claims_of).collect();
+            online(&world.runners()) >= 1
+                && !pods.is_empty()
+                && mounted.len() == pods.len()
+                && mounted
+                    .iter()
+                    .all(|c| c.len() == 1 && c[0].starts_with("app-builds-cache-"))
+                && claims.len() == pods.len()
+                && claims.iter().all(sized)
+        })
+        .await,
+        "the example's runner is not online on its claim: pods {:?}, claims {}",
+        world.pods().await.iter().map(claims_of).collect::<Vec<_>>(),
+        claims(&world).await.len()
+    );
+}
