@@ -53,6 +53,21 @@ pub struct PoolFacts {
     pub best_effort: bool,
     pub generation: Option<i64>,
     pub observed_generation: Option<i64>,
+    pub cache: Option<PoolCache>,
+}
+
+/// A pool's warm cache: what its spec asks and what its status counts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PoolCache {
+    pub size: String,
+    pub storage_class: Option<String>,
+    /// A workspace pool: every repository of the workspace shares the cache.
+    pub workspace_wide: bool,
+    /// From the status (absent until the operator has reconciled it).
+    pub volumes: u32,
+    pub in_use: u32,
+    pub warm: u32,
+    pub skipped: u32,
 }
 
 /// What the CLI observed.
@@ -88,6 +103,8 @@ pub struct Observations {
     /// Bitbucket calls in the last hour per identity (opaque id), as this cluster's operator
     /// reports them in its pools' status, with the pools using the identity.
     pub api_calls: Vec<ApiCalls>,
+    /// StorageClasses: (name, whether it is the default), if they could be listed.
+    pub storage_classes: Option<Vec<(String, bool)>>,
 }
 
 /// One Bitbucket identity's calls from this cluster.
@@ -460,6 +477,8 @@ pub fn evaluate(o: &Observations) -> Vec<Check> {
         }
     }
 
+    checks.extend(o.pools.iter().filter_map(|pool| cache_check(pool, o)));
+
     if o.unschedulable.is_empty() {
         checks.push(check(
             "scheduling",
@@ -479,216 +498,63 @@ pub fn evaluate(o: &Observations) -> Vec<Check> {
     checks
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pool(name: &str, labels: &[&str], mtu: Mtu) -> PoolFacts {
-        PoolFacts {
-            namespace: "ci".into(),
-            name: name.into(),
-            scope: "acme".into(),
-            labels: Labels::new(labels).unwrap(),
-            dind_image: "docker:28.5-dind".into(),
-            mtu,
-            best_effort: false,
-            generation: Some(1),
-            observed_generation: Some(1),
+/// A cached pool's claims: a class that provisions them, how many are warm, and whom the
+/// cache is shared with.
+fn cache_check(pool: &PoolFacts, o: &Observations) -> Option<Check> {
+    let cache = pool.cache.as_ref()?;
+    let name = format!("cache/{}/{}", pool.namespace, pool.name);
+    let class = match (&cache.storage_class, &o.storage_classes) {
+        (Some(class), Some(classes)) if !classes.iter().any(|(c, _)| c == class) => {
+            return Some(check(
+                name,
+                Verdict::Fail,
+                format!(
+                    "spec.cache.storageClassName {class} is no StorageClass of the cluster: its claims stay Pending and runner pods start without a cache after two minutes"
+                ),
+                "set spec.cache.storageClassName to one of `kubectl get storageclass`, or leave it out for the default class",
+            ));
         }
-    }
-
-    fn healthy() -> Observations {
-        Observations {
-            server_version: Some("v1.33.2".into()),
-            crd_versions: Some(vec!["v1alpha1".into()]),
-            crd_current: true,
-            lease: Some(("op-1".into(), 3.0)),
-            pools: vec![pool("builds", &["build"], Mtu::Auto)],
-            namespace_psa: vec![("ci".into(), Some("privileged".into()))],
-            node_runtimes: vec![("node-1".into(), "containerd://1.7.27".into())],
-            pod_mtu: Some(1450),
-            scope_runners: vec![("acme".into(), Some(3))],
-            credentials: vec![("ci/builds".into(), CredentialsCheck::Valid)],
-            unschedulable: vec![],
-            runner_pods: vec![("5c1d".into(), "ci/builds-5c1d".into())],
-            invalid_pools: vec![],
-            api_calls: api_calls_by_identity(&[("ci/builds".into(), "9f3a".into(), 120)]),
+        (None, Some(classes)) if !classes.iter().any(|(_, default)| *default) => {
+            return Some(check(
+                name,
+                Verdict::Fail,
+                "spec.cache names no storage class and the cluster has no default one: its claims stay Pending",
+                "set spec.cache.storageClassName to one of `kubectl get storageclass`",
+            ));
         }
-    }
-
-    fn verdict(checks: &[Check], prefix: &str) -> Verdict {
-        checks
-            .iter()
-            .find(|c| c.name.starts_with(prefix))
-            .unwrap_or_else(|| panic!("{prefix}: {checks:?}"))
-            .verdict
-    }
-
-    #[test]
-    fn a_healthy_setup_passes_everything() {
-        let checks = evaluate(&healthy());
-        assert!(
-            checks.iter().all(|c| c.verdict == Verdict::Pass),
-            "{checks:#?}"
-        );
-    }
-
-    #[test]
-    fn each_broken_setup_is_reported_with_a_fix() {
-        let mut o = healthy();
-        o.server_version = Some("v1.28.9-eks-036c24b".into());
-        o.crd_versions = None;
-        o.lease = Some(("op-1".into(), 120.0));
-        o.namespace_psa = vec![("ci".into(), Some("baseline".into()))];
-        o.node_runtimes = vec![("old".into(), "containerd://1.4.3".into())];
-        o.pools = vec![
-            PoolFacts {
-                best_effort: true,
-                dind_image: "docker:dind".into(),
-                ..pool("builds", &["build"], Mtu::Fixed(1500))
-            },
-            pool("more", &["build", "big"], Mtu::Auto),
-        ];
-        o.scope_runners = vec![("acme".into(), Some(100)), ("other".into(), None)];
-        o.credentials = vec![
-            (
-                "ci/builds".into(),
-                CredentialsCheck::Rejected("Bitbucket rejected the OAuth consumer key".into()),
+        (Some(class), _) => class.clone(),
+        (None, _) => "the default class".to_owned(),
+    };
+    let state = format!(
+        "{} claims of {} on {class} ({} in use, {} warm)",
+        cache.volumes, cache.size, cache.in_use, cache.warm
+    );
+    Some(if cache.skipped > 0 {
+        check(
+            name,
+            Verdict::Warn,
+            format!(
+                "{state}; {} skipped: a runner pod could not be scheduled with them",
+                cache.skipped
             ),
-            (
-                "ci/elsewhere".into(),
-                CredentialsCheck::Unreachable("connection refused".into()),
+            format!(
+                "kubectl -n {} get events --field-selector reason=CacheVolumeUnschedulable says why (a volume bound to a full or lost node or zone, a class that does not provision)",
+                pool.namespace
             ),
-        ];
-        o.unschedulable = vec![(
-            "ci/builds-x".into(),
-            "0/3 nodes are available: 3 Insufficient memory.".into(),
-        )];
-        o.runner_pods = vec![
-            ("5c1d".into(), "ci/builds-5c1d".into()),
-            ("5c1d".into(), "bitbucket-runners/runner-5c1d-7f9c".into()),
-            ("77aa".into(), "ci/builds-77aa".into()),
-        ];
-        o.invalid_pools = vec![(
-            "ci/odd".into(),
-            "spec.runner.size: unknown variant `16x`".into(),
-        )];
-        o.api_calls = api_calls_by_identity(&[
-            ("ci/builds".into(), "9f3a".into(), 700),
-            ("ci/more".into(), "9f3a".into(), 690),
-        ]);
-        let checks = evaluate(&o);
-        for (prefix, expected) in [
-            ("kubernetes", Verdict::Fail),
-            ("crd", Verdict::Fail),
-            ("operator", Verdict::Fail),
-            ("pod-security/ci", Verdict::Fail),
-            ("dind/ci/builds", Verdict::Fail),
-            ("mtu/ci/builds", Verdict::Fail),
-            ("labels/ci/builds+more", Verdict::Warn),
-            ("quota/acme", Verdict::Fail),
-            ("quota/other", Verdict::Warn),
-            ("credentials/ci/builds", Verdict::Fail),
-            ("credentials/ci/elsewhere", Verdict::Fail),
-            ("scheduling/ci/builds-x", Verdict::Fail),
-            ("spec/ci/odd", Verdict::Fail),
-            ("runner/5c1d", Verdict::Fail),
-            ("api-budget/9f3a", Verdict::Warn),
-        ] {
-            assert_eq!(verdict(&checks, prefix), expected, "{prefix}: {checks:#?}");
-        }
-        assert!(
-            checks
-                .iter()
-                .filter(|c| c.verdict != Verdict::Pass)
-                .all(|c| !c.fix.is_empty())
-        );
-        // A network failure is not blamed on the credentials.
-        let unreachable = checks
-            .iter()
-            .find(|c| c.name == "credentials/ci/elsewhere")
-            .unwrap();
-        assert!(unreachable.fix.contains("network") && !unreachable.fix.contains("Secret"));
-        let dind = checks.iter().find(|c| c.name == "dind/ci/builds").unwrap();
-        assert!(
-            dind.detail.contains("floats") && dind.detail.contains("OOM score"),
-            "{}",
-            dind.detail
-        );
-    }
-
-    #[test]
-    fn kubernetes_versions_from_1_29_pass_and_vendor_suffixes_parse() {
-        for (version, expected) in [
-            ("v1.29.0", Verdict::Pass),
-            ("v1.33.0-fake", Verdict::Pass),
-            ("v1.29.4-gke.100", Verdict::Pass),
-            ("v2.0.0", Verdict::Pass),
-            ("v1.28.15", Verdict::Fail),
-            ("v1.9.0", Verdict::Fail),
-            ("weird", Verdict::Warn),
-        ] {
-            assert_eq!(
-                kubernetes_check(Some(version)).verdict,
-                expected,
-                "{version}"
-            );
-        }
-        assert_eq!(kubernetes_check(None).verdict, Verdict::Warn);
-    }
-
-    #[test]
-    fn a_dind_before_docker_24_is_warned_about_for_its_step_networks() {
-        let mut o = healthy();
-        o.pools[0].dind_image = "docker:20.10.7-dind".into();
-        let checks = evaluate(&o);
-        let dind = checks.iter().find(|c| c.name == "dind/ci/builds").unwrap();
-        assert_eq!(dind.verdict, Verdict::Warn);
-        assert!(
-            dind.detail.contains("--default-network-opt"),
-            "{}",
-            dind.detail
-        );
-    }
-
-    #[test]
-    fn api_calls_are_grouped_by_identity() {
-        let grouped = api_calls_by_identity(&[
-            ("ci/a".into(), "id1".into(), 300),
-            ("ci/b".into(), "id2".into(), 40),
-            ("ci/c".into(), "id1".into(), 310),
-        ]);
-        assert_eq!(
-            grouped,
-            [
-                ApiCalls {
-                    identity: "id1".into(),
-                    calls_last_hour: 310,
-                    pools: vec!["ci/a".into(), "ci/c".into()],
-                },
-                ApiCalls {
-                    identity: "id2".into(),
-                    calls_last_hour: 40,
-                    pools: vec!["ci/b".into()],
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn runtime_versions_parse() {
-        assert_eq!(
-            runtime_version("containerd://1.4.3"),
-            Some(("containerd", 1, 4, 3))
-        );
-        assert_eq!(
-            runtime_version("docker://20.10.7"),
-            Some(("docker", 20, 10, 7))
-        );
-        assert_eq!(runtime_version("cri-o://1.30.2"), Some(("cri-o", 1, 30, 2)));
-        assert_eq!(
-            crate::manifests::docker_major("registry/docker:28.5-dind"),
-            Some(28)
-        );
-    }
+        )
+    } else if cache.workspace_wide {
+        check(
+            name,
+            Verdict::Warn,
+            format!(
+                "{state}; shared by every repository of the workspace: a step of any of them can leave images or layers the next one runs"
+            ),
+            "give each repository that needs a cache a pool of its own (spec.repository), unless the workspace's repositories trust each other",
+        )
+    } else {
+        check(name, Verdict::Pass, state, "")
+    })
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,13 +4,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bbrunner_core::doctor::{
-    CredentialsCheck, Observations, PoolFacts, Verdict, api_calls_by_identity, evaluate,
+    CredentialsCheck, Observations, PoolCache, PoolFacts, Verdict, api_calls_by_identity, evaluate,
 };
 use bbrunner_core::labels::Labels;
 use bbrunner_core::manifests::Mtu;
 use bitbucket::{Client, Config, RunnerScope};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams};
@@ -19,6 +20,9 @@ use serde_json::json;
 use crate::cli::{DoctorArgs, TextFormat};
 use crate::operator::crd::RunnerPool;
 use crate::operator::reconcile::{credentials_from_secret, pools_resource, read_pool};
+
+/// The annotation that makes a StorageClass the cluster's default.
+const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 
 /// The message of a pool the operator reported InvalidSpec.
 fn invalid_spec(pool: &RunnerPool) -> Option<String> {
@@ -57,6 +61,18 @@ fn facts(pool: &RunnerPool) -> PoolFacts {
         best_effort: is_empty(&pool.spec.runner.resources) && is_empty(&pool.spec.dind.resources),
         generation: pool.metadata.generation,
         observed_generation: pool.status.as_ref().and_then(|s| s.observed_generation),
+        cache: pool.spec.cache.as_ref().map(|cache| {
+            let counted = pool.status.as_ref().and_then(|s| s.cache.as_ref());
+            PoolCache {
+                size: cache.size.clone(),
+                storage_class: cache.storage_class_name.clone(),
+                workspace_wide: pool.spec.repository.is_none(),
+                volumes: counted.map_or(0, |c| c.volumes),
+                in_use: counted.map_or(0, |c| c.in_use),
+                warm: counted.map_or(0, |c| c.warm),
+                skipped: counted.map_or(0, |c| c.skipped),
+            }
+        }),
     }
 }
 
@@ -206,6 +222,24 @@ async fn observe(args: &DoctorArgs) -> Result<Observations> {
             .unwrap_or_default();
         o.node_runtimes
             .push((node.metadata.name.unwrap_or_default(), runtime));
+    }
+
+    if pools.iter().any(|p| p.spec.cache.is_some()) {
+        // Who may run doctor may not list classes: then they are not judged.
+        o.storage_classes = Api::<StorageClass>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()
+            .map(|list| {
+                list.items
+                    .into_iter()
+                    .map(|class| {
+                        let default = class.annotations().get(DEFAULT_CLASS).map(String::as_str)
+                            == Some("true");
+                        (class.name_any(), default)
+                    })
+                    .collect()
+            });
     }
 
     if let Some(ns) = namespaces.iter().next() {

@@ -368,6 +368,45 @@ async fn a_claim_its_class_never_provisions_is_skipped_and_runners_serve_without
         world.steps(StepState::Completed) == 1
     })
     .await;
+
+    // doctor names the missing class; once it exists, the skipped claim.
+    let cache_check = |checks: &[Value]| {
+        checks
+            .iter()
+            .find(|c| c["name"] == "cache/ci/builds")
+            .cloned()
+            .unwrap_or_else(|| panic!("no cache check in {checks:#?}"))
+    };
+    let (_, checks) = doctor_against(&world, world.bitbucket.url());
+    let missing = cache_check(&checks);
+    assert_eq!(missing["verdict"], "fail", "{missing}");
+    assert!(
+        missing["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fast-ssd is no StorageClass"),
+        "{missing}"
+    );
+    let classes = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("storage.k8s.io", "v1", "StorageClass"),
+        "storageclasses",
+    );
+    let class: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "fast-ssd"}, "provisioner": "csi.example.com",
+    }))
+    .unwrap();
+    Api::<DynamicObject>::all_with(world.client.clone(), &classes)
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let (_, checks) = doctor_against(&world, world.bitbucket.url());
+    let skipped = cache_check(&checks);
+    assert_eq!(skipped["verdict"], "warn", "{skipped}");
+    assert!(
+        skipped["detail"].as_str().unwrap().contains("1 skipped"),
+        "{skipped}"
+    );
 }
 
 /// examples/cached-pool.yaml as a user applies it (its poll made fast for the test): admitted
