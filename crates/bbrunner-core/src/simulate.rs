@@ -6,6 +6,7 @@ mod pipelines;
 mod result;
 mod rng;
 pub mod scenarios;
+mod volumes;
 
 use serde::Deserialize;
 use thiserror::Error;

@@ -17,6 +17,8 @@ use super::TraceStep;
 use super::pipelines::Runs;
 pub use super::result::{PolicyResult, Sample, percentile};
 use super::rng::Rng;
+pub use super::volumes::ColdStart;
+use super::volumes::Volumes;
 use crate::ids::RunnerUuid;
 use crate::labels::Labels;
 use crate::lookahead::{Durations, runners_ahead};
@@ -77,33 +79,6 @@ pub struct SimConfig {
     /// plans then, instead of at its next poll.
     pub webhooks: bool,
     pub cold_start: ColdStart,
-}
-
-/// What a runner's first step pays when its Docker store is empty (its image pulls and a
-/// build from no layers), and the pool's warm cache that spares it. A runner keeps its store
-/// between steps; without a cache each new runner starts empty, while runners online when the
-/// run starts are warm (the pool has served before).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct ColdStart {
-    /// Seconds a step takes longer on an empty store; 0 leaves the cost out.
-    pub cost: Seconds,
-    /// The warm cache's `retain` (volumes kept when the pool shrinks), or None for no cache.
-    /// As the operator does, a new runner takes the free volume used last, a volume goes
-    /// warm with its first step, and free volumes beyond `retain` are deleted, coldest first,
-    /// once free for the scale-down delay.
-    pub cache_retain: Option<u32>,
-}
-
-/// One cache volume of the model.
-#[derive(Debug, Clone)]
-struct Volume {
-    /// A step ran on it: it holds images and layers.
-    warm: bool,
-    /// The runner mounting it.
-    user: Option<usize>,
-    /// When its last user let it go (or it was made).
-    freed_at: Seconds,
-    deleted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,8 +186,7 @@ struct Sim<'a> {
     memory: PolicyMemory,
     /// Creations Atlassian's autoscaler still has to make, one per create pause.
     pending_creates: u32,
-    volumes: Vec<Volume>,
-    peak_volumes: u32,
+    volumes: Volumes,
     /// Steps that ran on an empty store.
     cold_steps: usize,
     api_calls: u64,
@@ -257,8 +231,7 @@ pub fn simulate(
         durations: config.durations.clone(),
         memory: config.history.learned(),
         pending_creates: 0,
-        volumes: Vec::new(),
-        peak_volumes: 0,
+        volumes: Volumes::new(config.cold_start.cache_retain),
         cold_steps: 0,
         api_calls: 0,
         recent_calls: VecDeque::new(),
@@ -278,7 +251,7 @@ pub fn simulate(
         sim.online += 1;
         sim.runners[r].store_warm = true;
         if let Some(v) = sim.runners[r].volume {
-            sim.volumes[v].warm = true;
+            sim.volumes.warmed(v);
         }
     }
     // Webhooks first: a push is announced as its pipeline's first steps queue.
@@ -364,62 +337,12 @@ impl Sim<'_> {
         self.live.push(r);
         self.starting += 1;
         self.peak = self.peak.max(self.live.len() as u32);
-        self.mount_volume(r);
-        r
-    }
-
-    /// With a cache, runner `r` mounts the free volume used last, or a new one: its store is
-    /// as warm as the volume.
-    fn mount_volume(&mut self, r: usize) {
-        if self.config.cold_start.cache_retain.is_none() {
-            return;
-        }
-        self.prune_volumes();
-        let free = (0..self.volumes.len())
-            .filter(|&v| !self.volumes[v].deleted && self.volumes[v].user.is_none())
-            .max_by(|&a, &b| self.warmth(a, b));
-        let v = free.unwrap_or_else(|| {
-            self.volumes.push(Volume {
-                warm: false,
-                user: None,
-                freed_at: self.now,
-                deleted: false,
-            });
-            self.volumes.len() - 1
-        });
-        self.volumes[v].user = Some(r);
-        self.runners[r].volume = Some(v);
-        self.runners[r].store_warm = self.volumes[v].warm;
-        let live = self.volumes.iter().filter(|v| !v.deleted).count() as u32;
-        self.peak_volumes = self.peak_volumes.max(live);
-    }
-
-    /// Volumes by warmth: one that holds a store first, then the one let go last.
-    fn warmth(&self, a: usize, b: usize) -> Ordering {
-        let (a, b) = (&self.volumes[a], &self.volumes[b]);
-        a.warm.cmp(&b.warm).then(a.freed_at.total_cmp(&b.freed_at))
-    }
-
-    /// Delete free volumes beyond `retain`, coldest first, once free for the scale-down delay.
-    fn prune_volumes(&mut self) {
-        let Some(retain) = self.config.cold_start.cache_retain else {
-            return;
-        };
         let delay = self.config.scaling.scale_down_delay;
-        let mut live = self.volumes.iter().filter(|v| !v.deleted).count() as u32;
-        while live > retain {
-            let coldest = (0..self.volumes.len())
-                .filter(|&v| {
-                    let volume = &self.volumes[v];
-                    !volume.deleted && volume.user.is_none() && self.now - volume.freed_at >= delay
-                })
-                .min_by(|&a, &b| self.warmth(a, b));
-            let Some(v) = coldest else {
-                return;
-            };
-            self.volumes[v].deleted = true;
-            live -= 1;
+        if let Some((v, warm)) = self.volumes.mount(self.now, delay) {
+            self.runners[r].volume = Some(v);
+            self.runners[r].store_warm = warm;
         }
+        r
     }
 
     /// Record one API request.
@@ -458,8 +381,7 @@ impl Sim<'_> {
         self.runners[r].state = RunnerState::Deleted;
         self.live.retain(|&l| l != r);
         if let Some(v) = self.runners[r].volume.take() {
-            self.volumes[v].user = None;
-            self.volumes[v].freed_at = self.now;
+            self.volumes.release(v, self.now);
         }
         self.call();
     }
@@ -604,7 +526,7 @@ impl Sim<'_> {
             duration += self.config.cold_start.cost;
             self.runners[r].store_warm = true;
             if let Some(v) = self.runners[r].volume {
-                self.volumes[v].warm = true;
+                self.volumes.warmed(v);
             }
         }
         self.schedule(self.now + duration, Event::Done(r));
@@ -623,7 +545,8 @@ impl Sim<'_> {
             PolicyKind::AtlassianRatio => self.atlassian_poll(),
             _ => self.our_poll(),
         }
-        self.prune_volumes();
+        self.volumes
+            .prune(self.now, self.config.scaling.scale_down_delay);
         self.schedule(self.now + interval, Event::PolicyPoll);
     }
 
@@ -847,7 +770,7 @@ impl Sim<'_> {
             pipeline_overhead_p95_vs_oracle: None,
             api_calls_per_hour,
             cold_steps: self.cold_steps,
-            cache_volumes_peak: self.peak_volumes,
+            cache_volumes_peak: self.volumes.peak(),
             errors,
             p95_vs_oracle: None,
             idle_vs_oracle: None,

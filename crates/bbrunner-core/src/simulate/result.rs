@@ -41,7 +41,7 @@ pub struct PolicyResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pipeline_overhead_p95_s: Option<f64>,
     pub api_calls_per_hour: f64,
-    /// Steps that ran on an empty Docker store (see [`super::engine::ColdStart`]).
+    /// Steps that ran on an empty Docker store (see [`super::volumes::ColdStart`]).
     pub cold_steps: usize,
     /// The most cache volumes the pool held at once (0 without a cache).
     pub cache_volumes_peak: u32,
