@@ -339,13 +339,21 @@ impl Metrics {
             .inc();
     }
 
-    /// A pool's cache claims by state.
+    /// A pool's cache claims by state. Its start counters exist from then on, at zero until
+    /// a start, so that a ratio of warm to all starts has both series.
     pub fn set_cache_volumes(
         &self,
         namespace: &str,
         pool: &str,
         counts: bbrunner_core::cache::CacheCounts,
     ) {
+        for state in ["warm", "cold"] {
+            self.cache_starts.get_or_create(&RunnerStateLabels {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                state: state.to_owned(),
+            });
+        }
         for (state, n) in [
             ("in-use", counts.in_use),
             ("warm", counts.warm),

@@ -756,7 +756,10 @@ async fn metrics_and_health_are_served() {
     let world = World::start("metrics").await;
     let addr = free_local_addr();
     let _op = world.operator(&["--metrics-addr", &addr]);
-    world.pool("builds", managed(1, 2)).await;
+    // Cached, so that the cache's series are exported too.
+    let mut builds = managed(1, 2);
+    builds["cache"] = json!({"size": "1Gi"});
+    world.pool("builds", builds).await;
     // A pool that fails, so that reconcile errors are counted too.
     let mut broken = managed(1, 1);
     world.use_wrong_credentials(&mut broken, "nope").await;

@@ -154,6 +154,8 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_on_a_live_scrape()
     queue["labels"] = json!(["deploy"]);
     queue["repository"] = json!("app");
     queue["scaling"]["policy"] = json!("queue");
+    // With a warm cache, for the cache panels.
+    queue["cache"] = json!({"size": "10Gi"});
     world.pool("app-builds", queue).await;
 
     eventually("prometheus scrapes the operator", 30, || async {
