@@ -348,7 +348,8 @@ impl Metrics {
         counts: bbrunner_core::cache::CacheCounts,
     ) {
         for state in ["warm", "cold"] {
-            self.cache_starts.get_or_create(&RunnerStateLabels {
+            // Created, not counted.
+            let _series = self.cache_starts.get_or_create(&RunnerStateLabels {
                 namespace: namespace.to_owned(),
                 pool: pool.to_owned(),
                 state: state.to_owned(),

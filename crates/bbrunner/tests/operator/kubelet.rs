@@ -49,12 +49,11 @@ fn both_ready(pod: &Pod) -> bool {
     ready(status.container_statuses, "runner") && ready(status.init_container_statuses, "docker")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
-    let test = "the_seeds_pod_runs_as_real_containers_on_a_kubelet_node";
-    let Some(kube_bin) = testbed::cluster::real_binaries(test) else {
-        return;
-    };
+/// The real control plane with its kubelet node, the operator against it (logging to
+/// `operator.log` in the test's folder), and the node's images by name; `None` where the tier
+/// cannot run (skipped loudly, never under CI).
+async fn node_world(test: &str, name: &str) -> Option<(World, Value, PathBuf, Operator)> {
+    let kube_bin = testbed::cluster::real_binaries(test)?;
     let images = testbed::kubelet_node::images_dir();
     if !tier_runs(
         "the kubelet node tier",
@@ -62,11 +61,10 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
         test,
         testbed::kubelet_node::missing_prerequisite(&kube_bin, &images),
     ) {
-        return;
+        return None;
     }
     let built = testbed::kubelet_node::built_images(&images).unwrap();
-    let image = |name: &str| built[name].as_str().unwrap().to_owned();
-    let bed = testbed::Testbed::real("op-kubelet", bitbucket_config(), |o| {
+    let bed = testbed::Testbed::real(name, bitbucket_config(), |o| {
         o.nodes = 1;
         o.kubelet_node = Some(images.clone());
     })
@@ -77,11 +75,21 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
         cluster: Cluster::prepare(bed.cluster).await,
     };
     let log = world.dir.join("operator.log");
-    let _operator = world.operator_logging(
+    let operator = world.operator_logging(
         &[],
         "info",
         Stdio::from(std::fs::File::create(&log).unwrap()),
     );
+    Some((world, built, log, operator))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
+    let test = "the_seeds_pod_runs_as_real_containers_on_a_kubelet_node";
+    let Some((world, built, log, _operator)) = node_world(test, "op-kubelet").await else {
+        return;
+    };
+    let image = |name: &str| built[name].as_str().unwrap().to_owned();
     let mut spec = managed(1, 1);
     spec["runner"] = json!({
         "image": image("runner"),
