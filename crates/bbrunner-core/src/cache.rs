@@ -66,6 +66,9 @@ pub struct ClaimUser {
     pub live: bool,
     /// The scheduler has not placed it: since when, and why, in its words.
     pub unschedulable: Option<Unschedulable>,
+    /// Since when it is on its way out (deleted, or its runner drained while idle): its claim
+    /// will be free within seconds.
+    pub leaving_since: Option<Seconds>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +114,9 @@ pub const HANDOVER_GRACE: Seconds = 120.0;
 pub const SCHEDULING_BOUND: Seconds = 120.0;
 /// How long a skipped claim is passed over before a pod may try it again.
 pub const SKIP_FOR: Seconds = 1800.0;
+/// How long a new pod waits for the claim of a pod on its way out rather than start cold on
+/// a new claim (an ephemeral runner's successor, a rollout's replacement).
+pub const LEAVING_WAIT: Seconds = 60.0;
 
 /// Whether the scheduler's words blame the pod's volumes (`volume node affinity conflict`,
 /// `unbound immediate PersistentVolumeClaims`, `didn't find available persistent volumes`, a
@@ -161,13 +167,16 @@ pub enum ClaimChoice {
     /// No claim: one was skipped within [`SKIP_FOR`] and none is free, so the pod starts
     /// with an empty store rather than wait on a new claim that may fail the same way.
     Uncached,
+    /// Not yet: this claim's pod is on its way out, and the new pod is created on it at a
+    /// later reconcile, warm, rather than now on a new, cold claim.
+    Wait { claim: String },
 }
 
 impl ClaimChoice {
     pub fn claim(&self) -> Option<&str> {
         match self {
             ClaimChoice::Reuse { claim, .. } | ClaimChoice::Create { claim } => Some(claim),
-            ClaimChoice::Uncached => None,
+            ClaimChoice::Uncached | ClaimChoice::Wait { .. } => None,
         }
     }
 }
@@ -273,7 +282,7 @@ impl CachePlan {
                 handed_to: Some(handover(claim)),
                 skipped_at: None,
             }),
-            ClaimChoice::Reuse { .. } | ClaimChoice::Uncached => None,
+            ClaimChoice::Reuse { .. } | ClaimChoice::Uncached | ClaimChoice::Wait { .. } => None,
         }));
         let mut pods = pods.clone();
         // Skipped pods are deleted: they mount nothing any more.
@@ -356,6 +365,25 @@ pub fn plan(
             warm: c.handed_to.is_some(),
         })
         .collect();
+    // A claim whose every user is on its way out is free within seconds: new pods wait for
+    // it rather than start cold.
+    let leaving = claims.iter().filter(|c| {
+        let users: Vec<&ClaimUser> = pods
+            .mounts
+            .iter()
+            .filter(|u| u.claim == c.name && u.live)
+            .collect();
+        !c.terminating
+            && !passed_over(c)
+            && !users.is_empty()
+            && users.iter().all(|u| {
+                u.leaving_since
+                    .is_some_and(|since| now - since < LEAVING_WAIT)
+            })
+    });
+    handovers.extend(leaving.take(others - reused).map(|c| ClaimChoice::Wait {
+        claim: c.name.clone(),
+    }));
     // After a skip, no new claim: it would likely fail as the skipped one did.
     let wary = claims.iter().any(passed_over);
     let mut taken_slots: Vec<u32> = claims

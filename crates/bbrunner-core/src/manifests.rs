@@ -489,7 +489,9 @@ pub const DIND_START_SCRIPT: &str = r#"mtu="$1"; shift
 if [ -n "$BBRUNNER_CACHE" ]; then
   command -v flock >/dev/null || { echo "bbrunner: this dind image has no flock, so it cannot lock its cache volume; refusing to open a store another daemon may use" >&2; exit 78; }
   exec 9>>/var/lib/docker/.bbrunner-lock
-  flock -n 9 || { echo "bbrunner: another Docker daemon has this cache volume open; refusing to open its store" >&2; exit 75; }
+  flock -n 9; locked=$?
+  [ "$locked" -ne 1 ] || { echo "bbrunner: another Docker daemon has this cache volume open; refusing to open its store" >&2; exit 75; }
+  [ "$locked" -eq 0 ] || { echo "bbrunner: flock failed (exit $locked), so the cache volume cannot be locked; refusing to open a store another daemon may use" >&2; exit 78; }
   usage() { df -Pk /var/lib/docker | awk 'NR == 2 { print int($3 * 100 / $2) }'; }
   used="$(usage)"
   if [ "$used" -ge 90 ]; then

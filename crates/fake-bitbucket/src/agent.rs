@@ -178,7 +178,14 @@ async fn run(config: AgentConfig, mut stopped: watch::Receiver<bool>) {
             }
             continue;
         };
-        // Run the step, still heartbeating every poll interval.
+        // Run the step, still heartbeating every poll interval, as the real runner keeps its
+        // session while a step's script runs.
+        let heartbeat = || {
+            http.post(&poll_url)
+                .bearer_auth(&current)
+                .json(&json!({"session": session}))
+                .send()
+        };
         let mut left = Duration::from_millis(step.duration_ms);
         while !left.is_zero() {
             let slice = left.min(interval);
@@ -187,16 +194,25 @@ async fn run(config: AgentConfig, mut stopped: watch::Receiver<bool>) {
             }
             left -= slice;
             if !left.is_zero() {
-                let _ = http
-                    .post(&poll_url)
-                    .bearer_auth(&current)
-                    .json(&json!({"session": session}))
-                    .send()
-                    .await;
+                let _ = heartbeat().await;
             }
         }
         let result = match &config.step_command {
-            Some(command) => run_step_command(command, &config.working_directory).await,
+            Some(command) => {
+                let work = run_step_command(command, &config.working_directory);
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        result = &mut work => break result,
+                        stop = sleep_or_stop(interval, &mut stopped) => {
+                            if stop {
+                                return;
+                            }
+                            let _ = heartbeat().await;
+                        }
+                    }
+                }
+            }
             None => "SUCCESSFUL",
         };
         let _ = http

@@ -27,6 +27,7 @@ fn user(pod: &str, slot: u32, live: bool) -> ClaimUser {
         claim: claim_name("ci", slot),
         live,
         unschedulable: None,
+        leaving_since: None,
     }
 }
 
@@ -363,6 +364,56 @@ fn a_pod_refused_for_its_volume_skips_its_claim_after_the_bound_and_no_new_claim
 }
 
 #[test]
+fn a_new_pod_waits_for_the_claim_of_a_pod_on_its_way_out_rather_than_start_cold() {
+    // An ephemeral runner's successor: its predecessor's pod is deleted, still terminating.
+    let claims = [claim(0, Some(("old", 500.0)))];
+    let leaving = ClaimUser {
+        leaving_since: Some(990.0),
+        ..user("old", 0, true)
+    };
+    let p = plan(
+        "ci",
+        &ON,
+        &claims,
+        &mounting(std::slice::from_ref(&leaving)),
+        &NewPods::fresh(2),
+        1000.0,
+    );
+    assert_eq!(
+        p.handovers,
+        [
+            ClaimChoice::Wait {
+                claim: "ci-cache-0".into()
+            },
+            ClaimChoice::Create {
+                claim: "ci-cache-1".into()
+            }
+        ],
+        "one waits for the leaving claim, the other needs a claim of its own"
+    );
+    // A pod that takes longer than LEAVING_WAIT to go is not waited for.
+    let stuck = plan(
+        "ci",
+        &ON,
+        &claims,
+        &mounting(&[leaving]),
+        &NewPods::fresh(1),
+        990.0 + LEAVING_WAIT,
+    );
+    assert_eq!(claims_of(&stuck), ["ci-cache-1"]);
+    // Nor a pod that stays.
+    let staying = plan(
+        "ci",
+        &ON,
+        &claims,
+        &mounting(&[user("old", 0, true)]),
+        &NewPods::fresh(1),
+        1000.0,
+    );
+    assert_eq!(claims_of(&staying), ["ci-cache-1"]);
+}
+
+#[test]
 fn a_recreated_pod_gets_back_the_claim_handed_to_it() {
     // The operator marked ci-cache-0 for pod "ci-r1" and stopped before creating it; a warmer
     // claim is free, but the pod resumes its own and no other claim is taken for it.
@@ -408,6 +459,7 @@ fn arbitrary_world() -> impl Strategy<Value = (Vec<ObservedClaim>, PoolPods, New
         0u32..8,
         any::<bool>(),
         proptest::option::of(0.0..2000.0f64),
+        proptest::option::of(1900.0..2000.0f64),
     );
     (
         proptest::collection::vec(claim, 0..8),
@@ -438,7 +490,7 @@ fn arbitrary_world() -> impl Strategy<Value = (Vec<ObservedClaim>, PoolPods, New
                 .collect();
             let users = users
                 .into_iter()
-                .map(|(pod, slot, live, stuck)| ClaimUser {
+                .map(|(pod, slot, live, stuck, leaving_since)| ClaimUser {
                     pod: format!("pod-{pod}"),
                     claim: claim_name("ci", slot),
                     live,
@@ -446,6 +498,7 @@ fn arbitrary_world() -> impl Strategy<Value = (Vec<ObservedClaim>, PoolPods, New
                         since,
                         message: "1 node(s) had volume node affinity conflict".into(),
                     }),
+                    leaving_since,
                 })
                 .collect();
             let pods = PoolPods {
@@ -497,6 +550,11 @@ proptest! {
                 }
                 ClaimChoice::Create { .. } => prop_assert!(observed.is_none()),
                 ClaimChoice::Uncached => prop_assert!(claims.iter().any(passed_over)),
+                ClaimChoice::Wait { claim } => {
+                    let c = claims.iter().find(|c| &c.name == claim).expect("awaited claims exist");
+                    prop_assert!(!c.terminating && in_use(c, &pods, now) && !passed_over(c));
+                    prop_assert!(!plan.delete.contains(claim));
+                }
             }
         }
         for resume in &plan.resumed {

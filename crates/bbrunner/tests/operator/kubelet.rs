@@ -308,3 +308,184 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
         "at Docker's default the download should stall, but {stalled} bytes arrived"
     );
 }
+
+/// A folder removed when dropped.
+struct RemovedDir(PathBuf);
+
+impl Drop for RemovedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a cached pool's step runs: a three-layer build through dind, reporting how many of its
+/// layers came from the store and how long it took (from /proc/uptime, in hundredths).
+const CACHED_STEP_COMMAND: &str = "set -e
+docker image inspect bb:1 >/dev/null 2>&1 || docker import /opt/bbrunner/busybox.tar bb:1 >/dev/null
+mkdir -p /tmp/context
+printf 'FROM bb:1\\nRUN busybox dd if=/dev/urandom of=/toolchain bs=1M count=8\\nRUN busybox dd if=/dev/urandom of=/dependencies bs=1M count=8\\nRUN busybox dd if=/dev/urandom of=/build bs=1M count=8\\n' > /tmp/context/Dockerfile
+read started _ < /proc/uptime
+out=$(docker build -t built:1 /tmp/context 2>&1)
+read ended _ < /proc/uptime
+echo \"cached build: $(echo \"$out\" | grep -cE 'Using cache|CACHED') layers from the store, $started to $ended\"";
+
+/// The warm cache end to end on the real node: an ephemeral cached pool's first runner pod
+/// builds cold on its claim (a hostPath volume the control plane's PV controller binds); the
+/// runner is replaced after its step, and the next pod, handed the same claim, finds the
+/// image and every layer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_pools_next_runner_pod_builds_warm_on_the_kubelet_node() {
+    let test = "a_cached_pools_next_runner_pod_builds_warm_on_the_kubelet_node";
+    // Declared first, so removed last: after the node and its containers are gone.
+    let volume = RemovedDir(
+        std::env::temp_dir().join(format!("bbrunner-node-cache-{}", std::process::id())),
+    );
+    let Some((world, built, log, _operator)) = node_world(test, "op-kubelet-cache").await else {
+        return;
+    };
+    let image = |name: &str| built[name].as_str().unwrap().to_owned();
+    // A class with no provisioner and one volume of it, as a local-volume set-up has.
+    let volume_dir = &volume.0;
+    let storage = format!(
+        "apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: bbrunner-node}}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: Immediate
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: bbrunner-node-cache}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOncePod]
+  storageClassName: bbrunner-node
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {{path: {}, type: DirectoryOrCreate}}
+",
+        volume_dir.display()
+    );
+    let applied = world.bed.kubectl(&["apply", "-f", "-"], &storage);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let mut spec = managed(1, 1);
+    spec["ephemeral"] = json!(true);
+    spec["runner"] = json!({
+        "image": image("runner"),
+        "env": [{"name": "BBRUNNER_STEP_COMMAND", "value": CACHED_STEP_COMMAND}],
+    });
+    spec["dind"] = json!({"image": image("dind"), "mtu": "auto"});
+    spec["podTemplate"] =
+        json!({"nodeSelector": {"kubernetes.io/hostname": testbed::kubelet_node::NODE_NAME}});
+    spec["cache"] = json!({"size": "1Gi", "storageClassName": "bbrunner-node"});
+    world.pool("cached", spec).await;
+
+    let explain = |what: &str| {
+        let get = |args: &[&str]| {
+            let out = world.bed.kubectl(args, "");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let operator = std::fs::read_to_string(&log).unwrap_or_default();
+        let newest: Vec<&str> = operator.lines().rev().take(20).collect();
+        format!(
+            "{what}\n{}\n{}\n{}\ndind:\n{}\noperator log, newest first:\n{}",
+            get(&["get", "pods", "-n", NS, "-o", "wide"]),
+            get(&["get", "pvc,pv", "-n", NS]),
+            get(&["get", "events", "-n", NS]),
+            get(&[
+                "logs",
+                "-n",
+                NS,
+                "-l",
+                "bbrunner.dev/pool=cached",
+                "-c",
+                "docker",
+                "--tail",
+                "20",
+            ]),
+            newest.join("\n")
+        )
+    };
+    // Each step: wait for an online runner, run one step, read what its build said from the
+    // runner container of the pod that ran it.
+    let mut reports = Vec::new();
+    for step in 1..=2 {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let pod = loop {
+            let ready = world.pods().await.into_iter().find(|p| {
+                // The previous step's pod is drained and replaced: wait for its successor.
+                both_ready(p)
+                    && p.metadata.deletion_timestamp.is_none()
+                    && !reports
+                        .iter()
+                        .any(|(ran, _): &(String, String)| p.metadata.name.as_ref() == Some(ran))
+            });
+            if let Some(pod) = ready
+                && online(&world.runners()) == 1
+            {
+                break pod;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                explain(&format!("step {step}: no runner online within 240 s"))
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let name = pod.metadata.name.clone().unwrap();
+        let claims: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
+            .map(|c| c.claim_name.clone())
+            .collect();
+        assert_eq!(claims, ["cached-cache-0"], "step {step}'s pod {name}");
+        world.submit(1, 1.0);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while world.steps(StepState::Completed) < step {
+            assert_eq!(
+                world.steps(StepState::Failed),
+                0,
+                "{}",
+                explain("a step failed")
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                explain(&format!("step {step} did not complete within 180 s"))
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let runner_log = kubectl_text(&world, &["logs", "-n", NS, &name, "-c", "runner"]);
+        let report = runner_log
+            .lines()
+            .find(|l| l.contains("cached build:"))
+            .unwrap_or_else(|| panic!("step {step}: no build report in {runner_log}"))
+            .to_owned();
+        reports.push((name, report));
+    }
+    let (first_pod, cold) = &reports[0];
+    let (second_pod, warm) = &reports[1];
+    assert_ne!(
+        first_pod, second_pod,
+        "the ephemeral runner was not replaced"
+    );
+    assert!(cold.contains("0 layers from the store"), "{cold}");
+    assert!(warm.contains("3 layers from the store"), "{warm}");
+    let seconds = |report: &str| {
+        let times: Vec<f64> = report
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        times[times.len() - 1] - times[times.len() - 2]
+    };
+    eprintln!(
+        "cache on the kubelet node: the first pod's build took {:.2} s cold, the next pod's on the same claim {:.2} s warm",
+        seconds(cold),
+        seconds(warm)
+    );
+}

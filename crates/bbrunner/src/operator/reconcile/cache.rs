@@ -112,11 +112,17 @@ pub(super) fn pool_pods<'a>(
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
             let live = !matches!(phase, Some("Succeeded" | "Failed"));
             let unschedulable = unschedulable(pod, clock);
+            let leaving_since = pod
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| clock.at_time(t));
             pod.claims().map(move |claim| ClaimUser {
                 pod: pod.name_any(),
                 claim: claim.to_owned(),
                 live,
                 unschedulable: unschedulable.clone(),
+                leaving_since,
             })
         })
         .collect();
@@ -142,6 +148,34 @@ fn unschedulable(pod: &PodView, clock: &Clock) -> Option<Unschedulable> {
             .map_or(clock.now(), |t| clock.at_time(t)),
         message: observe::unschedulable_message(condition),
     })
+}
+
+/// Mark the pods in `leaving` (their runners drained while idle, or retired by this
+/// reconcile's plan) as on their way out since `now`, unless they already are.
+pub(super) fn mark_leaving(pods: &mut PoolPods, leaving: &[String], now: f64) {
+    for user in &mut pods.mounts {
+        if leaving.contains(&user.pod) {
+            user.leaving_since.get_or_insert(now);
+        }
+    }
+}
+
+/// What a new pod mounts.
+pub(super) enum Mount {
+    Claim(String),
+    /// No claim: the pool has no cache, or the pod starts uncached after a skip.
+    Nothing,
+    /// Not created now: the claim it will take is being let go by a pod on its way out.
+    Wait(String),
+}
+
+impl Mount {
+    pub(super) fn claim(&self) -> Option<&str> {
+        match self {
+            Mount::Claim(claim) => Some(claim),
+            Mount::Nothing | Mount::Wait(_) => None,
+        }
+    }
 }
 
 /// The claims for this reconcile's new pods, handed over one by one as each pod is created.
@@ -198,18 +232,18 @@ impl<'a> Handovers<'a> {
         Ok(())
     }
 
-    /// The claim pod `pod` is to mount, now marked as handed to it; `None` without a cache.
+    /// The claim pod `pod` is to mount, now marked as handed to it; nothing without a cache.
     /// Another operator that took the claim first makes this a conflict: the pod is not
     /// created, and the next reconcile decides again.
-    pub(super) async fn take(&mut self, pod: &str) -> Result<Option<String>, ReconcileError> {
+    pub(super) async fn take(&mut self, pod: &str) -> Result<Mount, ReconcileError> {
         let Some(cache) = self.cache else {
-            return Ok(None);
+            return Ok(Mount::Nothing);
         };
         let ns = self.pool.namespace().unwrap_or_default();
         if let Some(claim) = self.resumed.get(pod).cloned() {
             self.mark(&claim, pod).await?;
             tracing::info!(claim, pod, "handed cache claim {claim} back to pod {pod}");
-            return Ok(Some(claim));
+            return Ok(Mount::Claim(claim));
         }
         let Some(choice) = self.choices.pop_front() else {
             return Err(degraded(
@@ -257,13 +291,21 @@ impl<'a> Handovers<'a> {
                 self.ctx
                     .metrics
                     .count_cache_start(&ns, &self.pool.name_any(), false);
-                return Ok(None);
+                return Ok(Mount::Nothing);
+            }
+            ClaimChoice::Wait { claim } => {
+                tracing::info!(
+                    claim,
+                    pod,
+                    "pod {pod} waits for cache claim {claim}, which a pod on its way out lets go"
+                );
+                return Ok(Mount::Wait(claim.clone()));
             }
         };
         self.ctx
             .metrics
             .count_cache_start(&ns, &self.pool.name_any(), temperature == "warm");
-        Ok(Some(claim.clone()))
+        Ok(Mount::Claim(claim.clone()))
     }
 }
 

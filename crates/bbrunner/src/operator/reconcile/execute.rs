@@ -15,6 +15,8 @@ use serde_json::json;
 use crate::operator::crd::RunnerPool;
 use crate::operator::pool::{self, ANNOTATION_RAN_STEP, PodTemplate, ValidPool};
 
+use super::cache::Mount;
+
 use super::*;
 
 /// Carry out planned actions in order, logging each change with its reason; returns how
@@ -111,13 +113,19 @@ pub(super) async fn execute(
                     &registration.runner_uuid,
                     &format!("created its registration Secret {secret_name}"),
                 );
-                let claim = handovers.take(&secret_name).await?;
-                pods.create(
-                    &PostParams::default(),
-                    &template.pod(&registration.runner_uuid, &secret_name, claim.as_deref()),
-                )
-                .await?;
-                done(action, &registration.runner_uuid, "created its pod");
+                let with_pod = match handovers.take(&secret_name).await? {
+                    // Its Secret brings the pod at a later reconcile, on the claim let go.
+                    Mount::Wait(claim) => format!("; its pod waits for cache claim {claim}"),
+                    mount => {
+                        pods.create(
+                            &PostParams::default(),
+                            &template.pod(&registration.runner_uuid, &secret_name, mount.claim()),
+                        )
+                        .await?;
+                        done(action, &registration.runner_uuid, "created its pod");
+                        " with its pod".to_owned()
+                    }
+                };
                 publish(
                     ctx,
                     pool,
@@ -125,7 +133,7 @@ pub(super) async fn execute(
                     Reason::RunnerCreated,
                     "Create",
                     format!(
-                        "runner {} ({runner_name}) created with its pod",
+                        "runner {} ({runner_name}) created{with_pod}",
                         registration.runner_uuid
                     ),
                 )
@@ -134,8 +142,11 @@ pub(super) async fn execute(
             Action::CreatePod(uuid) => {
                 let secret_name = pool::object_name(&name, uuid);
                 // The pod is named like its Secret.
-                let claim = handovers.take(&secret_name).await?;
-                let pod = template.pod(uuid, &secret_name, claim.as_deref());
+                let mount = handovers.take(&secret_name).await?;
+                if let Mount::Wait(_) = mount {
+                    continue;
+                }
+                let pod = template.pod(uuid, &secret_name, mount.claim());
                 match pods.create(&PostParams::default(), &pod).await {
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     other => {

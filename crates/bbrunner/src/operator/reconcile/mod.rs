@@ -32,7 +32,7 @@ use bbrunner_core::admin_policy::AdminPolicy;
 use bbrunner_core::forecast::{self};
 use bbrunner_core::manifests::dind_networks_mtu_warning;
 use bbrunner_core::ownership::{ClusterId, MAX_RUNNER_NAME, PoolIdentity};
-use bbrunner_core::plan::{Action, Observation, ObservedSecret, PoolSettings, plan};
+use bbrunner_core::plan::{Action, Observation, ObservedSecret, PoolSettings, RunnerStatus, plan};
 use bbrunner_core::queue_wait::QueueWaits;
 use bbrunner_core::reason::Reason;
 use bbrunner_core::scaling::PolicyMemory;
@@ -318,11 +318,27 @@ async fn reconcile_managed(
     let ManagedObservation {
         observation,
         marks,
-        pool_pods,
+        mut pool_pods,
     } = observe_managed(ctx, pool, valid, &bitbucket, &polling).await?;
     drain::mark_busy_pods(ctx, &ns, &marks, &observation.runners).await;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
+    // Pods on their way out: their runners drained while idle, or retired now.
+    let leaving: Vec<String> = observation
+        .runners
+        .iter()
+        .filter(|r| r.status == RunnerStatus::Disabled && !r.busy)
+        .map(|r| &r.uuid)
+        .chain(planned.actions.iter().filter_map(|a| match a {
+            Action::DisableRunner(u)
+            | Action::DeleteRunner(u)
+            | Action::ReplaceRunner(u)
+            | Action::DeletePod(u) => Some(u),
+            _ => None,
+        }))
+        .map(|u| pool::object_name(&name, u))
+        .collect();
+    cache::mark_leaving(&mut pool_pods, &leaving, observation.now);
     let claims = cache::list_claims(ctx, pool, &pool_pods).await?;
     let observed_claims = cache::observe_claims(&claims, &ctx.clock);
     let new_pods = bbrunner_core::cache::NewPods {
