@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, ServiceAccount,
+};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
     WatchParams,
@@ -161,6 +163,7 @@ differential!(
     a_validating_admission_policy_refuses_with_its_message,
     pods_are_scheduled_run_and_deleted_gracefully,
     deployments_run_their_pods,
+    claims_bind_hold_their_pods_and_protect_themselves,
 );
 
 async fn server_side_apply_tracks_owners_and_refuses_conflicts(cluster: &Cluster, ns: &str) {
@@ -1063,4 +1066,153 @@ async fn deployments_run_their_pods(cluster: &Cluster, ns: &str) {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(sets.is_empty(), differs(cluster, Difference::NoReplicaSets));
+}
+
+/// The warm cache's claims: the protection finalizer, Pending while their class is missing
+/// (and their pod unschedulable, in words that blame its volumes), bound once the class and a
+/// volume exist, one pod at a time on a ReadWriteOncePod claim, and a deleted claim kept until
+/// its pod is gone.
+async fn claims_bind_hold_their_pods_and_protect_themselves(cluster: &Cluster, ns: &str) {
+    let client = cluster.client();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // Cluster-wide names, the test's own: the real server is shared by every check.
+    let class = format!("{ns}-class");
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "cache-0"},
+        "spec": {"accessModes": ["ReadWriteOncePod"], "storageClassName": class,
+                 "resources": {"requests": {"storage": "1Gi"}}}}))
+    .unwrap();
+    let created = claims.create(&PostParams::default(), &claim).await.unwrap();
+    assert!(
+        created
+            .finalizers()
+            .contains(&"kubernetes.io/pvc-protection".to_owned()),
+        "{:?}",
+        created.finalizers()
+    );
+    let pod = |name: &str| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"containers": [{"name": "app", "image": "busybox",
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
+                "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "cache-0"}}]}}))
+        .unwrap()
+    };
+    let unschedulable = |name: &'static str, words: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.get(name)
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                        && c.message.as_deref().is_some_and(|m| m.contains(words))
+                })
+        }
+    };
+    pods.create(&PostParams::default(), &pod("first"))
+        .await
+        .unwrap();
+    eventually("the pod waits for its unbound claim", || {
+        unschedulable("first", "unbound immediate PersistentVolumeClaims")
+    })
+    .await;
+    assert_ne!(
+        claims
+            .get("cache-0")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase)
+            .as_deref(),
+        Some("Bound")
+    );
+
+    // The class, without a provisioner, and a volume of it, as a local-volume set-up has.
+    let classes = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("storage.k8s.io", "v1", "StorageClass"),
+        "storageclasses",
+    );
+    let storage_class: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": class},
+        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"}))
+    .unwrap();
+    Api::<DynamicObject>::all_with(client.clone(), &classes)
+        .create(&PostParams::default(), &storage_class)
+        .await
+        .unwrap();
+    let volumes = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("", "v1", "PersistentVolume"),
+        "persistentvolumes",
+    );
+    let volume: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": format!("{ns}-volume")},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOncePod"],
+                 "storageClassName": class, "persistentVolumeReclaimPolicy": "Delete",
+                 "hostPath": {"path": "/tmp/bbrunner-differential"}}}))
+    .unwrap();
+    Api::<DynamicObject>::all_with(client.clone(), &volumes)
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
+    eventually("the claim is bound", || async {
+        claims
+            .get("cache-0")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Bound")
+    })
+    .await;
+    eventually("the pod runs on its claim", || async {
+        pods.get("first")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running")
+    })
+    .await;
+
+    // A second pod on the ReadWriteOncePod claim waits while the first runs.
+    pods.create(&PostParams::default(), &pod("second"))
+        .await
+        .unwrap();
+    eventually("the second pod waits for the claim", || {
+        unschedulable("second", "ReadWriteOncePod")
+    })
+    .await;
+
+    // Deleted while mounted: kept by its protection until the pods are gone.
+    claims
+        .delete("cache-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = claims.get("cache-0").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    pods.delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    pods.delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the claim goes with its last pod", || async {
+        claims.get_opt("cache-0").await.unwrap().is_none()
+    })
+    .await;
+    let _ = Api::<DynamicObject>::all_with(client.clone(), &classes)
+        .delete(&class, &DeleteParams::default())
+        .await;
+    let _ = Api::<DynamicObject>::all_with(client, &volumes)
+        .delete(&format!("{ns}-volume"), &DeleteParams::default())
+        .await;
 }
