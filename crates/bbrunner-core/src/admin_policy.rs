@@ -86,6 +86,29 @@ pub struct AdminPolicy {
     /// Refuse `podTemplate.serviceAccountName`, `podTemplate.runtimeClassName` and runner
     /// variables read from Secrets: the ways a pool reaches beyond its own registration.
     pub restrict_pod_fields: bool,
+    /// The largest `spec.cache.size` a pool may ask for: each runner slot gets a claim of it.
+    pub max_cache_size: Option<CacheSizeCap>,
+}
+
+/// A bound on each cache claim's size, as given (`100Gi`) and in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSizeCap {
+    text: String,
+    bytes: u64,
+}
+
+impl CacheSizeCap {
+    pub fn parse(raw: &str) -> Result<Self, crate::units::SizeError> {
+        let bytes = crate::units::parse_bytes("--max-cache-size", raw)?;
+        Ok(Self {
+            text: raw.to_owned(),
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
 }
 
 /// What a pool asks for, as the policy judges it.
@@ -98,6 +121,8 @@ pub struct PoolRequest<'a> {
     pub runtime_class_name: Option<&'a str>,
     /// Indexes of `runner.env` entries that read a Secret.
     pub secret_env: Vec<usize>,
+    /// `spec.cache.size` as written and in bytes, where the pool has a cache.
+    pub cache_size: Option<(&'a str, u64)>,
 }
 
 /// A field the policy refuses, and what to do.
@@ -110,7 +135,7 @@ pub struct Violation {
 
 impl AdminPolicy {
     pub fn is_empty(&self) -> bool {
-        self.allowed_images.is_empty() && !self.restrict_pod_fields
+        self.allowed_images.is_empty() && !self.restrict_pod_fields && self.max_cache_size.is_none()
     }
 
     fn allows_image(&self, image: &str) -> bool {
@@ -137,6 +162,17 @@ impl AdminPolicy {
                     ),
                 });
             }
+        }
+        if let (Some(cap), Some((size, bytes))) = (&self.max_cache_size, request.cache_size)
+            && bytes > cap.bytes
+        {
+            return Err(Violation {
+                field: "spec.cache.size".into(),
+                message: format!(
+                    "{size} is more than the cluster's policy allows for each cache claim; ask for at most {}",
+                    cap.text
+                ),
+            });
         }
         if !self.restrict_pod_fields {
             return Ok(());
@@ -196,6 +232,18 @@ impl AdminPolicy {
                     ),
                 ));
             }
+        }
+        if let Some(cap) = &self.max_cache_size {
+            rules.push((
+                format!(
+                    "!has(object.spec.cache) || quantity(object.spec.cache.size).compareTo(quantity('{}')) <= 0",
+                    cel_string(&cap.text)
+                ),
+                format!(
+                    "spec.cache.size is more than the cluster's policy allows for each cache claim; ask for at most {}",
+                    cap.text
+                ),
+            ));
         }
         if self.restrict_pod_fields {
             rules.push((
@@ -296,6 +344,7 @@ mod tests {
             service_account_name: None,
             runtime_class_name: None,
             secret_env: vec![],
+            cache_size: None,
         }
     }
 
@@ -304,8 +353,16 @@ mod tests {
         let policy = AdminPolicy {
             allowed_images: vec![pattern("runner:*"), pattern("docker:*-dind")],
             restrict_pod_fields: true,
+            max_cache_size: Some(CacheSizeCap::parse("100Gi").unwrap()),
         };
         assert_eq!(policy.check(&request()), Ok(()));
+        let mut r = request();
+        r.cache_size = Some(("100Gi", 100 << 30));
+        assert_eq!(policy.check(&r), Ok(()));
+        r.cache_size = Some(("200G", 200_000_000_000));
+        let refused = policy.check(&r).unwrap_err();
+        assert_eq!(refused.field, "spec.cache.size");
+        assert!(refused.message.contains("at most 100Gi"), "{refused}");
         let mut r = request();
         r.images[1].1 = "evil/dind:latest";
         assert_eq!(policy.check(&r).unwrap_err().field, "spec.dind.image");
@@ -332,5 +389,23 @@ mod tests {
         r.service_account_name = Some("admin");
         r.images[0].1 = "anything";
         assert_eq!(AdminPolicy::default().check(&r), Ok(()));
+    }
+
+    #[test]
+    fn the_cache_bound_is_a_quantity_comparison_in_cel() {
+        let policy = AdminPolicy {
+            max_cache_size: Some(CacheSizeCap::parse("100Gi").unwrap()),
+            ..AdminPolicy::default()
+        };
+        assert!(!policy.is_empty());
+        let rules = policy.cel_validations("runner:1", "docker:28.5-dind");
+        assert_eq!(
+            rules,
+            [(
+                "!has(object.spec.cache) || quantity(object.spec.cache.size).compareTo(quantity('100Gi')) <= 0".to_owned(),
+                "spec.cache.size is more than the cluster's policy allows for each cache claim; ask for at most 100Gi".to_owned()
+            )]
+        );
+        assert!(CacheSizeCap::parse("lots").is_err());
     }
 }

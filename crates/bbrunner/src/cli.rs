@@ -117,6 +117,10 @@ pub struct PolicyArgs {
     /// variables from Secrets.
     #[arg(long)]
     pub restrict_pod_fields: bool,
+    /// Refuse pools whose spec.cache.size is above this quantity (each runner slot gets a
+    /// claim of that size), e.g. 100Gi. Default: no bound.
+    #[arg(long, value_name = "QUANTITY")]
+    pub max_cache_size: Option<String>,
 }
 
 impl PolicyArgs {
@@ -127,9 +131,16 @@ impl PolicyArgs {
             .map(|p| bbrunner_core::admin_policy::ImagePattern::parse(p))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("--allowed-image: {e}"))?;
+        let max_cache_size = self
+            .max_cache_size
+            .as_deref()
+            .map(bbrunner_core::admin_policy::CacheSizeCap::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?;
         Ok(bbrunner_core::admin_policy::AdminPolicy {
             allowed_images,
             restrict_pod_fields: self.restrict_pod_fields,
+            max_cache_size,
         })
     }
 }

@@ -227,6 +227,9 @@ fn operator_deployment(o: &InstallOptions) -> Deployment {
     if o.policy.restrict_pod_fields {
         args.push("--restrict-pod-fields".to_owned());
     }
+    if let Some(cap) = &o.policy.max_cache_size {
+        args.push(format!("--max-cache-size={}", cap.as_str()));
+    }
     let mut ports = vec![ContainerPort {
         name: Some("metrics".to_owned()),
         container_port: METRICS_PORT,

@@ -52,8 +52,9 @@ pub struct ValidPool {
 /// A pool's warm cache, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidCache {
-    /// Each claim's size, as the spec writes it.
+    /// Each claim's size, as the spec writes it, and in bytes.
     pub size: String,
+    pub bytes: u64,
     pub storage_class_name: Option<String>,
     /// Claims kept when the pool shrinks.
     pub retain: u32,
@@ -188,6 +189,7 @@ fn validate_cache(pool: &RunnerPool, scaling: &Scaling) -> Result<Option<ValidCa
     }
     Ok(Some(ValidCache {
         size: cache.size.clone(),
+        bytes,
         storage_class_name: cache.storage_class_name.clone(),
         retain: cache.retain.unwrap_or(scaling.max),
     }))
@@ -223,6 +225,10 @@ pub fn policy_request<'a>(pool: &'a RunnerPool, valid: &'a ValidPool) -> PoolReq
             })
             .map(|(index, _)| index)
             .collect(),
+        cache_size: valid
+            .cache
+            .as_ref()
+            .map(|cache| (cache.size.as_str(), cache.bytes)),
     }
 }
 

@@ -103,6 +103,8 @@ fn the_chart_renders_what_install_prints() {
                 "--allowed-image",
                 "registry.example.com/ops/*,docker:*-dind",
                 "--restrict-pod-fields",
+                "--max-cache-size",
+                "100Gi",
             ],
             "ops",
             &[
@@ -113,6 +115,7 @@ fn the_chart_renders_what_install_prints() {
                 "image.tag=dev",
                 "policy.allowedImages={registry.example.com/ops/*,docker:*-dind}",
                 "policy.restrictPodFields=true",
+                "policy.maxCacheSize=100Gi",
             ],
         ),
     ];

@@ -14,6 +14,8 @@ fn install_with_policy() -> Vec<Value> {
             "--allowed-image",
             ALLOWED,
             "--restrict-pod-fields",
+            "--max-cache-size",
+            "100Gi",
         ])
         .output()
         .unwrap();
@@ -47,7 +49,9 @@ async fn apply_admission_policy(client: &Client, docs: &[Value]) {
 /// The operator arguments of the install's Deployment that carry the policy.
 fn policy_args(docs: &[Value]) -> Vec<String> {
     super::rbac::deployment_args(docs, |a| {
-        a.starts_with("--allowed-image") || a == "--restrict-pod-fields"
+        a.starts_with("--allowed-image")
+            || a == "--restrict-pod-fields"
+            || a.starts_with("--max-cache-size")
     })
 }
 
@@ -71,12 +75,15 @@ async fn the_admin_policy_refuses_pools_at_admission_and_in_the_operator() {
     let world = World::start("policy").await;
     let docs = install_with_policy();
     let args = policy_args(&docs);
-    assert_eq!(args.len(), 3, "{args:?}");
+    assert_eq!(args.len(), 4, "{args:?}");
 
     // Created before the policy existed: the operator must refuse it itself.
     let mut early = managed(1, 2);
     early["dind"] = json!({"image": "evil.example.com/dind:latest"});
     world.pool("early", early).await;
+    let mut early_cache = managed(1, 2);
+    early_cache["cache"] = json!({"size": "1Ti"});
+    world.pool("early-cache", early_cache).await;
 
     apply_admission_policy(&world.client, &docs).await;
     let mut bad_image = managed(1, 1);
@@ -97,6 +104,17 @@ async fn the_admin_policy_refuses_pools_at_admission_and_in_the_operator() {
     secret_env["runner"] = json!({"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "other", "key": "token"}}}]});
     let message = refused(&world, "secret-env", secret_env).await;
     assert!(message.contains("secretKeyRef"), "{message}");
+    // Quantities compare by value, not by text: 200G is more than 100Gi, 100Gi is not.
+    let mut big_cache = managed(1, 1);
+    big_cache["cache"] = json!({"size": "200G"});
+    let message = refused(&world, "big-cache", big_cache).await;
+    assert!(
+        message.contains("spec.cache.size is more than") && message.contains("at most 100Gi"),
+        "{message}"
+    );
+    let mut bounded = managed(1, 1);
+    bounded["cache"] = json!({"size": "100Gi"});
+    world.pool("bounded-cache", bounded).await;
 
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let _op = world.operator(&args);
@@ -119,6 +137,22 @@ async fn the_admin_policy_refuses_pools_at_admission_and_in_the_operator() {
             )
             .await
     })
+    .await;
+    eventually(
+        "the early cached pool Degraded naming its field",
+        20,
+        || async {
+            world
+                .has_condition(
+                    "early-cache",
+                    "Degraded",
+                    "True",
+                    "PolicyViolation",
+                    "spec.cache.size",
+                )
+                .await
+        },
+    )
     .await;
     assert!(
         !world

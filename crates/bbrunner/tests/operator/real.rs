@@ -317,6 +317,8 @@ async fn helm_installs_the_chart_whose_policy_refuses_a_forbidden_pool() {
             "--create-namespace",
             "--set",
             "policy.allowedImages={docker-public.packages.atlassian.com/sox/atlassian/*,docker:*-dind}",
+            "--set",
+            "policy.maxCacheSize=100Gi",
             "--wait",
             "--timeout",
             "120s",
@@ -366,6 +368,21 @@ async fn helm_installs_the_chart_whose_policy_refuses_a_forbidden_pool() {
         "{refused}"
     );
     assert!(world.pools().get_opt("rogue").await.unwrap().is_none());
+    // The cache bound: quantities compared by the API server's CEL, by value.
+    let too_big = pool_manifest(NS, "hoarder", "  cache:\n    size: 200G\n");
+    let out = world
+        .bed
+        .kubectl(&["apply", "--server-side", "-f", "-"], &too_big);
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && refused.contains("spec.cache.size is more than"),
+        "{refused}"
+    );
+    kubectl_ok(
+        &world,
+        &["apply", "--server-side", "-f", "-"],
+        &pool_manifest(NS, "bounded", "  cache:\n    size: 100Gi\n"),
+    );
     let allowed = kubectl_ok(
         &world,
         &["apply", "--server-side", "-f", "-"],

@@ -514,6 +514,7 @@ mod tests {
         .unwrap();
         let cache = ValidCache {
             size: "50Gi".into(),
+            bytes: 50 << 30,
             storage_class_name: Some("fast".into()),
             retain: 3,
         };
