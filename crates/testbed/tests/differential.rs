@@ -92,6 +92,17 @@ where
     }
 }
 
+/// Whether pod `name` is in `phase`.
+async fn in_phase(pods: &Api<Pod>, name: &str, phase: &str) -> bool {
+    pods.get(name)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.phase)
+        .as_deref()
+        == Some(phase)
+}
+
 fn config_map(name: &str, data: Value) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap()
 }
@@ -982,14 +993,8 @@ async fn pods_are_scheduled_run_and_deleted_gracefully(cluster: &Cluster, ns: &s
             "command": ["cat", "/sys/class/net/eth0/mtu"]}]}}))
     .unwrap();
     api.create(&PostParams::default(), &pod).await.unwrap();
-    eventually("the probe completes", || async {
-        api.get("probe")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Succeeded")
+    eventually("the probe completes", || {
+        in_phase(&api, "probe", "Succeeded")
     })
     .await;
     let out = cluster.kubectl(&["logs", "-n", ns, "probe"], "");
@@ -1172,14 +1177,8 @@ async fn claims_bind_hold_their_pods_and_protect_themselves(cluster: &Cluster, n
             == Some("Bound")
     })
     .await;
-    eventually("the pod runs on its claim", || async {
-        pods.get("first")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Running")
+    eventually("the pod runs on its claim", || {
+        in_phase(&pods, "first", "Running")
     })
     .await;
 

@@ -753,6 +753,18 @@ impl Drop for Registry {
     }
 }
 
+/// A build context whose Dockerfile adds three layers of 8 MiB of random bytes, one file
+/// each, on `bb:1`, as a multi-stage toolchain image would have.
+fn three_layer_context(dir: &Path, files: [&str; 3]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let layers: String = files
+        .iter()
+        .map(|f| format!("RUN busybox dd if=/dev/urandom of=/{f} bs=1M count=8\n"))
+        .collect();
+    std::fs::write(dir.join("Dockerfile"), format!("FROM bb:1\n{layers}")).unwrap();
+    dir.to_path_buf()
+}
+
 /// The warm cache on a real dockerd: one store, daemons one after the other (runner pods on
 /// one claim). The second daemon finds the first one's images and build layers, so its pull
 /// and its build are warm; a daemon started while another has the store open refuses,
@@ -764,17 +776,10 @@ async fn a_cache_volume_keeps_images_and_layers_across_daemons_and_admits_one_at
     }
     let cleanup = CacheStore::new("cache");
     let (root, store) = (cleanup.0.clone(), cleanup.store());
-    let context = root.join("context");
-    std::fs::create_dir_all(&context).unwrap();
-    // Three layers of 8 MiB each, as a multi-stage toolchain image would have.
-    std::fs::write(
-        context.join("Dockerfile"),
-        "FROM bb:1\n\
-         RUN busybox dd if=/dev/urandom of=/toolchain bs=1M count=8\n\
-         RUN busybox dd if=/dev/urandom of=/dependencies bs=1M count=8\n\
-         RUN busybox dd if=/dev/urandom of=/build bs=1M count=8\n",
-    )
-    .unwrap();
+    let context = three_layer_context(
+        &root.join("context"),
+        ["toolchain", "dependencies", "build"],
+    );
     let busybox = busybox_tar(&root);
     let command = rendered_dind_command(&["--mtu", "auto"]);
     let cached = DindOptions {
@@ -791,16 +796,8 @@ async fn a_cache_volume_keeps_images_and_layers_across_daemons_and_admits_one_at
     let registry_storage = root.join("registry");
     let published = "127.0.0.1:5000/toolchain:1";
     {
-        let tool_context = root.join("tool-context");
-        std::fs::create_dir_all(&tool_context).unwrap();
-        std::fs::write(
-            tool_context.join("Dockerfile"),
-            "FROM bb:1\n\
-             RUN busybox dd if=/dev/urandom of=/compiler bs=1M count=8\n\
-             RUN busybox dd if=/dev/urandom of=/sdk bs=1M count=8\n\
-             RUN busybox dd if=/dev/urandom of=/tools bs=1M count=8\n",
-        )
-        .unwrap();
+        let tool_context =
+            three_layer_context(&root.join("tool-context"), ["compiler", "sdk", "tools"]);
         let publisher = Dind::start("cache-publish", &command);
         let _registry = Registry::start(&publisher, &registry_storage);
         publisher.import(&busybox, "bb:1", &[]);
