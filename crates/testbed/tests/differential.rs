@@ -1073,6 +1073,31 @@ async fn deployments_run_their_pods(cluster: &Cluster, ns: &str) {
     assert_eq!(sets.is_empty(), differs(cluster, Difference::NoReplicaSets));
 }
 
+/// Create `pod` and wait until the scheduler refuses it in words that contain `words`.
+async fn refused_by_scheduler(pods: &Api<Pod>, pod: &Pod, words: &str) {
+    pods.create(&PostParams::default(), pod).await.unwrap();
+    let name = pod.name_any();
+    eventually(
+        &format!("the scheduler refuses {name}: {words}"),
+        || async {
+            pods.get(&name)
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                        && c.message.as_deref().is_some_and(|m| m.contains(words))
+                })
+        },
+    )
+    .await;
+}
+
 /// The warm cache's claims: the protection finalizer, Pending while their class is missing
 /// (and their pod unschedulable, in words that blame its volumes), bound once the class and a
 /// volume exist, one pod at a time on a ReadWriteOncePod claim, and a deleted claim kept until
@@ -1103,30 +1128,11 @@ async fn claims_bind_hold_their_pods_and_protect_themselves(cluster: &Cluster, n
                 "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "cache-0"}}]}}))
         .unwrap()
     };
-    let unschedulable = |name: &'static str, words: &'static str| {
-        let pods = pods.clone();
-        async move {
-            pods.get(name)
-                .await
-                .unwrap()
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| {
-                    c.type_ == "PodScheduled"
-                        && c.status == "False"
-                        && c.reason.as_deref() == Some("Unschedulable")
-                        && c.message.as_deref().is_some_and(|m| m.contains(words))
-                })
-        }
-    };
-    pods.create(&PostParams::default(), &pod("first"))
-        .await
-        .unwrap();
-    eventually("the pod waits for its unbound claim", || {
-        unschedulable("first", "unbound immediate PersistentVolumeClaims")
-    })
+    refused_by_scheduler(
+        &pods,
+        &pod("first"),
+        "unbound immediate PersistentVolumeClaims",
+    )
     .await;
     assert_ne!(
         claims
@@ -1183,13 +1189,7 @@ async fn claims_bind_hold_their_pods_and_protect_themselves(cluster: &Cluster, n
     .await;
 
     // A second pod on the ReadWriteOncePod claim waits while the first runs.
-    pods.create(&PostParams::default(), &pod("second"))
-        .await
-        .unwrap();
-    eventually("the second pod waits for the claim", || {
-        unschedulable("second", "ReadWriteOncePod")
-    })
-    .await;
+    refused_by_scheduler(&pods, &pod("second"), "ReadWriteOncePod").await;
 
     // Deleted while mounted: kept by its protection until the pods are gone.
     claims
