@@ -1134,16 +1134,11 @@ async fn claims_bind_hold_their_pods_and_protect_themselves(cluster: &Cluster, n
         "unbound immediate PersistentVolumeClaims",
     )
     .await;
-    assert_ne!(
-        claims
-            .get("cache-0")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.phase)
-            .as_deref(),
-        Some("Bound")
-    );
+    let bound = || async {
+        let claim = claims.get("cache-0").await.unwrap();
+        claim.status.and_then(|s| s.phase).as_deref() == Some("Bound")
+    };
+    assert!(!bound().await);
 
     // The class, without a provisioner, and a volume of it, as a local-volume set-up has.
     let classes = ApiResource::from_gvk_with_plural(
@@ -1172,17 +1167,7 @@ async fn claims_bind_hold_their_pods_and_protect_themselves(cluster: &Cluster, n
         .create(&PostParams::default(), &volume)
         .await
         .unwrap();
-    eventually("the claim is bound", || async {
-        claims
-            .get("cache-0")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.phase)
-            .as_deref()
-            == Some("Bound")
-    })
-    .await;
+    eventually("the claim is bound", bound).await;
     eventually("the pod runs on its claim", || {
         in_phase(&pods, "first", "Running")
     })
