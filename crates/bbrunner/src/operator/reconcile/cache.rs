@@ -151,11 +151,11 @@ fn unschedulable(pod: &PodView, clock: &Clock) -> Option<Unschedulable> {
 }
 
 /// Mark the pods in `leaving` (their runners drained while idle, or retired by this
-/// reconcile's plan) as on their way out since `now`, unless they already are.
-pub(super) fn mark_leaving(pods: &mut PoolPods, leaving: &[String], now: f64) {
+/// reconcile's plan) as on their way out since the time given, unless they already are.
+pub(super) fn mark_leaving(pods: &mut PoolPods, leaving: &[(String, f64)]) {
     for user in &mut pods.mounts {
-        if leaving.contains(&user.pod) {
-            user.leaving_since.get_or_insert(now);
+        if let Some((_, since)) = leaving.iter().find(|(pod, _)| *pod == user.pod) {
+            user.leaving_since.get_or_insert(*since);
         }
     }
 }
@@ -476,6 +476,24 @@ mod tests {
         );
         assert_eq!(observed[1].handed_to, None);
         assert!(!observed[0].terminating);
+    }
+
+    #[test]
+    fn pods_on_their_way_out_keep_the_earliest_time_they_were_seen_leaving() {
+        let mut pods = pool_pods(
+            &[
+                pod("a", "Running", &["ci-cache-0"]),
+                pod("b", "Running", &["ci-cache-1"]),
+            ],
+            [],
+            &Clock::wall(),
+        );
+        mark_leaving(
+            &mut pods,
+            &[("a".into(), 100.0), ("a".into(), 200.0), ("c".into(), 50.0)],
+        );
+        let since: Vec<Option<f64>> = pods.mounts.iter().map(|u| u.leaving_since).collect();
+        assert_eq!(since, [Some(100.0), None]);
     }
 
     #[test]

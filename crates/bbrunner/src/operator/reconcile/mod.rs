@@ -323,22 +323,24 @@ async fn reconcile_managed(
     drain::mark_busy_pods(ctx, &ns, &marks, &observation.runners).await;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
-    // Pods on their way out: their runners drained while idle, or retired now.
-    let leaving: Vec<String> = observation
+    // Pods on their way out, and since when: their runners drained while idle (since they
+    // were disabled, as Bitbucket says, never later than now), or retired now.
+    let now = observation.now;
+    let leaving: Vec<(String, f64)> = observation
         .runners
         .iter()
         .filter(|r| r.status == RunnerStatus::Disabled && !r.busy)
-        .map(|r| &r.uuid)
+        .map(|r| (&r.uuid, r.status_since.unwrap_or(now).min(now)))
         .chain(planned.actions.iter().filter_map(|a| match a {
             Action::DisableRunner(u)
             | Action::DeleteRunner(u)
             | Action::ReplaceRunner(u)
-            | Action::DeletePod(u) => Some(u),
+            | Action::DeletePod(u) => Some((u, now)),
             _ => None,
         }))
-        .map(|u| pool::object_name(&name, u))
+        .map(|(u, since)| (pool::object_name(&name, u), since))
         .collect();
-    cache::mark_leaving(&mut pool_pods, &leaving, observation.now);
+    cache::mark_leaving(&mut pool_pods, &leaving);
     let claims = cache::list_claims(ctx, pool, &pool_pods).await?;
     let observed_claims = cache::observe_claims(&claims, &ctx.clock);
     let new_pods = bbrunner_core::cache::NewPods {
