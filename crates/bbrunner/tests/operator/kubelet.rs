@@ -49,6 +49,10 @@ fn both_ready(pod: &Pod) -> bool {
     ready(status.container_statuses, "runner") && ready(status.init_container_statuses, "docker")
 }
 
+/// One kubelet node at a time: two in one process take each other's containerd down (they
+/// share the node's cgroup). Each test holds this for its whole run.
+static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The real control plane with its kubelet node, the operator against it (logging to
 /// `operator.log` in the test's folder), and the node's images by name; `None` where the tier
 /// cannot run (skipped loudly, never under CI).
@@ -86,6 +90,7 @@ async fn node_world(test: &str, name: &str) -> Option<(World, Value, PathBuf, Op
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
     let test = "the_seeds_pod_runs_as_real_containers_on_a_kubelet_node";
+    let _node = ONE_NODE.lock().await;
     let Some((world, built, log, _operator)) = node_world(test, "op-kubelet").await else {
         return;
     };
@@ -336,6 +341,7 @@ echo \"cached build: $(echo \"$out\" | grep -cE 'Using cache|CACHED') layers fro
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cached_pools_next_runner_pod_builds_warm_on_the_kubelet_node() {
     let test = "a_cached_pools_next_runner_pod_builds_warm_on_the_kubelet_node";
+    let _node = ONE_NODE.lock().await;
     // Declared first, so removed last: after the node and its containers are gone.
     let volume = RemovedDir(
         std::env::temp_dir().join(format!("bbrunner-node-cache-{}", std::process::id())),
