@@ -43,6 +43,17 @@ fn none() -> PoolPods {
     PoolPods::default()
 }
 
+/// The plan for `count` pods of new runners (none recreated).
+fn fresh(
+    settings: &CacheSettings,
+    claims: &[ObservedClaim],
+    pods: &PoolPods,
+    count: usize,
+    now: Seconds,
+) -> CachePlan {
+    plan("ci", settings, claims, pods, &NewPods::fresh(count), now)
+}
+
 fn claims_of(plan: &CachePlan) -> Vec<&str> {
     plan.handovers
         .iter()
@@ -70,14 +81,7 @@ fn the_warmest_free_claim_goes_first_and_new_slots_fill_the_gaps() {
         claim(4, Some(("busy", 50.0))),
     ];
     let users = [user("busy", 4, true), user("recent", 2, false)];
-    let plan = plan(
-        "ci",
-        &ON,
-        &claims,
-        &mounting(&users),
-        &NewPods::fresh(5),
-        1000.0,
-    );
+    let plan = fresh(&ON, &claims, &mounting(&users), 5, 1000.0);
     assert_eq!(
         claims_of(&plan),
         [
@@ -103,26 +107,24 @@ fn the_warmest_free_claim_goes_first_and_new_slots_fill_the_gaps() {
 fn a_claim_is_never_handed_on_while_a_live_pod_mounts_it() {
     // A terminating pod is still live: its daemon may still write.
     let claims = [claim(0, Some(("draining", 10.0)))];
-    let plan = plan(
-        "ci",
+    let plan = fresh(
         &ON,
         &claims,
         &mounting(&[user("draining", 0, true)]),
-        &NewPods::fresh(1),
+        1,
         1000.0,
     );
     assert_eq!(claims_of(&plan), ["ci-cache-1"]);
     // Once its pod is over (Succeeded or Failed) or gone, it is free again.
-    let plan_after = super::plan(
-        "ci",
+    let plan_after = fresh(
         &ON,
         &claims,
         &mounting(&[user("draining", 0, false)]),
-        &NewPods::fresh(1),
+        1,
         1000.0,
     );
     assert_eq!(claims_of(&plan_after), ["ci-cache-0"]);
-    let plan_gone = super::plan("ci", &ON, &claims, &none(), &NewPods::fresh(1), 1000.0);
+    let plan_gone = fresh(&ON, &claims, &none(), 1, 1000.0);
     assert_eq!(claims_of(&plan_gone), ["ci-cache-0"]);
 }
 
@@ -135,20 +137,13 @@ fn a_fresh_handover_holds_the_claim_while_its_pod_is_coming() {
         mounts: Vec::new(),
         coming: vec!["coming".into()],
     };
-    let plan = plan("ci", &ON, &claims, &coming, &NewPods::fresh(1), 1000.0);
+    let plan = fresh(&ON, &claims, &coming, 1, 1000.0);
     assert_eq!(claims_of(&plan), ["ci-cache-1"]);
     // A handover whose pod never came frees the claim after the grace.
-    let later = super::plan(
-        "ci",
-        &ON,
-        &claims,
-        &coming,
-        &NewPods::fresh(1),
-        990.0 + HANDOVER_GRACE,
-    );
+    let later = fresh(&ON, &claims, &coming, 1, 990.0 + HANDOVER_GRACE);
     assert_eq!(claims_of(&later), ["ci-cache-0"]);
     // A pod that came and went (its runner replaced after a step) frees it at once.
-    let gone = super::plan("ci", &ON, &claims, &none(), &NewPods::fresh(1), 1000.0);
+    let gone = fresh(&ON, &claims, &none(), 1, 1000.0);
     assert_eq!(claims_of(&gone), ["ci-cache-0"]);
 }
 
@@ -156,7 +151,7 @@ fn a_fresh_handover_holds_the_claim_while_its_pod_is_coming() {
 fn terminating_claims_are_neither_handed_on_nor_reused_as_slots() {
     let mut gone = claim(0, Some(("old", 10.0)));
     gone.terminating = true;
-    let plan = plan("ci", &ON, &[gone], &none(), &NewPods::fresh(1), 1000.0);
+    let plan = fresh(&ON, &[gone], &none(), 1, 1000.0);
     assert_eq!(claims_of(&plan), ["ci-cache-1"]);
 }
 
@@ -169,26 +164,12 @@ fn past_retain_the_coldest_free_claims_go_after_the_delay() {
         claim(3, Some(("c", 50.0))),
     ];
     let retain_two = CacheSettings { retain: 2, ..ON };
-    let plan = plan(
-        "ci",
-        &retain_two,
-        &claims,
-        &none(),
-        &NewPods::fresh(0),
-        1000.0,
-    );
+    let plan = fresh(&retain_two, &claims, &none(), 0, 1000.0);
     // Coldest first: the never-used one, then the oldest handover; `a` is inside the delay
     // but two are kept anyway.
     assert_eq!(plan.delete, ["ci-cache-2", "ci-cache-3"]);
     // Within the delay, nothing goes.
-    let early = super::plan(
-        "ci",
-        &retain_two,
-        &claims,
-        &none(),
-        &NewPods::fresh(0),
-        320.0,
-    );
+    let early = fresh(&retain_two, &claims, &none(), 0, 320.0);
     assert_eq!(early.delete, ["ci-cache-2"]);
 }
 
@@ -199,25 +180,11 @@ fn a_pool_whose_cache_is_off_mounts_none_and_lets_every_free_claim_go() {
         ..ON
     };
     let claims = [claim(0, Some(("a", 900.0))), claim(1, Some(("b", 100.0)))];
-    let plan = plan(
-        "ci",
-        &off,
-        &claims,
-        &mounting(&[user("b", 1, true)]),
-        &NewPods::fresh(3),
-        1000.0,
-    );
+    let plan = fresh(&off, &claims, &mounting(&[user("b", 1, true)]), 3, 1000.0);
     assert!(plan.handovers.is_empty());
     // The claim in use stays until its pod is over; the other waits out the delay.
     assert!(plan.delete.is_empty());
-    let later = super::plan(
-        "ci",
-        &off,
-        &claims,
-        &mounting(&[user("b", 1, false)]),
-        &NewPods::fresh(3),
-        1300.0,
-    );
+    let later = fresh(&off, &claims, &mounting(&[user("b", 1, false)]), 3, 1300.0);
     assert_eq!(later.delete, ["ci-cache-1", "ci-cache-0"]);
 }
 
@@ -254,14 +221,7 @@ fn the_plan_applied_counts_new_and_handed_claims_in_use_and_deleted_ones_going()
     ];
     let retain_two = CacheSettings { retain: 2, ..ON };
     // One new pod takes the warmest claim; the coldest free one goes past retain.
-    let plan = plan(
-        "ci",
-        &retain_two,
-        &claims,
-        &none(),
-        &NewPods::fresh(1),
-        1000.0,
-    );
+    let plan = fresh(&retain_two, &claims, &none(), 1, 1000.0);
     assert_eq!(claims_of(&plan), ["ci-cache-0"]);
     assert_eq!(plan.delete, ["ci-cache-1"]);
     let (claims_after, pods_after) = plan.applied(&claims, &none(), 1000.0);
@@ -276,7 +236,7 @@ fn the_plan_applied_counts_new_and_handed_claims_in_use_and_deleted_ones_going()
             terminating: 1
         }
     );
-    let grown = super::plan("ci", &ON, &claims, &none(), &NewPods::fresh(5), 1000.0);
+    let grown = fresh(&ON, &claims, &none(), 5, 1000.0);
     let (claims_after, pods_after) = grown.applied(&claims, &none(), 1000.0);
     assert_eq!(counts(&claims_after, &pods_after, 1000.0).in_use, 5);
 }
@@ -295,22 +255,20 @@ fn a_pod_refused_for_its_volume_skips_its_claim_after_the_bound_and_no_new_claim
         ..user("stuck", 0, true)
     };
     let conflict = stuck("0/3 nodes are available: 3 node(s) had volume node affinity conflict.");
-    let within = plan(
-        "ci",
+    let within = fresh(
         &ON,
         &claims,
         &mounting(std::slice::from_ref(&conflict)),
-        &NewPods::default(),
+        0,
         1000.0,
     );
     assert!(within.skip.is_empty(), "waiting less than the bound");
     let past = 900.0 + SCHEDULING_BOUND;
-    let bound = plan(
-        "ci",
+    let bound = fresh(
         &ON,
         &claims,
         &mounting(std::slice::from_ref(&conflict)),
-        &NewPods::default(),
+        0,
         past,
     );
     assert_eq!(bound.skip.len(), 1);
@@ -325,14 +283,7 @@ fn a_pod_refused_for_its_volume_skips_its_claim_after_the_bound_and_no_new_claim
     );
     // Memory is no claim's fault: the pod waits for room as any runner does.
     let memory = stuck("0/3 nodes are available: 3 Insufficient memory.");
-    let no_fault = plan(
-        "ci",
-        &ON,
-        &claims,
-        &mounting(&[memory]),
-        &NewPods::default(),
-        past,
-    );
+    let no_fault = fresh(&ON, &claims, &mounting(&[memory]), 0, past);
     assert!(no_fault.skip.is_empty());
 
     // Once marked (and its pod deleted), the claim is passed over; the free warm claim goes
@@ -340,7 +291,7 @@ fn a_pod_refused_for_its_volume_skips_its_claim_after_the_bound_and_no_new_claim
     let (after, pods_after) = bound.applied(&claims, &mounting(&[conflict]), past);
     assert!(pods_after.mounts.is_empty());
     assert_eq!(counts(&after, &pods_after, past).skipped, 1);
-    let next = plan("ci", &ON, &after, &none(), &NewPods::fresh(2), past + 10.0);
+    let next = fresh(&ON, &after, &none(), 2, past + 10.0);
     assert_eq!(
         next.handovers,
         [
@@ -352,14 +303,7 @@ fn a_pod_refused_for_its_volume_skips_its_claim_after_the_bound_and_no_new_claim
         ]
     );
     // After SKIP_FOR it may be tried again.
-    let again = plan(
-        "ci",
-        &ON,
-        &after,
-        &none(),
-        &NewPods::fresh(2),
-        past + SKIP_FOR,
-    );
+    let again = fresh(&ON, &after, &none(), 2, past + SKIP_FOR);
     assert_eq!(claims_of(&again), ["ci-cache-0", "ci-cache-1"]);
 }
 
@@ -371,12 +315,11 @@ fn a_new_pod_waits_for_the_claim_of_a_pod_on_its_way_out_rather_than_start_cold(
         leaving_since: Some(990.0),
         ..user("old", 0, true)
     };
-    let p = plan(
-        "ci",
+    let p = fresh(
         &ON,
         &claims,
         &mounting(std::slice::from_ref(&leaving)),
-        &NewPods::fresh(2),
+        2,
         1000.0,
     );
     assert_eq!(
@@ -392,24 +335,10 @@ fn a_new_pod_waits_for_the_claim_of_a_pod_on_its_way_out_rather_than_start_cold(
         "one waits for the leaving claim, the other needs a claim of its own"
     );
     // A pod that takes longer than LEAVING_WAIT to go is not waited for.
-    let stuck = plan(
-        "ci",
-        &ON,
-        &claims,
-        &mounting(&[leaving]),
-        &NewPods::fresh(1),
-        990.0 + LEAVING_WAIT,
-    );
+    let stuck = fresh(&ON, &claims, &mounting(&[leaving]), 1, 990.0 + LEAVING_WAIT);
     assert_eq!(claims_of(&stuck), ["ci-cache-1"]);
     // Nor a pod that stays.
-    let staying = plan(
-        "ci",
-        &ON,
-        &claims,
-        &mounting(&[user("old", 0, true)]),
-        &NewPods::fresh(1),
-        1000.0,
-    );
+    let staying = fresh(&ON, &claims, &mounting(&[user("old", 0, true)]), 1, 1000.0);
     assert_eq!(claims_of(&staying), ["ci-cache-1"]);
 }
 
