@@ -230,6 +230,26 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The runners whose pods are on their way out, and since when: drained while idle (since
+    /// Bitbucket says they were disabled, never later than now), or retired by this plan.
+    /// Their cache claims are free within seconds.
+    pub fn leaving(&self, observed: &Observation) -> Vec<(RunnerUuid, Seconds)> {
+        let now = observed.now;
+        let drained = observed
+            .runners
+            .iter()
+            .filter(|r| r.status == RunnerStatus::Disabled && !r.busy)
+            .map(|r| (r.uuid.clone(), r.status_since.unwrap_or(now).min(now)));
+        let retired = self.actions.iter().filter_map(|a| match a {
+            Action::DisableRunner(u)
+            | Action::DeleteRunner(u)
+            | Action::ReplaceRunner(u)
+            | Action::DeletePod(u) => Some((u.clone(), now)),
+            _ => None,
+        });
+        drained.chain(retired).collect()
+    }
+
     /// How many runner pods the actions create (each may take a cache claim).
     pub fn pods_to_create(&self) -> usize {
         self.actions

@@ -828,3 +828,28 @@ fn only_busy_marks_that_differ_from_the_runner_s_state_change() {
         [("pod-5".to_owned(), false)]
     );
 }
+
+#[test]
+fn runners_drained_while_idle_or_retired_now_are_leaving_since_then() {
+    let mut drained = runner(1, RunnerStatus::Disabled, false);
+    drained.status_since = Some(900.0);
+    let mut skewed = runner(2, RunnerStatus::Disabled, false);
+    // Bitbucket's clock ahead of ours: never later than now.
+    skewed.status_since = Some(5000.0);
+    let draining_busy = runner(3, RunnerStatus::Disabled, true);
+    let mut o = world(vec![
+        (drained, pod(1, PodPhase::Running), secret(1)),
+        (skewed, pod(2, PodPhase::Running), secret(2)),
+        (draining_busy, pod(3, PodPhase::Running), secret(3)),
+    ]);
+    o.now = 1000.0;
+    let retiring = Plan {
+        actions: vec![Action::DeleteRunner(uuid(4)), Action::CreateRunner],
+        ..plan(&pool(), &o)
+    };
+    assert_eq!(
+        retiring.leaving(&o),
+        [(uuid(1), 900.0), (uuid(2), 1000.0), (uuid(4), 1000.0)],
+        "a busy runner's pod stays until its step ends"
+    );
+}

@@ -32,7 +32,7 @@ use bbrunner_core::admin_policy::AdminPolicy;
 use bbrunner_core::forecast::{self};
 use bbrunner_core::manifests::dind_networks_mtu_warning;
 use bbrunner_core::ownership::{ClusterId, MAX_RUNNER_NAME, PoolIdentity};
-use bbrunner_core::plan::{Action, Observation, ObservedSecret, PoolSettings, RunnerStatus, plan};
+use bbrunner_core::plan::{Action, Observation, ObservedSecret, PoolSettings, plan};
 use bbrunner_core::queue_wait::QueueWaits;
 use bbrunner_core::reason::Reason;
 use bbrunner_core::scaling::PolicyMemory;
@@ -323,22 +323,10 @@ async fn reconcile_managed(
     drain::mark_busy_pods(ctx, &ns, &marks, &observation.runners).await;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
-    // Pods on their way out, and since when: their runners drained while idle (since they
-    // were disabled, as Bitbucket says, never later than now), or retired now.
-    let now = observation.now;
-    let leaving: Vec<(String, f64)> = observation
-        .runners
-        .iter()
-        .filter(|r| r.status == RunnerStatus::Disabled && !r.busy)
-        .map(|r| (&r.uuid, r.status_since.unwrap_or(now).min(now)))
-        .chain(planned.actions.iter().filter_map(|a| match a {
-            Action::DisableRunner(u)
-            | Action::DeleteRunner(u)
-            | Action::ReplaceRunner(u)
-            | Action::DeletePod(u) => Some((u, now)),
-            _ => None,
-        }))
-        .map(|(u, since)| (pool::object_name(&name, u), since))
+    let leaving: Vec<(String, f64)> = planned
+        .leaving(&observation)
+        .into_iter()
+        .map(|(runner, since)| (pool::object_name(&name, &runner), since))
         .collect();
     cache::mark_leaving(&mut pool_pods, &leaving);
     let claims = cache::list_claims(ctx, pool, &pool_pods).await?;
