@@ -112,11 +112,14 @@ pub(super) fn pool_pods<'a>(
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
             let live = !matches!(phase, Some("Succeeded" | "Failed"));
             let unschedulable = unschedulable(pod, clock);
+            // A deleted pod's deletionTimestamp is when its grace period ends: it was asked
+            // to go that grace earlier.
+            let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0) as f64;
             let leaving_since = pod
                 .metadata
                 .deletion_timestamp
                 .as_ref()
-                .map(|t| clock.at_time(t));
+                .map(|t| clock.at_time(t) - grace * clock.per_wall_second());
             pod.claims().map(move |claim| ClaimUser {
                 pod: pod.name_any(),
                 claim: claim.to_owned(),
@@ -494,6 +497,15 @@ mod tests {
         );
         let since: Vec<Option<f64>> = pods.mounts.iter().map(|u| u.leaving_since).collect();
         assert_eq!(since, [Some(100.0), None]);
+
+        // A deleted pod has been leaving since its deletion was asked, its grace ago.
+        let mut deleted = pod("d", "Running", &["ci-cache-2"]);
+        deleted.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-01-01T00:01:00Z")).unwrap());
+        deleted.metadata.deletion_grace_period_seconds = Some(30);
+        let pods = pool_pods(&[deleted], [], &Clock::wall());
+        let asked = parse_time("2026-01-01T00:00:30Z").unwrap();
+        assert_eq!(pods.mounts[0].leaving_since, Some(asked));
     }
 
     #[test]
