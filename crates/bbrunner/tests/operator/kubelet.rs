@@ -53,6 +53,36 @@ fn both_ready(pod: &Pod) -> bool {
 /// share the node's cgroup). Each test holds this for its whole run.
 static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// `what` went wrong, with what shows why: the namespace's pods, claims, volumes and events,
+/// dind's log (from its last run if it crashed), and the operator's newest log lines.
+fn explain_node(world: &World, log: &std::path::Path, pool: &str, what: &str) -> String {
+    let get = |args: &[&str]| {
+        let out = world.bed.kubectl(args, "");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let selector = format!("bbrunner.dev/pool={pool}");
+    let dind = |previous: &[&str]| {
+        let mut args = vec![
+            "logs", "-n", NS, "-l", &selector, "-c", "docker", "--tail", "20",
+        ];
+        args.extend(previous);
+        get(&args)
+    };
+    let last_run = match dind(&["--previous"]) {
+        crashed if !crashed.is_empty() => crashed,
+        _ => dind(&[]),
+    };
+    let operator = std::fs::read_to_string(log).unwrap_or_default();
+    let newest: Vec<&str> = operator.lines().rev().take(20).collect();
+    format!(
+        "{what}\n{}\n{}\n{}\ndind:\n{last_run}\noperator log, newest first:\n{}",
+        get(&["get", "pods", "-n", NS, "-o", "wide"]),
+        get(&["get", "pvc,pv", "-n", NS]),
+        get(&["get", "events", "-n", NS]),
+        newest.join("\n")
+    )
+}
+
 /// The real control plane with its kubelet node, the operator against it (logging to
 /// `operator.log` in the test's folder), and the node's images by name; `None` where the tier
 /// cannot run (skipped loudly, never under CI).
@@ -105,37 +135,7 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
         json!({"nodeSelector": {"kubernetes.io/hostname": testbed::kubelet_node::NODE_NAME}});
     world.pool("seed", spec).await;
 
-    let explain = |what: &str| {
-        let pods = world
-            .bed
-            .kubectl(&["get", "pods", "-n", NS, "-o", "wide"], "");
-        let events = world.bed.kubectl(&["get", "events", "-n", NS], "");
-        // dind's own words, from its last run if it crashed.
-        let dind = world.bed.kubectl(
-            &[
-                "logs",
-                "-n",
-                NS,
-                "-l",
-                "bbrunner.dev/pool=seed",
-                "-c",
-                "docker",
-                "--previous",
-                "--tail",
-                "20",
-            ],
-            "",
-        );
-        let operator = std::fs::read_to_string(&log).unwrap_or_default();
-        let newest: Vec<&str> = operator.lines().rev().take(20).collect();
-        format!(
-            "{what}\n{}\n{}\ndind's last run:\n{}\noperator log, newest first:\n{}",
-            String::from_utf8_lossy(&pods.stdout),
-            String::from_utf8_lossy(&events.stdout),
-            String::from_utf8_lossy(&dind.stdout),
-            newest.join("\n")
-        )
-    };
+    let explain = |what: &str| explain_node(&world, &log, "seed", what);
     let deadline = Instant::now() + Duration::from_secs(180);
     let pod = loop {
         let ready = world.pods().await.into_iter().find(both_ready);
@@ -389,32 +389,7 @@ spec:
     spec["cache"] = json!({"size": "1Gi", "storageClassName": "bbrunner-node"});
     world.pool("cached", spec).await;
 
-    let explain = |what: &str| {
-        let get = |args: &[&str]| {
-            let out = world.bed.kubectl(args, "");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        let operator = std::fs::read_to_string(&log).unwrap_or_default();
-        let newest: Vec<&str> = operator.lines().rev().take(20).collect();
-        format!(
-            "{what}\n{}\n{}\n{}\ndind:\n{}\noperator log, newest first:\n{}",
-            get(&["get", "pods", "-n", NS, "-o", "wide"]),
-            get(&["get", "pvc,pv", "-n", NS]),
-            get(&["get", "events", "-n", NS]),
-            get(&[
-                "logs",
-                "-n",
-                NS,
-                "-l",
-                "bbrunner.dev/pool=cached",
-                "-c",
-                "docker",
-                "--tail",
-                "20",
-            ]),
-            newest.join("\n")
-        )
-    };
+    let explain = |what: &str| explain_node(&world, &log, "cached", what);
     // Each step: wait for an online runner, run one step, read what its build said from the
     // runner container of the pod that ran it.
     let mut reports = Vec::new();
