@@ -250,6 +250,14 @@ impl Plan {
         drained.chain(retired).collect()
     }
 
+    /// The runners whose pod the actions bring back (its name was known before).
+    pub fn recreated(&self) -> impl Iterator<Item = &RunnerUuid> {
+        self.actions.iter().filter_map(|a| match a {
+            Action::CreatePod(u) => Some(u),
+            _ => None,
+        })
+    }
+
     /// How many runner pods the actions create (each may take a cache claim).
     pub fn pods_to_create(&self) -> usize {
         self.actions

@@ -844,7 +844,11 @@ fn runners_drained_while_idle_or_retired_now_are_leaving_since_then() {
     ]);
     o.now = 1000.0;
     let retiring = Plan {
-        actions: vec![Action::DeleteRunner(uuid(4)), Action::CreateRunner],
+        actions: vec![
+            Action::DeleteRunner(uuid(4)),
+            Action::CreateRunner,
+            Action::CreatePod(uuid(5)),
+        ],
         ..plan(&pool(), &o)
     };
     assert_eq!(
@@ -852,4 +856,6 @@ fn runners_drained_while_idle_or_retired_now_are_leaving_since_then() {
         [(uuid(1), 900.0), (uuid(2), 1000.0), (uuid(4), 1000.0)],
         "a busy runner's pod stays until its step ends"
     );
+    assert_eq!(retiring.recreated().collect::<Vec<_>>(), [&uuid(5)]);
+    assert_eq!(retiring.pods_to_create(), 2);
 }

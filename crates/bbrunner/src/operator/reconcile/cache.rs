@@ -6,9 +6,10 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bbrunner_core::cache::{
-    CacheCounts, CachePlan, ClaimChoice, ClaimUser, Handover, ObservedClaim, PoolPods, SKIP_FOR,
-    Skip, Unschedulable,
+    CacheCounts, CachePlan, ClaimChoice, ClaimUser, Handover, NewPods, ObservedClaim, PoolPods,
+    SKIP_FOR, Skip, Unschedulable,
 };
+use bbrunner_core::plan::{Observation, Plan};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
 };
@@ -22,7 +23,7 @@ use serde_json::json;
 use crate::operator::clock::Clock;
 use crate::operator::crd::RunnerPool;
 use crate::operator::pod_view::PodView;
-use crate::operator::pool::{LABEL_POOL, ValidCache};
+use crate::operator::pool::{self, LABEL_POOL, ValidCache, ValidPool};
 
 use super::*;
 
@@ -40,7 +41,7 @@ const ACCESS_MODE: &str = "ReadWriteOncePod";
 /// counts claims or whose pods mount one (the cache was turned off and they await deletion).
 /// Other pools cost no request, and an operator installed without the cache's RBAC still
 /// runs them.
-pub(super) async fn list_claims(
+async fn list_claims(
     ctx: &Context,
     pool: &RunnerPool,
     pods: &PoolPods,
@@ -62,10 +63,7 @@ pub(super) async fn list_claims(
         .items)
 }
 
-pub(super) fn observe_claims(
-    claims: &[PersistentVolumeClaim],
-    clock: &Clock,
-) -> Vec<ObservedClaim> {
+fn observe_claims(claims: &[PersistentVolumeClaim], clock: &Clock) -> Vec<ObservedClaim> {
     claims
         .iter()
         .map(|claim| {
@@ -153,9 +151,87 @@ fn unschedulable(pod: &PodView, clock: &Clock) -> Option<Unschedulable> {
     })
 }
 
+/// This reconcile's cache step, decided: the claims as observed, the pool's pods as the
+/// claims see them, and what to do.
+pub(super) struct CacheStep {
+    claims: Vec<PersistentVolumeClaim>,
+    observed: Vec<ObservedClaim>,
+    pods: PoolPods,
+    plan: CachePlan,
+}
+
+/// Observe the pool's claims and decide (in the core) which claim each pod `planned` creates
+/// mounts, and which claims to skip and delete. Pods whose runners `planned` retires, or that
+/// drained while idle, are on their way out: their claims are free within seconds.
+pub(super) async fn decide(
+    ctx: &Context,
+    pool: &RunnerPool,
+    valid: &ValidPool,
+    planned: &Plan,
+    observation: &Observation,
+    mut pods: PoolPods,
+) -> Result<CacheStep, ReconcileError> {
+    let name = pool.name_any();
+    let leaving: Vec<(String, f64)> = planned
+        .leaving(observation)
+        .into_iter()
+        .map(|(runner, since)| (pool::object_name(&name, &runner), since))
+        .collect();
+    mark_leaving(&mut pods, &leaving);
+    let claims = list_claims(ctx, pool, &pods).await?;
+    let observed = observe_claims(&claims, &ctx.clock);
+    let new_pods = NewPods {
+        count: planned.pods_to_create(),
+        recreated: planned
+            .recreated()
+            .map(|runner| pool::object_name(&name, runner))
+            .collect(),
+    };
+    let plan = bbrunner_core::cache::plan(
+        &name,
+        &valid.cache_settings(),
+        &observed,
+        &pods,
+        &new_pods,
+        observation.now,
+    );
+    Ok(CacheStep {
+        claims,
+        observed,
+        pods,
+        plan,
+    })
+}
+
+impl CacheStep {
+    /// The claims for this reconcile's new pods, one as each pod is created.
+    pub(super) fn handovers<'a>(
+        &self,
+        ctx: &'a Context,
+        pool: &'a RunnerPool,
+        cache: Option<&'a ValidCache>,
+    ) -> Handovers<'a> {
+        Handovers::new(ctx, pool, cache, &self.claims, &self.plan)
+    }
+
+    /// Once the pods are made: skip and delete the claims decided, and count the claims as
+    /// they now are.
+    pub(super) async fn finish(
+        &self,
+        ctx: &Context,
+        pool: &RunnerPool,
+        now: f64,
+    ) -> Result<CacheCounts, ReconcileError> {
+        skip_claims(ctx, pool, &self.plan.skip).await?;
+        delete_claims(ctx, pool, &self.plan.delete).await?;
+        let (claims, pods) = self.plan.applied(&self.observed, &self.pods, now);
+        Ok(bbrunner_core::cache::counts(&claims, &pods, now))
+    }
+}
+
 /// Mark the pods in `leaving` (their runners drained while idle, or retired by this
 /// reconcile's plan) as on their way out since the time given, unless they already are.
-pub(super) fn mark_leaving(pods: &mut PoolPods, leaving: &[(String, f64)]) {
+fn mark_leaving(pods: &mut PoolPods, leaving: &[(String, f64)]) {
     for user in &mut pods.mounts {
         if let Some((_, since)) = leaving.iter().find(|(pod, _)| *pod == user.pod) {
             user.leaving_since.get_or_insert(*since);
@@ -350,7 +426,7 @@ fn claim_object(
 }
 
 /// Delete the claims the decision let go (past `retain`, or the cache turned off).
-pub(super) async fn delete_claims(
+async fn delete_claims(
     ctx: &Context,
     pool: &RunnerPool,
     names: &[String],
@@ -380,7 +456,7 @@ pub(super) async fn delete_claims(
 /// Pass over the claims the scheduler refused pods for: mark each, say why, and delete its
 /// pod, which the next reconcile recreates on another claim (or none). The runner is kept:
 /// it has not registered, and its Secret brings the pod back.
-pub(super) async fn skip_claims(
+async fn skip_claims(
     ctx: &Context,
     pool: &RunnerPool,
     skips: &[Skip],

@@ -318,40 +318,13 @@ async fn reconcile_managed(
     let ManagedObservation {
         observation,
         marks,
-        mut pool_pods,
+        pool_pods,
     } = observe_managed(ctx, pool, valid, &bitbucket, &polling).await?;
     drain::mark_busy_pods(ctx, &ns, &marks, &observation.runners).await;
     let settings = pool_settings(ctx, pool, valid, observation.now, deleting_since);
     let planned = plan(&settings, &observation);
-    let leaving: Vec<(String, f64)> = planned
-        .leaving(&observation)
-        .into_iter()
-        .map(|(runner, since)| (pool::object_name(&name, &runner), since))
-        .collect();
-    cache::mark_leaving(&mut pool_pods, &leaving);
-    let claims = cache::list_claims(ctx, pool, &pool_pods).await?;
-    let observed_claims = cache::observe_claims(&claims, &ctx.clock);
-    let new_pods = bbrunner_core::cache::NewPods {
-        count: planned.pods_to_create(),
-        recreated: planned
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::CreatePod(uuid) => Some(pool::object_name(&name, uuid)),
-                _ => None,
-            })
-            .collect(),
-    };
-    let cache_plan = bbrunner_core::cache::plan(
-        &name,
-        &valid.cache_settings(),
-        &observed_claims,
-        &pool_pods,
-        &new_pods,
-        observation.now,
-    );
-    let mut handovers =
-        cache::Handovers::new(ctx, pool, valid.cache.as_ref(), &claims, &cache_plan);
+    let cache_step = cache::decide(ctx, pool, valid, &planned, &observation, pool_pods).await?;
+    let mut handovers = cache_step.handovers(ctx, pool, valid.cache.as_ref());
     let changed = execute(ctx, pool, valid, &bitbucket, &planned, &mut handovers).await;
     if changed.as_ref().is_ok_and(|n| *n > 0) || changed.is_err() {
         ctx.hub.invalidate(&client, &scope);
@@ -369,11 +342,7 @@ async fn reconcile_managed(
         return finish_deletion(ctx, pool, api).await;
     }
     changed?;
-    cache::skip_claims(ctx, pool, &cache_plan.skip).await?;
-    cache::delete_claims(ctx, pool, &cache_plan.delete).await?;
-    let (claims_after, pods_after) =
-        cache_plan.applied(&observed_claims, &pool_pods, observation.now);
-    let cache_counts = bbrunner_core::cache::counts(&claims_after, &pods_after, observation.now);
+    let cache_counts = cache_step.finish(ctx, pool, observation.now).await?;
     record_metrics(ctx, pool, &planned.counts, planned.decision.desired);
     let mut report = StatusReport {
         counts: planned.counts,
