@@ -55,7 +55,6 @@ fn parse_target(cluster: &Cluster, path: &str) -> Result<Target, ApiError> {
         store
             .find_type(group, plural)
             .filter(|t| t.versions.iter().any(|v| v == version))
-            .cloned()
             .ok_or_else(|| {
                 ApiError::new(
                     404,
@@ -241,7 +240,7 @@ pub async fn handle(State(cluster): State<Arc<Cluster>>, request: Request) -> Re
         namespace: &namespace,
         name: target.name.as_deref(),
     };
-    if let Err(e) = crate::rbac::authorize(&cluster.store(), &subject, &attributes) {
+    if let Err(e) = crate::rbac::authorize(cluster.store(), &subject, &attributes) {
         return e.into_response();
     }
     if let Some(rate) = faults.error_rates.get(verb)
@@ -318,8 +317,8 @@ fn mirror_event(cluster: &Cluster, target: &Target, verb: &str, written: &Value)
     } else {
         ("", crate::events::to_core)
     };
-    let mut store = cluster.store();
-    let Some(other) = store.find_type(group, "events").cloned() else {
+    let store = cluster.store();
+    let Some(other) = store.find_type(group, "events") else {
         return;
     };
     let namespace = namespace_of(target);
@@ -478,9 +477,7 @@ fn list(
     } else {
         None
     };
-    let mut items = store.list(&target.rt, namespace, &labels, &fields);
-    let rv = store.resource_version();
-    drop(store);
+    let (mut items, rv) = store.list_at(&target.rt, namespace, &labels, &fields);
     // `continue` carries the offset into the sorted list.
     let offset: usize = query
         .get("continue")
@@ -545,21 +542,19 @@ fn update(cluster: &Cluster, target: &Target, body: &Bytes, headers: &HeaderMap)
     let value = parse_body(body, headers)?;
     let name = target.name.as_deref().unwrap_or("");
     let status_only = target.subresource.as_deref() == Some("status");
-    let updated = cluster.with_store(|s| {
-        let updated = s.replace(
-            &target.rt,
-            &target.version,
-            &namespace_of(target),
-            name,
-            value,
-            status_only,
-        )?;
-        // A replaced CRD serves its new versions and schema, as a patched one does.
-        if target.rt.kind == "CustomResourceDefinition" && !status_only {
-            s.register_crd(&updated);
-        }
-        Ok::<_, ApiError>(updated)
-    })?;
+    let store = cluster.store();
+    let updated = store.replace(
+        &target.rt,
+        &target.version,
+        &namespace_of(target),
+        name,
+        value,
+        status_only,
+    )?;
+    // A replaced CRD serves its new versions and schema, as a patched one does.
+    if target.rt.kind == "CustomResourceDefinition" && !status_only {
+        store.register_crd(&updated);
+    }
     Ok((StatusCode::OK, updated))
 }
 

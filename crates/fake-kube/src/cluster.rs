@@ -2,7 +2,7 @@
 //! propagation, CRD registration, default service accounts) and the fault switches.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use node_agent::NodeAgent;
@@ -67,7 +67,7 @@ impl Default for ClusterConfig {
 }
 
 pub struct Cluster {
-    store: Mutex<Store>,
+    store: Store,
     pub config: ClusterConfig,
     faults: Mutex<Faults>,
     unavailable_until: Mutex<Option<Instant>>,
@@ -213,26 +213,20 @@ fn builtin_types() -> Vec<ResourceType> {
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Self {
-        let mut store = Store::new(builtin_types(), config.event_log_len);
-        let ns_type = store
-            .find_type("", "namespaces")
-            .cloned()
-            .expect("built in");
+        let store = Store::new(builtin_types(), config.event_log_len);
+        let ns_type = store.find_type("", "namespaces").expect("built in");
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             store
                 .create(&ns_type, "v1", "", json!({"metadata": {"name": ns}}))
                 .expect("fresh store");
         }
-        let sa_type = store
-            .find_type("", "serviceaccounts")
-            .cloned()
-            .expect("built in");
+        let sa_type = store.find_type("", "serviceaccounts").expect("built in");
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let _ = store.create(&sa_type, "v1", ns, json!({"metadata": {"name": "default"}}));
         }
         let (drops, _) = watch::channel(0);
         Self {
-            store: Mutex::new(store),
+            store,
             faults: Mutex::new(config.faults.clone()),
             config,
             unavailable_until: Mutex::new(None),
@@ -244,12 +238,8 @@ impl Cluster {
         }
     }
 
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        f(&mut self.store())
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn set_address(&self, address: &str) {
@@ -340,15 +330,12 @@ impl Cluster {
         namespace: &str,
         body: Value,
     ) -> Result<Value, ApiError> {
-        let mut store = self.store();
+        let store = self.store();
         if rt.kind == "Pod" {
             let account = body["spec"]["serviceAccountName"]
                 .as_str()
                 .unwrap_or("default");
-            let sa_type = store
-                .find_type("", "serviceaccounts")
-                .cloned()
-                .expect("built in");
+            let sa_type = store.find_type("", "serviceaccounts").expect("built in");
             if store.get(&sa_type, namespace, account).is_err() {
                 return Err(ApiError::new(
                     403,
@@ -392,10 +379,7 @@ impl Cluster {
                 created = store.replace(rt, version, "", &name, json!({"status": status}), true)?;
             }
             "Namespace" => {
-                let sa_type = store
-                    .find_type("", "serviceaccounts")
-                    .cloned()
-                    .expect("built in");
+                let sa_type = store.find_type("", "serviceaccounts").expect("built in");
                 let name = created["metadata"]["name"]
                     .as_str()
                     .unwrap_or("")
@@ -414,17 +398,14 @@ impl Cluster {
 
     pub fn patch(&self, request: PatchRequest<'_>) -> Result<Value, ApiError> {
         let (rt, name, status_only) = (request.rt, request.name, request.status_only);
-        let mut store = self.store();
+        let store = self.store();
         let existed = store.get(rt, request.namespace, name).is_ok();
         let patched = store.patch(request)?;
         if rt.kind == "CustomResourceDefinition" && !status_only {
             store.register_crd(&patched);
         }
         if rt.kind == "Namespace" && !existed {
-            let sa_type = store
-                .find_type("", "serviceaccounts")
-                .cloned()
-                .expect("built in");
+            let sa_type = store.find_type("", "serviceaccounts").expect("built in");
             let _ = store.create(
                 &sa_type,
                 "v1",
@@ -445,15 +426,15 @@ impl Cluster {
         propagation: &str,
         grace: Option<i64>,
     ) -> Result<Value, ApiError> {
-        let mut store = self.store();
+        let store = self.store();
         let current = store.get(rt, namespace, name)?;
         let uid = current["metadata"]["uid"].as_str().unwrap_or("").to_owned();
         match propagation {
             "Orphan" => {
                 let dependents: Vec<(ResourceType, Value)> = store
                     .all()
+                    .into_iter()
                     .filter(|(_, v)| owned_by(v, &uid))
-                    .map(|(t, v)| (t.clone(), v.clone()))
                     .collect();
                 for (t, v) in dependents {
                     let refs: Vec<Value> = v["metadata"]["ownerReferences"]
@@ -506,7 +487,7 @@ impl Cluster {
     pub fn api_groups(&self) -> Value {
         let store = self.store();
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for t in store.types.iter().filter(|t| !t.group.is_empty()) {
+        for t in store.types().iter().filter(|t| !t.group.is_empty()) {
             let versions = groups.entry(t.group.clone()).or_default();
             for v in &t.versions {
                 if !versions.contains(v) {
@@ -535,10 +516,10 @@ impl Cluster {
             ["apis", g, v] => (*g, *v),
             _ => return None,
         };
-        let store = self.store();
-        let types: Vec<&ResourceType> = store
-            .types
-            .iter()
+        let types: Vec<ResourceType> = self
+            .store()
+            .types()
+            .into_iter()
             .filter(|t| t.group == group && t.versions.iter().any(|x| x == version))
             .collect();
         if types.is_empty() {
@@ -575,7 +556,7 @@ impl Cluster {
     pub fn openapi_root(&self) -> Value {
         let store = self.store();
         let mut paths = serde_json::Map::new();
-        for t in &store.types {
+        for t in &store.types() {
             for v in &t.versions {
                 let gv = if t.group.is_empty() {
                     format!("api/{v}")
@@ -598,10 +579,10 @@ impl Cluster {
             ["apis", g, v] => (g.to_string(), v.to_string()),
             _ => return None,
         };
-        let store = self.store();
         let mut paths = serde_json::Map::new();
-        for t in store
-            .types
+        for t in self
+            .store()
+            .types()
             .iter()
             .filter(|t| t.group == group && t.versions.contains(&version))
         {

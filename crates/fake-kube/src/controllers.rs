@@ -143,7 +143,7 @@ pub fn tick(cluster: &Cluster) {
     namespaces(cluster);
     deployments(cluster);
     jobs(cluster);
-    cluster.with_store(crate::volumes::run);
+    crate::volumes::run(cluster.store());
     schedule(cluster);
     pods_of_missing_nodes(cluster);
     // The version seen before this pass: if the pass itself wrote, the next one runs too.
@@ -154,14 +154,12 @@ fn types(cluster: &Cluster, group: &str, plural: &str) -> ResourceType {
     cluster
         .store()
         .find_type(group, plural)
-        .cloned()
         .expect("built-in type")
 }
 
 fn garbage_collect(cluster: &Cluster) {
-    let mut store = cluster.store();
-    let objects: Vec<(ResourceType, Value)> =
-        store.all().map(|(t, v)| (t.clone(), v.clone())).collect();
+    let store = cluster.store();
+    let objects = store.all();
     let uids: HashMap<String, &Value> = objects
         .iter()
         .filter_map(|(_, v)| v["metadata"]["uid"].as_str().map(|u| (u.to_owned(), v)))
@@ -223,7 +221,7 @@ fn garbage_collect(cluster: &Cluster) {
 
 fn namespaces(cluster: &Cluster) {
     let ns_type = types(cluster, "", "namespaces");
-    let mut store = cluster.store();
+    let store = cluster.store();
     let terminating: Vec<String> = store
         .list(
             &ns_type,
@@ -235,17 +233,15 @@ fn namespaces(cluster: &Cluster) {
         .filter(|n| !n["metadata"]["deletionTimestamp"].is_null())
         .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
+    if terminating.is_empty() {
+        return;
+    }
+    let objects = store.all();
     for ns in terminating {
-        let inside: Vec<(ResourceType, String, bool)> = store
-            .all()
+        let inside: Vec<(&ResourceType, String, bool)> = objects
+            .iter()
             .filter(|(t, v)| t.namespaced && v["metadata"]["namespace"] == ns.as_str())
-            .map(|(t, v)| {
-                (
-                    t.clone(),
-                    key(v).1,
-                    !v["metadata"]["deletionTimestamp"].is_null(),
-                )
-            })
+            .map(|(t, v)| (t, key(v).1, !v["metadata"]["deletionTimestamp"].is_null()))
             .collect();
         if inside.is_empty() {
             store.remove(&ns_type, "", &ns);
@@ -253,7 +249,7 @@ fn namespaces(cluster: &Cluster) {
         }
         for (t, name, marked) in inside {
             if !marked {
-                let _ = store.delete(&t, &ns, &name, None);
+                let _ = store.delete(t, &ns, &name, None);
             }
         }
     }
@@ -278,7 +274,7 @@ fn deployments(cluster: &Cluster) {
         let hash = stable_hash(&template.to_string());
         let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
         let recreate = deployment["spec"]["strategy"]["type"] == "Recreate";
-        let mut store = cluster.store();
+        let store = cluster.store();
         let pods: Vec<Value> = store
             .list(&pod_type, Some(&ns), &all, &any)
             .into_iter()
@@ -339,10 +335,7 @@ fn deployments(cluster: &Cluster) {
                     .as_str()
                     .unwrap_or("default")
                     .to_owned();
-                let sa_type = store
-                    .find_type("", "serviceaccounts")
-                    .cloned()
-                    .expect("built in");
+                let sa_type = store.find_type("", "serviceaccounts").expect("built in");
                 if store.get(&sa_type, &ns, &account).is_ok() {
                     let _ = store.create(&pod_type, "v1", &ns, pod);
                 }
@@ -376,7 +369,7 @@ fn jobs(cluster: &Cluster) {
     let pod_type = types(cluster, "", "pods");
     let all = LabelSelector::default();
     let any = FieldSelector::default();
-    let mut store = cluster.store();
+    let store = cluster.store();
     for job in store.list(&job_type, None, &all, &any) {
         if !job["metadata"]["deletionTimestamp"].is_null() {
             continue;
@@ -503,7 +496,7 @@ fn schedule(cluster: &Cluster) {
     let node_type = types(cluster, "", "nodes");
     let all = LabelSelector::default();
     let any = FieldSelector::default();
-    let mut store = cluster.store();
+    let store = cluster.store();
     let nodes: Vec<Value> = store
         .list(&node_type, None, &all, &any)
         .into_iter()
@@ -529,7 +522,7 @@ fn schedule(cluster: &Cluster) {
     {
         let (ns, name) = key(pod);
         if let Some(reason) =
-            crate::volumes::unschedulable_for_claims(&store, pod, &pods, nodes.len())
+            crate::volumes::unschedulable_for_claims(store, pod, &pods, nodes.len())
         {
             let message = format!("0/{} nodes are available: {reason}.", nodes.len());
             if let Some(status) = unschedulable_status(pod, &message) {
@@ -607,7 +600,7 @@ fn pods_of_missing_nodes(cluster: &Cluster) {
     let node_type = types(cluster, "", "nodes");
     let all = LabelSelector::default();
     let any = FieldSelector::default();
-    let mut store = cluster.store();
+    let store = cluster.store();
     let nodes: HashSet<String> = store
         .list(&node_type, None, &all, &any)
         .iter()

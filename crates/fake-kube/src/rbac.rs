@@ -56,7 +56,6 @@ fn role_rules(store: &Store, kind: &str, namespace: &str, name: &str) -> Vec<Val
     };
     let rt = store
         .find_type("rbac.authorization.k8s.io", plural)
-        .cloned()
         .expect("built in");
     store
         .get(&rt, ns, name)
@@ -75,7 +74,6 @@ pub fn authorize(store: &Store, subject: &Subject, a: &Attributes<'_>) -> Result
     let list = |plural: &str, ns: Option<&str>| {
         let rt = store
             .find_type("rbac.authorization.k8s.io", plural)
-            .cloned()
             .expect("built in");
         store.list(&rt, ns, &all, &any)
     };

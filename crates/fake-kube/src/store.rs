@@ -1,33 +1,54 @@
 //! The object store: what etcd and the API server's registry do for a small cluster.
-//! Objects are JSON values; every write bumps one global resourceVersion and is logged for
-//! watches. Synchronous: the HTTP layer and the controllers call it under one lock.
+//! Objects are JSON values, kept per resource type, each type behind its own lock so that
+//! writes to pods do not wait for reads of secrets. Every write bumps one global
+//! resourceVersion and is logged for watches under a short lock taken last (`log.rs`), while
+//! its type is locked: a list reports a version whose every event of its type it reflects.
+//! No lock is held while another type's is taken, so the locks cannot deadlock.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 
+use crate::admission::Binding;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::types::{ApiError, FieldValidation, ResourceType, WatchEvent};
 use crate::validate;
 
 mod crds;
+mod log;
 mod patch;
+#[cfg(test)]
+mod tests;
 
+pub use log::Resumed;
 pub use patch::PatchRequest;
 
-type ObjectKey = (String, String, String);
+/// The objects of one type, by namespace and name.
+type Table = BTreeMap<(String, String), Value>;
 
 /// Every object of the cluster, its resourceVersion and the watch log.
 pub struct Store {
-    pub types: Vec<ResourceType>,
-    objects: BTreeMap<ObjectKey, Value>,
-    rv: u64,
-    log: VecDeque<Arc<WatchEvent>>,
-    /// Watch events kept for resuming; older resourceVersions get 410 Gone.
-    log_len: usize,
-    pub events: broadcast::Sender<Arc<WatchEvent>>,
+    types: RwLock<Vec<ResourceType>>,
+    tables: RwLock<HashMap<String, Arc<RwLock<Table>>>>,
+    log: Mutex<log::WatchLog>,
+}
+
+// A panic while a lock was held leaves plain data behind; the next request may read it.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn object_key(namespace: &str, name: &str) -> (String, String) {
+    (namespace.to_owned(), name.to_owned())
 }
 
 /// The time `seconds` from now, in RFC 3339 to the second.
@@ -54,8 +75,18 @@ fn generation_part(object: &Value) -> Value {
 }
 
 impl Store {
-    /// The ValidatingAdmissionPolicy bindings that deny, with their policies.
-    fn admission_bindings(&self) -> Vec<crate::admission::Binding> {
+    pub fn new(types: Vec<ResourceType>, log_len: usize) -> Self {
+        let tables = types.iter().map(|t| (t.key(), Arc::default())).collect();
+        Self {
+            types: RwLock::new(types),
+            tables: RwLock::new(tables),
+            log: Mutex::new(log::WatchLog::new(log_len)),
+        }
+    }
+
+    /// The ValidatingAdmissionPolicy bindings that deny, with their policies. Read before
+    /// the written type is locked: the policies' own types may be the one written.
+    fn admission_bindings(&self) -> Vec<Binding> {
         let group = crate::admission::GROUP;
         let (Some(policies), Some(bindings)) = (
             self.find_type(group, "validatingadmissionpolicies"),
@@ -65,21 +96,18 @@ impl Store {
         };
         let everything = (LabelSelector::default(), FieldSelector::default());
         crate::admission::denying(
-            self.list(bindings, None, &everything.0, &everything.1),
-            |name| self.get(policies, "", name).ok(),
+            self.list(&bindings, None, &everything.0, &everything.1),
+            |name| self.get(&policies, "", name).ok(),
         )
     }
 
-    pub fn new(types: Vec<ResourceType>, log_len: usize) -> Self {
-        let (events, _) = broadcast::channel(8192);
-        Self {
-            types,
-            objects: BTreeMap::new(),
-            rv: 1,
-            log: VecDeque::new(),
-            log_len: log_len.max(1),
-            events,
+    /// The table of a type, made on first use (a CRD's type before its first object).
+    fn table(&self, rt: &ResourceType) -> Arc<RwLock<Table>> {
+        let key = rt.key();
+        if let Some(table) = read(&self.tables).get(&key) {
+            return table.clone();
         }
+        write(&self.tables).entry(key).or_default().clone()
     }
 
     /// A custom resource against its CRD's schema: pruned and defaulted in place; unknown
@@ -88,7 +116,6 @@ impl Store {
     /// validation ratcheting, on by default since Kubernetes 1.30): a CRD tightened later
     /// must not block status writes to objects stored before.
     fn structural(
-        &self,
         rt: &ResourceType,
         name: &str,
         object: &mut Value,
@@ -140,45 +167,59 @@ impl Store {
     }
 
     pub fn resource_version(&self) -> u64 {
-        self.rv
+        lock(&self.log).rv()
     }
 
     /// The oldest resourceVersion a watch may resume from.
     pub fn oldest_resumable(&self) -> u64 {
-        self.log.front().map(|e| e.rv - 1).unwrap_or(self.rv)
+        lock(&self.log).oldest_resumable()
     }
 
-    pub fn find_type(&self, group: &str, plural: &str) -> Option<&ResourceType> {
-        self.types
+    /// The events after `after` and the live ones that follow; `Err(oldest)` when `after` is
+    /// older than the log keeps.
+    pub fn resume(&self, after: u64) -> Result<Resumed, u64> {
+        lock(&self.log).resume(after)
+    }
+
+    /// Every event from now on (subscribe before listing: a list then reports the version
+    /// from which the events take over).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<WatchEvent>> {
+        lock(&self.log).subscribe()
+    }
+
+    pub fn find_type(&self, group: &str, plural: &str) -> Option<ResourceType> {
+        read(&self.types)
             .iter()
             .find(|t| t.group == group && t.plural == plural)
+            .cloned()
     }
 
-    pub fn find_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
+    pub fn find_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        self.types
+        read(&self.types)
             .iter()
             .find(|t| t.group == group && t.kind == kind && t.versions.iter().any(|v| v == version))
+            .cloned()
     }
 
-    fn record(&mut self, rt: &ResourceType, namespace: &str, kind: &'static str, object: Value) {
-        let event = Arc::new(WatchEvent {
-            rv: self.rv,
-            type_key: rt.key(),
-            namespace: namespace.to_owned(),
-            kind,
-            object,
+    /// The types served now (for discovery).
+    pub fn types(&self) -> Vec<ResourceType> {
+        read(&self.types).clone()
+    }
+
+    /// Give `object` the next resourceVersion and log its event. Called with the object's
+    /// table locked for writing, so no list of its type sees the version without the write.
+    fn stamp(&self, rt: &ResourceType, namespace: &str, kind: &'static str, object: &mut Value) {
+        lock(&self.log).append(|rv| {
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            WatchEvent {
+                rv,
+                type_key: rt.key(),
+                namespace: namespace.to_owned(),
+                kind,
+                object: object.clone(),
+            }
         });
-        self.log.push_back(event.clone());
-        while self.log.len() > self.log_len {
-            self.log.pop_front();
-        }
-        let _ = self.events.send(event);
-    }
-
-    fn next_rv(&mut self) -> u64 {
-        self.rv += 1;
-        self.rv
     }
 
     fn with_type_meta(rt: &ResourceType, version: &str, mut object: Value) -> Value {
@@ -188,8 +229,8 @@ impl Store {
     }
 
     pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
-        self.objects
-            .get(&(rt.key(), namespace.to_owned(), name.to_owned()))
+        read(&self.table(rt))
+            .get(&object_key(namespace, name))
             .cloned()
             .ok_or_else(|| ApiError::not_found(rt, name))
     }
@@ -202,30 +243,42 @@ impl Store {
         labels: &LabelSelector,
         fields: &FieldSelector,
     ) -> Vec<Value> {
-        let key = rt.key();
-        self.objects
-            .range((key.clone(), String::new(), String::new())..)
-            .take_while(|((k, _, _), _)| *k == key)
-            .filter(|((_, ns, _), _)| namespace.is_none_or(|n| n == ns))
+        self.list_at(rt, namespace, labels, fields).0
+    }
+
+    /// A list and the resourceVersion it is current at, as a list response reports it.
+    pub fn list_at(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> (Vec<Value>, u64) {
+        let table = self.table(rt);
+        let table = read(&table);
+        let items = table
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
             .map(|(_, v)| v)
             .filter(|v| labels.matches(v) && fields.matches(v))
             .cloned()
+            .collect();
+        (items, self.resource_version())
+    }
+
+    /// Every object of every type (for the garbage collector), type by type.
+    pub fn all(&self) -> Vec<(ResourceType, Value)> {
+        self.types()
+            .into_iter()
+            .flat_map(|t| {
+                let objects: Vec<Value> = read(&self.table(&t)).values().cloned().collect();
+                objects.into_iter().map(move |v| (t.clone(), v))
+            })
             .collect()
     }
 
-    /// Every object of every type (for the garbage collector).
-    pub fn all(&self) -> impl Iterator<Item = (&ResourceType, &Value)> {
-        self.objects
-            .iter()
-            .filter_map(|((k, _, _), v)| self.types.iter().find(|t| t.key() == *k).map(|t| (t, v)))
-    }
-
-    pub fn backlog(&self, after: u64) -> Vec<Arc<WatchEvent>> {
-        self.log.iter().filter(|e| e.rv > after).cloned().collect()
-    }
-
     pub fn create(
-        &mut self,
+        &self,
         rt: &ResourceType,
         version: &str,
         namespace: &str,
@@ -282,7 +335,6 @@ impl Store {
             }
             let ns_type = self
                 .find_type("", "namespaces")
-                .cloned()
                 .expect("namespaces are built in");
             match self.get(&ns_type, "", namespace) {
                 Err(_) => {
@@ -305,22 +357,17 @@ impl Store {
                 Ok(_) => {}
             }
         }
-        let key = (
-            rt.key(),
-            if rt.namespaced {
-                namespace.to_owned()
-            } else {
-                String::new()
-            },
-            name.clone(),
-        );
-        if self.objects.contains_key(&key) {
-            return Err(ApiError {
-                code: 409,
-                reason: "AlreadyExists",
-                message: format!("{} \"{name}\" already exists", rt.plural),
-                details: Some(json!({"name": name, "kind": rt.plural})),
-            });
+        let namespace = if rt.namespaced { namespace } else { "" };
+        let key = object_key(namespace, &name);
+        let already_exists = || ApiError {
+            code: 409,
+            reason: "AlreadyExists",
+            message: format!("{} \"{name}\" already exists", rt.plural),
+            details: Some(json!({"name": name, "kind": rt.plural})),
+        };
+        // Checked before the work below too, as a client creating what exists is common.
+        if read(&self.table(rt)).contains_key(&key) {
+            return Err(already_exists());
         }
         body["metadata"]["name"] = json!(name);
         if rt.namespaced {
@@ -329,7 +376,7 @@ impl Store {
             m.remove("namespace");
         }
         validate::object(rt, &mut body).map_err(|causes| ApiError::invalid(rt, &name, causes))?;
-        self.structural(rt, &name, &mut body, None)?;
+        Self::structural(rt, &name, &mut body, None)?;
         crate::admission::admit(
             &self.admission_bindings(),
             rt,
@@ -351,11 +398,9 @@ impl Store {
                 &now_rfc3339(),
             );
         }
-        let rv = self.next_rv();
         let meta = body["metadata"].as_object_mut().expect("set above");
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        meta.insert("resourceVersion".into(), json!(rv.to_string()));
         if rt.has_generation() {
             meta.insert("generation".into(), json!(1));
         }
@@ -368,15 +413,21 @@ impl Store {
             map.remove("status");
         }
         validate::on_create(rt, &mut body);
-        let body = Self::with_type_meta(rt, version, body);
-        self.objects.insert(key.clone(), body.clone());
-        self.record(rt, &key.1, "ADDED", body.clone());
+        let mut body = Self::with_type_meta(rt, version, body);
+        let table = self.table(rt);
+        let mut table = write(&table);
+        // Another request may have created it since the check above.
+        if table.contains_key(&key) {
+            return Err(already_exists());
+        }
+        self.stamp(rt, namespace, "ADDED", &mut body);
+        table.insert(key, body.clone());
         Ok(body)
     }
 
     /// Replace an object (or its status), with optimistic concurrency on resourceVersion.
     pub fn replace(
-        &mut self,
+        &self,
         rt: &ResourceType,
         version: &str,
         namespace: &str,
@@ -384,7 +435,13 @@ impl Store {
         body: Value,
         status_only: bool,
     ) -> Result<Value, ApiError> {
-        let current = self.get(rt, namespace, name)?;
+        let bindings = self.bindings_for(status_only);
+        let table = self.table(rt);
+        let mut table = write(&table);
+        let current = table
+            .get(&object_key(namespace, name))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt, name))?;
         if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
             && !rv.is_empty()
             && rv
@@ -417,21 +474,47 @@ impl Store {
             );
             body["metadata"]["managedFields"] = merged["metadata"]["managedFields"].clone();
         }
-        self.commit(rt, version, namespace, name, current, body, status_only)
+        self.commit(
+            &mut table,
+            Write {
+                rt,
+                version,
+                namespace,
+                name,
+                bindings: &bindings,
+                status_only,
+            },
+            current,
+            body,
+        )
     }
 
-    /// Write `desired` over `current`, keeping what the API server owns.
-    #[allow(clippy::too_many_arguments)]
+    /// The admission bindings an update is judged by (a status write is not).
+    fn bindings_for(&self, status_only: bool) -> Vec<Binding> {
+        if status_only {
+            Vec::new()
+        } else {
+            self.admission_bindings()
+        }
+    }
+
+    /// Write `desired` over `current` in `table` (locked by the caller), keeping what the API
+    /// server owns.
     fn commit(
-        &mut self,
-        rt: &ResourceType,
-        version: &str,
-        namespace: &str,
-        name: &str,
+        &self,
+        table: &mut Table,
+        write: Write<'_>,
         current: Value,
         mut desired: Value,
-        status_only: bool,
     ) -> Result<Value, ApiError> {
+        let Write {
+            rt,
+            version,
+            namespace,
+            name,
+            bindings,
+            status_only,
+        } = write;
         if !desired.is_object() {
             return Err(ApiError::new(
                 400,
@@ -492,12 +575,12 @@ impl Store {
                 ));
             }
         }
-        self.structural(rt, name, &mut next, Some(&current))?;
+        Self::structural(rt, name, &mut next, Some(&current))?;
         if !status_only {
             validate::object(rt, &mut next)
                 .map_err(|causes| ApiError::invalid(rt, name, causes))?;
             crate::admission::admit(
-                &self.admission_bindings(),
+                bindings,
                 rt,
                 &rt.versions[0],
                 "UPDATE",
@@ -509,7 +592,7 @@ impl Store {
                 next["metadata"]["generation"] = json!(generation);
             }
         }
-        let next = Self::with_type_meta(rt, version, next);
+        let mut next = Self::with_type_meta(rt, version, next);
         let unchanged = {
             let mut a = next.clone();
             let mut b = current.clone();
@@ -520,26 +603,29 @@ impl Store {
         if unchanged {
             return Ok(current);
         }
-        let rv = self.next_rv();
-        let mut next = next;
-        next["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = (rt.key(), namespace.to_owned(), name.to_owned());
-        self.objects.insert(key, next.clone());
-        self.record(rt, namespace, "MODIFIED", next.clone());
-        self.finish_if_unblocked(rt, namespace, name);
-        Ok(self.get(rt, namespace, name).unwrap_or(next))
+        self.stamp(rt, namespace, "MODIFIED", &mut next);
+        let key = object_key(namespace, name);
+        table.insert(key.clone(), next.clone());
+        self.finish_if_unblocked(table, rt, namespace, name);
+        Ok(table.get(&key).cloned().unwrap_or(next))
     }
 
     /// Delete: with finalizers the object stays, marked; otherwise it goes at once (pods are
     /// first marked, and the kubelet removes them once their containers stop).
     pub fn delete(
-        &mut self,
+        &self,
         rt: &ResourceType,
         namespace: &str,
         name: &str,
         grace_seconds: Option<i64>,
     ) -> Result<Value, ApiError> {
-        let mut current = self.get(rt, namespace, name)?;
+        let table = self.table(rt);
+        let mut table = write(&table);
+        let key = object_key(namespace, name);
+        let mut current = table
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt, name))?;
         let has_finalizers = current["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
@@ -570,33 +656,44 @@ impl Store {
                 if rt.kind == "Namespace" {
                     current["status"]["phase"] = json!("Terminating");
                 }
-                let rv = self.next_rv();
-                current["metadata"]["resourceVersion"] = json!(rv.to_string());
-                self.objects.insert(
-                    (rt.key(), namespace.to_owned(), name.to_owned()),
-                    current.clone(),
-                );
-                self.record(rt, namespace, "MODIFIED", current.clone());
+                self.stamp(rt, namespace, "MODIFIED", &mut current);
+                table.insert(key, current.clone());
             }
             return Ok(current);
         }
-        Ok(self.remove(rt, namespace, name).unwrap_or(current))
+        Ok(self
+            .remove_from(&mut table, rt, namespace, name)
+            .unwrap_or(current))
     }
 
     /// Remove an object for good (finalizers done, or forced).
-    pub fn remove(&mut self, rt: &ResourceType, namespace: &str, name: &str) -> Option<Value> {
-        let mut removed =
-            self.objects
-                .remove(&(rt.key(), namespace.to_owned(), name.to_owned()))?;
-        let rv = self.next_rv();
-        removed["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.record(rt, namespace, "DELETED", removed.clone());
+    pub fn remove(&self, rt: &ResourceType, namespace: &str, name: &str) -> Option<Value> {
+        let table = self.table(rt);
+        let mut table = write(&table);
+        self.remove_from(&mut table, rt, namespace, name)
+    }
+
+    fn remove_from(
+        &self,
+        table: &mut Table,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let mut removed = table.remove(&object_key(namespace, name))?;
+        self.stamp(rt, namespace, "DELETED", &mut removed);
         Some(removed)
     }
 
     /// An object marked for deletion whose last finalizer is gone is removed.
-    fn finish_if_unblocked(&mut self, rt: &ResourceType, namespace: &str, name: &str) {
-        let Ok(current) = self.get(rt, namespace, name) else {
+    fn finish_if_unblocked(
+        &self,
+        table: &mut Table,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+    ) {
+        let Some(current) = table.get(&object_key(namespace, name)) else {
             return;
         };
         let marked = !current["metadata"]["deletionTimestamp"].is_null();
@@ -605,7 +702,17 @@ impl Store {
             .is_some_and(|f| !f.is_empty());
         let waits_for_kubelet = rt.kind == "Pod" || rt.kind == "Namespace";
         if marked && !blocked && !waits_for_kubelet {
-            self.remove(rt, namespace, name);
+            self.remove_from(table, rt, namespace, name);
         }
     }
+}
+
+/// What an update writes, and what judges it.
+struct Write<'a> {
+    rt: &'a ResourceType,
+    version: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    bindings: &'a [Binding],
+    status_only: bool,
 }

@@ -40,9 +40,8 @@ fn all(store: &Store, rt: &ResourceType) -> Vec<Value> {
 }
 
 /// Bind new claims, and let go of deleted ones no pod uses any more.
-pub fn run(store: &mut Store) {
-    let find =
-        |store: &Store, plural: &str| store.find_type("", plural).cloned().expect("built in");
+pub fn run(store: &Store) {
+    let find = |store: &Store, plural: &str| store.find_type("", plural).expect("built in");
     let (claim_type, volume_type, pod_type) = (
         find(store, "persistentvolumeclaims"),
         find(store, "persistentvolumes"),
@@ -50,7 +49,7 @@ pub fn run(store: &mut Store) {
     );
     let classes: Vec<String> = store
         .find_type("storage.k8s.io", "storageclasses")
-        .map(|rt| all(store, rt))
+        .map(|rt| all(store, &rt))
         .unwrap_or_default()
         .iter()
         .filter_map(|c| c["metadata"]["name"].as_str().map(str::to_owned))
@@ -157,7 +156,7 @@ pub fn unschedulable_for_claims(
     let claim_type = store.find_type("", "persistentvolumeclaims")?;
     let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("");
     for name in claims_of(pod) {
-        let Ok(claim) = store.get(claim_type, namespace, name) else {
+        let Ok(claim) = store.get(&claim_type, namespace, name) else {
             return Some(format!("persistentvolumeclaim \"{name}\" not found"));
         };
         if !claim["metadata"]["deletionTimestamp"].is_null() {

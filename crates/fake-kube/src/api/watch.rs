@@ -85,39 +85,39 @@ pub(crate) fn watch(
     }
 
     let store = cluster.store();
-    let receiver = store.events.subscribe();
     let mut first: Vec<Value> = Vec::new();
-    let mut last_rv = store.resource_version();
-    match requested {
-        Some(rv) if rv < store.oldest_resumable() => {
-            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {rv} ({})", store.oldest_resumable()), "reason": "Expired", "code": 410}});
-            drop(store);
-            return stream_response(futures::stream::iter(vec![gone]).boxed());
-        }
-        Some(rv) if !initial_events => {
-            for e in store.backlog(rv) {
-                if matches(&e, &type_key, namespace.as_deref(), &labels, &fields) {
-                    first.push(json!({"type": e.kind, "object": shape(&e.object)}));
-                }
+    let (receiver, last_rv) = match requested {
+        Some(rv) if !initial_events => match store.resume(rv) {
+            Err(oldest) => {
+                let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {rv} ({oldest})"), "reason": "Expired", "code": 410}});
+                return stream_response(futures::stream::iter(vec![gone]).boxed());
             }
-        }
+            Ok(resumed) => {
+                for e in resumed.backlog {
+                    if matches(&e, &type_key, namespace.as_deref(), &labels, &fields) {
+                        first.push(json!({"type": e.kind, "object": shape(&e.object)}));
+                    }
+                }
+                (resumed.live, resumed.rv.max(rv))
+            }
+        },
         _ => {
-            for object in store.list(&target.rt, namespace.as_deref(), &labels, &fields) {
+            // Subscribed first: the list's version is where the live events take over.
+            let receiver = store.subscribe();
+            let (objects, rv) = store.list_at(&target.rt, namespace.as_deref(), &labels, &fields);
+            for object in objects {
                 first.push(json!({"type": "ADDED", "object": shape(&object)}));
             }
             if initial_events {
                 first.push(
                     json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
-                    "metadata": {"resourceVersion": last_rv.to_string(),
+                    "metadata": {"resourceVersion": rv.to_string(),
                                  "annotations": {"k8s.io/initial-events-end": "true"}}}}),
                 );
             }
+            (receiver, rv)
         }
-    }
-    if let Some(rv) = requested.filter(|_| !initial_events) {
-        last_rv = last_rv.max(rv);
-    }
-    drop(store);
+    };
 
     let drop_after = cluster.faults().drop_watches_after_ms;
     let deadline = tokio::time::Instant::now()

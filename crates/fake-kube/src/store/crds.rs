@@ -8,7 +8,7 @@ use super::*;
 
 impl Store {
     /// Register a custom resource type from a CRD object.
-    pub fn register_crd(&mut self, crd: &Value) {
+    pub fn register_crd(&self, crd: &Value) {
         let spec = &crd["spec"];
         let versions: Vec<String> = spec["versions"]
             .as_array()
@@ -62,30 +62,28 @@ impl Store {
                 .is_object()
                 .then(|| first["schema"]["openAPIV3Schema"].clone()),
         };
-        self.types
-            .retain(|t| !(t.group == rt.group && t.plural == rt.plural));
-        self.types.push(rt);
+        let mut types = super::write(&self.types);
+        types.retain(|t| !(t.group == rt.group && t.plural == rt.plural));
+        types.push(rt);
     }
 
-    pub fn unregister_crd(&mut self, crd: &Value) {
+    /// Stop serving a CRD's type: its objects go (each with its watch event), then the type.
+    pub fn unregister_crd(&self, crd: &Value) {
         let group = crd["spec"]["group"].as_str().unwrap_or("").to_owned();
         let plural = crd["spec"]["names"]["plural"]
             .as_str()
             .unwrap_or("")
             .to_owned();
-        let key = format!("{group}/{plural}");
-        let doomed: Vec<ObjectKey> = self
-            .objects
-            .keys()
-            .filter(|(k, _, _)| *k == key)
-            .cloned()
-            .collect();
-        if let Some(rt) = self.find_type(&group, &plural).cloned() {
-            for (_, ns, name) in doomed {
-                self.remove(&rt, &ns, &name);
-            }
+        let Some(rt) = self.find_type(&group, &plural) else {
+            return;
+        };
+        let table = self.table(&rt);
+        let mut table = super::write(&table);
+        let doomed: Vec<(String, String)> = table.keys().cloned().collect();
+        for (ns, name) in doomed {
+            self.remove_from(&mut table, &rt, &ns, &name);
         }
-        self.types
-            .retain(|t| !(t.group == group && t.plural == plural));
+        super::write(&self.types).retain(|t| !(t.group == group && t.plural == plural));
+        super::write(&self.tables).remove(&rt.key());
     }
 }

@@ -22,7 +22,7 @@ pub struct PatchRequest<'a> {
 impl Store {
     /// A merge patch by a control-plane component (a controller, the garbage collector).
     pub fn merge(
-        &mut self,
+        &self,
         rt: &ResourceType,
         namespace: &str,
         name: &str,
@@ -41,7 +41,7 @@ impl Store {
         })
     }
 
-    pub fn patch(&mut self, request: PatchRequest<'_>) -> Result<Value, ApiError> {
+    pub fn patch(&self, request: PatchRequest<'_>) -> Result<Value, ApiError> {
         let PatchRequest {
             rt,
             version,
@@ -80,9 +80,13 @@ impl Store {
                 ));
             }
         }
-        let current = match self.get(rt, namespace, name) {
-            Ok(c) => c,
-            Err(e) if kind == PatchKind::Apply && !status_only => {
+        let bindings = self.bindings_for(status_only);
+        let table = self.table(rt);
+        let mut table = super::write(&table);
+        let current = match table.get(&object_key(namespace, name)) {
+            Some(c) => c.clone(),
+            None if kind == PatchKind::Apply && !status_only => {
+                drop(table);
                 let mut body = crate::apply::apply(
                     None,
                     &patch,
@@ -96,9 +100,11 @@ impl Store {
                 body["apiVersion"] = patch["apiVersion"].clone();
                 body["kind"] = patch["kind"].clone();
                 body["metadata"]["name"] = json!(name);
-                return self.create(rt, version, namespace, body).map_err(|_| e);
+                return self
+                    .create(rt, version, namespace, body)
+                    .map_err(|_| ApiError::not_found(rt, name));
             }
-            Err(e) => return Err(e),
+            None => return Err(ApiError::not_found(rt, name)),
         };
         let mut next = current.clone();
         match kind {
@@ -192,7 +198,19 @@ impl Store {
             ));
         }
         next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        self.commit(rt, version, namespace, name, current, next, status_only)
+        self.commit(
+            &mut table,
+            Write {
+                rt,
+                version,
+                namespace,
+                name,
+                bindings: &bindings,
+                status_only,
+            },
+            current,
+            next,
+        )
     }
 }
 
