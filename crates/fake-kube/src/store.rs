@@ -435,58 +435,66 @@ impl Store {
         body: Value,
         status_only: bool,
     ) -> Result<Value, ApiError> {
-        let bindings = self.bindings_for(status_only);
-        let table = self.table(rt);
+        let update = Update::new(rt, version, namespace, name, status_only);
+        self.update(update, |current| {
+            if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
+                && !rv.is_empty()
+                && rv
+                    != current["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or("")
+            {
+                return Err(ApiError {
+                    code: 409,
+                    reason: "Conflict",
+                    message: format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        rt.plural
+                    ),
+                    details: Some(json!({"name": name, "kind": rt.plural})),
+                });
+            }
+            let mut body = body;
+            if let Some(request) = crate::structural::request() {
+                // An update by a client: what it changed is its manager's.
+                let mut merged = body.clone();
+                merged["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
+                crate::apply::record_update(
+                    Some(current),
+                    &mut merged,
+                    &request.manager,
+                    status_only.then_some("status"),
+                    rt.shape(),
+                    &now_rfc3339(),
+                );
+                body["metadata"]["managedFields"] = merged["metadata"]["managedFields"].clone();
+            }
+            Ok(body)
+        })?
+        .ok_or_else(|| ApiError::not_found(rt, name))
+    }
+
+    /// Read, change and write one object with its type locked, so that no write comes in
+    /// between: `change` makes the desired object from the current one. `None` when there is
+    /// no such object.
+    fn update(
+        &self,
+        update: Update<'_>,
+        change: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Option<Value>, ApiError> {
+        // Read before the lock: the policies' own types may be the one written.
+        let bindings = self.bindings_for(update.status_only);
+        let table = self.table(update.rt);
         let mut table = write(&table);
-        let current = table
-            .get(&object_key(namespace, name))
+        let Some(current) = table
+            .get(&object_key(update.namespace, update.name))
             .cloned()
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
-        if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
-            && !rv.is_empty()
-            && rv
-                != current["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("")
-        {
-            return Err(ApiError {
-                code: 409,
-                reason: "Conflict",
-                message: format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    rt.plural
-                ),
-                details: Some(json!({"name": name, "kind": rt.plural})),
-            });
-        }
-        let mut body = body;
-        if let Some(request) = crate::structural::request() {
-            // An update by a client: what it changed is its manager's.
-            let mut merged = body.clone();
-            merged["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
-            crate::apply::record_update(
-                Some(&current),
-                &mut merged,
-                &request.manager,
-                status_only.then_some("status"),
-                rt.shape(),
-                &now_rfc3339(),
-            );
-            body["metadata"]["managedFields"] = merged["metadata"]["managedFields"].clone();
-        }
-        self.commit(
-            &mut table,
-            Write {
-                rt,
-                version,
-                namespace,
-                name,
-                bindings: &bindings,
-                status_only,
-            },
-            current,
-            body,
-        )
+        else {
+            return Ok(None);
+        };
+        let desired = change(&current)?;
+        self.commit(&mut table, update, &bindings, current, desired)
+            .map(Some)
     }
 
     /// The admission bindings an update is judged by (a status write is not).
@@ -503,18 +511,18 @@ impl Store {
     fn commit(
         &self,
         table: &mut Table,
-        write: Write<'_>,
+        update: Update<'_>,
+        bindings: &[Binding],
         current: Value,
         mut desired: Value,
     ) -> Result<Value, ApiError> {
-        let Write {
+        let Update {
             rt,
             version,
             namespace,
             name,
-            bindings,
             status_only,
-        } = write;
+        } = update;
         if !desired.is_object() {
             return Err(ApiError::new(
                 400,
@@ -707,12 +715,30 @@ impl Store {
     }
 }
 
-/// What an update writes, and what judges it.
-struct Write<'a> {
+/// The object an update writes.
+#[derive(Clone, Copy)]
+struct Update<'a> {
     rt: &'a ResourceType,
     version: &'a str,
     namespace: &'a str,
     name: &'a str,
-    bindings: &'a [Binding],
     status_only: bool,
+}
+
+impl<'a> Update<'a> {
+    fn new(
+        rt: &'a ResourceType,
+        version: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+        status_only: bool,
+    ) -> Self {
+        Self {
+            rt,
+            version,
+            namespace,
+            name,
+            status_only,
+        }
+    }
 }

@@ -80,137 +80,124 @@ impl Store {
                 ));
             }
         }
-        let bindings = self.bindings_for(status_only);
-        let table = self.table(rt);
-        let mut table = super::write(&table);
-        let current = match table.get(&object_key(namespace, name)) {
-            Some(c) => c.clone(),
-            None if kind == PatchKind::Apply && !status_only => {
-                drop(table);
-                let mut body = crate::apply::apply(
-                    None,
-                    &patch,
-                    &manager,
-                    force,
-                    None,
-                    rt.shape(),
-                    &now_rfc3339(),
-                )
-                .map_err(|message| ApiError::new(409, "Conflict", message))?;
-                body["apiVersion"] = patch["apiVersion"].clone();
-                body["kind"] = patch["kind"].clone();
-                body["metadata"]["name"] = json!(name);
-                return self
-                    .create(rt, version, namespace, body)
-                    .map_err(|_| ApiError::not_found(rt, name));
-            }
-            None => return Err(ApiError::not_found(rt, name)),
-        };
-        let mut next = current.clone();
-        match kind {
-            PatchKind::Json => {
-                let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
-                    ApiError::new(400, "BadRequest", format!("invalid JSON patch: {e}"))
-                })?;
-                json_patch::patch(&mut next, &ops).map_err(|e| {
-                    ApiError::new(
-                        422,
-                        "Invalid",
-                        format!("the JSON patch could not be applied: {e}"),
+        let update = Update::new(rt, version, namespace, name, status_only);
+        let patch = &patch;
+        let patched = self.update(update, |current| {
+            let mut next = current.clone();
+            match kind {
+                PatchKind::Json => {
+                    let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
+                        ApiError::new(400, "BadRequest", format!("invalid JSON patch: {e}"))
+                    })?;
+                    json_patch::patch(&mut next, &ops).map_err(|e| {
+                        ApiError::new(
+                            422,
+                            "Invalid",
+                            format!("the JSON patch could not be applied: {e}"),
+                        )
+                    })?;
+                }
+                PatchKind::Merge => {
+                    if !patch.is_object() {
+                        return Err(ApiError::new(
+                            400,
+                            "BadRequest",
+                            "a merge patch must be a JSON object",
+                        ));
+                    }
+                    json_patch::merge(&mut next, patch);
+                }
+                PatchKind::Apply => {
+                    if !patch.is_object() {
+                        return Err(ApiError::new(
+                            400,
+                            "BadRequest",
+                            "an apply configuration must be an object",
+                        ));
+                    }
+                    next = crate::apply::apply(
+                        Some(current),
+                        patch,
+                        &manager,
+                        force,
+                        subresource,
+                        rt.shape(),
+                        &now_rfc3339(),
                     )
-                })?;
-            }
-            PatchKind::Merge => {
-                if !patch.is_object() {
-                    return Err(ApiError::new(
-                        400,
-                        "BadRequest",
-                        "a merge patch must be a JSON object",
-                    ));
+                    .map_err(|message| ApiError::new(409, "Conflict", message))?;
                 }
-                json_patch::merge(&mut next, &patch);
-            }
-            PatchKind::Apply => {
-                if !patch.is_object() {
-                    return Err(ApiError::new(
-                        400,
-                        "BadRequest",
-                        "an apply configuration must be an object",
-                    ));
+                PatchKind::Strategic => {
+                    if !patch.is_object() {
+                        return Err(ApiError::new(
+                            400,
+                            "BadRequest",
+                            "a strategic merge patch must be a JSON object",
+                        ));
+                    }
+                    // Custom resources have no Go types to read patch strategies from.
+                    if rt.schema.is_some() {
+                        return Err(ApiError::new(
+                            415,
+                            "UnsupportedMediaType",
+                            format!(
+                                "strategic merge patch is not supported for {}: use a merge patch, a JSON patch or server-side apply",
+                                rt.key()
+                            ),
+                        ));
+                    }
+                    // A built-in kind not in the vendored metadata merges its lists atomically.
+                    crate::strategic::apply(
+                        &mut next,
+                        patch,
+                        crate::strategic::definition_of(&rt.kind),
+                    );
                 }
-                next = crate::apply::apply(
-                    Some(&current),
-                    &patch,
+            }
+            if kind != PatchKind::Apply && request.is_some() {
+                crate::apply::record_update(
+                    Some(current),
+                    &mut next,
                     &manager,
-                    force,
                     subresource,
                     rt.shape(),
                     &now_rfc3339(),
-                )
-                .map_err(|message| ApiError::new(409, "Conflict", message))?;
-            }
-            PatchKind::Strategic => {
-                if !patch.is_object() {
-                    return Err(ApiError::new(
-                        400,
-                        "BadRequest",
-                        "a strategic merge patch must be a JSON object",
-                    ));
-                }
-                // Custom resources have no Go types to read patch strategies from.
-                if rt.schema.is_some() {
-                    return Err(ApiError::new(
-                        415,
-                        "UnsupportedMediaType",
-                        format!(
-                            "strategic merge patch is not supported for {}: use a merge patch, a JSON patch or server-side apply",
-                            rt.key()
-                        ),
-                    ));
-                }
-                // A built-in kind not in the vendored metadata merges its lists atomically.
-                crate::strategic::apply(
-                    &mut next,
-                    &patch,
-                    crate::strategic::definition_of(&rt.kind),
                 );
             }
+            // A patch carrying a stale resourceVersion is a conflict too.
+            if let Some(rv) = patch_rv(&next, current) {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified (resourceVersion {rv})",
+                        rt.plural
+                    ),
+                ));
+            }
+            next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            Ok(next)
+        })?;
+        if let Some(patched) = patched {
+            return Ok(patched);
         }
-        if kind != PatchKind::Apply && request.is_some() {
-            crate::apply::record_update(
-                Some(&current),
-                &mut next,
-                &manager,
-                subresource,
-                rt.shape(),
-                &now_rfc3339(),
-            );
+        if kind != PatchKind::Apply || status_only {
+            return Err(ApiError::not_found(rt, name));
         }
-        // A patch carrying a stale resourceVersion is a conflict too.
-        if let Some(rv) = patch_rv(&next, &current) {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified (resourceVersion {rv})",
-                    rt.plural
-                ),
-            ));
-        }
-        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        self.commit(
-            &mut table,
-            Write {
-                rt,
-                version,
-                namespace,
-                name,
-                bindings: &bindings,
-                status_only,
-            },
-            current,
-            next,
+        let mut body = crate::apply::apply(
+            None,
+            patch,
+            &manager,
+            force,
+            None,
+            rt.shape(),
+            &now_rfc3339(),
         )
+        .map_err(|message| ApiError::new(409, "Conflict", message))?;
+        body["apiVersion"] = patch["apiVersion"].clone();
+        body["kind"] = patch["kind"].clone();
+        body["metadata"]["name"] = json!(name);
+        self.create(rt, version, namespace, body)
+            .map_err(|_| ApiError::not_found(rt, name))
     }
 }
 
