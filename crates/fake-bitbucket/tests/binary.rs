@@ -198,8 +198,12 @@ async fn an_agent_with_a_step_command_reports_its_exit_status_as_the_steps_resul
         .replace('{', "%7B")
         .replace('}', "%7D");
     let runner = create_runner(&http, &url, &uuid).await;
-    let dir = std::env::temp_dir().join(format!("fake-bb-step-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when dropped, also when the test fails.
+    let scratch = tempfile::Builder::new()
+        .prefix("fake-bb-step-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     let code = dir.join("code");
     std::fs::write(&code, "0").unwrap();
     let command = format!(
@@ -240,5 +244,4 @@ async fn an_agent_with_a_step_command_reports_its_exit_status_as_the_steps_resul
         std::fs::read_to_string(dir.join("log")).unwrap(),
         "ran\nran\n"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,4 +12,14 @@ mod testbed;
 mod workspace;
 
 pub use cluster::{Backend, Cluster};
+pub use tempfile::TempDir;
 pub use testbed::Testbed;
+
+/// A scratch folder for a test (`bbrunner-NAME-…` in the temporary directory), removed when
+/// dropped, also when the test fails.
+pub fn scratch(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("bbrunner-{name}-"))
+        .tempdir()
+        .expect("a scratch folder in the temporary directory")
+}

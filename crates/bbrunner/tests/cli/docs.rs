@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_bitbucket::FakeConfig;
+use testbed::scratch;
 
 use crate::util::*;
 
@@ -169,7 +170,8 @@ async fn getting_started_runs_block_by_block_against_the_fakes() {
 /// `cargo install` is a stand-in that does nothing: the build's binaries are on PATH.
 #[test]
 fn try_it_locally_runs_as_one_shell_session() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-try-{}", std::process::id()));
+    let scratch = scratch("try");
+    let dir = scratch.path();
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     for name in ["bbrunner", "fake-kube", "fake-bitbucket"] {
@@ -204,7 +206,7 @@ fn try_it_locally_runs_as_one_shell_session() {
     let out = Command::new("timeout")
         .args(["120", "bash", "-euo", "pipefail", "-c", &session])
         .env("PATH", path_with_kubectl(&bin))
-        .env("HOME", &dir)
+        .env("HOME", dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -220,5 +222,4 @@ fn try_it_locally_runs_as_one_shell_session() {
     );
     assert!(stdout.contains("\"state\""), "{stdout}");
     assert!(stdout.contains("PASS crd"), "{stdout}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,3 +1,5 @@
+use testbed::scratch;
+
 use crate::util::{bbrunner, example};
 
 const SECRET: &str = "ATOA-example_secret.not-real_0123456789";
@@ -66,7 +68,8 @@ fn missing_file_is_named() {
 /// itself three times through its cause chain).
 #[test]
 fn a_missing_kubeconfig_is_said_once() {
-    let pipelines = std::env::temp_dir().join(format!("bbrunner-kc-{}.yml", std::process::id()));
+    let scratch = scratch("kc");
+    let pipelines = scratch.path().join("bitbucket-pipelines.yml");
     std::fs::write(&pipelines, "pipelines: {}\n").unwrap();
     let lint = ["lint", "--from-cluster", pipelines.to_str().unwrap()];
     for args in [&["doctor"][..], &lint] {
@@ -84,7 +87,6 @@ fn a_missing_kubeconfig_is_said_once() {
         );
         assert!(!stderr.contains("\"/nonexistent"), "{stderr}");
     }
-    std::fs::remove_file(&pipelines).unwrap();
 }
 
 #[test]

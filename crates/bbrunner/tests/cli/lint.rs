@@ -1,38 +1,28 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use testbed::scratch;
+
 use crate::util::{bbrunner, workspace_root};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bbrunner-lint-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A temporary directory with `pools.yaml` (POOLS) and, if given, `bitbucket-pipelines.yml`;
+/// A scratch folder with `pools.yaml` (POOLS) and, if given, `bitbucket-pipelines.yml`;
 /// removed when dropped, also when the test fails.
 struct Case {
-    dir: PathBuf,
+    dir: testbed::TempDir,
     file: PathBuf,
     pools: PathBuf,
 }
 
 impl Case {
     fn new(name: &str, pipelines: Option<&str>) -> Self {
-        let dir = temp(name);
-        let file = dir.join("bitbucket-pipelines.yml");
+        let dir = scratch(&format!("lint-{name}"));
+        let file = dir.path().join("bitbucket-pipelines.yml");
         if let Some(text) = pipelines {
             std::fs::write(&file, text).unwrap();
         }
-        let pools = dir.join("pools.yaml");
+        let pools = dir.path().join("pools.yaml");
         std::fs::write(&pools, POOLS).unwrap();
         Case { dir, file, pools }
-    }
-}
-
-impl Drop for Case {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -74,7 +64,7 @@ fn text_output_names_file_line_column_code_and_help_and_fails_on_errors() {
             "lint",
             file.to_str().unwrap(),
             "--pools",
-            dir.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
         ],
         "",
     )
@@ -230,7 +220,8 @@ fn unreadable_or_broken_input_exits_2() {
         run.stderr
             .contains("cannot read /nonexistent/bitbucket-pipelines.yml")
     );
-    let dir = temp("broken");
+    let scratch = scratch("lint-broken");
+    let dir = scratch.path();
     let file = dir.join("p.yml");
     std::fs::write(&file, "pipelines:\n  default: [\n").unwrap();
     let run = bbrunner(&["lint", file.to_str().unwrap()], "").failure();
@@ -253,7 +244,6 @@ fn unreadable_or_broken_input_exits_2() {
     )
     .failure();
     assert_eq!(run.status.code(), Some(2));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// On every real-world file: no panic, and our schema verdict (any `schema` error or none)
@@ -332,13 +322,14 @@ fn fix_refuses_what_is_not_a_regular_file() {
         "{}",
         run.stderr
     );
-    let run = bbrunner(&["lint", dir.to_str().unwrap(), "--fix"], "");
+    let run = bbrunner(&["lint", dir.path().to_str().unwrap(), "--fix"], "");
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
 }
 
 #[test]
 fn pools_that_hold_no_pool_are_warned_about() {
-    let dir = temp("no-pools");
+    let scratch = scratch("lint-no-pools");
+    let dir = scratch.path();
     let file = dir.join("bitbucket-pipelines.yml");
     std::fs::write(&file, "pipelines: {}\n").unwrap();
     std::fs::write(
@@ -361,7 +352,6 @@ fn pools_that_hold_no_pool_are_warned_about() {
         "{}",
         run.stderr
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The examples the README points newcomers at stay true: the pipelines file passes against
@@ -385,8 +375,8 @@ fn the_examples_lint_clean_and_the_readme_s_finding_is_real() {
     let start = text.find("      type: docker").unwrap();
     let end = text.find("pipelines:").unwrap();
     let unfixed = format!("{}\n{}", &text[..start], &text[end..]);
-    let dir = std::env::temp_dir().join(format!("bbrunner-example-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("example");
+    let dir = scratch.path();
     let file = dir.join("bitbucket-pipelines.yml");
     std::fs::write(&file, unfixed).unwrap();
     let run = bbrunner(
@@ -404,7 +394,6 @@ fn the_examples_lint_clean_and_the_readme_s_finding_is_real() {
         "{}",
         run.stdout
     );
-    std::fs::remove_dir_all(&dir).unwrap();
     bbrunner(
         &[
             "simulate",
@@ -593,8 +582,8 @@ fn a_cached_pool_shared_by_the_workspace_is_warned_about() {
         )
     };
     assert_eq!(lint_with(&cached).success().stdout, "");
-    let dir = std::env::temp_dir().join(format!("bbrunner-shared-cache-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("shared-cache");
+    let dir = scratch.path();
     let workspace_pool = dir.join("pool.yaml");
     let text = std::fs::read_to_string(&cached).unwrap();
     std::fs::write(&workspace_pool, text.replace("  repository: app\n", "")).unwrap();
@@ -612,7 +601,6 @@ fn a_cached_pool_shared_by_the_workspace_is_warned_about() {
         "one note per pool:\n{}",
         run.stdout
     );
-    std::fs::remove_dir_all(&dir).unwrap();
     // simulate reads its cache: the volumes it keeps show beside the cold starts.
     let sim = bbrunner(
         &[

@@ -1,3 +1,5 @@
+use testbed::scratch;
+
 use crate::util::{bbrunner, example};
 
 #[test]
@@ -20,8 +22,8 @@ fn a_realistic_autoscaler_config_becomes_pools_that_load() {
     }
     // And the simulate command it points at works on what it wrote.
     assert!(run.stdout.contains("bbrunner simulate --pool"));
-    let dir = std::env::temp_dir().join(format!("bbrunner-migrate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("migrate");
+    let dir = scratch.path();
     std::fs::write(dir.join("pools.yaml"), &run.stdout).unwrap();
     bbrunner(
         &[
@@ -51,13 +53,12 @@ fn a_realistic_autoscaler_config_becomes_pools_that_load() {
     )
     .success();
     assert_eq!(lint.stdout, "");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn bad_config_names_the_file_and_path() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-migrate-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("migrate-bad");
+    let dir = scratch.path();
     let file = dir.join("bad.yaml");
     std::fs::write(
         &file,
@@ -72,5 +73,4 @@ fn bad_config_names_the_file_and_path() {
         "{}",
         run.stderr
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use testbed::scratch;
+
 use crate::util::{Killed, bbrunner, kubectl, sibling};
 
 /// Start a fake and read its ready line.
@@ -71,8 +73,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_fakes_and_kubectl_as_separate_processes() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-procs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("procs");
+    let dir = scratch.path();
     let kubeconfig = dir.join("kubeconfig");
     let (_bitbucket, ready) = start(
         "fake-bitbucket",
@@ -175,7 +177,6 @@ async fn operator_fakes_and_kubectl_as_separate_processes() {
             && parts[1].chars().all(|c| c.is_ascii_hexdigit())
             && parts[2..4] == ["ci", "builds"]
     }));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A scaled clock without its origin would disagree with fake-bitbucket's and churn runners:

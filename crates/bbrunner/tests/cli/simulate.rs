@@ -1,3 +1,5 @@
+use testbed::scratch;
+
 use crate::util::{bbrunner, example};
 
 #[test]
@@ -59,8 +61,8 @@ fn same_seed_same_output() {
 
 #[test]
 fn a_trace_file_and_a_pool_manifest_drive_the_run() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-sim-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("sim");
+    let dir = scratch.path();
     let pool = dir.join("pool.yaml");
     std::fs::write(
         &pool,
@@ -119,7 +121,6 @@ fn a_trace_file_and_a_pool_manifest_drive_the_run() {
     ] {
         assert!(svg.contains(text), "{text}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `simulate` with `args` fails, prints nothing on stdout and says `says` on stderr.
@@ -131,8 +132,8 @@ fn refuses(args: &[&str], says: &str) {
 
 #[test]
 fn bad_input_is_named() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-sim-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("sim-bad");
+    let dir = scratch.path();
     let trace = dir.join("bad.jsonl");
     std::fs::write(&trace, "{\"at\": 0, \"duration\": 1}\n{\"at\": \"x\"}\n{\"at\": 1, \"duration\": 1, \"size\": \"3x\"}\n").unwrap();
     let run = bbrunner(&["simulate", "--trace", trace.to_str().unwrap()], "").failure();
@@ -161,13 +162,12 @@ fn bad_input_is_named() {
     ] {
         refuses(args, says);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn inputs_that_would_hang_or_mislead_are_refused_or_flagged() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-sim-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("sim-hostile");
+    let dir = scratch.path();
     let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
 
     refuses(
@@ -280,7 +280,6 @@ fn inputs_that_would_hang_or_mislead_are_refused_or_flagged() {
     .failure();
     assert!(run.stderr.contains(".svg"), "{}", run.stderr);
     assert!(!dir.join("plot.png").exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The policy's figures of one run (`--format json`), by policy name.
@@ -310,8 +309,8 @@ fn by_name(report: &serde_json::Value, name: &str) -> serde_json::Value {
 
 #[test]
 fn history_weeks_teach_the_forecast_before_the_measured_week() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-sim-history-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("sim-history");
+    let dir = scratch.path();
     // Two weeks of the same nightly batch: eight 20-minute steps at 02:00 on Monday.
     let week = 7.0 * 86_400.0;
     let mut lines = String::new();
@@ -388,7 +387,6 @@ fn history_weeks_teach_the_forecast_before_the_measured_week() {
     );
     assert_eq!(learned["steps"], cold["steps"], "the same measured day");
     assert_ne!(learned["idle_runner_hours"], cold["idle_runner_hours"]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -445,8 +443,8 @@ fn pipelines_are_measured_by_their_overhead_with_and_without_webhooks() {
 
 #[test]
 fn a_pipeline_trace_learns_durations_from_its_history_weeks() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-sim-pipes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("sim-pipes");
+    let dir = scratch.path();
     let trace = dir.join("pipes.jsonl");
     // A build then eight tests (more than the default pool keeps warm), every hour of a working day, for two weeks: the first week
     // teaches the durations the second is looked ahead with.
@@ -480,14 +478,13 @@ fn a_pipeline_trace_learns_durations_from_its_history_weeks() {
             .unwrap()
     };
     let (ahead, blind) = (overhead("idle-buffer,webhooks"), overhead("idle-buffer"));
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(ahead + 20.0 < blind, "{ahead} vs {blind}");
 }
 
 #[test]
 fn a_warm_cache_spares_cold_starts_and_the_pools_spec_cache_turns_it_on() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-sim-cache-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("sim-cache");
+    let dir = scratch.path();
     let cached_pool = dir.join("cached.yaml");
     std::fs::write(
         &cached_pool,
@@ -558,5 +555,4 @@ fn a_warm_cache_spares_cold_starts_and_the_pools_spec_cache_turns_it_on() {
         &["simulate", "--scenario", "burst", "--cold-start", "fast"],
         "--cold-start",
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use testbed::scratch;
+
 use super::*;
 
 const POD_MTU: u32 = 1450;
@@ -509,10 +511,10 @@ async fn the_docker_service_entrypoint_keeps_nested_containers_within_the_pod_mt
     if !runnable("the_docker_service_entrypoint_keeps_nested_containers_within_the_pod_mtu") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("bbrunner-l3-images-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let busybox = busybox_tar(&dir);
-    let service = docker_service_tar(&dir);
+    let scratch = scratch("l3-images");
+    let dir = scratch.path();
+    let busybox = busybox_tar(dir);
+    let service = docker_service_tar(dir);
     let level2 = Dind::start("service", &rendered_dind_command(&["--mtu", "auto"]));
     level2.import(&busybox, "bb:1", &[]);
     level2.import(
@@ -608,8 +610,6 @@ async fn the_docker_service_entrypoint_keeps_nested_containers_within_the_pod_mt
         );
         level2.docker(&["rm", "-f", name]);
     }
-    drop(level2);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The start script's other branch, on a dockerd that takes `--default-network-opt` (Docker
@@ -617,9 +617,8 @@ async fn the_docker_service_entrypoint_keeps_nested_containers_within_the_pod_mt
 /// does and records how it was started. No root needed.
 #[test]
 fn the_dind_start_script_passes_the_network_option_to_a_dockerd_that_takes_it() {
-    let dir = std::env::temp_dir().join(format!("bbrunner-dind-script-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("dind-script");
+    let dir = scratch.path();
     let record = dir.join("started-with");
     let stub = |name: &str, body: String| {
         let path = dir.join(name);
@@ -666,7 +665,6 @@ fn the_dind_start_script_passes_the_network_option_to_a_dockerd_that_takes_it() 
             && started.contains("--host=tcp://127.0.0.1:2375"),
         "{started}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The test's directory, with the host directory standing in for a runner slot's cache

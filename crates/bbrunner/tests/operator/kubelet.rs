@@ -8,6 +8,8 @@
 //! kubelet and the node's images (`./scripts/test` installs and builds them). Skips loudly
 //! without them, never under CI=true.
 
+use testbed::scratch;
+
 use super::*;
 
 /// What the step runs, as the runner runs a step's script in a container through dind: a
@@ -314,15 +316,6 @@ async fn the_seeds_pod_runs_as_real_containers_on_a_kubelet_node() {
     );
 }
 
-/// A folder removed when dropped.
-struct RemovedDir(PathBuf);
-
-impl Drop for RemovedDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// What a cached pool's step runs: a three-layer build through dind, reporting how many of its
 /// layers came from the store and how long it took (from /proc/uptime, in hundredths).
 const CACHED_STEP_COMMAND: &str = "set -e
@@ -343,15 +336,13 @@ async fn a_cached_pools_next_runner_pod_builds_warm_on_the_kubelet_node() {
     let test = "a_cached_pools_next_runner_pod_builds_warm_on_the_kubelet_node";
     let _node = ONE_NODE.lock().await;
     // Declared first, so removed last: after the node and its containers are gone.
-    let volume = RemovedDir(
-        std::env::temp_dir().join(format!("bbrunner-node-cache-{}", std::process::id())),
-    );
+    let volume = scratch("node-cache");
     let Some((world, built, log, _operator)) = node_world(test, "op-kubelet-cache").await else {
         return;
     };
     let image = |name: &str| built[name].as_str().unwrap().to_owned();
     // A class with no provisioner and one volume of it, as a local-volume set-up has.
-    let volume_dir = &volume.0;
+    let volume_dir = volume.path();
     let storage = format!(
         "apiVersion: storage.k8s.io/v1
 kind: StorageClass
