@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio::sync::broadcast;
 
 use super::*;
 
@@ -54,7 +54,6 @@ pub(crate) fn watch(
     } else {
         None
     };
-    let type_key = target.rt.key();
     let api_version = target.rt.api_version(&target.version);
     let kind = target.rt.kind.clone();
     let requested: Option<u64> = query
@@ -84,6 +83,12 @@ pub(crate) fn watch(
         }
     }
 
+    let filter = Arc::new(Filter {
+        type_key: target.rt.key(),
+        namespace,
+        labels,
+        fields,
+    });
     let store = cluster.store();
     let mut first: Vec<Value> = Vec::new();
     let (receiver, last_rv) = match requested {
@@ -94,7 +99,7 @@ pub(crate) fn watch(
             }
             Ok(resumed) => {
                 for e in resumed.backlog {
-                    if matches(&e, &type_key, namespace.as_deref(), &labels, &fields) {
+                    if filter.matches(&e) {
                         first.push(json!({"type": e.kind, "object": shape(&e.object)}));
                     }
                 }
@@ -104,7 +109,12 @@ pub(crate) fn watch(
         _ => {
             // Subscribed first: the list's version is where the live events take over.
             let receiver = store.subscribe();
-            let (objects, rv) = store.list_at(&target.rt, namespace.as_deref(), &labels, &fields);
+            let (objects, rv) = store.list_at(
+                &target.rt,
+                filter.namespace.as_deref(),
+                &filter.labels,
+                &filter.fields,
+            );
             for object in objects {
                 first.push(json!({"type": "ADDED", "object": shape(&object)}));
             }
@@ -127,34 +137,45 @@ pub(crate) fn watch(
             timeout
         };
     let mut dropped = cluster.watch_drops();
-    let live = BroadcastStream::new(receiver)
-        .take_while(|r| futures::future::ready(r.is_ok()))
-        .filter_map(move |event| {
-            let out = event.ok().and_then(|e| {
-                (e.rv > last_rv && matches(&e, &type_key, namespace.as_deref(), &labels, &fields))
-                    .then(|| json!({"type": e.kind, "object": shape(&e.object)}))
-            });
-            futures::future::ready(out)
-        });
-    let bookmark_cluster = cluster.clone();
-    let bookmark_stream = futures::stream::unfold((), move |()| {
-        let cluster = bookmark_cluster.clone();
-        let api_version = api_version.clone();
-        let kind = kind.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let rv = cluster.store().resource_version();
-            Some((
-                json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}}),
-                (),
-            ))
-        }
-    });
-    let events = if bookmarks {
-        futures::stream::select(live, bookmark_stream).boxed()
-    } else {
-        live.boxed()
+    let live = Live {
+        receiver,
+        seen: last_rv,
+        bookmarks: bookmarks.then(|| {
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY)
+        }),
     };
+    let events = futures::stream::unfold(live, move |mut live| {
+        let filter = filter.clone();
+        let bookmark_type = json!({"kind": kind, "apiVersion": api_version});
+        async move {
+            loop {
+                tokio::select! {
+                    received = live.receiver.recv() => {
+                        // Lagging behind the log ends the watch: the client resumes from what
+                        // it has seen, or lists again once that has expired.
+                        let event = received.ok()?;
+                        if event.rv <= live.seen {
+                            continue;
+                        }
+                        live.seen = event.rv;
+                        if filter.matches(&event) {
+                            let sent = json!({"type": event.kind, "object": shape(&event.object)});
+                            return Some((sent, live));
+                        }
+                    }
+                    _ = tick(&mut live.bookmarks) => {
+                        // The version this stream has read up to, not the store's: a client
+                        // resuming from a bookmark must not skip an event still on its way.
+                        let mut object = bookmark_type;
+                        object["metadata"] = json!({"resourceVersion": live.seen.to_string()});
+                        let bookmark = json!({"type": "BOOKMARK", "object": object});
+                        return Some((bookmark, live));
+                    }
+                }
+            }
+        }
+    })
+    .boxed();
     let ended = async move {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {},
@@ -168,17 +189,42 @@ pub(crate) fn watch(
     stream_response(stream)
 }
 
-pub(crate) fn matches(
-    e: &WatchEvent,
-    type_key: &str,
-    namespace: Option<&str>,
-    labels: &LabelSelector,
-    fields: &FieldSelector,
-) -> bool {
-    e.type_key == type_key
-        && namespace.is_none_or(|n| n == e.namespace)
-        && labels.matches(&e.object)
-        && fields.matches(&e.object)
+/// How often a watch that asked for bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+
+/// A watch's live part: the events it reads, in the store's order, and its bookmark timer.
+struct Live {
+    receiver: broadcast::Receiver<Arc<WatchEvent>>,
+    /// The resourceVersion of the last event read, sent or filtered out.
+    seen: u64,
+    bookmarks: Option<tokio::time::Interval>,
+}
+
+/// The next bookmark's time; never, for a watch that did not ask for them.
+async fn tick(bookmarks: &mut Option<tokio::time::Interval>) {
+    match bookmarks {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Which events a watch sends: its type's, in its namespace, matching its selectors.
+struct Filter {
+    type_key: String,
+    namespace: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn matches(&self, e: &WatchEvent) -> bool {
+        e.type_key == self.type_key
+            && self.namespace.as_deref().is_none_or(|n| n == e.namespace)
+            && self.labels.matches(&e.object)
+            && self.fields.matches(&e.object)
+    }
 }
 
 pub(crate) fn stream_response(events: futures::stream::BoxStream<'static, Value>) -> Response {
@@ -192,4 +238,93 @@ pub(crate) fn stream_response(events: futures::stream::BoxStream<'static, Value>
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::cluster::ClusterConfig;
+
+    /// A client reading too slowly loses events from the broadcast; its watch must then end
+    /// (the client resumes from what it has seen) and never send a bookmark past an event it
+    /// lost, or the client skips that event for good.
+    #[tokio::test]
+    async fn a_watch_that_falls_behind_ends_without_a_bookmark_past_what_it_lost() {
+        let cluster = Arc::new(Cluster::new(ClusterConfig::default()));
+        let target = parse_target(&cluster, "/api/v1/namespaces/default/configmaps").unwrap();
+        let rt = target.rt.clone();
+        let from = cluster.store().resource_version();
+        let query: HashMap<String, String> = [
+            ("watch", "true".to_owned()),
+            ("allowWatchBookmarks", "true".to_owned()),
+            ("resourceVersion", from.to_string()),
+            ("timeoutSeconds", "60".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut body = watch(cluster.clone(), target, query, false)
+            .into_body()
+            .into_data_stream();
+        // More writes than the broadcast holds, while the client reads nothing.
+        let mut written = Vec::new();
+        for i in 0..9000 {
+            let created = cluster
+                .store()
+                .create(
+                    &rt,
+                    "v1",
+                    "default",
+                    json!({"metadata": {"name": format!("cm-{i}")}}),
+                )
+                .unwrap();
+            written.push(
+                created["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap(),
+            );
+        }
+
+        let mut delivered: Vec<u64> = Vec::new();
+        let mut pending = Vec::new();
+        let read = async {
+            while let Some(chunk) = body.next().await {
+                pending.extend_from_slice(&chunk.unwrap());
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let event: Value = serde_json::from_slice(&line).unwrap();
+                    let rv: u64 = event["object"]["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if event["type"] == "BOOKMARK" {
+                        let lost = written
+                            .iter()
+                            .filter(|w| **w <= rv && !delivered.contains(w))
+                            .count();
+                        assert_eq!(
+                            lost, 0,
+                            "a bookmark at {rv} passes {lost} events never sent"
+                        );
+                    } else {
+                        delivered.push(rv);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a watch that fell behind ends");
+        assert!(
+            delivered.len() < written.len(),
+            "the watch did not fall behind: {} of {} events delivered",
+            delivered.len(),
+            written.len()
+        );
+    }
 }
