@@ -47,6 +47,22 @@ fn lock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
     lock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The objects of `table` in `namespace` (all if `None`) that match both selectors.
+fn select(
+    table: &Table,
+    namespace: Option<&str>,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Vec<Value> {
+    table
+        .iter()
+        .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+        .map(|(_, v)| v)
+        .filter(|v| labels.matches(v) && fields.matches(v))
+        .cloned()
+        .collect()
+}
+
 fn object_key(namespace: &str, name: &str) -> (String, String) {
     (namespace.to_owned(), name.to_owned())
 }
@@ -170,11 +186,6 @@ impl Store {
         lock(&self.log).rv()
     }
 
-    /// The oldest resourceVersion a watch may resume from.
-    pub fn oldest_resumable(&self) -> u64 {
-        lock(&self.log).oldest_resumable()
-    }
-
     /// The events after `after` and the live ones that follow; `Err(oldest)` when `after` is
     /// older than the log keeps.
     pub fn resume(&self, after: u64) -> Result<Resumed, u64> {
@@ -243,10 +254,11 @@ impl Store {
         labels: &LabelSelector,
         fields: &FieldSelector,
     ) -> Vec<Value> {
-        self.list_at(rt, namespace, labels, fields).0
+        select(&read(&self.table(rt)), namespace, labels, fields)
     }
 
-    /// A list and the resourceVersion it is current at, as a list response reports it.
+    /// A list and the resourceVersion it is current at, as a list response reports it: read
+    /// while the type is locked, so no write of the type lies between them.
     pub fn list_at(
         &self,
         rt: &ResourceType,
@@ -256,14 +268,10 @@ impl Store {
     ) -> (Vec<Value>, u64) {
         let table = self.table(rt);
         let table = read(&table);
-        let items = table
-            .iter()
-            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-            .map(|(_, v)| v)
-            .filter(|v| labels.matches(v) && fields.matches(v))
-            .cloned()
-            .collect();
-        (items, self.resource_version())
+        (
+            select(&table, namespace, labels, fields),
+            self.resource_version(),
+        )
     }
 
     /// Every object of every type (for the garbage collector), type by type.

@@ -24,13 +24,7 @@ pub(crate) fn watch(
     query: HashMap<String, String>,
     metadata_only: bool,
 ) -> Response {
-    let shape = move |object: &Value| {
-        if metadata_only {
-            partial(object)
-        } else {
-            object.clone()
-        }
-    };
+    let shape = |object: &Value| shaped(object, metadata_only);
     let labels =
         match LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
             Ok(l) => l,
@@ -143,37 +137,13 @@ pub(crate) fn watch(
         bookmarks: bookmarks.then(|| {
             tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY)
         }),
+        filter,
+        bookmark_type: json!({"kind": kind, "apiVersion": api_version}),
+        metadata_only,
     };
-    let events = futures::stream::unfold(live, move |mut live| {
-        let filter = filter.clone();
-        let bookmark_type = json!({"kind": kind, "apiVersion": api_version});
-        async move {
-            loop {
-                tokio::select! {
-                    received = live.receiver.recv() => {
-                        // Lagging behind the log ends the watch: the client resumes from what
-                        // it has seen, or lists again once that has expired.
-                        let event = received.ok()?;
-                        if event.rv <= live.seen {
-                            continue;
-                        }
-                        live.seen = event.rv;
-                        if filter.matches(&event) {
-                            let sent = json!({"type": event.kind, "object": shape(&event.object)});
-                            return Some((sent, live));
-                        }
-                    }
-                    _ = tick(&mut live.bookmarks) => {
-                        // The version this stream has read up to, not the store's: a client
-                        // resuming from a bookmark must not skip an event still on its way.
-                        let mut object = bookmark_type;
-                        object["metadata"] = json!({"resourceVersion": live.seen.to_string()});
-                        let bookmark = json!({"type": "BOOKMARK", "object": object});
-                        return Some((bookmark, live));
-                    }
-                }
-            }
-        }
+    let events = futures::stream::unfold(live, |mut live| async move {
+        let next = live.next().await?;
+        Some((next, live))
     })
     .boxed();
     let ended = async move {
@@ -189,6 +159,15 @@ pub(crate) fn watch(
     stream_response(stream)
 }
 
+/// An object as the watch sends it: whole, or its metadata alone.
+fn shaped(object: &Value, metadata_only: bool) -> Value {
+    if metadata_only {
+        partial(object)
+    } else {
+        object.clone()
+    }
+}
+
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
 
@@ -198,6 +177,39 @@ struct Live {
     /// The resourceVersion of the last event read, sent or filtered out.
     seen: u64,
     bookmarks: Option<tokio::time::Interval>,
+    filter: Arc<Filter>,
+    /// A bookmark's kind and apiVersion.
+    bookmark_type: Value,
+    metadata_only: bool,
+}
+
+impl Live {
+    /// The next event to send, or `None` once the watch falls behind the log (the client
+    /// resumes from what it has seen, or lists again once that has expired).
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            tokio::select! {
+                received = self.receiver.recv() => {
+                    let event = received.ok()?;
+                    if event.rv <= self.seen {
+                        continue;
+                    }
+                    self.seen = event.rv;
+                    if self.filter.matches(&event) {
+                        let object = shaped(&event.object, self.metadata_only);
+                        return Some(json!({"type": event.kind, "object": object}));
+                    }
+                }
+                _ = tick(&mut self.bookmarks) => {
+                    // The version this stream has read up to, not the store's: a client
+                    // resuming from a bookmark must not skip an event still on its way.
+                    let mut object = self.bookmark_type.clone();
+                    object["metadata"] = json!({"resourceVersion": self.seen.to_string()});
+                    return Some(json!({"type": "BOOKMARK", "object": object}));
+                }
+            }
+        }
+    }
 }
 
 /// The next bookmark's time; never, for a watch that did not ask for them.

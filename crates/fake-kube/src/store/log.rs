@@ -38,7 +38,7 @@ impl WatchLog {
         self.rv
     }
 
-    pub(super) fn oldest_resumable(&self) -> u64 {
+    fn oldest_resumable(&self) -> u64 {
         self.events.front().map(|e| e.rv - 1).unwrap_or(self.rv)
     }
 

@@ -98,23 +98,11 @@ impl Store {
                     })?;
                 }
                 PatchKind::Merge => {
-                    if !patch.is_object() {
-                        return Err(ApiError::new(
-                            400,
-                            "BadRequest",
-                            "a merge patch must be a JSON object",
-                        ));
-                    }
+                    require_object(patch, "a merge patch must be a JSON object")?;
                     json_patch::merge(&mut next, patch);
                 }
                 PatchKind::Apply => {
-                    if !patch.is_object() {
-                        return Err(ApiError::new(
-                            400,
-                            "BadRequest",
-                            "an apply configuration must be an object",
-                        ));
-                    }
+                    require_object(patch, "an apply configuration must be an object")?;
                     next = crate::apply::apply(
                         Some(current),
                         patch,
@@ -127,13 +115,7 @@ impl Store {
                     .map_err(|message| ApiError::new(409, "Conflict", message))?;
                 }
                 PatchKind::Strategic => {
-                    if !patch.is_object() {
-                        return Err(ApiError::new(
-                            400,
-                            "BadRequest",
-                            "a strategic merge patch must be a JSON object",
-                        ));
-                    }
+                    require_object(patch, "a strategic merge patch must be a JSON object")?;
                     // Custom resources have no Go types to read patch strategies from.
                     if rt.schema.is_some() {
                         return Err(ApiError::new(
@@ -198,6 +180,15 @@ impl Store {
         body["metadata"]["name"] = json!(name);
         self.create(rt, version, namespace, body)
             .map_err(|_| ApiError::not_found(rt, name))
+    }
+}
+
+/// A patch kind whose body must be a JSON object, refused as the API server refuses it.
+fn require_object(patch: &Value, refusal: &str) -> Result<(), ApiError> {
+    if patch.is_object() {
+        Ok(())
+    } else {
+        Err(ApiError::new(400, "BadRequest", refusal))
     }
 }
 
