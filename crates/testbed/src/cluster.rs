@@ -31,7 +31,8 @@ pub struct Cluster {
     server: Server,
     client: Client,
     kubeconfig: PathBuf,
-    dir: PathBuf,
+    /// Removed when the cluster is dropped, after its processes have stopped.
+    dir: crate::TempDir,
 }
 
 impl Drop for Cluster {
@@ -39,7 +40,6 @@ impl Drop for Cluster {
         if let Server::Real(plane) = &mut self.server {
             plane.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -68,14 +68,6 @@ pub fn kubectl_binary() -> PathBuf {
     control_plane::binaries(&workspace())
         .map(|dir| dir.join("kubectl"))
         .unwrap_or_else(|_| PathBuf::from("kubectl"))
-}
-
-/// A folder of its own for a test's files: `name` and the process id keep tests apart.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bbrunner-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temporary folder");
-    dir
 }
 
 /// The shared control plane's files and address, started once per process.
@@ -164,9 +156,9 @@ impl Cluster {
         let kube = FakeKube::start("127.0.0.1:0".parse().expect("an address"), config)
             .await
             .expect("fake-kube starts");
-        let dir = test_dir(name);
+        let dir = crate::scratch(name);
         let kubeconfig = kube
-            .write_kubeconfig(&dir.join("kubeconfig"))
+            .write_kubeconfig(&dir.path().join("kubeconfig"))
             .expect("a kubeconfig");
         let client = client_from(&kubeconfig).await.expect("a client");
         Self {
@@ -181,8 +173,8 @@ impl Cluster {
     /// (see [`real_binaries`]).
     pub async fn real(name: &str, configure: impl FnOnce(&mut Options)) -> Option<Self> {
         let bin_dir = real_binaries(name)?;
-        let dir = test_dir(name);
-        let mut options = Options::new(&dir.join("cluster"), &bin_dir);
+        let dir = crate::scratch(name);
+        let mut options = Options::new(&dir.path().join("cluster"), &bin_dir);
         configure(&mut options);
         let plane = ControlPlane::start(options)
             .await
@@ -210,7 +202,7 @@ impl Cluster {
             server: Server::Shared,
             client,
             kubeconfig: shared.kubeconfig.clone(),
-            dir: test_dir(name),
+            dir: crate::scratch(name),
         })
     }
 
@@ -233,7 +225,7 @@ impl Cluster {
 
     /// The test's own folder (gone with the cluster).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// fake-kube, when that is the backend (its faults and controls).
@@ -263,7 +255,10 @@ impl Cluster {
         match &self.server {
             Server::Fake(kube) => {
                 let token = kube.cluster().issue_token(namespace, name);
-                let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+                let path = self
+                    .dir
+                    .path()
+                    .join(format!("sa-{namespace}-{name}.kubeconfig"));
                 std::fs::write(&path, kube.kubeconfig_with_token(&token)).expect("a kubeconfig");
                 path
             }
@@ -276,7 +271,10 @@ impl Cluster {
                 let token = control_plane::request_token(&self.client, namespace, name, 3600)
                     .await
                     .expect("a TokenRequest token");
-                let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+                let path = self
+                    .dir
+                    .path()
+                    .join(format!("sa-{namespace}-{name}.kubeconfig"));
                 let text = control_plane::token_kubeconfig(&shared.server, &shared.ca, &token);
                 std::fs::write(&path, text).expect("a kubeconfig");
                 path
